@@ -1,0 +1,66 @@
+"""Write-then-rename helpers so a killed or failed step never leaves a file that looks complete."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+PARTIAL_MARKER = ".partial-"
+
+
+def temporary_sibling(final_path: Path) -> Path:
+    """A unique hidden name in the same folder (same filesystem, so the rename is atomic).
+
+    The real suffix is kept at the end because libvips and others choose a format by suffix.
+    """
+    suffix = "".join(final_path.suffixes[-2:]) if final_path.name.endswith(".ome.tif") else final_path.suffix
+    stem = final_path.name[: len(final_path.name) - len(suffix)] if suffix else final_path.name
+    return final_path.with_name(f".{stem}{PARTIAL_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_output(final_path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path; rename it to ``final_path`` only if the block completes.
+
+    On any exception the temporary file is removed and ``final_path`` is left untouched.
+    """
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(final_path)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"{tmp}: the writer produced no file")
+        os.replace(tmp, final_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a small text file through a temporary name."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write JSON (sorted keys, indented) through a temporary name."""
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def remove_partials(folder: str | Path) -> list[Path]:
+    """Delete leftovers of interrupted writes below ``folder``; returns what was removed."""
+    removed = []
+    for path in Path(folder).rglob(f"*{PARTIAL_MARKER}*"):
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed

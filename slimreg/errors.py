@@ -1,0 +1,47 @@
+"""Errors that reach users: each names the file at fault and the fix.
+
+The CLI prints ``str(error)`` as one line and exits with status 2, so the message must stand alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SlimregError(Exception):
+    """A problem the user can fix; carries the file at fault and a suggested fix."""
+
+    def __init__(self, message: str, path: str | Path | None = None, fix: str | None = None):
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.fix = fix
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        if self.fix:
+            text += f" Fix: {self.fix}"
+        return text
+
+
+class InputError(SlimregError):
+    """An input file or samplesheet is missing, unreadable or inconsistent."""
+
+
+class ParameterError(SlimregError):
+    """A setting is impossible (zero batch size, unknown engine, ...)."""
+
+
+class RegistrationError(SlimregError):
+    """Registration could not produce a trustworthy transform for an image."""
+
+
+class InsufficientMemoryError(SlimregError, MemoryError):
+    """The pre-flight estimate exceeds the memory available to this process."""
+
+
+class InsufficientDiskError(SlimregError, OSError):
+    """The pre-flight estimate exceeds the free space where outputs go."""
+
+    def __str__(self) -> str:  # OSError would otherwise format its own args
+        return SlimregError.__str__(self)

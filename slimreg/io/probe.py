@@ -1,0 +1,271 @@
+"""Read what an image is from its TIFF headers alone: never pixel data.
+
+Everything downstream (pre-flight estimates, planning, reading) is driven by :class:`ImageInfo`, so probing
+must be cheap on a 30000 x 25000 slide: tifffile parses the IFDs and OME-XML, and we check that the last
+tile or strip of each level lies inside the file (a cheap truncation test).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from slimreg.errors import InputError
+from slimreg.io.vips import SUPPORTED_DTYPES
+
+# A generic page axis (tifffile 'I'/'Q') of at most this many pages is read as channels, else as frames.
+MAX_GENERIC_PAGES_AS_CHANNELS = 8
+
+UNIT_TO_MICROMETRE = {
+    "m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0,
+    "nm": 1e-3, "Å": 1e-4, "pm": 1e-6,
+}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What slimreg knows about an image without reading its pixels.
+
+    Sizes are of level 0. ``channels`` counts registration-selectable channels: for RGB(A) brightfield
+    it is the number of samples. ``frames`` is the product of T and Z (a multi-frame stack).
+    """
+
+    path: str
+    width: int
+    height: int
+    channels: int
+    frames: int
+    size_t: int
+    size_z: int
+    dtype: str
+    axes: str
+    channel_names: tuple[str, ...]
+    pixel_size_um: tuple[float, float] | None
+    levels: tuple[tuple[int, int], ...]  # (height, width) per pyramid level, level 0 first
+    tile: tuple[int, int] | None  # (height, width); None for stripped files
+    is_rgb: bool
+    is_ome: bool
+    is_bigtiff: bool
+    compression: str
+    file_bytes: int
+    page_axes: str = ""  # axes of the series that index pages (subset of "CTZ")
+    channels_in_samples: bool = False  # channels interleaved in one page (RGB or multi-sample)
+    subifd_pyramid: bool = False
+    # IFD index of every page, per level (for a SubIFD pyramid only level 0: levels hang below it)
+    level_page_index: tuple[tuple[int, ...], ...] = field(default=(), repr=False)
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def plane_bytes(self) -> int:
+        """Bytes of one uncompressed level-0 plane of one channel."""
+        return self.width * self.height * self.itemsize
+
+    @property
+    def bytes_level0(self) -> int:
+        """Uncompressed bytes of all of level 0 (every channel and frame)."""
+        return self.plane_bytes * self.channels * self.frames
+
+    @property
+    def frame_bytes(self) -> int:
+        """Uncompressed bytes of one frame (all channels) at level 0."""
+        return self.plane_bytes * self.channels
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-friendly summary (what `slimreg info` prints)."""
+        data = asdict(self)
+        data.pop("level_page_index")
+        data["bytes_level0"] = self.bytes_level0
+        data["levels"] = [list(level) for level in self.levels]
+        return data
+
+
+def probe(path: str | Path) -> ImageInfo:
+    """Describe a TIFF/BigTIFF/OME-TIFF image from its headers; raise :class:`InputError` if unusable."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found.", path, "check the path (relative paths in a samplesheet are "
+                         "resolved against the samplesheet's folder).")
+    if not path.is_file():
+        raise InputError("is not a file.", path, "give the path of a TIFF image.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with tifffile.TiffFile(path) as tif:
+                return _probe_open(path, tif)
+    except InputError:
+        raise
+    except tifffile.TiffFileError as error:
+        raise InputError(f"is not a readable TIFF file ({error}).", path,
+                         "convert it to (OME-)TIFF, for example with bfconvert or vips tiffsave.") from error
+    except (OSError, ValueError, IndexError, KeyError, struct.error) as error:
+        raise InputError(f"TIFF headers could not be read ({type(error).__name__}: {error}); the file may "
+                         "be truncated or corrupt.", path, "copy the file again from its source.") from error
+
+
+def _probe_open(path: Path, tif: tifffile.TiffFile) -> ImageInfo:
+    if not tif.series:
+        raise InputError("contains no image series.", path, "give a TIFF with image data.")
+    series = tif.series[0]
+    dtype = np.dtype(series.dtype)
+    if dtype.name not in SUPPORTED_DTYPES:
+        raise InputError(f"pixel type {dtype} is not supported (supported: {', '.join(SUPPORTED_DTYPES)}).",
+                         path, "convert the image to uint8, uint16 or float32.")
+    axes = series.axes
+    shape = series.shape
+    sizes = dict(zip(axes, shape, strict=True))
+    if "Y" not in sizes or "X" not in sizes:
+        raise InputError(f"has no Y/X axes (axes {axes!r}).", path, "give a 2-D image or a stack of 2-D planes.")
+
+    keyframe = series.keyframe
+    is_rgb = bool(keyframe.photometric == tifffile.PHOTOMETRIC.RGB and sizes.get("S", 1) in (3, 4))
+    page_axes = [a for a in axes if a not in "YXS"]
+    generic = [a for a in page_axes if a not in "CTZ"]
+    mapping: dict[str, str] = {}
+    for axis in generic:
+        has_channels = "C" in page_axes or "C" in mapping.values() or (sizes.get("S", 1) > 1)
+        if not has_channels and sizes[axis] <= MAX_GENERIC_PAGES_AS_CHANNELS:
+            mapping[axis] = "C"
+        elif "T" not in page_axes and "T" not in mapping.values():
+            mapping[axis] = "T"
+        elif "Z" not in page_axes and "Z" not in mapping.values():
+            mapping[axis] = "Z"
+        else:
+            raise InputError(f"has more page axes than slimreg understands (axes {axes!r}).", path,
+                             "save it as OME-TIFF with explicit C/Z/T axes.")
+    normalised_page_axes = "".join(mapping.get(a, a) for a in page_axes)
+    norm_sizes = {mapping.get(a, a): n for a, n in sizes.items()}
+    channels_in_samples = sizes.get("S", 1) > 1 and "C" not in normalised_page_axes
+    channels = norm_sizes.get("S", 1) if channels_in_samples else norm_sizes.get("C", 1)
+    size_t, size_z = norm_sizes.get("T", 1), norm_sizes.get("Z", 1)
+
+    levels = []
+    level_page_index = []
+    subifd_pyramid = bool(tif.pages.first.subifds) and len(series.levels) > 1
+    for level in series.levels:
+        level_sizes = dict(zip(level.axes, level.shape, strict=True))
+        levels.append((int(level_sizes["Y"]), int(level_sizes["X"])))
+    for level in series.levels if not subifd_pyramid else series.levels[:1]:
+        indices = []
+        for page in level.pages:
+            if page is None:
+                raise InputError("has missing pages; the file is truncated or corrupt.", path,
+                                 "copy the file again from its source.")
+            indices.append(int(page.index))
+        level_page_index.append(tuple(indices))
+    _check_not_truncated(path, series)
+
+    ome_channels, ome_pixel_size = _ome_metadata(tif)
+    names = ome_channels if len(ome_channels) == channels else None
+    if names is None and tif.is_imagej and tif.imagej_metadata:
+        labels = tif.imagej_metadata.get("Labels")
+        if isinstance(labels, list) and len(labels) == channels:
+            names = labels
+    if names is None:
+        names = ["R", "G", "B", "A"][:channels] if is_rgb else [f"C{i}" for i in range(channels)]
+    # libvips writes a 1 px/mm resolution tag by default, so in OME files only the OME-XML is trusted
+    pixel_size = ome_pixel_size if tif.is_ome else _tiff_pixel_size(tif, keyframe)
+
+    tile = (int(keyframe.tilelength), int(keyframe.tilewidth)) if keyframe.is_tiled else None
+    return ImageInfo(
+        path=str(path),
+        width=int(sizes["X"]),
+        height=int(sizes["Y"]),
+        channels=int(channels),
+        frames=int(size_t * size_z),
+        size_t=int(size_t),
+        size_z=int(size_z),
+        dtype=dtype.name,
+        axes="".join(mapping.get(a, a) for a in axes),
+        channel_names=tuple(str(n) for n in names),
+        pixel_size_um=pixel_size,
+        levels=tuple(levels),
+        tile=tile,
+        is_rgb=is_rgb,
+        is_ome=bool(tif.is_ome),
+        is_bigtiff=bool(tif.is_bigtiff),
+        compression=keyframe.compression.name.lower(),
+        file_bytes=os.path.getsize(path),
+        page_axes=normalised_page_axes,
+        channels_in_samples=channels_in_samples,
+        subifd_pyramid=subifd_pyramid,
+        level_page_index=tuple(level_page_index),
+    )
+
+
+def _check_not_truncated(path: Path, series: Any) -> None:
+    """Raise if the last tile/strip of the first or last page of any level ends past the end of file."""
+    size = os.path.getsize(path)
+    for level in series.levels:
+        pages = level.pages
+        for page in {id(p): p for p in (pages[0], pages[-1])}.values():
+            if page is None:
+                raise InputError("has missing pages; the file is truncated or corrupt.", path,
+                                 "copy the file again from its source.")
+            offsets, counts = page.dataoffsets, page.databytecounts
+            if not len(offsets):
+                continue
+            end = max(int(o) + int(c) for o, c in zip(offsets, counts, strict=True))
+            if end > size:
+                raise InputError(f"is truncated: image data ends at byte {end} but the file has {size} bytes.",
+                                 path, "copy the file again from its source.")
+
+
+def _ome_metadata(tif: tifffile.TiffFile) -> tuple[list[str], tuple[float, float] | None]:
+    if not tif.is_ome or not tif.ome_metadata:
+        return [], None
+    try:
+        root = ET.fromstring(tif.ome_metadata)
+    except ET.ParseError:
+        return [], None
+    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
+    if pixels is None:
+        return [], None
+    names = []
+    for channel in pixels:
+        if channel.tag.endswith("Channel"):
+            names.append(channel.get("Name") or channel.get("ID") or f"C{len(names)}")
+    pixel_size = None
+    if pixels.get("PhysicalSizeX"):
+        unit_x = pixels.get("PhysicalSizeXUnit", "µm")
+        unit_y = pixels.get("PhysicalSizeYUnit", unit_x)
+        sx = float(pixels.get("PhysicalSizeX")) * UNIT_TO_MICROMETRE.get(unit_x, 1.0)
+        sy = float(pixels.get("PhysicalSizeY", pixels.get("PhysicalSizeX"))) * UNIT_TO_MICROMETRE.get(unit_y, 1.0)
+        pixel_size = (sx, sy)
+    return names, pixel_size
+
+
+def _tiff_pixel_size(tif: tifffile.TiffFile, page: Any) -> tuple[float, float] | None:
+    """Pixel size from ImageJ metadata or TIFF resolution tags, in micrometres."""
+    if tif.is_imagej and tif.imagej_metadata:
+        unit = tif.imagej_metadata.get("unit", "")
+        factor = UNIT_TO_MICROMETRE.get(str(unit).replace("\\u00B5", "µ"))
+        if factor is not None:
+            try:
+                x_res, y_res = page.tags["XResolution"].value, page.tags["YResolution"].value
+                return (factor * x_res[1] / x_res[0], factor * y_res[1] / y_res[0])
+            except (KeyError, ZeroDivisionError, TypeError):
+                pass
+    try:
+        x_res, y_res = page.tags["XResolution"].value, page.tags["YResolution"].value
+        unit = page.tags["ResolutionUnit"].value
+    except KeyError:
+        return None
+    per_unit = {tifffile.RESUNIT.CENTIMETER: 1e4, tifffile.RESUNIT.INCH: 25400.0}.get(unit)
+    if per_unit is None or not x_res[0] or not y_res[0]:
+        return None
+    sx, sy = per_unit * x_res[1] / x_res[0], per_unit * y_res[1] / y_res[0]
+    if not (math.isfinite(sx) and math.isfinite(sy)) or sx <= 0 or sx > 1e4:
+        return None
+    return (sx, sy)

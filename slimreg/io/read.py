@@ -1,0 +1,148 @@
+"""Lazy reading through pyvips: a plane, a region or a downsampled view, never a whole level 0.
+
+Coordinates everywhere in slimreg are level-0 pixels with pixel centres at integer positions
+(x right, y down). A downsampled image made by averaging blocks of ``scale`` level-0 pixels maps its
+pixel ``i`` to level-0 ``(i + 0.5) * scale - 0.5``; :class:`Downsampled` carries that scale so callers
+never guess it. Integer block factors are used on purpose: they make that mapping exact, which matters
+because every sub-pixel error at the working resolution is multiplied by ``scale`` at level 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyvips
+
+from slimreg.errors import InputError
+from slimreg.io.probe import ImageInfo, probe
+from slimreg.io.vips import to_numpy
+
+
+@dataclass(frozen=True)
+class Downsampled:
+    """A small copy of one channel (or RGB) and the level-0 pixels each of its pixels averages."""
+
+    array: np.ndarray
+    scale: float  # level-0 pixels per downsampled pixel, the same along x and y
+
+    def to_level0(self, xy: np.ndarray) -> np.ndarray:
+        """Map downsampled pixel coordinates (N x 2, x then y) to level-0 coordinates."""
+        return (np.asarray(xy, dtype=np.float64) + 0.5) * self.scale - 0.5
+
+    def from_level0(self, xy: np.ndarray) -> np.ndarray:
+        """Map level-0 coordinates (N x 2) to downsampled pixel coordinates."""
+        return (np.asarray(xy, dtype=np.float64) + 0.5) / self.scale - 0.5
+
+
+class TiffImage:
+    """A probed TIFF whose planes are handed out as lazy pyvips images.
+
+    Holding no pixels itself, it is cheap to keep open; each pyvips image reads tiles on demand.
+    """
+
+    def __init__(self, source: str | Path | ImageInfo, access: str = "random"):
+        self.info = source if isinstance(source, ImageInfo) else probe(source)
+        self.path = Path(self.info.path)
+        self.access = access
+
+    def _page_sizes(self) -> list[tuple[str, int]]:
+        sizes = {"C": 1 if self.info.channels_in_samples else self.info.channels,
+                 "T": self.info.size_t, "Z": self.info.size_z}
+        return [(axis, sizes[axis]) for axis in self.info.page_axes]
+
+    def page_number(self, channel: int, frame: int) -> int:
+        """Index of the page holding (channel, frame) within a level's pages."""
+        t, z = divmod(frame, self.info.size_z)
+        coords = {"C": 0 if self.info.channels_in_samples else channel, "T": t, "Z": z}
+        axes = self._page_sizes()
+        if not axes:
+            return 0
+        return int(np.ravel_multi_index([coords[a] for a, _ in axes], [n for _, n in axes]))
+
+    def level_scale(self, level: int) -> float:
+        """Level-0 pixels per pixel of ``level``; the nearest integer when rounding of sizes explains the gap."""
+        height0, width0 = self.info.levels[0]
+        height, width = self.info.levels[level]
+        ratio = width0 / width
+        nearest = round(ratio)
+        if nearest >= 1 and abs(width0 - nearest * width) < nearest and abs(height0 - nearest * height) < nearest:
+            return float(nearest)
+        return ratio
+
+    def plane(self, level: int = 0, channel: int | None = 0, frame: int = 0) -> pyvips.Image:
+        """A lazy pyvips image of one channel (``channel=None``: all samples, for RGB) of one frame."""
+        info = self.info
+        if not 0 <= level < len(info.levels):
+            raise InputError(f"has no pyramid level {level} (it has {len(info.levels)}).", info.path)
+        if channel is not None and not 0 <= channel < info.channels:
+            raise InputError(f"has no channel {channel} (it has {info.channels}: "
+                             f"{', '.join(info.channel_names)}).", info.path, "pick an existing channel.")
+        if not 0 <= frame < info.frames:
+            raise InputError(f"has no frame {frame} (it has {info.frames}).", info.path)
+        index = self.page_number(channel or 0, frame)
+        if info.subifd_pyramid:
+            page, subifd = info.level_page_index[0][index], level - 1
+        else:
+            page, subifd = info.level_page_index[level][index], -1
+        try:
+            image = pyvips.Image.tiffload(str(self.path), page=page, n=1, subifd=subifd, access=self.access)
+        except pyvips.Error as error:
+            raise InputError(f"could not be opened by libvips: {str(error).strip()}", info.path,
+                             "check that the file is a complete TIFF.") from error
+        if info.channels_in_samples and channel is not None:
+            image = image[channel]
+        elif image.bands > 1 and channel is not None and not info.channels_in_samples:
+            image = image[0]
+        return image
+
+    def region(self, x: int, y: int, width: int, height: int, *, level: int = 0, channel: int | None = 0,
+               frame: int = 0) -> np.ndarray:
+        """Pixels of a rectangle (clipped to the image) as numpy."""
+        image = self.plane(level, channel, frame)
+        x0, y0 = max(0, x), max(0, y)
+        x1, y1 = min(image.width, x + width), min(image.height, y + height)
+        if x1 <= x0 or y1 <= y0:
+            raise InputError(f"region {x},{y} {width}x{height} lies outside the image.", self.info.path)
+        return to_numpy(image.crop(x0, y0, x1 - x0, y1 - y0))
+
+    def downsampled(self, max_dim: int, channel: int | None = 0, frame: int = 0) -> Downsampled:
+        """A copy whose long side is at most ``max_dim``, built from the best pyramid level by block averaging."""
+        if max_dim < 1:
+            raise InputError(f"max_dim must be at least 1, got {max_dim}.", self.info.path)
+        long0 = max(self.info.width, self.info.height)
+        best_level, best_scale = 0, 1.0
+        for level in range(len(self.info.levels)):
+            scale = self.level_scale(level)
+            if scale != int(scale):
+                continue  # an inexact level would blur the coordinate mapping; skip it
+            if (long0 / scale >= max_dim or level == 0) and scale >= best_scale:
+                best_level, best_scale = level, scale
+        image = self.plane(best_level, channel, frame)
+        factor = max(1, math.ceil(max(image.width, image.height) / max_dim))
+        if factor > 1:
+            width, height = (image.width // factor) * factor, (image.height // factor) * factor
+            image = image.crop(0, 0, width, height).shrink(factor, factor)
+        array = to_numpy(image)
+        dtype = np.dtype(self.info.dtype)
+        if array.dtype != dtype and factor > 1 and np.issubdtype(dtype, np.integer):
+            array = np.clip(np.rint(array), np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+        return Downsampled(array=array, scale=best_scale * factor)
+
+
+def open_image(path: str | Path, access: str = "random") -> TiffImage:
+    """Probe ``path`` and return a :class:`TiffImage` for lazy reading."""
+    return TiffImage(path, access=access)
+
+
+def read_region(path: str | Path, x: int, y: int, width: int, height: int, *, level: int = 0,
+                channel: int | None = 0, frame: int = 0) -> np.ndarray:
+    """Read one rectangle of one channel and frame."""
+    return open_image(path).region(x, y, width, height, level=level, channel=channel, frame=frame)
+
+
+def read_downsampled(path: str | Path, max_dim: int, channel: int | None = 0, frame: int = 0) -> Downsampled:
+    """Read a channel no larger than ``max_dim`` on its long side without holding level 0 in memory."""
+    return open_image(path).downsampled(max_dim, channel=channel, frame=frame)

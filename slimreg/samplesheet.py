@@ -1,0 +1,183 @@
+"""Samplesheet parsing and validation: every problem reported at once, each with its row number.
+
+Columns: ``sample,image,reference,session,landmarks`` (the last two optional). Relative paths are
+resolved against the samplesheet's folder, so a sheet and its images can be moved together.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from slimreg.errors import InputError, SlimregError
+
+REQUIRED_COLUMNS = ("sample", "image", "reference")
+OPTIONAL_COLUMNS = ("session", "landmarks")
+TRUE_WORDS = {"true", "yes", "1", "y", "t"}
+FALSE_WORDS = {"false", "no", "0", "n", "f", ""}
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """One image of the samplesheet; ``row`` is its line number in the file (the header is line 1)."""
+
+    row: int
+    sample: str
+    image: Path
+    reference: bool
+    session: str
+    landmarks: Path | None
+
+    @property
+    def stem(self) -> str:
+        """The image's file name without TIFF suffixes: used to name every output of this image."""
+        name = self.image.name
+        for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf", ".svs", ".qptiff"):
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return self.image.stem
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A group of images registered together onto one reference."""
+
+    name: str
+    reference: SampleRow
+    moving: tuple[SampleRow, ...]
+
+    @property
+    def rows(self) -> tuple[SampleRow, ...]:
+        return (self.reference, *self.moving)
+
+
+@dataclass(frozen=True)
+class Samplesheet:
+    """A validated samplesheet."""
+
+    path: Path
+    rows: tuple[SampleRow, ...]
+
+    def samples(self) -> list[Sample]:
+        """Samples in first-appearance order; moving images in samplesheet order."""
+        groups: OrderedDict[str, list[SampleRow]] = OrderedDict()
+        for row in self.rows:
+            groups.setdefault(row.sample, []).append(row)
+        result = []
+        for name, rows in groups.items():
+            reference = next(r for r in rows if r.reference)
+            result.append(Sample(name, reference, tuple(r for r in rows if not r.reference)))
+        return result
+
+
+def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet:
+    """Parse and validate; raise one :class:`InputError` that lists every problem found."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("samplesheet not found.", path, "give the path of a CSV with columns "
+                         "sample,image,reference[,session,landmarks].")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError("samplesheet is not UTF-8 text.", path, "save it as a plain CSV file.") from error
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise InputError("samplesheet is empty.", path, "add a header line 'sample,image,reference,session,"
+                         "landmarks' and one line per image.")
+    reader = csv.DictReader(lines)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    problems: list[str] = []
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if missing:
+        problems.append(f"row 1: missing column(s) {', '.join(missing)}")
+    if unknown:
+        problems.append(f"row 1: unknown column(s) {', '.join(unknown)} (allowed: "
+                        f"{', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)})")
+    if missing or unknown:
+        _raise(path, problems)
+    if len(lines) == 1:
+        _raise(path, ["the samplesheet has a header but no images"])
+
+    rows: list[SampleRow] = []
+    seen_images: dict[Path, int] = {}
+    for number, raw in enumerate(reader, start=2):
+        record = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        if None in raw:
+            problems.append(f"row {number}: more values than columns")
+            continue
+        sample, image_text = record.get("sample", ""), record.get("image", "")
+        if not sample:
+            problems.append(f"row {number}: 'sample' is empty")
+        if any(c in sample for c in "/\\ ") or sample.startswith("."):
+            problems.append(f"row {number}: sample name {sample!r} must not contain spaces or slashes")
+        reference_text = record.get("reference", "").lower()
+        if reference_text not in TRUE_WORDS | FALSE_WORDS:
+            problems.append(f"row {number}: 'reference' must be true or false, got {record.get('reference')!r}")
+        if not image_text:
+            problems.append(f"row {number}: 'image' is empty")
+            continue
+        image = _resolve(path, image_text)
+        if image in seen_images:
+            problems.append(f"row {number}: image {image_text} already listed in row {seen_images[image]}")
+        seen_images[image] = number
+        if not image.is_file():
+            problems.append(f"row {number}: image file not found: {image}")
+        elif probe_images:
+            from slimreg.io.probe import probe
+
+            try:
+                probe(image)
+            except SlimregError as error:
+                problems.append(f"row {number}: {error}")
+        landmarks = _resolve(path, record["landmarks"]) if record.get("landmarks") else None
+        if landmarks is not None and not landmarks.is_file():
+            problems.append(f"row {number}: landmarks file not found: {landmarks}")
+        session = record.get("session", "")
+        rows.append(SampleRow(number, sample, image, reference_text in TRUE_WORDS, session, landmarks))
+
+    problems += _check_groups(rows)
+    if problems:
+        _raise(path, problems)
+    return Samplesheet(path=path, rows=tuple(rows))
+
+
+def _check_groups(rows: list[SampleRow]) -> list[str]:
+    problems = []
+    by_sample: OrderedDict[str, list[SampleRow]] = OrderedDict()
+    for row in rows:
+        by_sample.setdefault(row.sample, []).append(row)
+    for sample, members in by_sample.items():
+        references = [r.row for r in members if r.reference]
+        if len(references) != 1:
+            where = f" (rows {', '.join(map(str, references))})" if references else ""
+            problems.append(f"sample {sample}: needs exactly one reference=true row, found {len(references)}{where}")
+    session_owner: dict[str, tuple[str, int]] = {}
+    for row in rows:
+        if not row.session:
+            continue
+        owner = session_owner.setdefault(row.session, (row.sample, row.row))
+        if owner[0] != row.sample:
+            problems.append(f"row {row.row}: session {row.session!r} is already used by sample {owner[0]} "
+                            f"(row {owner[1]}); a session belongs to one sample")
+    stems: dict[tuple[str, str], int] = {}
+    for row in rows:
+        key = (row.sample, row.stem)
+        if key in stems and stems[key] != row.row:
+            problems.append(f"row {row.row}: image name {row.stem!r} repeats row {stems[key]} in sample "
+                            f"{row.sample}; outputs would collide")
+        stems.setdefault(key, row.row)
+    return problems
+
+
+def _resolve(sheet: Path, text: str) -> Path:
+    candidate = Path(text).expanduser()
+    return (candidate if candidate.is_absolute() else sheet.parent / candidate).resolve()
+
+
+def _raise(path: Path, problems: list[str]) -> None:
+    listing = "\n".join(f"  - {p}" for p in problems)
+    raise InputError(f"samplesheet has {len(problems)} problem(s):\n{listing}\n", path,
+                     "correct these rows and run `slimreg validate` again.")

@@ -1,0 +1,157 @@
+"""The one transform model every engine produces and every step consumes.
+
+A registration result is a *pull map* from the reference frame to the moving image::
+
+    P(p) = A @ (p + D(p))
+
+``p`` is a reference level-0 pixel (centres at integers), ``A`` a 3x3 affine, and ``D`` a smooth
+displacement field in reference pixels, stored on a coarse grid whose node ``(i, j)`` sits at reference
+position ``((j + 0.5) * s - 0.5, (i + 0.5) * s - 0.5)`` for grid spacing ``s`` (the centres of a
+downsampled image of scale ``s``), and interpolated bilinearly with clamped edges.
+
+Warping an image pulls: output pixel ``p`` takes the moving image at ``P(p)``, so affine and displacement
+are composed into one interpolation. Points go the other way (moving -> reference) by inverting ``P``:
+``A`` exactly, ``D`` by fixed-point iteration, which converges for smooth fields (|grad D| < 1).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from slimreg.atomic import atomic_output, write_json_atomic
+from slimreg.errors import InputError
+
+FORMAT = "slimreg-transform"
+VERSION = 1
+CONVENTION = ("pull map reference->moving P(p) = A @ (p + D(p)); level-0 pixels, pixel centres at integer "
+              "coordinates, x right, y down; D on a grid of spacing s with node (i, j) at "
+              "((j + 0.5) * s - 0.5, (i + 0.5) * s - 0.5), bilinear, clamped")
+
+
+@dataclass
+class Displacement:
+    """A displacement field on a coarse grid over the reference frame (values in reference pixels)."""
+
+    dx: np.ndarray
+    dy: np.ndarray
+    spacing: float
+
+    def __post_init__(self) -> None:
+        self.dx = np.asarray(self.dx, dtype=np.float32)
+        self.dy = np.asarray(self.dy, dtype=np.float32)
+        if self.dx.shape != self.dy.shape or self.dx.ndim != 2:
+            raise ValueError("dx and dy must be 2-D arrays of one shape")
+
+    def at(self, xy: np.ndarray) -> np.ndarray:
+        """Displacement at reference points (N x 2), bilinear with clamped edges."""
+        xy = np.asarray(xy, dtype=np.float64)
+        grid = (xy + 0.5) / self.spacing - 0.5
+        coords = [grid[:, 1], grid[:, 0]]
+        dx = ndimage.map_coordinates(self.dx, coords, order=1, mode="nearest")
+        dy = ndimage.map_coordinates(self.dy, coords, order=1, mode="nearest")
+        return np.stack([dx, dy], axis=1)
+
+    def max_gradient(self) -> float:
+        """Largest absolute derivative of the field, per reference pixel (invertibility needs < 1)."""
+        grads = [np.abs(g) for f in (self.dx, self.dy) for g in np.gradient(f.astype(np.float64))]
+        return float(max(g.max() for g in grads) / self.spacing) if self.dx.size > 1 else 0.0
+
+
+@dataclass
+class Transform:
+    """Reference -> moving pull map with the metadata needed to apply it elsewhere."""
+
+    affine: np.ndarray
+    displacement: Displacement | None = None
+    reference_shape: tuple[int, int] = (0, 0)  # (height, width) of the output frame
+    moving_shape: tuple[int, int] = (0, 0)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64).reshape(3, 3)
+
+    def pull(self, xy: np.ndarray) -> np.ndarray:
+        """Map reference points (N x 2) to moving-image points."""
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        if self.displacement is not None:
+            xy = xy + self.displacement.at(xy)
+        return xy @ self.affine[:2, :2].T + self.affine[:2, 2]
+
+    def push(self, xy: np.ndarray, iterations: int = 50, tolerance: float = 1e-6) -> np.ndarray:
+        """Map moving-image points (N x 2) to reference points (the inverse of :meth:`pull`)."""
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        inverse = np.linalg.inv(self.affine)
+        target = xy @ inverse[:2, :2].T + inverse[:2, 2]
+        if self.displacement is None:
+            return target
+        estimate = target.copy()
+        for _ in range(iterations):
+            updated = target - self.displacement.at(estimate)
+            if np.max(np.abs(updated - estimate), initial=0.0) < tolerance:
+                return updated
+            estimate = updated
+        return estimate
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``<path>`` (JSON) and, for non-rigid transforms, ``<stem>.displacement.npz`` beside it."""
+        path = Path(path)
+        data: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "convention": CONVENTION,
+            "affine": self.affine.tolist(),
+            "reference_shape": list(self.reference_shape),
+            "moving_shape": list(self.moving_shape),
+            "displacement": None,
+            "metadata": self.metadata,
+        }
+        if self.displacement is not None:
+            field_name = path.name.removesuffix(".json").removesuffix(".transform") + ".displacement.npz"
+            with atomic_output(path.with_name(field_name)) as tmp, open(tmp, "wb") as handle:
+                np.savez_compressed(handle, dx=self.displacement.dx, dy=self.displacement.dy)
+            data["displacement"] = {"file": field_name, "spacing": self.displacement.spacing,
+                                    "shape": list(self.displacement.dx.shape)}
+        return write_json_atomic(path, data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Transform:
+        """Read a transform written by :meth:`save`."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as error:
+            raise InputError("transform file not found.", path, "run `slimreg register` first.") from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise InputError(f"is not a transform JSON file ({error}).", path) from error
+        if data.get("format") != FORMAT:
+            raise InputError("is not a slimreg transform file.", path, "give a *.transform.json file.")
+        displacement = None
+        if data.get("displacement"):
+            field_path = path.with_name(data["displacement"]["file"])
+            try:
+                with np.load(field_path) as arrays:
+                    displacement = Displacement(arrays["dx"], arrays["dy"], float(data["displacement"]["spacing"]))
+            except (OSError, KeyError, ValueError) as error:
+                raise InputError(f"displacement field could not be read ({error}).", field_path) from error
+        return cls(affine=np.array(data["affine"]), displacement=displacement,
+                   reference_shape=tuple(data["reference_shape"]), moving_shape=tuple(data["moving_shape"]),
+                   metadata=data.get("metadata", {}))
+
+
+def similarity_matrix(scale: float = 1.0, rotation_deg: float = 0.0, tx: float = 0.0, ty: float = 0.0,
+                      centre: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """A 3x3 matrix that scales and rotates about ``centre`` then translates by (tx, ty)."""
+    angle = np.deg2rad(rotation_deg)
+    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
+    cx, cy = centre
+    linear = np.array([[cos, -sin], [sin, cos]])
+    offset = np.array([cx, cy]) - linear @ np.array([cx, cy]) + np.array([tx, ty])
+    matrix = np.eye(3)
+    matrix[:2, :2], matrix[:2, 2] = linear, offset
+    return matrix
