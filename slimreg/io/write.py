@@ -7,6 +7,7 @@ per level whatever the image size. The file is written under a temporary name an
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,6 +66,19 @@ class OmeMetadata:
         )
 
 
+@functools.cache
+def compression_supported(compression: str) -> bool:
+    """Whether this libvips build can write TIFF with ``compression`` (pyvips-binary lacks zstd)."""
+    if compression == "none":
+        return True
+    probe_image = pyvips.Image.black(16, 16)
+    try:
+        probe_image.tiffsave_buffer(compression=compression, tile=True, tile_width=16, tile_height=16)
+    except pyvips.Error:
+        return False
+    return True
+
+
 def write_planes(planes: Sequence[pyvips.Image], path: str | Path, meta: OmeMetadata, *,
                  compression: str = "deflate", tile_size: int = 512, pyramid: bool = True,
                  quality: int = 90) -> Path:
@@ -75,6 +89,9 @@ def write_planes(planes: Sequence[pyvips.Image], path: str | Path, meta: OmeMeta
     path = Path(path)
     if compression not in COMPRESSIONS:
         raise ParameterError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}.")
+    if not compression_supported(compression):
+        raise ParameterError(f"this libvips build cannot write {compression}-compressed TIFF.",
+                             fix="use --compression deflate (the default) or lzw.")
     if compression == "jpeg" and not (meta.is_rgb and meta.dtype == "uint8"):
         raise ParameterError("jpeg compression is only for 8-bit RGB images (it is lossy).",
                              fix="use deflate or zstd for fluorescence images.")

@@ -1,0 +1,24 @@
+"""Shared fixtures: demo data is generated once per test session (small, deterministic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from slimreg.demo import make_demo_data
+
+DEMO_SIZE = 768
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo series (mIF rounds, H&E sections, a two-session stack) with its samplesheet."""
+    outdir = tmp_path_factory.mktemp("demo")
+    make_demo_data(outdir, size=DEMO_SIZE, frames=12, seed=0)
+    return outdir
+
+
+@pytest.fixture(scope="session")
+def demo_sheet(demo_dir: Path) -> Path:
+    return demo_dir / "samplesheet.csv"

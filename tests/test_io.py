@@ -1,0 +1,152 @@
+"""Header probing, lazy reading and streamed writing, against numpy truth."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import tifffile
+
+from slimreg.errors import InputError, ParameterError
+from slimreg.io import open_image, probe, read_downsampled, read_region, write_array
+from slimreg.io.write import compression_supported
+from tests.conftest import DEMO_SIZE
+
+
+def test_probe_demo_multiplex_round(demo_dir: Path) -> None:
+    info = probe(demo_dir / "mif_round1.ome.tif")
+    assert (info.width, info.height, info.channels, info.frames) == (DEMO_SIZE, DEMO_SIZE, 3, 1)
+    assert info.channel_names == ("DAPI", "CD8", "CD20")
+    assert info.pixel_size_um == pytest.approx((0.5, 0.5))
+    assert info.dtype == "uint16" and info.is_ome and info.is_bigtiff and not info.is_rgb
+    assert info.tile == (256, 256)
+    assert info.levels[0] == (DEMO_SIZE, DEMO_SIZE) and len(info.levels) >= 2
+    assert info.bytes_level0 == DEMO_SIZE * DEMO_SIZE * 3 * 2
+
+
+def test_probe_rgb_and_stack(demo_dir: Path) -> None:
+    rgb = probe(demo_dir / "he_section1.ome.tif")
+    assert rgb.is_rgb and rgb.channels == 3 and rgb.dtype == "uint8" and rgb.compression == "jpeg"
+    assert rgb.pixel_size_um == pytest.approx((0.25, 0.25))
+    stack = probe(demo_dir / "calcium_s1.ome.tif")
+    assert (stack.frames, stack.size_t, stack.channels, stack.channel_names) == (12, 12, 1, ("GCaMP",))
+
+
+def test_probe_plain_layouts(tmp_path: Path) -> None:
+    data = (np.arange(4 * 50 * 60) % 65535).astype(np.uint16).reshape(4, 50, 60)
+    stripped = tmp_path / "stripped.tif"
+    tifffile.imwrite(stripped, data[0], resolution=(20000.0, 20000.0), resolutionunit="CENTIMETER")
+    info = probe(stripped)
+    assert info.tile is None and info.channels == 1 and not info.is_bigtiff
+    assert info.pixel_size_um == pytest.approx((0.5, 0.5))
+
+    pages = tmp_path / "imagej.tif"
+    tifffile.imwrite(pages, data, imagej=True, metadata={"axes": "CYX", "Labels": list("abcd")})
+    info = probe(pages)
+    assert info.channels == 4 and info.channel_names == ("a", "b", "c", "d")
+    assert np.array_equal(read_region(pages, 0, 0, 60, 50, channel=2), data[2])
+
+    samples = tmp_path / "samples.tif"
+    tifffile.imwrite(samples, np.moveaxis(data, 0, -1), photometric="minisblack", planarconfig="contig",
+                     bigtiff=True, tile=(32, 32))
+    info = probe(samples)
+    assert info.channels == 4 and info.channels_in_samples and info.is_bigtiff and info.tile == (32, 32)
+    assert np.array_equal(read_region(samples, 0, 0, 60, 50, channel=3), data[3])
+
+    frames = tmp_path / "frames.ome.tif"
+    stack = np.repeat(data[:1], 20, axis=0)
+    stack[7] += 3
+    tifffile.imwrite(frames, stack, metadata={"axes": "TYX"})
+    info = probe(frames)
+    assert (info.frames, info.channels) == (20, 1)
+    assert np.array_equal(read_region(frames, 0, 0, 60, 50, frame=7), stack[7])
+
+
+def test_probe_subifd_pyramid_written_by_tifffile(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 255, (2, 256, 320), dtype=np.uint8)
+    path = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(data, subifds=1, tile=(64, 64), metadata={"axes": "CYX", "Channel": {"Name": ["x", "y"]}})
+        tif.write(data[:, ::2, ::2], subfiletype=1, tile=(64, 64))
+    info = probe(path)
+    assert info.levels == ((256, 320), (128, 160)) and info.subifd_pyramid
+    image = open_image(path)
+    assert np.array_equal(image.region(0, 0, 160, 128, level=1, channel=1), data[1, ::2, ::2])
+
+
+def test_probe_is_fast_and_small_on_a_huge_file(tmp_path: Path) -> None:
+    path = tmp_path / "huge.tif"
+    tifffile.memmap(path, shape=(25000, 30000), dtype="uint8", bigtiff=True)  # sparse file, 750 MB
+    process = psutil.Process()
+    before = process.memory_info().rss
+    start = time.perf_counter()
+    info = probe(path)
+    elapsed = time.perf_counter() - start
+    assert (info.width, info.height) == (30000, 25000)
+    assert elapsed < 1.0
+    assert process.memory_info().rss - before < 20e6
+
+
+def test_read_downsampled_is_exact_block_mean(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 4000, (2, 600, 900)).astype(np.uint16)
+    path = write_array(data, tmp_path / "a.ome.tif", channel_names=["a", "b"], tile_size=128)
+    result = read_downsampled(path, 256, channel=1)
+    assert max(result.array.shape) <= 256
+    factor = int(result.scale)
+    assert result.scale == factor
+    h, w = result.array.shape
+    expected = data[1, : h * factor, : w * factor].reshape(h, factor, w, factor).astype(float).mean(axis=(1, 3))
+    assert np.abs(result.array.astype(float) - expected).max() <= 2.0  # two integer roundings
+    assert np.allclose(result.to_level0(result.from_level0(np.array([[10.0, 20.0]]))), [[10.0, 20.0]])
+
+
+def test_read_downsampled_streams_a_stripped_level0(tmp_path: Path) -> None:
+    path = tmp_path / "big.tif"
+    tifffile.memmap(path, shape=(12000, 20000), dtype="uint8")  # 240 MB, stripped, no pyramid
+    process = psutil.Process()
+    before = process.memory_info().rss
+    result = read_downsampled(path, 1000)
+    assert max(result.array.shape) <= 1000
+    assert process.memory_info().rss - before < 120e6
+
+
+def test_writer_round_trip_and_options(tmp_path: Path) -> None:
+    data = np.random.default_rng(2).integers(0, 60000, (3, 300, 400)).astype(np.uint16)
+    for compression in [c for c in ("deflate", "zstd", "lzw", "none") if compression_supported(c)]:
+        path = write_array(data, tmp_path / f"{compression}.ome.tif", channel_names=["DAPI", "CD3", "x y"],
+                           pixel_size_um=(0.325, 0.325), compression=compression, tile_size=128)
+        info = probe(path)
+        assert info.channel_names == ("DAPI", "CD3", "x y") and info.pixel_size_um == pytest.approx((0.325, 0.325))
+        assert np.array_equal(read_region(path, 0, 0, 400, 300, channel=1), data[1])
+    assert probe(write_array(data[0], tmp_path / "default.ome.tif")).tile == (512, 512)
+    floats = data.astype(np.float32) / 7
+    path = write_array(floats, tmp_path / "float.ome.tif")
+    assert probe(path).dtype == "float32"
+    assert np.array_equal(read_region(path, 0, 0, 400, 300, channel=2), floats[2])
+    if not compression_supported("zstd"):
+        with pytest.raises(ParameterError, match="cannot write zstd"):
+            write_array(data, tmp_path / "bad.ome.tif", compression="zstd")
+    with pytest.raises(ParameterError, match="jpeg"):
+        write_array(data, tmp_path / "bad.ome.tif", compression="jpeg")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("bad") or ".partial-" in p.name) == []
+
+
+def test_bad_inputs_name_the_file(tmp_path: Path, demo_dir: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        probe(tmp_path / "missing.tif")
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not an image\n")
+    with pytest.raises(InputError, match="notes.tif.*not a readable TIFF"):
+        probe(text)
+    truncated = tmp_path / "truncated.ome.tif"
+    truncated.write_bytes((demo_dir / "mif_round0.ome.tif").read_bytes()[:200_000])
+    with pytest.raises(InputError, match="truncated"):
+        probe(truncated)
+    complex_path = tmp_path / "complex.tif"
+    tifffile.imwrite(complex_path, np.zeros((10, 10), dtype=np.complex64))
+    with pytest.raises(InputError, match="not supported"):
+        probe(complex_path)
