@@ -76,6 +76,66 @@ def _validate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("samplesheet", type=Path)
 
 
+def _add_registration_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `register`, `plan` and `run`."""
+    from slimreg.register.settings import DEFAULT_ENGINE, DEFAULT_PRESET, ENGINES, PRESET_ORDER
+
+    group = parser.add_argument_group("registration")
+    group.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help=f"default {DEFAULT_ENGINE}")
+    group.add_argument("--preset", choices=PRESET_ORDER, default=DEFAULT_PRESET,
+                       help=f"working resolutions (default {DEFAULT_PRESET})")
+    group.add_argument("--channel", help="registration channel name or index (default: DAPI/Hoechst, else first; "
+                       "RGB: optical density)")
+    group.add_argument("--non-rigid", action=argparse.BooleanOptionalAction, default=True,
+                       help="estimate a smooth displacement after the affine (default on)")
+    group.add_argument("--micro", action=argparse.BooleanOptionalAction, default=True,
+                       help="refine at --micro-dim resolution (default on)")
+    group.add_argument("--processing-dim", type=int, help="long side (px) for feature matching (preset)")
+    group.add_argument("--non-rigid-dim", type=int, help="long side (px) for the displacement field (preset)")
+    group.add_argument("--micro-dim", type=int, help="long side (px) for the refinement (preset)")
+    group.add_argument("--transform-model", choices=("affine", "similarity"), default="affine")
+    group.add_argument("--tile-size", type=int, default=1024, help="output tile size in px (default 1024)")
+    group.add_argument("--compression", choices=("deflate", "zstd", "lzw", "jpeg", "none"), default="deflate")
+
+
+def registration_settings(args: argparse.Namespace):
+    from slimreg.register.settings import RegistrationSettings
+
+    return RegistrationSettings.from_preset(
+        args.preset, engine=args.engine, channel=args.channel, non_rigid=args.non_rigid, micro=args.micro,
+        processing_dim=args.processing_dim, non_rigid_dim=args.non_rigid_dim, micro_dim=args.micro_dim,
+        transform_model=args.transform_model, tile_size=args.tile_size, compression=args.compression)
+
+
+def run_register(args: argparse.Namespace) -> int:
+    from slimreg.memory import MemoryTracker
+    from slimreg.register.batch import register_batch
+
+    settings = registration_settings(args)
+    with MemoryTracker(debug=args.memory_debug) as tracker:
+        batch = register_batch(args.reference, args.moving, args.outdir, settings, tracker=tracker,
+                               keep_work=args.keep_work, include_reference=args.include_reference)
+        tracker.report()
+    for result in batch.images:
+        if result.status == "ok":
+            print(f"registered {result.stem}: {result.registered}")
+        else:
+            print(f"FAILED {result.stem}: {result.error}", file=sys.stderr)
+    return 1 if batch.failed else 0
+
+
+@command("register", "register moving images onto a reference and write registered OME-TIFFs")
+def _register_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference", type=Path, required=True)
+    parser.add_argument("--moving", type=Path, nargs="+", required=True, metavar="IMAGE")
+    parser.add_argument("--outdir", type=Path, required=True)
+    parser.add_argument("--include-reference", action="store_true",
+                        help="also write the reference, re-encoded, so the output folder holds the whole series")
+    parser.add_argument("--keep-work", action="store_true", help="keep the engine's scratch folder")
+    parser.add_argument("--memory-debug", action="store_true", help="print RSS before/after each task")
+    _add_registration_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimreg", description="Register series of very large microscopy "
                                      "images at a bounded, predicted memory cost.")

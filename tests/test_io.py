@@ -140,7 +140,7 @@ def test_bad_inputs_name_the_file(tmp_path: Path, demo_dir: Path) -> None:
         probe(tmp_path / "missing.tif")
     text = tmp_path / "notes.tif"
     text.write_text("this is not an image\n")
-    with pytest.raises(InputError, match="notes.tif.*not a readable TIFF"):
+    with pytest.raises(InputError, match=r"notes\.tif.*not a readable TIFF"):
         probe(text)
     truncated = tmp_path / "truncated.ome.tif"
     truncated.write_bytes((demo_dir / "mif_round0.ome.tif").read_bytes()[:200_000])

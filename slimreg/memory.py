@@ -1,0 +1,158 @@
+"""Measure what a step really used: resident memory of this process and its children, sampled in a thread.
+
+Every CLI step records baseline, peak and final RSS per task, so the pre-flight estimate can be checked
+against reality (`benchmarks/preflight_accuracy.py`) and users can tell a leak (RSS climbs across tasks and
+stays) from a peak (RSS returns to baseline between tasks), as exo2micro's ``memory_debug`` does.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import psutil
+
+from slimreg.atomic import write_json_atomic
+
+GB = 1024**3
+LEAK_THRESHOLD_BYTES = 512 * 1024**2
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """Resident bytes of ``process`` and all its descendants (processes that vanish are skipped)."""
+    total = 0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return total
+
+
+@dataclass
+class TaskMemory:
+    """Memory of one task: RSS before, at peak and after (after a garbage collection)."""
+
+    task: str
+    baseline_bytes: int
+    peak_bytes: int = 0
+    final_bytes: int = 0
+    wall_seconds: float = 0.0
+    samples: int = 0
+
+    @property
+    def peak_above_baseline_bytes(self) -> int:
+        return max(0, self.peak_bytes - self.baseline_bytes)
+
+
+@dataclass
+class MemoryTracker:
+    """Sample RSS every ``interval`` seconds while tasks run; summarise per task and over the run.
+
+    Use ``with tracker.task("name"):`` around each unit of work. ``debug=True`` prints before/after lines.
+    """
+
+    interval: float = 0.02
+    debug: bool = False
+    stream: TextIO = field(default=sys.stderr, repr=False)
+    tasks: list[TaskMemory] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._process = psutil.Process()
+        self.start_bytes = tree_rss(self._process)
+        self._current: TaskMemory | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._sample_loop, name="slimreg-memory", daemon=True)
+        self._thread.start()
+
+    def _sample_loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> int:
+        """Take one reading now (also called by the background thread)."""
+        rss = tree_rss(self._process)
+        with self._lock:
+            if self._current is not None:
+                self._current.peak_bytes = max(self._current.peak_bytes, rss)
+                self._current.samples += 1
+        return rss
+
+    def _log(self, rss: int, text: str) -> None:
+        if self.debug:
+            print(f"[mem] {rss / GB:6.2f} GB {text}", file=self.stream, flush=True)
+
+    def task(self, name: str) -> _TaskContext:
+        return _TaskContext(self, name)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+    def summary(self) -> dict[str, Any]:
+        """Baseline, peak and final over the run, and whether RSS climbed across tasks (a leak)."""
+        if not self.tasks:
+            return {"baseline_bytes": self.start_bytes, "peak_bytes": self.start_bytes, "final_bytes": self.start_bytes,
+                    "pattern": "no tasks"}
+        baseline = self.tasks[0].baseline_bytes
+        final = self.tasks[-1].final_bytes
+        peak = max(t.peak_bytes for t in self.tasks)
+        finals = [t.final_bytes for t in self.tasks]
+        climbing = len(finals) > 1 and all(b >= a for a, b in itertools.pairwise(finals))
+        leak = final - baseline > LEAK_THRESHOLD_BYTES and climbing
+        return {"baseline_bytes": baseline, "peak_bytes": peak, "final_bytes": final,
+                "pattern": "leak: RSS climbs across tasks and stays" if leak
+                else "peak: RSS returns towards baseline between tasks"}
+
+    def report(self) -> None:
+        summary = self.summary()
+        if self.debug:
+            print("[mem] === memory summary ===", file=self.stream)
+            for key in ("baseline_bytes", "peak_bytes", "final_bytes"):
+                print(f"[mem] {key.removesuffix('_bytes')}: {summary[key] / GB:.2f} GB", file=self.stream)
+            print(f"[mem] {summary['pattern']}", file=self.stream, flush=True)
+
+    def write(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write the per-task log and summary as JSON (next to the step's outputs)."""
+        data = {"tasks": [asdict(t) for t in self.tasks], "summary": self.summary(), **(extra or {})}
+        return write_json_atomic(path, data)
+
+    def __enter__(self) -> MemoryTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _TaskContext:
+    def __init__(self, tracker: MemoryTracker, name: str):
+        self.tracker, self.name = tracker, name
+
+    def __enter__(self) -> TaskMemory:
+        rss = tree_rss(self.tracker._process)
+        record = TaskMemory(task=self.name, baseline_bytes=rss, peak_bytes=rss)
+        with self.tracker._lock:
+            self.tracker._current = record
+        self._start = time.perf_counter()
+        self.tracker._log(rss, f"before {self.name}")
+        return record
+
+    def __exit__(self, *exc: object) -> None:
+        self.tracker.sample()
+        with self.tracker._lock:
+            record = self.tracker._current
+            self.tracker._current = None
+        assert record is not None
+        gc.collect()
+        record.final_bytes = tree_rss(self.tracker._process)
+        record.peak_bytes = max(record.peak_bytes, record.final_bytes)
+        record.wall_seconds = time.perf_counter() - self._start
+        self.tracker.tasks.append(record)
+        self.tracker._log(record.final_bytes, f"after gc {self.name} (peak {record.peak_bytes / GB:.2f} GB)")

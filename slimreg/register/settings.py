@@ -1,0 +1,80 @@
+"""Registration settings and presets.
+
+A preset sets the three working resolutions (long side, px) that drive both accuracy and memory:
+``processing_dim`` for feature matching, ``non_rigid_dim`` for the displacement field and ``micro_dim`` for
+the final refinement. Each can also be set on its own. On an out-of-memory retry the runner and the
+Nextflow pipeline step down one preset (high -> medium -> low).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from slimreg.errors import ParameterError
+
+PRESETS: dict[str, dict[str, int]] = {
+    "high": {"processing_dim": 2048, "non_rigid_dim": 2048, "micro_dim": 4096},
+    "medium": {"processing_dim": 1024, "non_rigid_dim": 1024, "micro_dim": 2048},
+    "low": {"processing_dim": 512, "non_rigid_dim": 512, "micro_dim": 1024},
+}
+PRESET_ORDER = ("high", "medium", "low")
+ENGINES = ("valis", "feature")
+DEFAULT_ENGINE = "valis"
+DEFAULT_PRESET = "medium"
+TRANSFORM_MODELS = ("affine", "similarity")
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    """Everything that decides a registration result (recorded in every transform file)."""
+
+    engine: str = DEFAULT_ENGINE
+    preset: str = DEFAULT_PRESET
+    processing_dim: int = PRESETS[DEFAULT_PRESET]["processing_dim"]
+    non_rigid_dim: int = PRESETS[DEFAULT_PRESET]["non_rigid_dim"]
+    micro_dim: int = PRESETS[DEFAULT_PRESET]["micro_dim"]
+    non_rigid: bool = True
+    micro: bool = True
+    channel: str | None = None
+    transform_model: str = "affine"
+    tile_size: int = 1024
+    compression: str = "deflate"
+    interpolation: str = "bilinear"
+    max_features: int = 5000
+    min_inliers: int = 12
+
+    @classmethod
+    def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides: Any) -> RegistrationSettings:
+        """Settings of ``preset`` with explicit values (not None) taking precedence."""
+        if preset not in PRESETS:
+            raise ParameterError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_ORDER)}.")
+        values: dict[str, Any] = {"preset": preset, **PRESETS[preset]}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.engine not in ENGINES:
+            raise ParameterError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}.")
+        if self.transform_model not in TRANSFORM_MODELS:
+            raise ParameterError(f"unknown transform model {self.transform_model!r}; choose affine or similarity.")
+        for name in ("processing_dim", "non_rigid_dim", "micro_dim"):
+            if getattr(self, name) < 64:
+                raise ParameterError(f"{name} must be at least 64 px, got {getattr(self, name)}.")
+        if self.tile_size < 64 or self.tile_size % 16:
+            raise ParameterError(f"tile size must be a multiple of 16 and at least 64, got {self.tile_size}.")
+        if self.min_inliers < 3:
+            raise ParameterError(f"min_inliers must be at least 3, got {self.min_inliers}.")
+
+    def lower_preset(self) -> RegistrationSettings | None:
+        """The same settings one preset lower, or None at the lowest (used on out-of-memory retries)."""
+        index = PRESET_ORDER.index(self.preset) if self.preset in PRESET_ORDER else len(PRESET_ORDER) - 1
+        if index + 1 >= len(PRESET_ORDER):
+            return None
+        lower = PRESET_ORDER[index + 1]
+        return replace(self, preset=lower, **PRESETS[lower])
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

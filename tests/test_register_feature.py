@@ -1,0 +1,94 @@
+"""REGISTER with the feature engine on demo data with known transforms; landmarks mapped by saved files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slimreg.cli import main
+from slimreg.demo import read_landmarks
+from slimreg.io import open_image, probe, write_array
+from slimreg.register.batch import register_batch
+from slimreg.register.settings import RegistrationSettings
+from slimreg.transform import Transform
+from tests.conftest import DEMO_SIZE
+
+
+def landmark_errors(demo_dir: Path, reference: str, moving: str, transform_path: Path) -> np.ndarray:
+    transform = Transform.load(transform_path)
+    truth = read_landmarks(demo_dir / f"{reference}.landmarks.csv")
+    mapped = transform.push(read_landmarks(demo_dir / f"{moving}.landmarks.csv"))
+    return np.hypot(*(mapped - truth).T)
+
+
+@pytest.fixture(scope="module")
+def feature_results(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = {}
+    for mode in ("nonrigid", "affine"):
+        folder = tmp_path_factory.mktemp(f"feature-{mode}")
+        settings = RegistrationSettings.from_preset("medium", engine="feature", non_rigid=(mode == "nonrigid"))
+        batch = register_batch(demo_dir / "mif_round0.ome.tif", [demo_dir / f"mif_round{i}.ome.tif" for i in (1, 2, 3)],
+                               folder, settings)
+        assert not batch.failed, [r.error for r in batch.failed]
+        he = register_batch(demo_dir / "he_section0.ome.tif", [demo_dir / "he_section1.ome.tif"], folder, settings)
+        assert not he.failed
+        out[mode] = folder
+    return out
+
+
+@pytest.mark.parametrize("moving", ["mif_round1", "mif_round2"])
+def test_similarity_and_affine_cases_are_subpixel(demo_dir: Path, feature_results: dict[str, Path],
+                                                  moving: str) -> None:
+    errors = landmark_errors(demo_dir, "mif_round0", moving, feature_results["nonrigid"] / f"{moving}.transform.json")
+    assert np.median(errors) <= 0.5
+    before = np.hypot(*(read_landmarks(demo_dir / f"{moving}.landmarks.csv")
+                        - read_landmarks(demo_dir / "mif_round0.landmarks.csv")).T)
+    assert np.median(before) > 5  # the test starts far from the answer
+
+
+@pytest.mark.parametrize(("reference", "moving"), [("mif_round0", "mif_round3"), ("he_section0", "he_section1")])
+def test_nonrigid_cases_beat_affine(demo_dir: Path, feature_results: dict[str, Path], reference: str,
+                                    moving: str) -> None:
+    nonrigid = landmark_errors(demo_dir, reference, moving, feature_results["nonrigid"] / f"{moving}.transform.json")
+    affine = landmark_errors(demo_dir, reference, moving, feature_results["affine"] / f"{moving}.transform.json")
+    assert np.median(nonrigid) <= 1.0
+    assert np.median(nonrigid) < np.median(affine)
+    assert (feature_results["nonrigid"] / f"{moving}.displacement.npz").is_file()
+
+
+def test_registered_image_is_in_the_reference_frame(demo_dir: Path, feature_results: dict[str, Path]) -> None:
+    registered = feature_results["nonrigid"] / "mif_round3.ome.tif"
+    info = probe(registered)
+    assert (info.width, info.height) == (DEMO_SIZE, DEMO_SIZE)
+    assert info.channel_names == ("DAPI", "PD1", "Ki67") and info.dtype == "uint16"
+    assert info.pixel_size_um == pytest.approx((0.5, 0.5)) and info.tile == (1024, 1024)
+    reference = open_image(demo_dir / "mif_round0.ome.tif").region(0, 0, DEMO_SIZE, DEMO_SIZE).astype(float)
+    original = open_image(demo_dir / "mif_round3.ome.tif").region(0, 0, DEMO_SIZE, DEMO_SIZE).astype(float)
+    warped = open_image(registered).region(0, 0, DEMO_SIZE, DEMO_SIZE).astype(float)
+    assert np.corrcoef(reference.ravel(), warped.ravel())[0, 1] > 0.95 > np.corrcoef(reference.ravel(),
+                                                                                      original.ravel())[0, 1]
+    rgb = probe(feature_results["nonrigid"] / "he_section1.ome.tif")
+    assert rgb.is_rgb and rgb.pixel_size_um == pytest.approx((0.25, 0.25))
+
+
+def test_textureless_image_fails_alone_with_no_output(demo_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    blank = write_array(np.full((3, 400, 400), 1000, np.uint16), tmp_path / "blank.ome.tif",
+                        channel_names=["DAPI", "CD3", "panCK"])
+    out = tmp_path / "out"
+    status = main(["register", "--engine", "feature", "--reference", str(demo_dir / "mif_round0.ome.tif"),
+                   "--moving", str(blank), str(demo_dir / "mif_round1.ome.tif"), "--outdir", str(out)])
+    assert status == 1
+    assert "blank.ome.tif" in capsys.readouterr().err
+    assert not list(out.glob("blank*")) and (out / "mif_round1.ome.tif").is_file()
+    assert not list(out.glob(".*partial*")) and not list(out.glob(".slimreg-work-*"))
+
+
+def test_missing_registration_channel_is_named(demo_dir: Path, tmp_path: Path) -> None:
+    settings = RegistrationSettings.from_preset("low", engine="feature", channel="CD3")
+    batch = register_batch(demo_dir / "mif_round0.ome.tif", [demo_dir / "mif_round1.ome.tif"], tmp_path, settings)
+    assert batch.failed and "has no channel 'CD3'" in batch.failed[0].error
+    assert "mif_round1.ome.tif" in batch.failed[0].error
+    assert not list(tmp_path.glob("mif_round1*"))
