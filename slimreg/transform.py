@@ -98,6 +98,25 @@ class Transform:
             estimate = updated
         return estimate
 
+    def rescaled(self, reference_scale: float, moving_scale: float, reference_shape: tuple[int, int],
+                 moving_shape: tuple[int, int]) -> Transform:
+        """The same map between frames ``scale`` times larger (a transform found on block-averaged copies).
+
+        With ``S(s): x -> s * x + (s - 1) / 2`` (centre rule): ``A' = S_mov A S_ref^-1`` and the field's values
+        and spacing grow by ``reference_scale``.
+        """
+        def frame(scale: float) -> np.ndarray:
+            offset = (scale - 1.0) / 2.0
+            return np.array([[scale, 0, offset], [0, scale, offset], [0, 0, 1.0]])
+
+        affine = frame(moving_scale) @ self.affine @ np.linalg.inv(frame(reference_scale))
+        displacement = None
+        if self.displacement is not None:
+            field = self.displacement
+            displacement = Displacement(field.dx * reference_scale, field.dy * reference_scale,
+                                        field.spacing * reference_scale)
+        return Transform(affine, displacement, reference_shape, moving_shape, dict(self.metadata))
+
     def save(self, path: str | Path) -> Path:
         """Write ``<path>`` (JSON) and, for non-rigid transforms, ``<stem>.displacement.npz`` beside it."""
         path = Path(path)

@@ -84,79 +84,140 @@ def _generic_name(name: str) -> bool:
     return name[:1].upper() == "C" and name[1:].isdigit()
 
 
+@dataclass
+class MovingUnit:
+    """One registration (a plain image, or a session through its projection) and the files it is applied to."""
+
+    name: str
+    registration_image: Path
+    apply_to: list[Path]
+    registered: list[Path]
+    transform: Path
+    scale: int = 1  # level-0 pixels of ``apply_to`` per pixel of ``registration_image``
+    registered_projection: Path | None = None
+
+
+def units_for_images(paths: list[str | Path], outdir: Path) -> list[MovingUnit]:
+    """Plain images: each registers itself and is applied to itself; outputs side by side in ``outdir``."""
+    return [MovingUnit(image_stem(p), Path(p), [Path(p)], [outdir / f"{image_stem(p)}.ome.tif"],
+                       outdir / f"{image_stem(p)}.transform.json") for p in paths]
+
+
 def register_batch(reference_path: str | Path, moving_paths: list[str | Path], outdir: str | Path,
                    settings: RegistrationSettings, *, tracker: MemoryTracker | None = None,
                    keep_work: bool = False, include_reference: bool = False) -> BatchResult:
     """Register each moving image onto the reference; write outputs into ``outdir``."""
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    units = units_for_images(list(moving_paths), outdir)
+    if include_reference:
+        units.insert(0, MovingUnit(image_stem(reference_path), Path(reference_path), [Path(reference_path)],
+                                   [outdir / f"{image_stem(reference_path)}.ome.tif"],
+                                   outdir / f"{image_stem(reference_path)}.transform.json"))
+    return register_units(reference_path, units, settings, log_dir=outdir, tracker=tracker, keep_work=keep_work)
+
+
+def register_units(reference_path: str | Path, units: list[MovingUnit], settings: RegistrationSettings, *,
+                   log_dir: Path, reference_scale: int = 1, reference_shape: tuple[int, int] | None = None,
+                   tracker: MemoryTracker | None = None, keep_work: bool = False,
+                   log_name: str | None = None) -> BatchResult:
+    """Find each unit's transform against the reference and apply it to the unit's files (streamed)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
     own_tracker = tracker is None
     tracker = tracker or MemoryTracker()
     reference = TiffImage(reference_path)
     reference_channel = choose_channel(reference.info, settings.channel)
+    output_shape = tuple(reference_shape) if reference_shape else (reference.info.height, reference.info.width)
+    output_pixel_size = _scaled_pixel_size(reference.info.pixel_size_um, reference_scale)
     results: list[ImageResult] = []
-    candidates: list[tuple[TiffImage, int | str, ImageResult]] = []
-    for path in moving_paths:
-        stem = image_stem(path)
-        result = ImageResult(image=str(path), stem=stem, status="failed")
+    candidates: list[tuple[MovingUnit, TiffImage, int | str, ImageResult]] = []
+    for unit in units:
+        result = ImageResult(image=str(unit.registration_image), stem=unit.name, status="failed")
         results.append(result)
+        if Path(unit.registration_image).resolve() == Path(reference_path).resolve():
+            candidates.append((unit, reference, reference_channel, result))
+            continue
         try:
-            moving = TiffImage(path)
-            candidates.append((moving, moving_channel_for(reference, reference_channel, moving, settings), result))
+            moving = TiffImage(unit.registration_image)
+            candidates.append((unit, moving, moving_channel_for(reference, reference_channel, moving, settings),
+                               result))
         except SlimregError as error:
             result.error = str(error)
 
-    workdir = Path(tempfile.mkdtemp(prefix=".slimreg-work-", dir=outdir))
+    workdir = Path(tempfile.mkdtemp(prefix=".slimreg-work-", dir=log_dir))
     try:
-        engine = get_engine(settings.engine)
-        start = time.perf_counter()
-        with tracker.task(f"register:{reference.path.name}"):
-            transforms = engine.register_many(reference, [c[0] for c in candidates], reference_channel,
-                                              [c[1] for c in candidates], settings, workdir) if candidates else []
-        share = (time.perf_counter() - start) / max(1, len(candidates))
-        for (moving, _, result), transform in zip(candidates, transforms, strict=True):
-            result.seconds = share
+        to_register = [c for c in candidates if c[1] is not reference]
+        transforms: dict[int, Transform | Exception] = {}
+        for unit, image, _, _ in candidates:
+            if image is reference:
+                transforms[id(unit)] = Transform(np.eye(3), None, (reference.info.height, reference.info.width),
+                                                 (reference.info.height, reference.info.width),
+                                                 {"engine": "identity"})
+        if to_register:
+            engine = get_engine(settings.engine)
+            start = time.perf_counter()
+            with tracker.task(f"register:{reference.path.name}"):
+                found = engine.register_many(reference, [c[1] for c in to_register], reference_channel,
+                                             [c[2] for c in to_register], settings, workdir)
+            share = (time.perf_counter() - start) / len(to_register)
+            for (unit, _, _, result), transform in zip(to_register, found, strict=True):
+                transforms[id(unit)] = transform
+                result.seconds = share
+        for unit, image, _, result in candidates:
+            transform = transforms[id(unit)]
             if isinstance(transform, Exception):
                 result.error = str(transform)
                 continue
-            _write_outputs(reference, moving, transform, outdir, result, settings, tracker)
-        if include_reference:
-            identity = Transform(np.eye(3), None, (reference.info.height, reference.info.width),
-                                 (reference.info.height, reference.info.width), {"engine": "identity"})
-            ref_result = ImageResult(image=str(reference.path), stem=image_stem(reference.path), status="failed")
-            _write_outputs(reference, reference, identity, outdir, ref_result, settings, tracker)
-            results.insert(0, ref_result)
+            _write_outputs(reference, image, unit, transform, result, settings, tracker, reference_scale,
+                           output_shape, output_pixel_size)
     finally:
         if not keep_work:
             shutil.rmtree(workdir, ignore_errors=True)
     batch = BatchResult(reference=str(reference.path), settings=settings.to_json(), images=results)
-    write_json_atomic(outdir / f"{image_stem(reference.path)}.register.json",
-                      {"reference": batch.reference, "settings": batch.settings,
-                       "images": [asdict(r) for r in batch.images]})
-    tracker.write(outdir / f"{image_stem(reference.path)}.register.memory.json", {"step": "register"})
+    name = log_name or f"{image_stem(reference.path)}.register"
+    write_json_atomic(log_dir / f"{name}.json", {"reference": batch.reference, "settings": batch.settings,
+                                                 "images": [asdict(r) for r in batch.images]})
+    tracker.write(log_dir / f"{name}.memory.json", {"step": "register"})
     if own_tracker:
         tracker.close()
     return batch
 
 
-def _write_outputs(reference: TiffImage, moving: TiffImage, transform: Transform, outdir: Path, result: ImageResult,
-                   settings: RegistrationSettings, tracker: MemoryTracker) -> None:
-    stem = result.stem
-    transform.metadata.update({"reference": str(reference.path), "moving": str(moving.path),
+def _scaled_pixel_size(pixel_size: tuple[float, float] | None, scale: int) -> tuple[float, float] | None:
+    return None if pixel_size is None else (pixel_size[0] / scale, pixel_size[1] / scale)
+
+
+def _write_outputs(reference: TiffImage, registration_image: TiffImage, unit: MovingUnit, transform: Transform,
+                   result: ImageResult, settings: RegistrationSettings, tracker: MemoryTracker, reference_scale: int,
+                   output_shape: tuple[int, int], pixel_size: tuple[float, float] | None) -> None:
+    """Warp every file of the unit with the (level-0) transform, then save the transform; all or nothing."""
+    transform.metadata.update({"reference": str(reference.path), "moving": str(registration_image.path),
                                "settings": settings.to_json(),
-                               "reference_pixel_size_um": reference.info.pixel_size_um})
-    registered = outdir / f"{stem}.ome.tif"
+                               "reference_pixel_size_um": pixel_size, "registration_scale": unit.scale})
+    first_target = TiffImage(unit.apply_to[0]) if unit.apply_to else registration_image
+    level0 = transform
+    if reference_scale != 1 or unit.scale != 1:
+        level0 = transform.rescaled(reference_scale, unit.scale, output_shape,
+                                    (first_target.info.height, first_target.info.width))
+    written: list[Path] = []
     start = time.perf_counter()
     try:
-        with tracker.task(f"warp:{stem}"):
-            warp_file(moving, transform, registered, reference_shape=(reference.info.height, reference.info.width),
-                      pixel_size_um=reference.info.pixel_size_um, compression=settings.compression,
-                      tile_size=settings.tile_size, interpolation=settings.interpolation)
-        transform_path = transform.save(outdir / f"{stem}.transform.json")
+        if unit.registered_projection is not None:
+            with tracker.task(f"warp:{unit.name}:projection"):
+                written.append(warp_file(registration_image, transform, unit.registered_projection,
+                                         reference_shape=(reference.info.height, reference.info.width),
+                                         pixel_size_um=reference.info.pixel_size_um, compression="deflate",
+                                         tile_size=512, interpolation=settings.interpolation))
+        for source, target in zip(unit.apply_to, unit.registered, strict=True):
+            with tracker.task(f"warp:{Path(target).name}"):
+                written.append(warp_file(TiffImage(source), level0, target, reference_shape=output_shape,
+                                         pixel_size_um=pixel_size, compression=settings.compression,
+                                         tile_size=settings.tile_size, interpolation=settings.interpolation))
+        transform_path = level0.save(unit.transform)
     except SlimregError as error:
         result.error = str(error)
-        registered.unlink(missing_ok=True)
+        for path in written:
+            Path(path).unlink(missing_ok=True)
         return
-    result.status, result.registered, result.transform = "ok", str(registered), str(transform_path)
+    result.status, result.registered, result.transform = "ok", str(unit.registered[0]), str(transform_path)
     result.seconds += time.perf_counter() - start
     result.quality = transform.metadata.get("quality", {})

@@ -1,0 +1,150 @@
+"""Multi-frame stacks: split into pieces, project sessions, merge pieces, always one frame at a time.
+
+Following CaliAli's low-memory strategy (shared/seeds/000): a recording too big for one task is split into
+``<stem>_b1.ome.tif``, ``_b2``, ... that stay tied to their session; a session is registered once, through a
+projection of all its frames, and that one transform is applied to every piece.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slimreg.errors import InputError, ParameterError
+from slimreg.io.probe import ImageInfo, probe
+from slimreg.io.read import TiffImage
+from slimreg.io.vips import from_numpy
+from slimreg.io.write import OmeMetadata, write_planes
+
+PROJECTION_CHANNELS = ("mean", "max")
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Frames ``[start, stop)`` of a stack, written as one sub-file."""
+
+    source: str
+    index: int  # 1-based, as in _b1
+    start: int
+    stop: int
+    path: str
+
+
+def frames_per_piece(info: ImageInfo, max_frames: int | None, max_chunk_gb: float | None) -> int | None:
+    """How many frames each piece may hold, or None when the stack needs no split."""
+    if max_frames is not None and max_frames < 1:
+        raise ParameterError(f"--max-frames must be at least 1, got {max_frames}.")
+    if max_chunk_gb is not None and max_chunk_gb <= 0:
+        raise ParameterError(f"--max-chunk-gb must be positive, got {max_chunk_gb}.")
+    limits = []
+    if max_frames is not None:
+        limits.append(max_frames)
+    if max_chunk_gb is not None:
+        per_frame = max(1, info.frame_bytes)
+        if per_frame > max_chunk_gb * GB:
+            raise ParameterError(f"one frame of {info.path} holds {per_frame / GB:.2f} GB, more than --max-chunk-gb "
+                                 f"{max_chunk_gb}.", fix="raise --max-chunk-gb above the size of one frame.")
+        limits.append(int(max_chunk_gb * GB // per_frame))
+    if not limits or info.frames <= min(limits):
+        return None
+    frames = min(limits)
+    if info.size_z > 1 and info.size_t > 1:
+        frames = max(info.size_z, frames - frames % info.size_z)  # keep whole Z stacks together
+    return frames
+
+
+def plan_pieces(info: ImageInfo, per_piece: int, outdir: Path, stem: str) -> list[Piece]:
+    count = math.ceil(info.frames / per_piece)
+    return [Piece(info.path, i + 1, i * per_piece, min(info.frames, (i + 1) * per_piece),
+                  str(outdir / f"{stem}_b{i + 1}.ome.tif")) for i in range(count)]
+
+
+def _stack_meta(info: ImageInfo, frames: int, width: int | None = None, height: int | None = None,
+                names: tuple[str, ...] | None = None, pixel_size: tuple[float, float] | None = None) -> OmeMetadata:
+    size_z = info.size_z if info.size_z > 1 and frames % info.size_z == 0 else 1
+    return OmeMetadata(width or info.width, height or info.height, info.dtype, names or info.channel_names,
+                       pixel_size if pixel_size is not None else info.pixel_size_um, size_z=size_z,
+                       size_t=frames // size_z, is_rgb=info.is_rgb and names is None)
+
+
+def _frame_planes(image: TiffImage, frame: int) -> list:
+    info = image.info
+    if info.is_rgb:
+        return [image.plane(0, None, frame)]
+    return [image.plane(0, c, frame) for c in range(info.channels)]
+
+
+def split_stack(path: str | Path, pieces: list[Piece], tile_size: int = 512, compression: str = "deflate") -> list[Path]:
+    """Write each piece by streaming its frames from the source (libvips reads one tile row at a time)."""
+    image = TiffImage(path, access="sequential")
+    written = []
+    for piece in pieces:
+        planes = [p for frame in range(piece.start, piece.stop) for p in _frame_planes(image, frame)]
+        meta = _stack_meta(image.info, piece.stop - piece.start)
+        written.append(write_planes(planes, piece.path, meta, tile_size=tile_size, compression=compression))
+    return written
+
+
+def check_session_shapes(infos: list[ImageInfo]) -> None:
+    """All pieces of one session must share frame size, channels and pixel type."""
+    first = infos[0]
+    for info in infos[1:]:
+        if (info.width, info.height, info.channels, info.dtype, info.is_rgb) != \
+                (first.width, first.height, first.channels, first.dtype, first.is_rgb):
+            raise InputError(f"has frames of {info.width}x{info.height}x{info.channels} {info.dtype}, but "
+                             f"{first.path} in the same session has {first.width}x{first.height}x{first.channels} "
+                             f"{first.dtype}.", info.path, "give pieces of one session the same frame shape, or "
+                             "put them in different sessions.")
+
+
+def projection_factor(info: ImageInfo, max_dim: int) -> int:
+    """Integer block factor so that the projection's long side is at most ``max_dim``."""
+    return max(1, math.ceil(max(info.width, info.height) / max_dim))
+
+
+def project_session(paths: list[str | Path], out_path: str | Path, channel: int, factor: int,
+                    tile_size: int = 512) -> Path:
+    """Mean and max over every frame of every piece, of one channel, block-averaged by ``factor``.
+
+    Streams frame by frame: memory is two float32 accumulators at the projection's size.
+    """
+    infos = [probe(p) for p in paths]
+    check_session_shapes(infos)
+    first = infos[0]
+    height, width = first.height // factor, first.width // factor
+    total = np.zeros((height, width), np.float64)
+    peak = np.full((height, width), -np.inf, np.float64)
+    count = 0
+    for info in infos:
+        image = TiffImage(info, access="random")
+        for frame in range(info.frames):
+            plane = image.plane(0, None if first.is_rgb else channel, frame)
+            if first.is_rgb:
+                plane = plane.colourspace("b-w")[0] if plane.bands >= 3 else plane
+            if factor > 1:
+                plane = plane.crop(0, 0, width * factor, height * factor).shrink(factor, factor)
+            array = plane.numpy().astype(np.float64)
+            total += array
+            np.maximum(peak, array, out=peak)
+            count += 1
+    mean = (total / max(1, count)).astype(np.float32)
+    planes = [from_numpy(mean), from_numpy(peak.astype(np.float32))]
+    pixel = tuple(s * factor for s in first.pixel_size_um) if first.pixel_size_um else None
+    name = first.channel_names[channel] if not first.is_rgb else "grey"
+    meta = OmeMetadata(width, height, "float32", (f"{name} mean", f"{name} max"), pixel)
+    return write_planes(planes, out_path, meta, tile_size=tile_size)
+
+
+def merge_pieces(paths: list[str | Path], out_path: str | Path, tile_size: int = 512,
+                 compression: str = "deflate") -> Path:
+    """Concatenate registered pieces of one session into one stack, frame by frame."""
+    images = [TiffImage(p, access="sequential") for p in paths]
+    check_session_shapes([im.info for im in images])
+    planes = [p for image in images for frame in range(image.info.frames) for p in _frame_planes(image, frame)]
+    frames = sum(image.info.frames for image in images)
+    return write_planes(planes, out_path, _stack_meta(images[0].info, frames), tile_size=tile_size,
+                        compression=compression)

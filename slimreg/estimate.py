@@ -1,0 +1,177 @@
+"""Peak memory and disk of every task, predicted from image headers alone.
+
+The model follows what the code allocates (numbers in bytes; "px" = pixels of a working image):
+
+- Every task starts from a process baseline (Python, numpy, libvips, OpenCV imported), ``PROCESS_BASE``.
+  The valis engine adds torch, kornia and VALIS (``VALIS_IMPORT``).
+- Feature engine, per moving image (one at a time): SIFT on the reference and moving working images at
+  ``processing_dim`` (``SIFT_PER_PX`` per pixel, both images, OpenCV's doubled first octave included), then
+  ECC at ``micro_dim`` (``ECC_PER_PX``), then DIS optical flow at ``non_rigid_dim`` (as SIFT). The stages run one
+  after another, so the pair costs the largest of them plus ``PAIR_OVERHEAD``.
+- VALIS engine, per moving image: a two-image VALIS run, dominated by a constant (``VALIS_PAIR_BASE``; measured
+  2.2-2.7 GB whatever the image size) plus ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
+  (``VALIS_IMPORT``, measured 1.17 GB).
+- Streamed warp and OME-TIFF writing (libvips): measured growth is proportional to the output *width* times
+  the number of planes written into one file (libvips keeps buffers for every plane joined into the file),
+  ``WARP_PER_WIDTH_BYTE + WARP_PER_WIDTH_TILE * tile_size`` bytes per pixel of width, per byte per pixel, per
+  plane, plus ``WARP_BASE``. It does not grow with the image's height; long stacks are bounded by splitting
+  them (``--max-frames``).
+- Projection: two float64 accumulators at the projection's size. QC: ~``QC_PER_PX`` per pixel at ``max_dim``.
+
+The constants were measured on this project's machine (2 cores, 24 GB) with ``benchmarks/preflight_accuracy.py``
+and ``/tmp/measure.py``-style runs (each step in a fresh process, peak ``ru_maxrss``); see
+docs/memory-model.md. A ``SAFETY`` factor keeps the estimate at or above the measured peak. Disk: registered
+outputs are estimated from the input's file size (same compression, plus the pyramid's third).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+from slimreg.io.probe import ImageInfo, probe
+
+if TYPE_CHECKING:
+    from slimreg.plan import PlanSettings, Task
+    from slimreg.register.settings import RegistrationSettings
+
+MB = 1024**2
+PROCESS_BASE = 100 * MB
+VALIS_IMPORT = 1180 * MB
+VALIS_PAIR_BASE = 1500 * MB
+VALIS_PER_PX = 60
+PAIR_OVERHEAD = 40 * MB
+SIFT_PER_PX = 255
+ECC_PER_PX = 100
+WARP_BASE = 35 * MB
+WARP_PER_WIDTH_BYTE = 2000
+WARP_PER_WIDTH_TILE = 1.3
+PROJECT_PER_PX = 40
+QC_PER_PX = 60
+SAFETY = 1.1
+PYRAMID_DISK_FACTOR = 1.4
+COMPRESSION_RATIO = {"none": 1.0, "deflate": 0.8, "lzw": 0.9, "zstd": 0.8, "jpeg": 0.2}
+
+
+def output_bytes(info: ImageInfo, compression: str) -> int:
+    """Disk of a registered copy: the input's size when the compression family is the same, else from pixels."""
+    same = info.compression.replace("adobe_", "") == compression or (
+        compression == "none" and info.compression == "none")
+    if same:
+        return int(info.file_bytes * PYRAMID_DISK_FACTOR)
+    return int(info.bytes_level0 * 4 / 3 * COMPRESSION_RATIO.get(compression, 1.0))
+MAX_PLAUSIBLE_TASK_BYTES = 4 * 1024**4  # no single machine offers more than this
+
+
+def working_pixels(info: ImageInfo, max_dim: int) -> int:
+    """Pixels of a copy block-averaged by the integer factor that brings the long side to ``max_dim``."""
+    factor = max(1, math.ceil(max(info.width, info.height) / max_dim))
+    return (info.width // factor) * (info.height // factor)
+
+
+def warp_bytes(info: ImageInfo, tile_size: int, width: int | None = None, frames: int | None = None) -> int:
+    """Streamed warp + pyramidal write of one image (all channels and frames) into an output ``width`` px wide."""
+    bands = 3 if info.is_rgb else 1
+    planes = (1 if info.is_rgb else info.channels) * (frames if frames is not None else info.frames)
+    per_width = info.itemsize * bands * planes * (WARP_PER_WIDTH_BYTE + WARP_PER_WIDTH_TILE * tile_size)
+    return int(WARP_BASE + (width or info.width) * per_width)
+
+
+def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSettings) -> int:
+    """Registration of one moving image (not counting the warp)."""
+    def pixels(dim: int) -> int:
+        return working_pixels(reference, dim) + working_pixels(moving, dim)
+
+    if settings.engine == "valis":
+        return int(VALIS_IMPORT + VALIS_PAIR_BASE + VALIS_PER_PX * pixels(settings.processing_dim))
+    stages = [SIFT_PER_PX * pixels(settings.processing_dim) / 2]
+    if settings.micro:
+        stages.append(ECC_PER_PX * pixels(settings.micro_dim) / 2)
+    if settings.non_rigid:
+        stages.append(SIFT_PER_PX * pixels(settings.non_rigid_dim) / 2)
+    return int(PAIR_OVERHEAD + max(stages))
+
+
+def register_task_bytes(reference: ImageInfo, units: list[tuple[ImageInfo, list[ImageInfo]]],
+                        settings: RegistrationSettings, reference_width: int) -> int:
+    """Peak of a REGISTER task: images are handled one at a time, so the largest image decides."""
+    peak = 0
+    for registration_info, targets in units:
+        peak = max(peak, pair_bytes(reference, registration_info, settings))
+        for target in targets:
+            peak = max(peak, warp_bytes(target, settings.tile_size, reference_width)
+                       + (VALIS_IMPORT if settings.engine == "valis" else 0))
+    return int(SAFETY * (PROCESS_BASE + peak))
+
+
+def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, settings: PlanSettings) -> None:
+    """Fill ``peak_memory_bytes`` and ``disk_bytes`` of every task in place (headers only)."""
+    from slimreg.register.settings import RegistrationSettings
+
+    infos: dict[str, ImageInfo] = {}
+
+    def info(path: str) -> ImageInfo | None:
+        if path.startswith(("work/", "registered/")):
+            return None
+        if path not in infos:
+            infos[path] = probe(path)
+        return infos[path]
+
+    produced: dict[str, ImageInfo] = {}
+    for task in tasks:
+        if task.kind == "split":
+            source = info(task.inputs[0])
+            assert source is not None
+            longest = max(p["stop"] - p["start"] for p in task.params["pieces"])
+            for piece in task.params["pieces"]:
+                frames = piece["stop"] - piece["start"]
+                produced[piece["path"]] = dataclasses.replace(
+                    source, frames=frames, size_t=max(1, frames // source.size_z),
+                    file_bytes=int(source.file_bytes * frames / source.frames))
+            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + warp_bytes(source, task.params["tile_size"],
+                                                                             frames=longest)))
+            task.disk_bytes = int(source.file_bytes * PYRAMID_DISK_FACTOR)
+        elif task.kind == "project":
+            source = info(task.inputs[0])
+            assert source is not None
+            factor = task.params["factor"]
+            pixels = (source.width // factor) * (source.height // factor)
+            produced[task.outputs[0]] = source
+            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + WARP_BASE + PROJECT_PER_PX * pixels))
+            task.disk_bytes = int(pixels * 8 * PYRAMID_DISK_FACTOR)
+        elif task.kind == "register":
+            reg = RegistrationSettings(**{**registration.to_json(), **task.settings})
+            reference = info(task.params["reference"]) or produced[task.params["reference"]]
+            scale = task.params["reference_scale"]
+            units = []
+            disk = 0
+            for unit in task.params["units"]:
+                targets = [info(p) or produced[p] for p in unit["apply_to"]]
+                registration_info = info(unit["registration_image"]) or produced[unit["registration_image"]]
+                units.append((registration_info, targets))
+                disk += sum(output_bytes(t, reg.compression) for t in targets)
+            width = reference.width if scale == 1 else task.params["reference_shape"][1]
+            task.peak_memory_bytes = register_task_bytes(reference, units, reg, width)
+            task.disk_bytes = disk
+            for unit, (_, targets) in zip(task.params["units"], units, strict=True):
+                for path, target in zip(unit["registered"], targets, strict=True):
+                    produced[path] = target
+        elif task.kind == "merge":
+            pieces = [produced.get(p) or info(p) for p in task.inputs]
+            first = pieces[0]
+            assert first is not None
+            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + warp_bytes(first, 512)))
+            task.disk_bytes = int(sum(p.file_bytes for p in pieces if p) * PYRAMID_DISK_FACTOR)
+        elif task.kind == "qc":
+            pixels = settings.qc_max_dim ** 2
+            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + QC_PER_PX * pixels))
+            task.disk_bytes = int(pixels * 3 * 2)
+        else:
+            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + 64 * MB))
+            task.disk_bytes = 16 * MB
+
+
+def describe(task: Task) -> dict[str, Any]:
+    return {"id": task.id, "kind": task.kind, "sample": task.sample, "peak_memory_bytes": task.peak_memory_bytes,
+            "disk_bytes": task.disk_bytes}

@@ -1,0 +1,131 @@
+"""Pre-flight: refuse, before any work starts, a run that cannot fit in memory or on disk.
+
+Like exo2micro's check (shared/seeds/002) but per task and cgroup-aware: the peak of the ``workers`` largest
+tasks running at once is compared with the memory this process may really use, and the disk all tasks write
+with the free space where outputs go. At most 80 %: silent; 80-100 %: a warning; above: ``MemoryError`` /
+``OSError`` with a remediation list that shows the user's current values. ``force`` turns refusal into a warning.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from slimreg.atomic import write_json_atomic
+from slimreg.errors import InputError, InsufficientDiskError, InsufficientMemoryError
+from slimreg.estimate import MAX_PLAUSIBLE_TASK_BYTES, describe
+from slimreg.plan import Plan
+from slimreg.register.settings import PRESET_ORDER
+from slimreg.resources import Resources, available_resources
+
+GB = 1024**3
+WARN_FRACTION = 0.8
+
+
+@dataclass
+class Check:
+    resource: str
+    needed_bytes: int
+    available_bytes: int
+    level: str  # ok | warn | fail
+
+    @property
+    def fraction(self) -> float:
+        return self.needed_bytes / max(1, self.available_bytes)
+
+    def line(self) -> str:
+        word = "estimated peak" if self.resource == "RAM" else "estimated total"
+        mark = {"ok": "", "warn": "  HIGH", "fail": "  EXCEEDS AVAILABLE"}[self.level]
+        return (f"{self.resource}: {word} {self.needed_bytes / GB:.1f} GB vs {self.available_bytes / GB:.1f} GB "
+                f"available ({self.fraction:.0%}){mark}")
+
+
+def _level(needed: int, available: int) -> str:
+    fraction = needed / max(1, available)
+    return "ok" if fraction <= WARN_FRACTION else "warn" if fraction <= 1.0 else "fail"
+
+
+def concurrent_peak(plan: Plan, workers: int) -> int:
+    """Peak of ``workers`` tasks at once: the sum of the largest estimates (a safe upper bound)."""
+    peaks = sorted((t.peak_memory_bytes for t in plan.tasks), reverse=True)
+    return sum(peaks[:workers]) if peaks else 0
+
+
+def remediation(plan: Plan, workers: int, resource: str, outdir: Path) -> list[str]:
+    """Concrete changes, with the user's current values inline."""
+    registration, settings = plan.registration, plan.settings
+    hints = []
+    if resource == "RAM":
+        if workers > 1:
+            hints.append(f"run fewer tasks at once: --workers {workers} -> 1 (or --mode serial)")
+        preset = registration["preset"]
+        if preset in PRESET_ORDER and preset != PRESET_ORDER[-1]:
+            lower = PRESET_ORDER[PRESET_ORDER.index(preset) + 1]
+            hints.append(f"use a lower preset: --preset {preset} -> {lower} (processing_dim "
+                         f"{registration['processing_dim']}, micro_dim {registration['micro_dim']})")
+        if registration.get("micro"):
+            hints.append("skip the high-resolution refinement: --no-micro")
+        hints.append(f"write smaller tiles: --tile-size {registration['tile_size']} -> 512")
+        if settings.get("max_frames") is None:
+            hints.append("split long stacks into pieces: --max-frames 300 (currently no limit)")
+        if registration["engine"] == "valis":
+            hints.append("use the light engine: --engine valis -> feature (no torch, less memory)")
+    else:
+        hints.append(f"write outputs to a disk with more free space: --outdir {outdir} -> another disk")
+        hints.append(f"use stronger compression: --compression {registration['compression']} -> deflate")
+        if settings.get("merge_chunks"):
+            hints.append("do not write merged stacks as well as pieces: drop --merge-chunks")
+    hints.append("override at your own risk: --force")
+    return hints
+
+
+def run_preflight(plan: Plan, outdir: str | Path, *, workers: int = 1, force: bool = False,
+                  stream: TextIO | None = None, resources: Resources | None = None,
+                  write_to: str | Path | None = None) -> dict[str, Any]:
+    """Check ``plan`` against the machine; print the summary; write ``preflight.json``; raise when it cannot fit."""
+    stream = stream or sys.stderr
+    outdir = Path(outdir)
+    for task in plan.tasks:
+        if task.peak_memory_bytes > MAX_PLAUSIBLE_TASK_BYTES:
+            raise InputError(f"task {task.id} would need {task.peak_memory_bytes / GB:.0f} GB of memory, more than "
+                             "any machine offers; the image headers describe an implausibly large image.",
+                             task.inputs[0] if task.inputs else None, "check the image's dimensions with "
+                             "`slimreg info`.")
+    resources = resources or available_resources(outdir)
+    peak = concurrent_peak(plan, workers)
+    disk = sum(t.disk_bytes for t in plan.tasks)
+    checks = [Check("RAM", peak, resources.memory_bytes, _level(peak, resources.memory_bytes)),
+              Check("Disk", disk, resources.disk_bytes, _level(disk, resources.disk_bytes))]
+    verdict = "fail" if any(c.level == "fail" for c in checks) else \
+        "warn" if any(c.level == "warn" for c in checks) else "ok"
+    if verdict == "fail" and force:
+        verdict = "forced"
+    report = {"tasks": [describe(t) for t in plan.tasks], "workers": workers,
+              "available": resources.to_json(), "checks": [{**asdict(c), "fraction": c.fraction} for c in checks],
+              "verdict": verdict, "largest_task": max(plan.tasks, key=lambda t: t.peak_memory_bytes).id
+              if plan.tasks else None}
+    print("=== Pre-flight resource check ===", file=stream)
+    for check in checks:
+        print(check.line() + ("" if check.resource == "Disk" else f"  [{resources.memory_source}, "
+                              f"{workers} worker(s)]"), file=stream)
+    failed = [c for c in checks if c.level == "fail"]
+    for check in failed:
+        hints = remediation(plan, workers, check.resource, outdir)
+        print(f"{check.resource} would not fit. Options:", file=stream)
+        for hint in hints:
+            print(f"  - {hint}", file=stream)
+    if failed and force:
+        print("--force given: running anyway; a task may be killed for lack of memory or disk.", file=stream)
+    print("=================================", file=stream, flush=True)
+    if write_to is not None:
+        write_json_atomic(Path(write_to) / "preflight.json", report)
+    if failed and not force:
+        check = failed[0]
+        hints = "; ".join(remediation(plan, workers, check.resource, outdir))
+        message = f"{check.line()}. Options: {hints}."
+        if check.resource == "RAM":
+            raise InsufficientMemoryError(message, fix=None)
+        raise InsufficientDiskError(message, path=resources.disk_path)
+    return report

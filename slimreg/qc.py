@@ -1,0 +1,211 @@
+"""GENERATE_REGISTRATION_QC: pictures and numbers for one registered image, at a size independent of the image.
+
+Only downsampled registration channels are read (``max_dim`` px on the long side), so QC is never the step
+that runs out of memory (the pipeline this project learned from warped full-resolution QC images inside
+REGISTER: shared/seeds/001). "Before" compares the reference with the original image placed on the reference
+grid unchanged; "after" compares it with the registered image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from slimreg.atomic import atomic_output, write_json_atomic
+from slimreg.demo import read_landmarks
+from slimreg.errors import InputError
+from slimreg.io.read import Downsampled, TiffImage
+from slimreg.register.channel import OPTICAL_DENSITY, choose_channel, registration_image
+from slimreg.register.feature import tissue_mask
+from slimreg.transform import Transform
+
+
+@dataclass(frozen=True)
+class QcThresholds:
+    """When a registration is called a failure (each can be set on the command line)."""
+
+    min_ncc_gain: float = 0.02  # NCC after must beat before by this much (unless before is already this high:)
+    good_ncc: float = 0.9
+    min_coverage: float = 0.8
+    max_landmark_error_px: float = 5.0
+
+
+@dataclass
+class QcResult:
+    image: str
+    reference: str
+    metrics: dict[str, Any]
+    status: str
+    reasons: list[str] = field(default_factory=list)
+
+
+def _on_reference_grid(reference: Downsampled, image: Downsampled, transform: Transform | None) -> np.ndarray:
+    """Resample ``image`` onto the reference's downsampled grid (through ``transform`` or unchanged)."""
+    height, width = reference.array.shape[:2]
+    yy, xx = np.mgrid[0:height, 0:width]
+    points = reference.to_level0(np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64))
+    if transform is not None:
+        points = transform.pull(points)
+    source = image.from_level0(points)
+    values = ndimage.map_coordinates(image.array, [source[:, 1], source[:, 0]], order=1, cval=0.0)
+    return values.reshape(height, width).astype(np.float32)
+
+
+def _inside(reference: Downsampled, shape_level0: tuple[int, int], transform: Transform | None) -> np.ndarray:
+    """Reference pixels whose source position lies inside the image (geometric coverage)."""
+    height, width = reference.array.shape[:2]
+    yy, xx = np.mgrid[0:height, 0:width]
+    points = reference.to_level0(np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64))
+    if transform is not None:
+        points = transform.pull(points)
+    h0, w0 = shape_level0
+    inside = (points[:, 0] >= -0.5) & (points[:, 0] <= w0 - 0.5) & (points[:, 1] >= -0.5) & (points[:, 1] <= h0 - 0.5)
+    return inside.reshape(height, width)
+
+
+def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    x, y = a[mask].astype(np.float64), b[mask].astype(np.float64)
+    if x.size < 10:
+        return float("nan")
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def mutual_information(a: np.ndarray, b: np.ndarray, mask: np.ndarray, bins: int = 64) -> float:
+    """Mutual information in bits of two images over ``mask`` (a joint histogram of ``bins`` levels)."""
+    if mask.sum() < 10:
+        return float("nan")
+    joint, _, _ = np.histogram2d(a[mask], b[mask], bins=bins, range=[[0, 1], [0, 1]])
+    joint /= joint.sum()
+    pa, pb = joint.sum(axis=1, keepdims=True), joint.sum(axis=0, keepdims=True)
+    nonzero = joint > 0
+    return float((joint[nonzero] * np.log2(joint[nonzero] / (pa @ pb)[nonzero])).sum())
+
+
+def _overlay(reference: np.ndarray, moving: np.ndarray) -> np.ndarray:
+    """Reference in green, image in magenta: aligned structure shows white."""
+    g = np.clip(reference * 255, 0, 255).astype(np.uint8)
+    m = np.clip(moving * 255, 0, 255).astype(np.uint8)
+    return np.dstack([m, g, m])
+
+
+def _panel(image: np.ndarray, title: str) -> np.ndarray:
+    bar = np.full((34, image.shape[1], 3), 255, np.uint8)
+    scale = max(0.4, min(0.8, image.shape[1] / 900))
+    cv2.putText(bar, title, (6, 23), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([bar, image])
+
+
+def _landmark_errors(reference_csv: Path, moving_csv: Path, transform: Transform | None,
+                     pixel_size_um: tuple[float, float] | None) -> dict[str, Any]:
+    ref_points = read_landmarks(reference_csv)
+    mov_points = read_landmarks(moving_csv)
+    if len(ref_points) != len(mov_points):
+        raise InputError(f"has {len(mov_points)} landmarks but the reference's file {reference_csv} has "
+                         f"{len(ref_points)}.", moving_csv, "give both files the same points in the same order.")
+    result: dict[str, Any] = {"landmarks": len(ref_points)}
+    mapped = {"before": mov_points, "after": transform.push(mov_points) if transform is not None else None}
+    for label, points in mapped.items():
+        if points is None:
+            continue
+        error = np.hypot(*(points - ref_points).T)
+        for stat, value in (("median", np.median(error)), ("p90", np.percentile(error, 90)), ("max", error.max())):
+            result[f"landmark_{stat}_{label}_px"] = float(value)
+            if pixel_size_um:
+                result[f"landmark_{stat}_{label}_um"] = float(value * float(np.mean(pixel_size_um)))
+    return result
+
+
+def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str | Path, *,
+           original_path: str | Path | None = None, transform_path: str | Path | None = None,
+           landmarks_reference: str | Path | None = None, landmarks_moving: str | Path | None = None,
+           max_dim: int = 2048, channel: str | None = None, thresholds: QcThresholds | None = None,
+           stem: str | None = None) -> QcResult:
+    """Compute QC numbers and the overlay PNG for one registered image; write ``<stem>_qc.png/json``."""
+    start = time.perf_counter()
+    thresholds = thresholds or QcThresholds()
+    outdir = Path(outdir)
+    reference_image, registered_image = TiffImage(reference_path), TiffImage(registered_path)
+    original_image = TiffImage(original_path) if original_path else None
+    transform = Transform.load(transform_path) if transform_path else None
+    if (landmarks_reference is None) != (landmarks_moving is None):
+        raise InputError("landmark QC needs both --landmarks-reference and --landmarks-moving.",
+                         landmarks_reference or landmarks_moving)
+    reference_channel = choose_channel(reference_image.info, channel)
+
+    def channel_of(image: TiffImage) -> int | str:
+        if reference_channel == OPTICAL_DENSITY:
+            return OPTICAL_DENSITY
+        wanted = reference_image.info.channel_names[int(reference_channel)].lower()
+        own = [n.lower() for n in image.info.channel_names]
+        return own.index(wanted) if wanted in own else choose_channel(image.info, channel)
+
+    reference = registration_image(reference_image, reference_channel, max_dim)
+    registered = registration_image(registered_image, channel_of(registered_image), max_dim)
+    after = _on_reference_grid(reference, registered, None)
+    tissue = tissue_mask(reference.array)
+    if transform is not None:
+        covered = _inside(reference, transform.moving_shape, transform)
+    else:
+        covered = ndimage.binary_closing(after > 0.0, iterations=3)
+    metrics: dict[str, Any] = {"max_dim": max_dim, "scale": reference.scale,
+                               "coverage": float((tissue & covered).sum() / max(1, tissue.sum()))}
+    mask_after = tissue & covered
+    metrics["ncc_after"] = ncc(reference.array, after, mask_after)
+    metrics["mi_after"] = mutual_information(reference.array, after, mask_after)
+    panels = []
+    if original_image is not None:
+        original = registration_image(original_image, channel_of(original_image), max_dim)
+        before = _on_reference_grid(reference, original, None)
+        mask_before = tissue & _inside(reference, (original_image.info.height, original_image.info.width), None)
+        metrics["ncc_before"] = ncc(reference.array, before, mask_before)
+        metrics["mi_before"] = mutual_information(reference.array, before, mask_before)
+        panels.append(_panel(_overlay(reference.array, before),
+                             f"before  NCC {metrics['ncc_before']:.3f}  MI {metrics['mi_before']:.2f}"))
+    panels.append(_panel(_overlay(reference.array, after),
+                         f"after  NCC {metrics['ncc_after']:.3f}  MI {metrics['mi_after']:.2f}  "
+                         f"coverage {metrics['coverage']:.0%}"))
+    if landmarks_reference and landmarks_moving:
+        metrics.update(_landmark_errors(Path(landmarks_reference), Path(landmarks_moving), transform,
+                                        reference_image.info.pixel_size_um))
+    status, reasons = verdict(metrics, thresholds)
+    stem = stem or registered_image.path.name.split(".")[0]
+    metrics["seconds"] = time.perf_counter() - start
+    picture = np.hstack([np.pad(p, ((0, 0), (0, 8), (0, 0)), constant_values=255) for p in panels])
+    result = QcResult(image=str(registered_path), reference=str(reference_path), metrics=metrics, status=status,
+                      reasons=reasons)
+    png_path = outdir / f"{stem}_qc.png"
+    with atomic_output(png_path) as tmp:
+        if not cv2.imwrite(str(tmp) + ".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+            raise InputError("could not write the QC picture.", png_path)
+        Path(str(tmp) + ".png").replace(tmp)
+    write_json_atomic(outdir / f"{stem}_qc.json", {**asdict(result), "thresholds": asdict(thresholds),
+                                                   "png": png_path.name})
+    return result
+
+
+def verdict(metrics: dict[str, Any], thresholds: QcThresholds) -> tuple[str, list[str]]:
+    """Pass or fail, with the reasons, from the numbers."""
+    reasons = []
+    after, before = metrics.get("ncc_after", float("nan")), metrics.get("ncc_before")
+    if not np.isfinite(after):
+        reasons.append("NCC after registration could not be computed (no overlapping tissue)")
+    elif before is not None and np.isfinite(before) and after < thresholds.good_ncc and \
+            after < before + thresholds.min_ncc_gain:
+        reasons.append(f"NCC after ({after:.3f}) is not clearly better than before ({before:.3f})")
+    elif before is None and after < thresholds.good_ncc / 2:
+        reasons.append(f"NCC after registration is low ({after:.3f})")
+    if metrics["coverage"] < thresholds.min_coverage:
+        reasons.append(f"the registered image covers only {metrics['coverage']:.0%} of the reference tissue "
+                       f"(minimum {thresholds.min_coverage:.0%})")
+    median = metrics.get("landmark_median_after_px")
+    if median is not None and median > thresholds.max_landmark_error_px:
+        reasons.append(f"median landmark error {median:.2f} px exceeds {thresholds.max_landmark_error_px} px")
+    return ("fail" if reasons else "pass"), reasons
