@@ -78,7 +78,8 @@ def _frame_planes(image: TiffImage, frame: int) -> list:
     return [image.plane(0, c, frame) for c in range(info.channels)]
 
 
-def split_stack(path: str | Path, pieces: list[Piece], tile_size: int = 512, compression: str = "deflate") -> list[Path]:
+def split_stack(path: str | Path, pieces: list[Piece], tile_size: int = 512,
+                compression: str = "deflate") -> list[Path]:
     """Write each piece by streaming its frames from the source (libvips reads one tile row at a time)."""
     image = TiffImage(path, access="sequential")
     written = []

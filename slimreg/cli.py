@@ -26,7 +26,8 @@ def command(name: str, help_text: str) -> Callable[[Callable[[argparse.ArgumentP
     """Register ``add_arguments`` for subcommand ``name``; its handler is ``run_<name>`` below."""
 
     def decorate(add_arguments: Callable[[argparse.ArgumentParser], None]):
-        COMMANDS[name] = (add_arguments, globals()["run_" + name.replace("-", "_")], help_text)
+        handler = globals().get("run_" + name.replace("-", "_")) or globals()[f"run_{name}_command"]
+        COMMANDS[name] = (add_arguments, handler, help_text)
         return add_arguments
 
     return decorate
@@ -134,6 +135,188 @@ def _register_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-work", action="store_true", help="keep the engine's scratch folder")
     parser.add_argument("--memory-debug", action="store_true", help="print RSS before/after each task")
     _add_registration_options(parser)
+
+
+def _plan_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("plan")
+    group.add_argument("--batch-size", type=int, default=3, help="moving images per REGISTER task (default 3)")
+    group.add_argument("--max-frames", type=int, help="split stacks into pieces of at most this many frames")
+    group.add_argument("--max-chunk-gb", type=float, help="split stacks into pieces of at most this many GB")
+    group.add_argument("--merge-chunks", action="store_true", help="also write one registered stack per session")
+    group.add_argument("--qc-max-dim", type=int, default=2048, help="long side of QC images in px (default 2048)")
+
+
+def _build_plan(args: argparse.Namespace):
+    from slimreg.plan import PlanSettings, build_plan
+    from slimreg.samplesheet import read_samplesheet
+
+    sheet = read_samplesheet(args.input)
+    settings = PlanSettings(batch_size=args.batch_size, max_frames=args.max_frames, max_chunk_gb=args.max_chunk_gb,
+                            merge_chunks=args.merge_chunks, qc_max_dim=args.qc_max_dim,
+                            workers=getattr(args, "workers", 1))
+    settings.validate()
+    return build_plan(sheet, args.outdir, registration_settings(args), settings)
+
+
+def _writable_outdir(path: Path) -> Path:
+    from slimreg.errors import InputError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"output folder cannot be created ({error.strerror}).", path,
+                         "choose a folder you can write to.") from error
+    return path
+
+
+def run_preflight_command(args: argparse.Namespace) -> int:
+    from slimreg.preflight import run_preflight
+
+    plan = _build_plan(args)
+    run_preflight(plan, args.outdir, workers=args.workers, force=args.force, stream=sys.stdout,
+                  write_to=_writable_outdir(args.outdir))
+    print(f"wrote {args.outdir / 'preflight.json'}")
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from slimreg.preflight import run_preflight
+
+    plan = _build_plan(args)
+    outdir = _writable_outdir(args.outdir)
+    run_preflight(plan, outdir, workers=args.workers, force=args.force, stream=sys.stderr, write_to=outdir)
+    json_path, csv_path = plan.write(outdir)
+    for task in plan.tasks:
+        print(f"{task.id}\t{task.kind}\t{task.peak_memory_bytes / 1024**2:.0f} MB")
+    for note in plan.notes:
+        print(f"note: {note}")
+    print(f"wrote {json_path} and {csv_path}")
+    return 0
+
+
+def _common_plan_command(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", type=Path, required=True, metavar="SAMPLESHEET")
+    parser.add_argument("--outdir", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=1, help="tasks that will run at once (default 1)")
+    parser.add_argument("--force", action="store_true", help="warn instead of refusing a run that will not fit")
+    _add_registration_options(parser)
+    _plan_options(parser)
+
+
+@command("preflight", "estimate every task's peak memory and disk from headers; refuse what cannot fit")
+def _preflight_args(parser: argparse.ArgumentParser) -> None:
+    _common_plan_command(parser)
+
+
+@command("plan", "write plan.json / plan.csv: every task of a run, with its memory estimate")
+def _plan_args(parser: argparse.ArgumentParser) -> None:
+    _common_plan_command(parser)
+
+
+def run_run_task(args: argparse.Namespace) -> int:
+    from slimreg.memory import MemoryTracker
+    from slimreg.plan import Plan
+    from slimreg.tasks import execute
+
+    plan = Plan.load(args.plan)
+    task = plan.task(args.task)
+    root = args.root or Path(plan.outdir)
+    with MemoryTracker(debug=args.memory_debug) as tracker:
+        try:
+            execute(plan, task, root, tracker=tracker, preset=args.preset, keep_work=args.keep_work)
+        finally:
+            if args.memory_log:
+                tracker.write(args.memory_log, {"task": task.id, "preset": args.preset})
+        tracker.report()
+    return 0
+
+
+@command("run-task", "execute one task of a plan (used by `slimreg run --mode subprocess` and by Nextflow)")
+def _run_task_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plan", type=Path, required=True)
+    parser.add_argument("--task", required=True, help="task id from the plan")
+    parser.add_argument("--root", type=Path, help="folder for relative paths (default: the plan's outdir)")
+    parser.add_argument("--preset", choices=("high", "medium", "low"), help="override the preset (OOM retries)")
+    parser.add_argument("--memory-log", type=Path, help="write the task's memory log here")
+    parser.add_argument("--memory-debug", action="store_true")
+    parser.add_argument("--keep-work", action="store_true")
+
+
+def run_qc(args: argparse.Namespace) -> int:
+    from slimreg.qc import QcThresholds
+    from slimreg.qc import run_qc as qc
+
+    thresholds = QcThresholds(min_ncc_gain=args.min_ncc_gain, min_coverage=args.min_coverage,
+                              max_landmark_error_px=args.max_landmark_error)
+    result = qc(args.reference, args.registered, args.outdir, original_path=args.original,
+                transform_path=args.transform, landmarks_reference=args.landmarks_reference,
+                landmarks_moving=args.landmarks_moving, max_dim=args.max_dim, channel=args.channel,
+                thresholds=thresholds)
+    print(f"{result.status}: {Path(args.registered).name}" + (f" ({'; '.join(result.reasons)})" if result.reasons
+                                                               else ""))
+    return 1 if (args.strict and result.status != "pass") else 0
+
+
+@command("qc", "QC numbers and overlay picture for one registered image (downsampled, bounded memory)")
+def _qc_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference", type=Path, required=True)
+    parser.add_argument("--registered", type=Path, required=True)
+    parser.add_argument("--original", type=Path, help="the image before registration (for 'before' numbers)")
+    parser.add_argument("--transform", type=Path, help="its transform file (landmarks, exact coverage)")
+    parser.add_argument("--landmarks-reference", type=Path)
+    parser.add_argument("--landmarks-moving", type=Path)
+    parser.add_argument("--outdir", type=Path, required=True)
+    parser.add_argument("--max-dim", type=int, default=2048)
+    parser.add_argument("--channel", help="channel to compare (default as for registration)")
+    parser.add_argument("--min-ncc-gain", type=float, default=0.02)
+    parser.add_argument("--min-coverage", type=float, default=0.8)
+    parser.add_argument("--max-landmark-error", type=float, default=5.0, help="px, median (default 5)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when QC fails")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from slimreg.report import build_report
+
+    path = build_report(args.results, args.outdir)
+    print(f"report: {path}")
+    return 0
+
+
+@command("report", "one HTML report (plus metrics.csv and a MultiQC table) from a results folder")
+def _report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, required=True, help="the run's output folder")
+    parser.add_argument("--outdir", type=Path, required=True)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from slimreg.runner import print_summary, run_batch
+
+    summary = run_batch(
+        args.input, args.outdir, engine=args.engine, preset=args.preset, channel=args.channel,
+        non_rigid=args.non_rigid, micro=args.micro, batch_size=args.batch_size, max_frames=args.max_frames,
+        max_chunk_gb=args.max_chunk_gb, merge_chunks=args.merge_chunks, mode=args.mode, workers=args.workers,
+        timeout_per_task=args.timeout_per_task, max_retries=args.max_retries, resume=args.resume, force=args.force,
+        memory_debug=args.memory_debug, tile_size=args.tile_size, compression=args.compression,
+        qc_max_dim=args.qc_max_dim,
+        registration_overrides={k: getattr(args, k) for k in ("processing_dim", "non_rigid_dim", "micro_dim",
+                                                              "transform_model") if getattr(args, k) is not None})
+    print_summary(summary)
+    return 0 if summary.ok else 1
+
+
+@command("run", "the whole job on this machine: validate, pre-flight, plan, register, QC, report")
+def _run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", type=Path, required=True, metavar="SAMPLESHEET")
+    parser.add_argument("--outdir", type=Path, required=True)
+    parser.add_argument("--mode", choices=("serial", "subprocess", "parallel"), default="serial")
+    parser.add_argument("--workers", type=int, default=1, help="processes at once in --mode parallel")
+    parser.add_argument("--timeout-per-task", type=float, help="seconds; needs --mode subprocess or parallel")
+    parser.add_argument("--max-retries", type=int, default=2, help="retries after an out-of-memory kill")
+    parser.add_argument("--resume", action="store_true", help="skip tasks whose completion record matches")
+    parser.add_argument("--force", action="store_true", help="run even if the pre-flight says it will not fit")
+    parser.add_argument("--memory-debug", action="store_true", help="print RSS before/after every task")
+    _add_registration_options(parser)
+    _plan_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,18 +37,19 @@ if TYPE_CHECKING:
     from slimreg.register.settings import RegistrationSettings
 
 MB = 1024**2
-PROCESS_BASE = 100 * MB
+PROCESS_BASE = 80 * MB
 VALIS_IMPORT = 1180 * MB
 VALIS_PAIR_BASE = 1500 * MB
 VALIS_PER_PX = 60
-PAIR_OVERHEAD = 40 * MB
+PAIR_OVERHEAD = 90 * MB
 SIFT_PER_PX = 255
 ECC_PER_PX = 100
 WARP_BASE = 35 * MB
 WARP_PER_WIDTH_BYTE = 2000
 WARP_PER_WIDTH_TILE = 1.3
 PROJECT_PER_PX = 40
-QC_PER_PX = 60
+QC_PER_PX = 125
+QC_OVERHEAD = 25 * MB
 SAFETY = 1.1
 PYRAMID_DISK_FACTOR = 1.4
 COMPRESSION_RATIO = {"none": 1.0, "deflate": 0.8, "lzw": 0.9, "zstd": 0.8, "jpeg": 0.2}
@@ -164,8 +165,10 @@ def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, s
             task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + warp_bytes(first, 512)))
             task.disk_bytes = int(sum(p.file_bytes for p in pieces if p) * PYRAMID_DISK_FACTOR)
         elif task.kind == "qc":
-            pixels = settings.qc_max_dim ** 2
-            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + QC_PER_PX * pixels))
+            reference_info = info(task.params["reference"]) or produced[task.params["reference"]]
+            factor = task.params.get("reference_scale", 1)
+            pixels = working_pixels(reference_info, settings.qc_max_dim * factor) // (factor * factor)
+            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + QC_OVERHEAD + QC_PER_PX * pixels))
             task.disk_bytes = int(pixels * 3 * 2)
         else:
             task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + 64 * MB))

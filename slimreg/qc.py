@@ -127,7 +127,7 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
            original_path: str | Path | None = None, transform_path: str | Path | None = None,
            landmarks_reference: str | Path | None = None, landmarks_moving: str | Path | None = None,
            max_dim: int = 2048, channel: str | None = None, thresholds: QcThresholds | None = None,
-           stem: str | None = None) -> QcResult:
+           stem: str | None = None, reference_scale: float = 1, moving_scale: float = 1) -> QcResult:
     """Compute QC numbers and the overlay PNG for one registered image; write ``<stem>_qc.png/json``."""
     start = time.perf_counter()
     thresholds = thresholds or QcThresholds()
@@ -135,6 +135,14 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
     reference_image, registered_image = TiffImage(reference_path), TiffImage(registered_path)
     original_image = TiffImage(original_path) if original_path else None
     transform = Transform.load(transform_path) if transform_path else None
+    level0_transform = transform
+    if transform is not None and (reference_scale != 1 or moving_scale != 1):
+        # QC images are block-reduced projections: bring the level-0 transform into their frames
+        transform = transform.rescaled(1 / reference_scale, 1 / moving_scale,
+                                       (reference_image.info.height, reference_image.info.width),
+                                       (registered_image.info.height, registered_image.info.width))
+        transform.moving_shape = (TiffImage(original_path).info.height, TiffImage(original_path).info.width) \
+            if original_path else transform.moving_shape
     if (landmarks_reference is None) != (landmarks_moving is None):
         raise InputError("landmark QC needs both --landmarks-reference and --landmarks-moving.",
                          landmarks_reference or landmarks_moving)
@@ -173,8 +181,11 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
                          f"after  NCC {metrics['ncc_after']:.3f}  MI {metrics['mi_after']:.2f}  "
                          f"coverage {metrics['coverage']:.0%}"))
     if landmarks_reference and landmarks_moving:
-        metrics.update(_landmark_errors(Path(landmarks_reference), Path(landmarks_moving), transform,
-                                        reference_image.info.pixel_size_um))
+        pixel_size = reference_image.info.pixel_size_um
+        if pixel_size and reference_scale != 1:
+            pixel_size = (pixel_size[0] / reference_scale, pixel_size[1] / reference_scale)
+        metrics.update(_landmark_errors(Path(landmarks_reference), Path(landmarks_moving), level0_transform,
+                                        pixel_size))
     status, reasons = verdict(metrics, thresholds)
     stem = stem or registered_image.path.name.split(".")[0]
     metrics["seconds"] = time.perf_counter() - start

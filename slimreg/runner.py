@@ -1,0 +1,332 @@
+"""`slimreg run`: the whole job on one machine, executing the same plan as the Nextflow pipeline.
+
+Modes (exo2micro's, shared/seeds/002, made plan-aware):
+- ``serial`` (default): tasks run in this process, one at a time, with a garbage collection between them.
+- ``subprocess``: each task runs in a fresh process, one at a time; leaks cannot accumulate.
+- ``parallel``: up to ``workers`` fresh processes at once (the pre-flight multiplies memory by ``workers``).
+
+A task killed by a signal (SIGKILL from the kernel's out-of-memory killer: return code -9 or 137) is recorded
+as "killed (likely out of memory)" and retried with the next lower preset, up to ``max_retries``; a task past
+``timeout_per_task`` is killed and recorded. Tasks that depend on a failed one are skipped; the others go on.
+Each finished task leaves a completion record (inputs' size and mtime, settings); ``resume`` skips tasks whose
+record still matches and whose outputs exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimreg.atomic import remove_partials, write_json_atomic, write_text_atomic
+from slimreg.errors import ParameterError, SlimregError
+from slimreg.memory import MemoryTracker, release_memory
+from slimreg.plan import Plan, PlanSettings, Task, build_plan
+from slimreg.preflight import run_preflight
+from slimreg.register.settings import RegistrationSettings
+from slimreg.samplesheet import read_samplesheet
+from slimreg.tasks import execute, lower_preset_for_retry, resolve
+from slimreg.versions import versions_yaml
+
+MODES = ("serial", "subprocess", "parallel")
+KILLED_CODES = (-9, 137)
+
+
+@dataclass
+class TaskOutcome:
+    id: str
+    kind: str
+    status: str  # done | skipped (resumed) | failed | killed | timeout | blocked
+    attempts: int = 0
+    presets: list[str] = field(default_factory=list)
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    outdir: str
+    report: str | None
+    outcomes: list[TaskOutcome]
+
+    @property
+    def failures(self) -> list[TaskOutcome]:
+        return [o for o in self.outcomes if o.status not in ("done", "skipped")]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class RunLog:
+    """Plain log lines into pipeline_info/run.log (and onto stderr when no progress bar is shown)."""
+
+    def __init__(self, path: Path, echo: bool):
+        self.path, self.echo = path, echo
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def __call__(self, text: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
+        self.handle.write(line + "\n")
+        self.handle.flush()
+        if self.echo:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def completion_record(plan: Plan, task: Task, root: Path, preset: str | None) -> dict[str, Any]:
+    """What a finished task depended on: its inputs' size and mtime, and its settings."""
+    inputs = {}
+    for path in task.inputs:
+        resolved = resolve(path, root, must_exist=True)
+        stat = resolved.stat() if resolved.exists() else None
+        inputs[path] = [stat.st_size, int(stat.st_mtime_ns)] if stat else None
+    settings = {"task_settings": task.settings, "params": task.params, "registration": plan.registration,
+                "preset": preset}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    return {"task": task.id, "inputs": inputs, "settings_sha256": digest, "outputs": task.outputs}
+
+
+def _record_path(root: Path, task: Task) -> Path:
+    return root / "pipeline_info" / "tasks" / f"{task.id}.done.json"
+
+
+def is_complete(plan: Plan, task: Task, root: Path) -> bool:
+    record_path = _record_path(root, task)
+    if not record_path.is_file():
+        return False
+    try:
+        record = json.loads(record_path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return False
+    if not all(resolve(p, root).is_file() for p in task.outputs):
+        return False
+    expected = completion_record(plan, task, root, record.get("preset_used"))
+    return record.get("inputs") == expected["inputs"] and record.get("settings_sha256") == expected["settings_sha256"]
+
+
+def _mark_complete(plan: Plan, task: Task, root: Path, preset: str | None) -> None:
+    record = completion_record(plan, task, root, preset)
+    record["preset_used"] = preset
+    write_json_atomic(_record_path(root, task), record)
+
+
+def _subprocess_command(plan_path: Path, task: Task, root: Path, preset: str | None) -> list[str]:
+    command = [sys.executable, "-m", "slimreg.cli", "run-task", "--plan", str(plan_path), "--task", task.id,
+               "--root", str(root), "--memory-log", str(root / "pipeline_info" / "tasks" / f"{task.id}.memory.json")]
+    if preset:
+        command += ["--preset", preset]
+    return command
+
+
+def run_batch(input: str | Path, outdir: str | Path, *, engine: str = "valis", preset: str = "medium",
+              channel: str | None = None, non_rigid: bool = True, micro: bool = True, batch_size: int = 3,
+              max_frames: int | None = None, max_chunk_gb: float | None = None, merge_chunks: bool = False,
+              mode: str = "serial", workers: int = 1, timeout_per_task: float | None = None, max_retries: int = 2,
+              resume: bool = False, force: bool = False, memory_debug: bool = False, tile_size: int = 1024,
+              compression: str = "deflate", qc_max_dim: int = 2048, progress: bool | None = None,
+              registration_overrides: dict[str, Any] | None = None) -> RunSummary:
+    """Validate, pre-flight, plan and execute a whole job; return a summary (see the module docstring)."""
+    if mode not in MODES:
+        raise ParameterError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+    if workers < 1:
+        raise ParameterError(f"--workers must be at least 1, got {workers}.")
+    if mode != "parallel" and workers > 1:
+        raise ParameterError(f"--workers {workers} needs --mode parallel.",
+                             fix="add --mode parallel or drop --workers.")
+    if max_retries < 0:
+        raise ParameterError(f"--max-retries must be 0 or more, got {max_retries}.")
+    if timeout_per_task is not None and timeout_per_task <= 0:
+        raise ParameterError(f"--timeout-per-task must be positive, got {timeout_per_task}.")
+    if timeout_per_task is not None and mode == "serial":
+        raise ParameterError("--timeout-per-task needs a task in its own process.",
+                             fix="add --mode subprocess (or parallel).")
+    sheet = read_samplesheet(input)
+    root = Path(outdir).resolve()
+    registration = RegistrationSettings.from_preset(
+        preset, engine=engine, channel=channel, non_rigid=non_rigid, micro=micro, tile_size=tile_size,
+        compression=compression, **(registration_overrides or {}))
+    plan_settings = PlanSettings(batch_size=batch_size, max_frames=max_frames, max_chunk_gb=max_chunk_gb,
+                                 merge_chunks=merge_chunks, qc_max_dim=qc_max_dim, workers=workers)
+    plan = build_plan(sheet, root, registration, plan_settings)
+    info_dir = root / "pipeline_info"
+    info_dir.mkdir(parents=True, exist_ok=True)
+    run_preflight(plan, root, workers=workers if mode == "parallel" else 1, force=force, write_to=info_dir)
+    plan_path, _ = plan.write(info_dir)
+    write_text_atomic(info_dir / "versions.yml", versions_yaml("SLIMREG_RUN"))
+    removed = remove_partials(root)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    log = RunLog(info_dir / "run.log", echo=not show_bar)
+    if removed:
+        log(f"removed {len(removed)} partial file(s) left by an interrupted run")
+    for note in plan.notes:
+        log(note)
+    try:
+        outcomes = _execute_plan(plan, plan_path, root, mode, workers, timeout_per_task, max_retries, resume,
+                                 memory_debug, log, show_bar)
+    finally:
+        log.close()
+    report = root / "report" / "report.html"
+    summary = RunSummary(outdir=str(root), report=str(report) if report.is_file() else None, outcomes=outcomes)
+    write_json_atomic(info_dir / "run_summary.json", {"outdir": summary.outdir, "report": summary.report,
+                                                      "outcomes": [asdict(o) for o in outcomes]})
+    return summary
+
+
+def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: int, timeout: float | None,
+                  max_retries: int, resume: bool, memory_debug: bool, log: RunLog, show_bar: bool) -> list[TaskOutcome]:
+    outcomes: dict[str, TaskOutcome] = {}
+    pending = list(plan.tasks)
+    running: dict[str, tuple[subprocess.Popen[bytes], float, TaskOutcome, str | None]] = {}
+    bar = _progress_bar(len(pending), show_bar)
+    tracker = MemoryTracker(debug=memory_debug) if mode == "serial" else None
+
+    def finished(outcome: TaskOutcome) -> None:
+        outcomes[outcome.id] = outcome
+        log(f"{outcome.id}: {outcome.status}{' - ' + outcome.message if outcome.message else ''}")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(outcome.id[-30:])
+
+    try:
+        while pending or running:
+            progressed = False
+            for task in list(pending):
+                blocked = [d for d in task.depends_on
+                           if d in outcomes and outcomes[d].status not in ("done", "skipped")]
+                if blocked:
+                    pending.remove(task)
+                    finished(TaskOutcome(task.id, task.kind, "blocked", message=f"depends on failed {blocked[0]}"))
+                    progressed = True
+                    continue
+                if any(d not in outcomes for d in task.depends_on):
+                    continue
+                if resume and is_complete(plan, task, root):
+                    pending.remove(task)
+                    finished(TaskOutcome(task.id, task.kind, "skipped", message="already complete (resume)"))
+                    progressed = True
+                    continue
+                if mode == "serial":
+                    pending.remove(task)
+                    finished(_run_in_process(plan, task, root, tracker))
+                    progressed = True
+                elif len(running) < (workers if mode == "parallel" else 1):
+                    pending.remove(task)
+                    outcome = TaskOutcome(task.id, task.kind, "running")
+                    running[task.id] = _start(plan_path, task, root, None, outcome)
+                    progressed = True
+            for task_id, (process, started, outcome, preset) in list(running.items()):
+                code = process.poll()
+                if code is None and timeout is not None and time.monotonic() - started > timeout:
+                    process.kill()
+                    process.wait()
+                    del running[task_id]
+                    outcome.status, outcome.message = "timeout", f"killed after --timeout-per-task {timeout:g} s"
+                    outcome.seconds = time.monotonic() - started
+                    finished(outcome)
+                    progressed = True
+                    continue
+                if code is None:
+                    continue
+                del running[task_id]
+                progressed = True
+                task = plan.task(task_id)
+                outcome.seconds += time.monotonic() - started
+                if code == 0:
+                    outcome.status = "done"
+                    _mark_complete(plan, task, root, preset)
+                    finished(outcome)
+                elif code in KILLED_CODES:
+                    lower = lower_preset_for_retry(plan, task, preset or plan.registration["preset"])
+                    log(f"{task_id}: killed (likely out of memory) at preset {preset or plan.registration['preset']}")
+                    if outcome.attempts <= max_retries and lower is not None:
+                        log(f"{task_id}: retrying with preset {lower}")
+                        running[task_id] = _start(plan_path, task, root, lower, outcome)
+                    else:
+                        outcome.status, outcome.message = "killed", "killed (likely out of memory); no retry left"
+                        finished(outcome)
+                else:
+                    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                    outcome.status = "failed"
+                    outcome.message = _last_line(stderr) or f"exit status {code}"
+                    finished(outcome)
+            if not progressed:
+                time.sleep(0.05)
+    finally:
+        for process, *_ in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        if bar is not None:
+            bar.close()
+        if tracker is not None:
+            tracker.report()
+            tracker.close()
+    return [outcomes[t.id] for t in plan.tasks if t.id in outcomes]
+
+
+def _start(plan_path: Path, task: Task, root: Path, preset: str | None,
+           outcome: TaskOutcome) -> tuple[subprocess.Popen[bytes], float, TaskOutcome, str | None]:
+    outcome.attempts += 1
+    outcome.presets.append(preset or "")
+    process = subprocess.Popen(_subprocess_command(plan_path, task, root, preset), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    return process, time.monotonic(), outcome, preset
+
+
+def _run_in_process(plan: Plan, task: Task, root: Path, tracker: MemoryTracker | None) -> TaskOutcome:
+    outcome = TaskOutcome(task.id, task.kind, "failed", attempts=1, presets=[""])
+    start = time.monotonic()
+    task_tracker = MemoryTracker()
+    try:
+        execute(plan, task, root, tracker=task_tracker)
+        _mark_complete(plan, task, root, None)
+        outcome.status = "done"
+    except SlimregError as error:
+        outcome.message = str(error)
+    except MemoryError as error:
+        outcome.status, outcome.message = "killed", f"out of memory in this process ({error})"
+    finally:
+        task_tracker.write(root / "pipeline_info" / "tasks" / f"{task.id}.memory.json", {"task": task.id})
+        if tracker is not None:
+            tracker.tasks.extend(task_tracker.tasks)
+        task_tracker.close()
+        release_memory()
+    outcome.seconds = time.monotonic() - start
+    return outcome
+
+
+def _progress_bar(total: int, show: bool) -> Any:
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="task", desc="slimreg", file=sys.stderr)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+def print_summary(summary: RunSummary, stream: Any = None) -> None:
+    stream = stream or sys.stdout
+    counts: dict[str, int] = {}
+    for outcome in summary.outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    print("=== slimreg run summary ===", file=stream)
+    print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())), file=stream)
+    for outcome in summary.failures:
+        retries = f" (attempts: {outcome.attempts}, presets: {', '.join(p or 'plan' for p in outcome.presets)})" \
+            if outcome.attempts > 1 else ""
+        print(f"FAILED {outcome.id}: {outcome.status}{retries} - {outcome.message}", file=stream)
+    print(f"outputs: {summary.outdir}", file=stream)
+    print(f"report: {summary.report or 'not written'}", file=stream)
