@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from slimreg.register.batch import MovingUnit, register_units
 from slimreg.register.settings import RegistrationSettings
 
 TEST_OOM_HOOK = "SLIMREG_TEST_OOM_TASK"  # "<task id>:<preset>": simulate the kernel's OOM killer (tests only)
+TEST_SLEEP_HOOK = "SLIMREG_TEST_SLEEP_TASK"  # "<task id>:<seconds>": make a task hang (tests of timeouts)
 
 
 def resolve(path: str, root: Path, must_exist: bool = False) -> Path:
@@ -61,6 +63,9 @@ def execute(plan: Plan, task: Task, root: Path, *, tracker: MemoryTracker | None
             preset: str | None = None, keep_work: bool = False) -> None:
     """Run ``task``; raise a :class:`~slimreg.errors.SlimregError` if it fails."""
     tracker = tracker or MemoryTracker()
+    sleep_hook = os.environ.get(TEST_SLEEP_HOOK, "")
+    if sleep_hook.rpartition(":")[0] == task.id:
+        time.sleep(float(sleep_hook.rpartition(":")[2]))
     inputs = {p: resolve(p, root, must_exist=True) for p in task.inputs}
     for original, path in inputs.items():
         if not path.exists():

@@ -115,6 +115,8 @@ def write_planes(planes: Sequence[pyvips.Image], path: str | Path, meta: OmeMeta
     joined = joined.copy()
     joined.set_type(pyvips.GValue.gint_type, "page-height", meta.height)
     joined.set_type(pyvips.GValue.gstr_type, "image-description", meta.to_xml())
+    # libvips will not read back tiles much larger than the image: clamp to the image, in multiples of 16
+    tile_size = min(tile_size, max(16, -(-max(meta.width, meta.height) // 16) * 16))
     options = {"tile": True, "tile_width": tile_size, "tile_height": tile_size, "bigtiff": True,
                "pyramid": pyramid, "subifd": pyramid, "compression": compression}
     if meta.pixel_size_um:

@@ -1,0 +1,134 @@
+"""Plan: reference-plus-N batching, session chunking, and their bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from slimreg.chunking import plan_pieces, split_stack
+from slimreg.errors import InputError, ParameterError
+from slimreg.io import probe, read_region
+from slimreg.plan import PlanSettings, build_plan
+from slimreg.register.settings import RegistrationSettings
+from slimreg.samplesheet import read_samplesheet
+
+FEATURE = RegistrationSettings.from_preset("low", engine="feature")
+
+
+def _sheet(folder: Path, rows: list[str]) -> Path:
+    path = folder / "sheet.csv"
+    path.write_text("sample,image,reference,session,landmarks\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _copies(demo_dir: Path, folder: Path, count: int, prefix: str = "img") -> list[str]:
+    names = []
+    for index in range(count):
+        name = f"{prefix}{index}.ome.tif"
+        shutil.copy(demo_dir / f"mif_round{index % 4}.ome.tif", folder / name)
+        names.append(name)
+    return names
+
+
+def test_seven_moving_images_make_three_batches_with_the_reference(demo_dir: Path, tmp_path: Path) -> None:
+    names = _copies(demo_dir, tmp_path, 8)
+    sheet = _sheet(tmp_path, [f"s,{n},{str(i == 0).lower()},," for i, n in enumerate(names)])
+    plan = build_plan(read_samplesheet(sheet), tmp_path / "out", FEATURE, PlanSettings(batch_size=3))
+    registers = [t for t in plan.tasks if t.kind == "register"]
+    assert [len(t.params["units"]) for t in registers] == [3, 3, 1]
+    assert all(t.params["reference"] == str(tmp_path / "img0.ome.tif") for t in registers)
+    assert [u["name"] for t in registers for u in t.params["units"]] == [f"img{i}" for i in range(1, 8)]
+    assert len([t for t in plan.tasks if t.kind == "qc"]) == 7 and plan.tasks[-1].kind == "report"
+    again = build_plan(read_samplesheet(sheet), tmp_path / "out", FEATURE, PlanSettings(batch_size=3))
+    assert json.dumps(again.to_json(), sort_keys=True) == json.dumps(plan.to_json(), sort_keys=True)
+    assert all(t.peak_memory_bytes > 0 for t in plan.tasks)
+
+
+def test_several_samples_and_a_single_session_sample(demo_dir: Path, tmp_path: Path) -> None:
+    names = _copies(demo_dir, tmp_path, 5)
+    sheet = _sheet(tmp_path, [f"a,{names[0]},true,,", f"a,{names[1]},false,,", f"b,{names[2]},true,,",
+                              f"b,{names[3]},false,,", f"b,{names[4]},false,,", "c,extra.ome.tif,true,,"])
+    shutil.copy(demo_dir / "mif_round0.ome.tif", tmp_path / "extra.ome.tif")
+    plan = build_plan(read_samplesheet(sheet), tmp_path / "out", FEATURE)
+    assert {t.sample for t in plan.tasks if t.kind == "register"} == {"a", "b"}
+    assert any("sample c" in note and "nothing to register" in note for note in plan.notes)
+    json_path, csv_path = plan.write(tmp_path / "out")
+    assert json.loads(json_path.read_text())["tasks"][0]["id"] == "register-a-b1"
+    assert csv_path.read_text().splitlines()[0].startswith("id,kind,sample,peak_memory_bytes")
+
+
+def test_long_stack_is_split_into_pieces_of_one_session(tmp_path: Path) -> None:
+    frames = np.random.default_rng(0).integers(0, 4000, (1000, 24, 32), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "long.ome.tif", frames, metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "other.ome.tif", frames[:50], metadata={"axes": "TYX"})
+    sheet = _sheet(tmp_path, ["rec,other.ome.tif,true,s1,", "rec,long.ome.tif,false,s2,"])
+    plan = build_plan(read_samplesheet(sheet), tmp_path / "out", FEATURE, PlanSettings(max_frames=300))
+    split = [t for t in plan.tasks if t.kind == "split"]
+    assert len(split) == 1 and len(split[0].outputs) == 4
+    assert [(p["start"], p["stop"]) for p in split[0].params["pieces"]] == [(0, 300), (300, 600), (600, 900),
+                                                                             (900, 1000)]
+    register = next(t for t in plan.tasks if t.kind == "register")
+    (unit,) = register.params["units"]
+    assert unit["name"] == "s2" and unit["apply_to"] == split[0].outputs  # one transform for all four pieces
+    assert register.params["reference"].endswith("s1.projection.ome.tif")
+    assert sorted(register.depends_on) == sorted(["project-rec-s1", "project-rec-s2", split[0].id])
+
+
+def test_split_is_lossless(tmp_path: Path) -> None:
+    frames = np.random.default_rng(1).integers(0, 4000, (25, 20, 30), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "stack.ome.tif", frames, metadata={"axes": "TYX"})
+    pieces = plan_pieces(probe(tmp_path / "stack.ome.tif"), 10, tmp_path, "stack")
+    split_stack(tmp_path / "stack.ome.tif", pieces)
+    assert [probe(p.path).frames for p in pieces] == [10, 10, 5]
+    assert np.array_equal(read_region(pieces[2].path, 0, 0, 30, 20, frame=4), frames[24])
+
+
+SPLIT_PEAK = """
+import resource, sys
+from pathlib import Path
+from slimreg.chunking import plan_pieces, split_stack
+from slimreg.io import probe
+info = probe(sys.argv[1])
+split_stack(sys.argv[1], plan_pieces(info, 100, Path(sys.argv[2]), "s"))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_split_memory_does_not_grow_with_frames(tmp_path: Path) -> None:
+    peaks = {}
+    for count in (200, 1000):
+        stack = np.random.default_rng(2).integers(0, 4000, (count, 128, 128), dtype=np.uint16)
+        path = tmp_path / f"stack{count}.ome.tif"
+        tifffile.imwrite(path, stack, metadata={"axes": "TYX"})
+        del stack
+        out = tmp_path / f"out{count}"
+        out.mkdir()
+        result = subprocess.run([sys.executable, "-c", SPLIT_PEAK, str(path), str(out)], capture_output=True,
+                                text=True, check=True)
+        peaks[count] = int(result.stdout.strip().splitlines()[-1])
+    assert peaks[1000] < 1.25 * peaks[200], peaks
+
+
+def test_bad_plan_inputs(demo_dir: Path, tmp_path: Path) -> None:
+    names = _copies(demo_dir, tmp_path, 2)
+    sheet = read_samplesheet(_sheet(tmp_path, [f"s,{names[0]},true,,", f"s,{names[1]},false,,"]))
+    with pytest.raises(ParameterError, match="--batch-size must be at least 1"):
+        build_plan(sheet, tmp_path, FEATURE, PlanSettings(batch_size=0))
+    with pytest.raises(ParameterError, match="--max-frames must be at least 1"):
+        build_plan(sheet, tmp_path, FEATURE, PlanSettings(max_frames=0))
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((3, 20, 30), np.uint16), photometric="minisblack",
+                     metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((3, 22, 30), np.uint16), photometric="minisblack",
+                     metadata={"axes": "TYX"})
+    shapes = read_samplesheet(_sheet(tmp_path, [f"s,{names[0]},true,,", "s,a.tif,false,x,", "s,b.tif,false,x,"]))
+    with pytest.raises(InputError, match="same session"):
+        build_plan(shapes, tmp_path, FEATURE)
+    with pytest.raises(InputError, match="session 'x' is already used by sample s"):
+        read_samplesheet(_sheet(tmp_path, [f"s,{names[0]},true,x,", f"t,{names[1]},true,x,"]))

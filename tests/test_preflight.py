@@ -1,0 +1,120 @@
+"""Pre-flight: estimates per task, the 80/100 % bands, remediation with current values, cgroup limits."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from slimreg.cli import main
+from slimreg.errors import InputError, InsufficientDiskError, InsufficientMemoryError
+from slimreg.memory import MemoryTracker
+from slimreg.plan import PlanSettings, Task, build_plan
+from slimreg.preflight import run_preflight
+from slimreg.register.settings import RegistrationSettings
+from slimreg.resources import Resources, cgroup_headroom
+from slimreg.samplesheet import read_samplesheet
+
+GB = 1024**3
+
+
+def _resources(memory: float, disk: float = 100) -> Resources:
+    return Resources(int(memory * GB), "test", int(disk * GB), "/tmp", int(memory * GB), None)
+
+
+@pytest.fixture(scope="module")
+def demo_plan(demo_sheet: Path, tmp_path_factory: pytest.TempPathFactory):
+    registration = RegistrationSettings.from_preset("medium", engine="valis")
+    return build_plan(read_samplesheet(demo_sheet), tmp_path_factory.mktemp("out"), registration,
+                      PlanSettings(max_frames=5))
+
+
+def test_cli_prints_summary_and_writes_preflight_json(demo_sheet: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["preflight", "--input", str(demo_sheet), "--outdir", str(tmp_path / "out"), "--engine", "feature",
+                   "--max-frames", "5"])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "RAM: estimated peak" in out and "GB available (" in out and "Disk: estimated total" in out
+    report = json.loads((tmp_path / "out" / "preflight.json").read_text())
+    assert report["verdict"] in ("ok", "warn")
+    kinds = {t["kind"] for t in report["tasks"]}
+    assert {"split", "project", "register", "qc", "report"} <= kinds
+    assert all(t["peak_memory_bytes"] > 0 and t["disk_bytes"] > 0 for t in report["tasks"])
+    assert report["available"]["memory_bytes"] > 0
+
+
+def test_bands_and_refusal(demo_plan, tmp_path: Path) -> None:
+    peak = max(t.peak_memory_bytes for t in demo_plan.tasks)
+    assert run_preflight(demo_plan, tmp_path, resources=_resources(peak * 2 / GB), stream=io.StringIO())[
+        "verdict"] == "ok"
+    warned = io.StringIO()
+    assert run_preflight(demo_plan, tmp_path, resources=_resources(peak / 0.9 / GB), stream=warned)["verdict"] == "warn"
+    assert "HIGH" in warned.getvalue()
+    with pytest.raises(MemoryError) as caught:
+        run_preflight(demo_plan, tmp_path, workers=3, resources=_resources(peak / GB), stream=io.StringIO())
+    assert isinstance(caught.value, InsufficientMemoryError)
+    message = str(caught.value)
+    for hint in ("--workers 3 -> 1", "--preset medium -> low", "--engine valis -> feature", "--force"):
+        assert hint in message
+    forced = run_preflight(demo_plan, tmp_path, workers=3, resources=_resources(peak / GB), force=True,
+                           stream=io.StringIO(), write_to=tmp_path)
+    assert forced["verdict"] == "forced" and (tmp_path / "preflight.json").is_file()
+    with pytest.raises(OSError) as disk:
+        run_preflight(demo_plan, tmp_path, resources=_resources(100, disk=0.0001), stream=io.StringIO())
+    assert isinstance(disk.value, InsufficientDiskError) and "--outdir" in str(disk.value)
+
+
+def test_workers_multiply_the_peak(demo_plan) -> None:
+    one = run_preflight(demo_plan, "/tmp", workers=1, resources=_resources(1000), stream=io.StringIO())
+    three = run_preflight(demo_plan, "/tmp", workers=3, resources=_resources(1000), stream=io.StringIO())
+    assert three["checks"][0]["needed_bytes"] > 2 * one["checks"][0]["needed_bytes"]
+
+
+def test_implausible_task_is_refused(demo_plan) -> None:
+    huge = Task("register-x-b1", "register", "x", ["/data/huge.tif"], [], peak_memory_bytes=10 * 1024**4)
+    demo_plan.tasks.append(huge)
+    try:
+        with pytest.raises(InputError, match="more than any machine offers"):
+            run_preflight(demo_plan, "/tmp", resources=_resources(1000), stream=io.StringIO())
+    finally:
+        demo_plan.tasks.remove(huge)
+
+
+def test_cgroup_limit_is_read(tmp_path: Path) -> None:
+    (tmp_path / "memory.max").write_text(f"{4 * GB}\n")
+    (tmp_path / "memory.current").write_text(f"{1 * GB}\n")
+    assert cgroup_headroom(tmp_path) == (4 * GB, 3 * GB)
+    (tmp_path / "memory.max").write_text("max\n")
+    assert cgroup_headroom(tmp_path) == (None, None)
+
+
+def test_unwritable_outdir_is_one_clear_error(demo_sheet: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["preflight", "--input", str(demo_sheet), "--outdir", str(blocker / "out")]) == 2
+    assert "output folder cannot be created" in capsys.readouterr().err
+
+
+def test_memory_tracker_tells_peak_from_leak() -> None:
+    tracker = MemoryTracker(interval=0.005)
+    kept = []
+    for index in range(3):
+        with tracker.task(f"leaky{index}"):
+            kept.append(bytearray(300 * 1024**2))
+            kept[-1][:: 4096] = b"x" * len(kept[-1][:: 4096])
+    assert tracker.tasks[0].peak_above_baseline_bytes > 250 * 1024**2
+    assert tracker.summary()["pattern"].startswith("leak")
+    kept.clear()
+    tracker2 = MemoryTracker(interval=0.005)
+    for index in range(3):
+        with tracker2.task(f"peak{index}"):
+            block = bytearray(300 * 1024**2)
+            block[:: 4096] = b"x" * len(block[:: 4096])
+            del block
+    assert tracker2.summary()["pattern"].startswith("peak")
+    tracker.close()
+    tracker2.close()
