@@ -30,7 +30,8 @@ def registered(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def test_numbers_improve_and_landmarks_match_truth(demo_dir: Path, registered: Path, tmp_path: Path) -> None:
     result = run_qc(demo_dir / "mif_round0.ome.tif", registered / "mif_round3.ome.tif", tmp_path,
-                    original_path=demo_dir / "mif_round3.ome.tif", transform_path=registered / "mif_round3.transform.json",
+                    original_path=demo_dir / "mif_round3.ome.tif",
+                    transform_path=registered / "mif_round3.transform.json",
                     landmarks_reference=demo_dir / "mif_round0.landmarks.csv",
                     landmarks_moving=demo_dir / "mif_round3.landmarks.csv", max_dim=512)
     m = result.metrics
