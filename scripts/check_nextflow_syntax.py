@@ -17,7 +17,17 @@ def nextflow_files(root: Path) -> list[Path]:
     listed = subprocess.run(["git", "ls-files", "*.nf", "*.config"], cwd=root, capture_output=True, text=True,
                             check=False).stdout.split()
     found = {root / p for p in listed} | set(root.glob("**/*.nf")) | set(root.glob("**/*.config"))
-    return sorted(p for p in found if ".venv" not in p.parts and "work" not in p.parts and p.is_file())
+    skip = {".venv", "work", ".nextflow", "results"}
+    return sorted(p for p in found if p.is_file() and not skip & set(p.relative_to(root).parts))
+
+
+def parse_error(path: Path) -> str | None:
+    """reftrace's parse error for a .nf (as a module) or .config (as a config file), or None."""
+    if path.suffix == ".config":
+        result = reftrace.ConfigFile.from_file(str(path))
+        return result.error or None
+    module = reftrace.Module.from_file(str(path))
+    return module.error if isinstance(module, reftrace.ParseError) else None
 
 
 def main() -> int:
@@ -25,10 +35,10 @@ def main() -> int:
     files = nextflow_files(root)
     failures = 0
     for path in files:
-        result = reftrace.Module.from_file(str(path))
-        if isinstance(result, reftrace.ParseError):
+        error = parse_error(path)
+        if error:
             failures += 1
-            print(f"{path.relative_to(root)}: ParseError: {result.error}", file=sys.stderr)
+            print(f"{path.relative_to(root)}: ParseError: {error}", file=sys.stderr)
     print(f"reftrace: parsed {len(files)} Nextflow file(s), {failures} with errors")
     return 1 if failures else 0
 

@@ -275,9 +275,10 @@ def _qc_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from slimreg.plan import Plan
     from slimreg.report import build_report
 
-    path = build_report(args.results, args.outdir)
+    path = build_report(args.results, args.outdir, plan=Plan.load(args.plan) if args.plan else None)
     print(f"report: {path}")
     return 0
 
@@ -285,6 +286,7 @@ def run_report(args: argparse.Namespace) -> int:
 @command("report", "one HTML report (plus metrics.csv and a MultiQC table) from a results folder")
 def _report_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, required=True, help="the run's output folder")
+    parser.add_argument("--plan", type=Path, help="plan.json with the estimates (default: found in --results)")
     parser.add_argument("--outdir", type=Path, required=True)
 
 
@@ -317,6 +319,18 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-debug", action="store_true", help="print RSS before/after every task")
     _add_registration_options(parser)
     _plan_options(parser)
+
+
+def run_versions(args: argparse.Namespace) -> int:
+    from slimreg.versions import versions_yaml
+
+    print(versions_yaml(args.process), end="")
+    return 0
+
+
+@command("versions", "software versions as nf-core versions.yml")
+def _versions_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--process", default="SLIMREG", help="process name for the YAML key")
 
 
 def build_parser() -> argparse.ArgumentParser:

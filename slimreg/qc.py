@@ -127,7 +127,8 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
            original_path: str | Path | None = None, transform_path: str | Path | None = None,
            landmarks_reference: str | Path | None = None, landmarks_moving: str | Path | None = None,
            max_dim: int = 2048, channel: str | None = None, thresholds: QcThresholds | None = None,
-           stem: str | None = None, reference_scale: float = 1, moving_scale: float = 1) -> QcResult:
+           stem: str | None = None, reference_scale: float = 1, moving_scale: float = 1,
+           sample: str | None = None) -> QcResult:
     """Compute QC numbers and the overlay PNG for one registered image; write ``<stem>_qc.png/json``."""
     start = time.perf_counter()
     thresholds = thresholds or QcThresholds()
@@ -198,7 +199,7 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
             raise InputError("could not write the QC picture.", png_path)
         Path(str(tmp) + ".png").replace(tmp)
     write_json_atomic(outdir / f"{stem}_qc.json", {**asdict(result), "thresholds": asdict(thresholds),
-                                                   "png": png_path.name})
+                                                   "png": png_path.name, "sample": sample or outdir.name})
     return result
 
 

@@ -31,9 +31,9 @@ MB = 1024**2
 
 def _qc_records(results: Path) -> list[dict[str, Any]]:
     records = []
-    for path in sorted(results.glob("qc/**/*_qc.json")):
+    for path in sorted(results.glob("**/*_qc.json")):
         data = json.loads(path.read_text())
-        data["sample"] = path.parent.name
+        data["sample"] = data.get("sample") or path.parent.name
         data["name"] = path.name.removesuffix("_qc.json")
         data["png_path"] = path.with_name(data.get("png", path.name.replace(".json", ".png")))
         records.append(data)
@@ -53,14 +53,13 @@ def _thumbnail(png: Path, width: int = 320) -> str:
 def _task_memory(results: Path, plan: Plan | None) -> list[dict[str, Any]]:
     """Estimated (plan) vs measured (memory logs or Nextflow trace) peak memory and wall time per task."""
     measured: dict[str, dict[str, float]] = {}
-    for path in sorted(results.glob("pipeline_info/tasks/*.memory.json")):
+    for path in sorted(results.glob("**/*.memory.json")):
         data = json.loads(path.read_text())
-        task_id = path.name.removesuffix(".memory.json")
+        task_id = data.get("task") or path.name.removesuffix(".memory.json")
         peak = max((t["peak_bytes"] for t in data.get("tasks", [])), default=0)
         seconds = sum(t["wall_seconds"] for t in data.get("tasks", []))
         measured[task_id] = {"peak": peak, "seconds": seconds}
-    trace = results / "pipeline_info" / "execution_trace.txt"
-    if trace.is_file():
+    for trace in sorted(results.glob("**/execution_trace*.txt")):
         for row in csv.DictReader(trace.read_text().splitlines(), delimiter="\t"):
             tag = (row.get("tag") or "").strip()
             if tag and row.get("peak_rss", "-") not in ("-", ""):
@@ -128,8 +127,9 @@ def build_report(results: str | Path, outdir: str | Path, plan: Plan | None = No
     results, outdir = Path(results), Path(outdir)
     if not results.is_dir():
         raise InputError("results folder not found.", results, "give the --outdir of a slimreg run.")
-    if plan is None and (results / "pipeline_info" / "plan.json").is_file():
-        plan = Plan.load(results / "pipeline_info" / "plan.json")
+    if plan is None:
+        found = sorted(results.glob("**/plan.json"))
+        plan = Plan.load(found[0]) if found else None
     records = _qc_records(results)
     records.sort(key=lambda r: (r["status"] == "pass", r["sample"], r["name"]))
     buffer = io.StringIO()

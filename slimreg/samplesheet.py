@@ -174,7 +174,8 @@ def _check_groups(rows: list[SampleRow]) -> list[str]:
 
 def _resolve(sheet: Path, text: str) -> Path:
     candidate = Path(text).expanduser()
-    return (candidate if candidate.is_absolute() else sheet.parent / candidate).resolve()
+    # a staged (symlinked) samplesheet resolves relative paths from where it really lives
+    return (candidate if candidate.is_absolute() else sheet.resolve().parent / candidate).resolve()
 
 
 def _raise(path: Path, problems: list[str]) -> None:

@@ -126,7 +126,8 @@ def _qc(task: Task, root: Path, tracker: MemoryTracker) -> None:
                transform_path=resolve(params["transform"], root, True),
                landmarks_reference=params.get("landmarks_reference"), landmarks_moving=params.get("landmarks_moving"),
                max_dim=params["max_dim"], stem=png.name.removesuffix("_qc.png"),
-               reference_scale=params.get("reference_scale", 1), moving_scale=params.get("moving_scale", 1))
+               reference_scale=params.get("reference_scale", 1), moving_scale=params.get("moving_scale", 1),
+               sample=task.sample)
 
 
 def lower_preset_for_retry(plan: Plan, task: Task, current: str | None) -> str | None:

@@ -1,0 +1,33 @@
+process GENERATE_REGISTRATION_QC {
+    tag "${meta.id}"
+    label 'process_single'
+
+    conda "${moduleDir}/../../../environment.yml"
+    container "${params.container}"
+
+    input:
+    tuple val(meta), path(sources, stageAs: 'sources/*/*'), path(products)
+    path plan
+
+    output:
+    tuple val(meta), path("qc/*/*_qc.png"), path("qc/*/*_qc.json"), emit: qc
+    path "*.memory.json", emit: memory
+    path "versions.yml", emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def preset = task.ext.preset ?: params.preset
+    """
+    slimreg_task.py --plan ${plan} --task ${meta.id} --root . --preset ${preset} --memory-log ${meta.id}.memory.json
+    slimreg_versions.py --process ${task.process} > versions.yml
+    """
+
+    stub:
+    """
+    mkdir -p qc/${meta.sample} && touch qc/${meta.sample}/${meta.id}_qc.png && echo "{}" > qc/${meta.sample}/${meta.id}_qc.json
+    echo '{"task": "${meta.id}", "tasks": []}' > ${meta.id}.memory.json
+    printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml
+    """
+}

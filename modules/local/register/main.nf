@@ -1,0 +1,35 @@
+process REGISTER {
+    tag "${meta.id}"
+    label 'process_high'
+
+    conda "${moduleDir}/../../../environment.yml"
+    container "${params.container}"
+
+    input:
+    tuple val(meta), path(sources, stageAs: 'sources/*/*'), path(products)
+    path plan
+
+    output:
+    tuple val(meta), path("registered/**"), path("transforms/**"), emit: results
+    tuple val(meta), path("work/**"), optional: true, emit: projections
+    path "*.memory.json", emit: memory
+    path "versions.yml", emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def preset = task.ext.preset ?: params.preset
+    """
+    slimreg_task.py --plan ${plan} --task ${meta.id} --root . --preset ${preset} --memory-log ${meta.id}.memory.json
+    slimreg_versions.py --process ${task.process} > versions.yml
+    """
+
+    stub:
+    """
+    mkdir -p registered/${meta.sample} transforms/${meta.sample}
+    touch registered/${meta.sample}/${meta.id}.ome.tif transforms/${meta.sample}/${meta.id}.transform.json
+    echo '{"task": "${meta.id}", "tasks": []}' > ${meta.id}.memory.json
+    printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml
+    """
+}

@@ -1,0 +1,32 @@
+process REPORT {
+    label 'process_single'
+
+    conda "${moduleDir}/../../../environment.yml"
+    container "${params.container}"
+
+    input:
+    path(results, stageAs: 'results/*')
+    path plan
+
+    output:
+    path "report/report.html", emit: html
+    path "report/metrics.csv", emit: metrics
+    path "report/slimreg_mqc.tsv", emit: multiqc
+    path "versions.yml", emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    """
+    slimreg_report.py --results results --plan ${plan} --outdir report
+    slimreg_versions.py --process ${task.process} > versions.yml
+    """
+
+    stub:
+    """
+    mkdir -p report
+    touch report/report.html report/metrics.csv report/slimreg_mqc.tsv
+    printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml
+    """
+}

@@ -1,0 +1,238 @@
+"""The Nextflow layer, checked without a Nextflow runtime (none can be installed here).
+
+Everything is read from the .nf/.config files themselves: reftrace parses them with a real Nextflow grammar;
+each process's ``script:`` block is run, with test values substituted, against demo data with ``bin/`` on
+PATH, in the order the pipeline runs them and with inputs staged as the pipeline stages them; the files its
+``output:`` block declares must appear. Flags, params, stubs and retry/memory directives are cross-checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import reftrace
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from check_nextflow_syntax import nextflow_files, parse_error  # noqa: E402
+
+KIND_TO_PROCESS = {"split": "SPLIT_STACK", "project": "PROJECT_SESSION", "register": "REGISTER",
+                   "merge": "MERGE_CHUNKS", "qc": "GENERATE_REGISTRATION_QC"}
+TEST_PLAN_ARGS = "--engine feature --preset low --max-frames 5 --merge-chunks --tile-size 256"
+
+
+def _block(text: str, name: str, following: tuple[str, ...]) -> str:
+    match = re.search(rf"^\s*{name}:\s*$(.*?)(?=^\s*(?:{'|'.join(following)}):\s*$|\Z)", text, re.S | re.M)
+    return match.group(1) if match else ""
+
+
+def processes() -> dict[str, dict[str, str]]:
+    """Name -> {file, script (the shell text), outputs, stub} for every module, read from its main.nf."""
+    found = {}
+    for path in sorted((ROOT / "modules" / "local").glob("*/main.nf")):
+        module = reftrace.Module.from_file(str(path))
+        assert not isinstance(module, reftrace.ParseError), module.error
+        text = path.read_text()
+        for process in module.processes:
+            body = text[text.index(f"process {process.name}"):]
+            script = _block(body, "script", ("stub",))
+            shell = re.search(r'"""(.*?)"""', script, re.S)
+            found[process.name] = {"file": str(path), "script": shell.group(1) if shell else "",
+                                   "defs": script[: script.find('"""')],
+                                   "outputs": _block(body, "output", ("when", "script")),
+                                   "stub": _block(body, "stub", ("__never__",))}
+    return found
+
+
+PROCESSES = processes()
+
+
+def test_every_nextflow_file_parses() -> None:
+    files = nextflow_files(ROOT)
+    assert len(files) >= 15
+    assert {p.name for p in files} >= {"main.nf", "nextflow.config", "base.config", "modules.config", "test.config",
+                                       "slurm.config"}
+    errors = {str(p): parse_error(p) for p in files}
+    assert not {p: e for p, e in errors.items() if e}
+
+
+def test_the_expected_processes_exist_with_stubs_and_meta() -> None:
+    assert set(PROCESSES) >= {"PLAN", "SPLIT_STACK", "PROJECT_SESSION", "REGISTER", "MERGE_CHUNKS",
+                              "GENERATE_REGISTRATION_QC", "REPORT", "DEMO_DATA"}
+    for name, process in PROCESSES.items():
+        assert process["stub"].strip(), f"{name} has no stub block"
+        assert "versions.yml" in process["stub"] and "versions.yml" in process["outputs"], name
+        assert (Path(process["file"]).parent / "meta.yml").is_file(), name
+        bin_calls = [line for line in process["script"].strip().splitlines() if line.strip()]
+        assert len(bin_calls) == 2 and bin_calls[1].strip().startswith("slimreg_versions.py"), name
+
+
+def _bin_help(script: str) -> str:
+    return subprocess.run([sys.executable, str(ROOT / "bin" / script), "--help"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_every_flag_passed_exists_in_the_scripts_help() -> None:
+    modules_config = (ROOT / "conf" / "modules.config").read_text()
+    plan_flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", modules_config))
+    for name, process in PROCESSES.items():
+        line = process["script"].strip().splitlines()[0]
+        script = line.split()[0]
+        help_text = _bin_help(script)
+        flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", line)) | (plan_flags if name == "PLAN" else set())
+        missing = [flag for flag in flags if flag not in help_text]
+        assert not missing, f"{name}: {script} does not accept {missing}"
+
+
+def _params_in(text: str) -> set[str]:
+    return set(re.findall(r"params\.([A-Za-z_]\w*)", text))
+
+
+def test_params_match_config_and_schema() -> None:
+    used = set()
+    for path in nextflow_files(ROOT):
+        if path.name != "nextflow.config":
+            used |= _params_in(path.read_text())
+    config = (ROOT / "nextflow.config").read_text()
+    block = re.search(r"^params\s*\{(.*?)^\}", config, re.S | re.M).group(1)
+    declared = set(re.findall(r"^\s*([A-Za-z_]\w*)\s*=", block, re.M))
+    test_params = set(re.findall(r"^\s*([A-Za-z_]\w*)\s*=", re.search(
+        r"params\s*\{(.*?)\}", (ROOT / "conf" / "test.config").read_text(), re.S).group(1), re.M))
+    schema = json.loads((ROOT / "nextflow_schema.json").read_text())
+    in_schema = {name for group in schema["$defs"].values() for name in group["properties"]}
+    assert used <= declared, f"used but not declared in nextflow.config: {used - declared}"
+    assert test_params <= declared
+    assert declared == in_schema, f"config only: {declared - in_schema}; schema only: {in_schema - declared}"
+    for group in schema["$defs"].values():
+        for name, spec in group["properties"].items():
+            assert spec.get("description"), f"{name} has no description in nextflow_schema.json"
+
+
+def test_retry_and_memory_directives() -> None:
+    base = (ROOT / "conf" / "base.config").read_text()
+    assert "task.exitStatus in ((130..145) + 104 + 175) ? 'retry' : 'finish'" in base
+    assert re.search(r"maxRetries\s*=\s*2", base) and "resourceLimits" in base
+    config = reftrace.ConfigFile.from_file(str(ROOT / "conf" / "base.config")).config_file
+    scopes = {named.name: [d.name for d in named.directives]
+              for scope in config.process_scopes for named in scope._value.named_scopes}
+    planned = [name for name in scopes if "REGISTER" in name]
+    assert planned and "memory" in scopes[planned[0]]
+    for process in ("SPLIT_STACK", "PROJECT_SESSION", "REGISTER", "MERGE_CHUNKS", "GENERATE_REGISTRATION_QC"):
+        assert process in planned[0]
+    assert "meta.peak_memory_bytes" in base and "task.attempt" in base
+    modules = (ROOT / "conf" / "modules.config").read_text()
+    assert "ext.preset" in modules and "task.attempt" in modules
+    test_profile = (ROOT / "conf" / "test.config").read_text()
+    assert "resourceLimits = [cpus: 4, memory: '15.GB'" in test_profile
+    assert "process.cache = 'lenient'" in (ROOT / "nextflow.config").read_text()
+
+
+def _run_script(process: str, workdir: Path, values: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    text = PROCESSES[process]["script"]
+    for key, value in values.items():
+        text = text.replace("${" + key + "}", value).replace("$" + key, value)
+    assert "${" not in text, f"unsubstituted value in {process}: {text}"
+    env = {**os.environ, "PATH": f"{ROOT / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}"
+           f"{os.environ['PATH']}"}
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", text], cwd=workdir, env=env, capture_output=True,
+                          text=True, check=False)
+
+
+def _declared_outputs(process: str) -> list[tuple[str, bool]]:
+    outputs = []
+    for line in PROCESSES[process]["outputs"].splitlines():
+        optional = "optional: true" in line
+        for pattern in re.findall(r'path[ (]"([^"]+)"', line):
+            outputs.append((pattern, optional))
+    return outputs
+
+
+def _check_outputs(process: str, workdir: Path, values: dict[str, str]) -> list[Path]:
+    produced = []
+    for pattern, optional in _declared_outputs(process):
+        for key, value in values.items():
+            pattern = pattern.replace("${" + key + "}", value)
+        glob = pattern.replace("**", "**/*") if pattern.endswith("**") else pattern
+        if "{" in glob:
+            head, options = glob.split("{", 1)
+            matches = [m for option in options.rstrip("}").split(",") for m in workdir.glob(head + option)]
+        else:
+            matches = list(workdir.glob(glob))
+        matches = [m for m in matches if m.is_file()]
+        assert matches or optional, f"{process}: declared output {pattern!r} was not produced in {workdir}"
+        produced += matches
+    return produced
+
+
+def _stage(workdir: Path, sources: list[str], products: list[Path]) -> None:
+    for index, source in enumerate(sources, start=1):
+        target = workdir / "sources" / str(index) / Path(source).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(source)
+    for product in products:
+        link = workdir / product.name
+        if not link.exists():
+            link.symlink_to(product)
+
+
+@pytest.mark.slow
+def test_script_blocks_run_the_pipeline_on_demo_data(tmp_path: Path) -> None:
+    demo_work = tmp_path / "DEMO_DATA"
+    demo_work.mkdir()
+    result = _run_script("DEMO_DATA", demo_work, {"size": "256", "task.process": "DEMO_DATA"})
+    assert result.returncode == 0, result.stderr
+    demo_files = _check_outputs("DEMO_DATA", demo_work, {})
+
+    plan_work = tmp_path / "PLAN"
+    plan_work.mkdir()
+    (plan_work / "samplesheet.csv").symlink_to(demo_work / "demo" / "samplesheet.csv")
+    _stage(plan_work / "images", [str(f) for f in demo_files if f.suffix == ".tif"], [])
+    result = _run_script("PLAN", plan_work, {"samplesheet": "samplesheet.csv", "args": TEST_PLAN_ARGS,
+                                             "task.process": "PLAN"})
+    assert result.returncode == 0, result.stderr
+    _check_outputs("PLAN", plan_work, {})
+    plan_file = plan_work / "plan" / "plan.json"
+    plan = json.loads(plan_file.read_text())
+
+    products: dict[str, list[Path]] = {}
+    report_inputs: list[Path] = []
+    kinds_seen = set()
+    for task in plan["tasks"]:
+        if task["kind"] == "report":
+            continue
+        process = KIND_TO_PROCESS[task["kind"]]
+        kinds_seen.add(task["kind"])
+        workdir = tmp_path / task["id"]
+        workdir.mkdir()
+        (workdir / "plan.json").symlink_to(plan_file)
+        sample_products = products.get(task["sample"], []) if task["kind"] != "split" else []
+        _stage(workdir, [p for p in task["inputs"] if p.startswith("/")], sample_products)
+        values = {"plan": "plan.json", "meta.id": task["id"], "meta.sample": task["sample"],
+                  "preset": "low", "task.process": process}
+        result = _run_script(process, workdir, values)
+        assert result.returncode == 0, f"{process} {task['id']}: {result.stderr[-2000:]}"
+        produced = _check_outputs(process, workdir, values)
+        products.setdefault(task["sample"], []).extend(p for p in produced if not p.name.endswith(".memory.json")
+                                                      and p.name != "versions.yml")
+        report_inputs += [p for p in produced if p.name.endswith(("_qc.json", "_qc.png", ".memory.json"))]
+    assert kinds_seen == set(KIND_TO_PROCESS)
+
+    report_work = tmp_path / "REPORT"
+    (report_work / "results").mkdir(parents=True)
+    for item in report_inputs:
+        (report_work / "results" / item.name).symlink_to(item)
+    (report_work / "plan.json").symlink_to(plan_file)
+    result = _run_script("REPORT", report_work, {"plan": "plan.json", "task.process": "REPORT"})
+    assert result.returncode == 0, result.stderr
+    _check_outputs("REPORT", report_work, {})
+    page = (report_work / "report" / "report.html").read_text()
+    assert "failed QC" in page and "mif_round3" in page
+    metrics = (report_work / "report" / "metrics.csv").read_text().splitlines()
+    assert len(metrics) == 1 + len([t for t in plan["tasks"] if t["kind"] == "qc"])
+    assert all(",pass," in row for row in metrics[1:])
