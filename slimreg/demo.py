@@ -222,3 +222,44 @@ def make_demo_data(outdir: str | Path, size: int = 1024, frames: int = 40, seed:
     lines += [f"{im.sample},{im.path.name},{str(im.reference).lower()},{im.session},{im.landmarks.name}"
               for im in images if im.landmarks is not None]
     return write_text_atomic(outdir / "samplesheet.csv", "\n".join(lines) + "\n")
+
+
+def make_pair(outdir: str | Path, size: int, *, channels: int = 4, rgb: bool = False, width: int | None = None,
+              seed: int = 0, moving_count: int = 1) -> tuple[Path, list[Path]]:
+    """A reference and ``moving_count`` non-rigidly deformed moving images at any size, for benchmarks.
+
+    Built lazily and written tile by tile, so a 30000 x 25000 px pair needs no more memory than a small one.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    width = width or size
+    base = _base_channels(seed)
+    names = ("DAPI", "CD3", "panCK", "CD8", "CD20", "FOXP3", "CD68", "PD1", "Ki67")[:channels]
+    centre = ((width - 1) / 2, (size - 1) / 2)
+    generators: list[Transform | None] = [None] + [
+        Transform(similarity_matrix(1.0 + 0.01 * i, 2.0 + i, 0.01 * width, -0.01 * size, centre),
+                  _smooth_field((size, width), amplitude=0.004 * size, seed=seed + i)) for i in range(moving_count)]
+    points = _landmarks_on_reference(min(size, width))
+    paths = []
+    for index, generator in enumerate(generators):
+        stem = f"{'rgb' if rgb else 'mif'}{size}_{index}"
+        if rgb:
+            plane = _upsampled(base["RGB"], width).crop(0, 0, width, size) if width >= size else \
+                _upsampled(base["RGB"], size).crop(0, 0, width, size)
+            if generator is not None:
+                plane = warp_plane(plane, generator, width, size, background=[1.0, 1.0, 1.0])
+            planes = [(plane * 255).cast("uchar")]
+            meta = OmeMetadata(width, size, "uint8", ("R", "G", "B"), (0.25, 0.25), is_rgb=True)
+        else:
+            planes = []
+            for c, name in enumerate(names):
+                plane = _upsampled(base[name], max(width, size)).crop(0, 0, width, size)
+                if generator is not None:
+                    plane = warp_plane(plane, generator, width, size)
+                planes.append(_as_uint16(plane, seed * 100 + index * 10 + c, noise=600))
+            meta = OmeMetadata(width, size, "uint16", names, (0.5, 0.5))
+        path = write_planes(planes, outdir / f"{stem}.ome.tif", meta, tile_size=512,
+                            compression="jpeg" if rgb else "deflate")
+        write_landmarks(outdir / f"{stem}.landmarks.csv", points if generator is None else generator.push(points))
+        paths.append(path)
+    return paths[0], paths[1:]

@@ -1,0 +1,39 @@
+"""Run a slimreg command or a Python snippet in a fresh process and return its peak RSS (ru_maxrss) and time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+CLI_WRAPPER = (
+    "import resource, sys\n"
+    "from slimreg.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n"
+    "sys.exit(code)\n"
+)
+SNIPPET_SUFFIX = "\nimport resource\nprint('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+
+
+def _run(command: list[str], timeout: float | None) -> dict[str, float | str]:
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"status": f"timeout after {timeout:.0f} s", "peak_mb": float("nan"), "seconds": timeout or 0}
+    seconds = time.perf_counter() - start
+    lines = [line for line in result.stdout.splitlines() if line.startswith("MAXRSS_KB")]
+    if result.returncode != 0 or not lines:
+        status = "killed (likely out of memory)" if result.returncode in (-9, 137) else \
+            f"exit {result.returncode}: {(result.stderr.strip().splitlines() or [''])[-1][:200]}"
+        return {"status": status, "peak_mb": float("nan"), "seconds": seconds}
+    return {"status": "ok", "peak_mb": int(lines[-1].split()[1]) / 1024, "seconds": seconds}
+
+
+def measure_cli(args: list[str], timeout: float | None = None) -> dict[str, float | str]:
+    return _run([sys.executable, "-c", CLI_WRAPPER, *args], timeout)
+
+
+def measure_snippet(code: str, timeout: float | None = None) -> dict[str, float | str]:
+    return _run([sys.executable, "-c", code + SNIPPET_SUFFIX], timeout)
