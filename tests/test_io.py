@@ -122,7 +122,9 @@ def test_writer_round_trip_and_options(tmp_path: Path) -> None:
         info = probe(path)
         assert info.channel_names == ("DAPI", "CD3", "x y") and info.pixel_size_um == pytest.approx((0.325, 0.325))
         assert np.array_equal(read_region(path, 0, 0, 400, 300, channel=1), data[1])
-    assert probe(write_array(data[0], tmp_path / "default.ome.tif")).tile == (512, 512)
+    large = np.zeros((600, 700), np.uint16)
+    assert probe(write_array(large, tmp_path / "default.ome.tif")).tile == (512, 512)
+    assert probe(write_array(data[0], tmp_path / "small.ome.tif")).tile == (400, 400)  # clamped to the image
     floats = data.astype(np.float32) / 7
     path = write_array(floats, tmp_path / "float.ome.tif")
     assert probe(path).dtype == "float32"
