@@ -11,11 +11,11 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
 - VALIS engine, per moving image: a two-image VALIS run, dominated by a constant (``VALIS_PAIR_BASE``; measured
   2.2-2.7 GB whatever the image size) plus ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
   (``VALIS_IMPORT``, measured 1.17 GB).
-- Streamed warp and OME-TIFF writing (libvips): measured growth is proportional to the output *width* times
-  the number of planes written into one file (libvips keeps buffers for every plane joined into the file),
-  ``WARP_PER_WIDTH_BYTE + WARP_PER_WIDTH_TILE * tile_size`` bytes per pixel of width, per byte per pixel, per
-  plane, plus ``WARP_BASE``. It does not grow with the image's height; long stacks are bounded by splitting
-  them (``--max-frames``).
+- Streamed warp and OME-TIFF writing: planes are written one at a time (slimreg.io.write), so the cost is one
+  plane's libvips pipeline, dominated by the lazy index image over a strip of tile rows:
+  ``WARP_PER_WIDTH + WARP_PER_WIDTH_TILE * tile_size`` bytes per pixel of output *width*, plus ``WARP_BASE`` and
+  ``WARP_PER_PLANE`` per plane in the file. It does not grow with the image's height or its number of channels.
+  (8-bit RGB stacks written with JPEG still go through one joined libvips write: those multiply by planes.)
 - Projection: two float64 accumulators at the projection's size. QC: ~``QC_PER_PX`` per pixel at ``max_dim``.
 
 The constants were measured on this project's machine (2 cores, 24 GB) with ``benchmarks/preflight_accuracy.py``
@@ -37,19 +37,20 @@ if TYPE_CHECKING:
     from slimreg.register.settings import RegistrationSettings
 
 MB = 1024**2
-PROCESS_BASE = 80 * MB
+PROCESS_BASE = 68 * MB
 VALIS_IMPORT = 1180 * MB
 VALIS_PAIR_BASE = 1500 * MB
 VALIS_PER_PX = 60
 PAIR_OVERHEAD = 90 * MB
 SIFT_PER_PX = 255
 ECC_PER_PX = 100
-WARP_BASE = 35 * MB
-WARP_PER_WIDTH_BYTE = 2000
-WARP_PER_WIDTH_TILE = 1.3
+WARP_BASE = 25 * MB
+WARP_PER_WIDTH = 6000
+WARP_PER_WIDTH_TILE = 7.5
+WARP_PER_PLANE = MB // 2
 PROJECT_PER_PX = 40
 QC_PER_PX = 125
-QC_OVERHEAD = 25 * MB
+QC_OVERHEAD = 10 * MB
 SAFETY = 1.1
 PYRAMID_DISK_FACTOR = 1.4
 COMPRESSION_RATIO = {"none": 1.0, "deflate": 0.8, "lzw": 0.9, "zstd": 0.8, "jpeg": 0.2}
@@ -71,12 +72,13 @@ def working_pixels(info: ImageInfo, max_dim: int) -> int:
     return (info.width // factor) * (info.height // factor)
 
 
-def warp_bytes(info: ImageInfo, tile_size: int, width: int | None = None, frames: int | None = None) -> int:
+def warp_bytes(info: ImageInfo, tile_size: int, width: int | None = None, frames: int | None = None,
+               compression: str = "deflate") -> int:
     """Streamed warp + pyramidal write of one image (all channels and frames) into an output ``width`` px wide."""
-    bands = 3 if info.is_rgb else 1
     planes = (1 if info.is_rgb else info.channels) * (frames if frames is not None else info.frames)
-    per_width = info.itemsize * bands * planes * (WARP_PER_WIDTH_BYTE + WARP_PER_WIDTH_TILE * tile_size)
-    return int(WARP_BASE + (width or info.width) * per_width)
+    joined = planes if compression == "jpeg" else 1  # JPEG stacks are written in one joined libvips pass
+    per_width = (WARP_PER_WIDTH + WARP_PER_WIDTH_TILE * tile_size) * joined
+    return int(WARP_BASE + (width or info.width) * per_width + WARP_PER_PLANE * planes)
 
 
 def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSettings) -> int:
@@ -101,7 +103,7 @@ def register_task_bytes(reference: ImageInfo, units: list[tuple[ImageInfo, list[
     for registration_info, targets in units:
         peak = max(peak, pair_bytes(reference, registration_info, settings))
         for target in targets:
-            peak = max(peak, warp_bytes(target, settings.tile_size, reference_width)
+            peak = max(peak, warp_bytes(target, settings.tile_size, reference_width, compression=settings.compression)
                        + (VALIS_IMPORT if settings.engine == "valis" else 0))
     return int(SAFETY * (PROCESS_BASE + peak))
 
