@@ -21,6 +21,7 @@ from slimreg.atomic import atomic_output, write_json_atomic
 from slimreg.demo import read_landmarks
 from slimreg.errors import InputError
 from slimreg.io.read import Downsampled, TiffImage
+from slimreg.metrics import mutual_information, ncc
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel, registration_image
 from slimreg.register.feature import tissue_mask
 from slimreg.transform import Transform
@@ -67,26 +68,6 @@ def _inside(reference: Downsampled, shape_level0: tuple[int, int], transform: Tr
     h0, w0 = shape_level0
     inside = (points[:, 0] >= -0.5) & (points[:, 0] <= w0 - 0.5) & (points[:, 1] >= -0.5) & (points[:, 1] <= h0 - 0.5)
     return inside.reshape(height, width)
-
-
-def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    x, y = a[mask].astype(np.float64), b[mask].astype(np.float64)
-    if x.size < 10:
-        return float("nan")
-    x, y = x - x.mean(), y - y.mean()
-    denominator = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
-
-
-def mutual_information(a: np.ndarray, b: np.ndarray, mask: np.ndarray, bins: int = 64) -> float:
-    """Mutual information in bits of two images over ``mask`` (a joint histogram of ``bins`` levels)."""
-    if mask.sum() < 10:
-        return float("nan")
-    joint, _, _ = np.histogram2d(a[mask], b[mask], bins=bins, range=[[0, 1], [0, 1]])
-    joint /= joint.sum()
-    pa, pb = joint.sum(axis=1, keepdims=True), joint.sum(axis=0, keepdims=True)
-    nonzero = joint > 0
-    return float((joint[nonzero] * np.log2(joint[nonzero] / (pa @ pb)[nonzero])).sum())
 
 
 def _overlay(reference: np.ndarray, moving: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from skimage import filters
 
 from slimreg.errors import RegistrationError
 from slimreg.io.read import Downsampled, TiffImage
+from slimreg.metrics import ncc
 from slimreg.register.channel import registration_image
 from slimreg.register.settings import RegistrationSettings
 from slimreg.transform import Displacement, Transform
@@ -158,10 +159,10 @@ class FeatureEngine:
         flow = self._flow(ref.array, aligned)
         tissue = tissue_mask(ref.array) & (aligned > 0.0)
         flow = self._regularise(flow, tissue)
-        before = _ncc(ref.array, aligned, tissue)
+        before = ncc(ref.array, aligned, tissue)
         grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
         unwarped = cv2.remap(aligned, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR)
-        after = _ncc(ref.array, unwarped, tissue)
+        after = ncc(ref.array, unwarped, tissue)
         stats = {"flow_ncc_before": before, "flow_ncc_after": after}
         if not after > before + MIN_FLOW_GAIN:
             return None, {**stats, "non_rigid_used": 0.0}
@@ -195,11 +196,3 @@ class FeatureEngine:
             smooth = ndimage.gaussian_filter(smooth, (sigma, sigma, 0))
         return smooth
 
-
-def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    x, y = a[mask].astype(np.float64), b[mask].astype(np.float64)
-    if x.size < 10:
-        return float("nan")
-    x, y = x - x.mean(), y - y.mean()
-    denominator = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")

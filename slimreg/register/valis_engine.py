@@ -183,8 +183,9 @@ def alignment_score(reference: TiffImage, moving: TiffImage, reference_channel: 
     """NCC over the reference's tissue between the reference and the moving image pulled through ``transform``."""
     from scipy import ndimage
 
+    from slimreg.metrics import ncc
     from slimreg.register.channel import registration_image
-    from slimreg.register.feature import _ncc, tissue_mask
+    from slimreg.register.feature import tissue_mask
 
     ref = registration_image(reference, reference_channel, max_dim)
     mov = registration_image(moving, moving_channel, max_dim)
@@ -193,7 +194,7 @@ def alignment_score(reference: TiffImage, moving: TiffImage, reference_channel: 
     points = ref.to_level0(np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64))
     source = mov.from_level0(transform.pull(points))
     pulled = ndimage.map_coordinates(mov.array, [source[:, 1], source[:, 0]], order=1, cval=0.0).reshape(height, width)
-    return _ncc(ref.array, pulled, tissue_mask(ref.array))
+    return ncc(ref.array, pulled, tissue_mask(ref.array))
 
 
 def _suffix(path: Path) -> str:
