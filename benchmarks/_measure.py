@@ -6,14 +6,13 @@ import subprocess
 import sys
 import time
 
-CLI_WRAPPER = (
-    "import resource, sys\n"
-    "from slimreg.cli import main\n"
-    "code = main(sys.argv[1:])\n"
-    "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n"
-    "sys.exit(code)\n"
-)
-SNIPPET_SUFFIX = "\nimport resource\nprint('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+# The peak is read from /proc/self/status VmHWM: Linux carries ru_maxrss over from the parent across fork and
+# exec, so a child of a big benchmark process would report at least the parent's size.
+HWM = ("import pathlib\n"
+       "hwm = next(l for l in pathlib.Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM'))\n"
+       "print('MAXRSS_KB', hwm.split()[1], flush=True)\n")
+CLI_WRAPPER = "import sys\nfrom slimreg.cli import main\ncode = main(sys.argv[1:])\n" + HWM + "sys.exit(code)\n"
+SNIPPET_SUFFIX = "\n" + HWM
 
 
 def _run(command: list[str], timeout: float | None) -> dict[str, float | str]:

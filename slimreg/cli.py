@@ -221,12 +221,15 @@ def run_run_task(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     task = plan.task(args.task)
     root = args.root or Path(plan.outdir)
+    from slimreg.memory import process_high_water_bytes
+
     with MemoryTracker(debug=args.memory_debug) as tracker:
         try:
             execute(plan, task, root, tracker=tracker, preset=args.preset, keep_work=args.keep_work)
         finally:
             if args.memory_log:
-                tracker.write(args.memory_log, {"task": task.id, "preset": args.preset})
+                tracker.write(args.memory_log, {"task": task.id, "preset": args.preset,
+                                                "process_peak_bytes": process_high_water_bytes()})
         tracker.report()
     return 0
 

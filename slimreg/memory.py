@@ -50,6 +50,21 @@ def release_memory() -> None:
         _MALLOC_TRIM(0)  # type: ignore[operator]
 
 
+def process_high_water_bytes() -> int | None:
+    """Peak RSS of this process's address space (Linux ``VmHWM``), or None where not available.
+
+    Unlike ``ru_maxrss``, which Linux carries over from the parent across fork and exec, ``VmHWM`` starts
+    afresh with each program, so it is the true peak of a task run in its own process.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def tree_rss(process: psutil.Process) -> int:
     """Resident bytes of ``process`` and all its descendants (processes that vanish are skipped)."""
     total = 0

@@ -56,7 +56,7 @@ def _task_memory(results: Path, plan: Plan | None) -> list[dict[str, Any]]:
     for path in sorted(results.glob("**/*.memory.json")):
         data = json.loads(path.read_text())
         task_id = data.get("task") or path.name.removesuffix(".memory.json")
-        peak = max((t["peak_bytes"] for t in data.get("tasks", [])), default=0)
+        peak = data.get("process_peak_bytes") or max((t["peak_bytes"] for t in data.get("tasks", [])), default=0)
         seconds = sum(t["wall_seconds"] for t in data.get("tasks", []))
         measured[task_id] = {"peak": peak, "seconds": seconds}
     for trace in sorted(results.glob("**/execution_trace*.txt")):

@@ -112,14 +112,17 @@ class TiffImage:
         """A copy whose long side is at most ``max_dim``, built from the best pyramid level by block averaging."""
         if max_dim < 1:
             raise InputError(f"max_dim must be at least 1, got {max_dim}.", self.info.path)
-        long0 = max(self.info.width, self.info.height)
-        best_level, best_scale = 0, 1.0
+        # Among exact (integer-scale) levels and integer block factors, keep the largest result that fits:
+        # the smallest level that fits could lose up to half the requested resolution (1250 -> 625 px).
+        best_level, best_size, best_scale = 0, -1, 1.0
         for level in range(len(self.info.levels)):
             scale = self.level_scale(level)
             if scale != int(scale):
                 continue  # an inexact level would blur the coordinate mapping; skip it
-            if (long0 / scale >= max_dim or level == 0) and scale >= best_scale:
-                best_level, best_scale = level, scale
+            long_level = max(self.info.levels[level])
+            size = long_level // max(1, math.ceil(long_level / max_dim))
+            if size > best_size or (size == best_size and scale > best_scale):
+                best_level, best_size, best_scale = level, size, scale
         image = self.plane(best_level, channel, frame)
         factor = max(1, math.ceil(max(image.width, image.height) / max_dim))
         if factor > 1:
