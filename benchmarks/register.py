@@ -60,6 +60,16 @@ registrar.warp_and_save_slides({dst!r} + "/registered", crop="reference")
 """
 
 
+def pair(folder: Path, size: int, *, moving_count: int, rgb: bool = False, width: int | None = None,
+         channels: int = 4) -> tuple[Path, list[Path]]:
+    """Generated inputs, reused when a previous run left them (30000 px images take minutes to make)."""
+    stem = f"{'rgb' if rgb else 'mif'}{size}"
+    existing = [folder / f"{stem}_{i}.ome.tif" for i in range(moving_count + 1)]
+    if all(p.is_file() for p in existing):
+        return existing[0], existing[1:]
+    return make_pair(folder, size, channels=channels, rgb=rgb, width=width, moving_count=moving_count)
+
+
 def megapixels(path: Path) -> float:
     info = probe(path)
     return info.width * info.height * (1 if info.is_rgb else info.channels) / 1e6
@@ -116,19 +126,19 @@ def main() -> int:
     table = ["| image | step | peak RSS MB | wall s | note |", "|---|---|---|---|---|"]
     for size in args.sizes:
         folder = args.workdir / f"mif{size}"
-        reference, moving = make_pair(folder, size, channels=4, moving_count=3)
+        reference, moving = pair(folder, size, moving_count=3)
         table += feature_case(f"{size}x{size} 4ch uint16", reference, moving, folder, args)
         if not args.skip_valis:
             table += valis_case(f"{size}x{size} 4ch uint16", reference, moving[0], folder, args)
         print("\n".join(table), file=sys.stderr, flush=True)
     height, width = args.rgb_size
     folder = args.workdir / f"rgb{width}x{height}"
-    reference, moving = make_pair(folder, height, width=width, rgb=True, moving_count=1)
+    reference, moving = pair(folder, height, width=width, rgb=True, moving_count=1)
     table += feature_case(f"{width}x{height} RGB", reference, moving, folder, args)
     flat = []
     for side in args.flat:
         folder = args.workdir / f"flat{side}"
-        reference, (moving,) = make_pair(folder, side, channels=4, moving_count=1)
+        reference, (moving,) = pair(folder, side, moving_count=1)
         result = measure_cli(["register", "--engine", "feature", "--preset", "low", "--reference", str(reference),
                               "--moving", str(moving), "--outdir", str(folder / "out"), "--tile-size", str(args.tile)],
                              timeout=args.timeout)
