@@ -110,9 +110,11 @@ def _memory_svg(rows: list[dict[str, Any]]) -> str:
         if row["measured"]:
             meas = 600 * row["measured"] / top
             parts.append(f'<rect x="{label}" y="{y + bar}" width="{meas:.1f}" height="{bar}" fill="#3182bd"/>')
+            seconds = f', {row["seconds"]:.1f} s' if row.get("seconds") is not None else ""
             parts.append(f'<text x="{label + max(est, meas) + 4}" y="{y + bar + 3}" font-size="10">'
-                         f'{row["estimated"] / MB:.0f} / {row["measured"] / MB:.0f} MB</text>')
-    parts.append('<text x="230" y="12" font-size="11">light: estimated peak, dark: measured peak</text></svg>')
+                         f'{row["estimated"] / MB:.0f} / {row["measured"] / MB:.0f} MB{seconds}</text>')
+    parts.append('<text x="230" y="12" font-size="11">light: estimated peak, dark: measured peak; '
+                 'labels: estimated / measured, wall time</text></svg>')
     return "".join(parts)
 
 
@@ -184,7 +186,7 @@ tr.pass td.status {{ background: #d5f0d5; }}
 <p class="summary" id="summary">{len(records)} registered image(s), {failed} failed QC.</p>
 {''.join(sections) or '<p>No QC results found.</p>'}
 {'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
-<h2>Memory per task: estimated vs measured</h2>
+<h2>Memory and time per task: estimated vs measured</h2>
 {_memory_svg(memory_rows)}
 <h2>Settings</h2><pre>{html.escape(json.dumps(settings, indent=2))}</pre>
 <h2>Software versions</h2><table>{versions}</table>

@@ -187,15 +187,14 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
     outcomes: dict[str, TaskOutcome] = {}
     pending = list(plan.tasks)
     running: dict[str, tuple[subprocess.Popen[bytes], float, TaskOutcome, str | None]] = {}
-    bar = _progress_bar(len(pending), show_bar)
+    bar = StageBars(plan.tasks) if show_bar else None
     tracker = MemoryTracker(debug=memory_debug) if mode == "serial" else None
 
     def finished(outcome: TaskOutcome) -> None:
         outcomes[outcome.id] = outcome
         log(f"{outcome.id}: {outcome.status}{' - ' + outcome.message if outcome.message else ''}")
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(outcome.id[-30:])
+            bar.update(outcome)
 
     try:
         while pending or running:
@@ -304,12 +303,25 @@ def _run_in_process(plan: Plan, task: Task, root: Path, tracker: MemoryTracker |
     return outcome
 
 
-def _progress_bar(total: int, show: bool) -> Any:
-    if not show:
-        return None
-    from tqdm import tqdm
+class StageBars:
+    """One tqdm bar per stage (split, project, register, merge, qc, report), shown on a terminal."""
 
-    return tqdm(total=total, unit="task", desc="slimreg", file=sys.stderr)
+    def __init__(self, tasks: list[Task]):
+        from tqdm import tqdm
+
+        kinds = list(dict.fromkeys(t.kind for t in tasks))
+        self.bars = {kind: tqdm(total=sum(t.kind == kind for t in tasks), desc=f"{kind:>8}", unit="task",
+                                position=index, file=sys.stderr, leave=True) for index, kind in enumerate(kinds)}
+
+    def update(self, outcome: TaskOutcome) -> None:
+        bar = self.bars.get(outcome.kind)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{outcome.id[-28:]} {outcome.status}")
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 def _last_line(text: str) -> str:
