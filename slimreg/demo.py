@@ -225,7 +225,7 @@ def make_demo_data(outdir: str | Path, size: int = 1024, frames: int = 40, seed:
 
 
 def make_pair(outdir: str | Path, size: int, *, channels: int = 4, rgb: bool = False, width: int | None = None,
-              seed: int = 0, moving_count: int = 1) -> tuple[Path, list[Path]]:
+              seed: int = 0, moving_count: int = 1, noise: float = 600) -> tuple[Path, list[Path]]:
     """A reference and ``moving_count`` non-rigidly deformed moving images at any size, for benchmarks.
 
     Built lazily and written tile by tile, so a 30000 x 25000 px pair needs no more memory than a small one.
@@ -256,7 +256,7 @@ def make_pair(outdir: str | Path, size: int, *, channels: int = 4, rgb: bool = F
                 plane = _upsampled(base[name], max(width, size)).crop(0, 0, width, size)
                 if generator is not None:
                     plane = warp_plane(plane, generator, width, size)
-                planes.append(_as_uint16(plane, seed * 100 + index * 10 + c, noise=600))
+                planes.append(_as_uint16(plane, seed * 100 + index * 10 + c, noise=noise))
             meta = OmeMetadata(width, size, "uint16", names, (0.5, 0.5))
         path = write_planes(planes, outdir / f"{stem}.ome.tif", meta, tile_size=512,
                             compression="jpeg" if rgb else "deflate")
