@@ -177,8 +177,8 @@ def _stage(workdir: Path, sources: list[str], products: list[Path]) -> None:
         target.symlink_to(source)
     for product in products:
         link = workdir / product.name
-        if not link.exists():
-            link.symlink_to(product)
+        assert not link.exists(), f"two staged products are named {product.name}: a task could read the wrong one"
+        link.symlink_to(product)
 
 
 @pytest.mark.slow
@@ -200,8 +200,10 @@ def test_script_blocks_run_the_pipeline_on_demo_data(tmp_path: Path) -> None:
     plan_file = plan_work / "plan" / "plan.json"
     plan = json.loads(plan_file.read_text())
 
-    products: dict[str, list[Path]] = {}
+    stage1: dict[str, list[Path]] = {}  # split and project outputs, per sample (what REGISTER reads)
+    later: dict[str, list[Path]] = {}  # project and register outputs, per sample (what MERGE and QC read)
     report_inputs: list[Path] = []
+    merged_checks: list[tuple[Path, dict]] = []
     kinds_seen = set()
     for task in plan["tasks"]:
         if task["kind"] == "report":
@@ -211,22 +213,36 @@ def test_script_blocks_run_the_pipeline_on_demo_data(tmp_path: Path) -> None:
         workdir = tmp_path / task["id"]
         workdir.mkdir()
         (workdir / "plan.json").symlink_to(plan_file)
-        sample_products = products.get(task["sample"], []) if task["kind"] != "split" else []
-        _stage(workdir, [p for p in task["inputs"] if p.startswith("/")], sample_products)
+        staged = {"split": [], "project": [], "register": stage1.get(task["sample"], [])}.get(
+            task["kind"], later.get(task["sample"], []))
+        _stage(workdir, [p for p in task["inputs"] if p.startswith("/")], staged)
         values = {"plan": "plan.json", "meta.id": task["id"], "meta.sample": task["sample"],
                   "preset": "low", "task.process": process}
         result = _run_script(process, workdir, values)
         assert result.returncode == 0, f"{process} {task['id']}: {result.stderr[-2000:]}"
         produced = _check_outputs(process, workdir, values)
-        products.setdefault(task["sample"], []).extend(p for p in produced if not p.name.endswith(".memory.json")
-                                                      and p.name != "versions.yml")
+        kept = [p for p in produced if not p.name.endswith(".memory.json") and p.name != "versions.yml"]
+        if task["kind"] in ("split", "project"):
+            stage1.setdefault(task["sample"], []).extend(kept)
+        if task["kind"] in ("project", "register"):
+            later.setdefault(task["sample"], []).extend(kept)
+        if task["kind"] == "merge":
+            merged_checks.append((workdir, task))
         report_inputs += [p for p in produced if p.name.endswith(("_qc.json", "_qc.png", ".memory.json"))]
     assert kinds_seen == set(KIND_TO_PROCESS)
+    from slimreg.io import probe, read_region
+
+    for workdir, task in merged_checks:  # the merged stack holds the *registered* pieces, frame for frame
+        merged = workdir / task["outputs"][0]
+        pieces = [next(p for p in later[task["sample"]] if p.name == Path(i).name) for i in task["inputs"]]
+        assert probe(merged).frames == sum(probe(p).frames for p in pieces)
+        side = probe(merged).width
+        assert (read_region(merged, 0, 0, side, side, frame=0) == read_region(pieces[0], 0, 0, side, side)).all()
 
     report_work = tmp_path / "REPORT"
-    (report_work / "results").mkdir(parents=True)
-    for item in report_inputs:
-        (report_work / "results" / item.name).symlink_to(item)
+    for index, item in enumerate(report_inputs, start=1):  # stageAs 'results/*/*': one numbered folder each
+        (report_work / "results" / str(index)).mkdir(parents=True)
+        (report_work / "results" / str(index) / item.name).symlink_to(item)
     (report_work / "plan.json").symlink_to(plan_file)
     result = _run_script("REPORT", report_work, {"plan": "plan.json", "task.process": "REPORT"})
     assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ process REPORT {
     container "${params.container}"
 
     input:
-    path(results, stageAs: 'results/*')
+    path(results, stageAs: 'results/*/*')
     path plan
 
     output:

@@ -61,12 +61,14 @@ workflow REGISTRATION {
             .map { sample, meta, sources, products -> [meta, sources, products] },
         ch_plan
     )
-    ch_registered = ch_samples.map { sample -> [sample, []] }
+    // MERGE and QC read registered outputs and projections, never split pieces: a piece and its registered
+    // copy share a file name, and products are staged flat (found by name)
+    ch_products = ch_samples.map { sample -> [sample, []] }
+        .mix(PROJECT_SESSION.out.files.map { meta, files -> [meta.sample, files] })
         .mix(REGISTER.out.results.map { meta, images, transforms -> [meta.sample, images + transforms] })
         .mix(REGISTER.out.projections.map { meta, files -> [meta.sample, files] })
         .groupTuple()
         .map { sample, files -> [sample, files.flatten()] }
-    ch_products = ch_stage1.join(ch_registered).map { sample, first, second -> [sample, first + second] }
 
     // stage 3: merged stacks and QC, one image at a time
     MERGE_CHUNKS(
