@@ -152,3 +152,22 @@ def test_bad_inputs_name_the_file(tmp_path: Path, demo_dir: Path) -> None:
     tifffile.imwrite(complex_path, np.zeros((10, 10), dtype=np.complex64))
     with pytest.raises(InputError, match="not supported"):
         probe(complex_path)
+
+
+def test_multichannel_pyramid_written_plane_by_plane(tmp_path: Path) -> None:
+    """Each channel keeps its own SubIFD pyramid after the tile copy; no scratch file is left behind."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 60000, (4, 520, 650)).astype(np.uint16)
+    path = write_array(data, tmp_path / "pyramid.ome.tif", channel_names=list("abcd"), pixel_size_um=(0.4, 0.4),
+                       tile_size=128)
+    info = probe(path)
+    assert info.channel_names == tuple("abcd") and info.subifd_pyramid and len(info.levels) >= 3
+    assert info.pixel_size_um == pytest.approx((0.4, 0.4))
+    image = open_image(path)
+    for channel in range(4):
+        assert np.array_equal(image.region(0, 0, 650, 520, channel=channel), data[channel])
+        h, w = info.levels[1]
+        level1 = image.region(0, 0, w, h, level=1, channel=channel).astype(float)
+        expected = data[channel, : 2 * h, : 2 * w].reshape(h, 2, w, 2).astype(float).mean(axis=(1, 3))
+        assert np.abs(level1 - expected).max() <= 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pyramid.ome.tif"]
