@@ -121,7 +121,7 @@ def valis_case(label: str, reference: Path, moving: Path, out: Path, args: argpa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/slimreg-bench-register"))
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20000], help="4-channel uint16 image sides")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[20000], help="4-channel uint16 image sides")
     parser.add_argument("--rgb-size", type=int, nargs=2, default=[25000, 30000], metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--flat", type=int, nargs="+", default=[5000, 10000, 20000, 30000])
     parser.add_argument("--preset", default="medium")
