@@ -26,7 +26,7 @@ from slimreg.errors import InputError, ParameterError
 from slimreg.io.probe import ImageInfo, probe
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel
 from slimreg.register.settings import RegistrationSettings
-from slimreg.samplesheet import Sample, SampleRow, Samplesheet
+from slimreg.samplesheet import Sample, SampleRow, Samplesheet, image_stem
 
 KINDS = ("split", "project", "register", "merge", "qc", "report")
 
@@ -225,7 +225,7 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
         task_id = safe_id(f"register-{name}-b{number}")
         units = []
         for session in batch:
-            registered = [f"registered/{name}/{_stem(p)}.ome.tif" for p in session.pieces]
+            registered = [f"registered/{name}/{image_stem(p)}.ome.tif" for p in session.pieces]
             unit = {"name": session.name, "registration_image": session.registration_image,
                     "scale": session.registration_scale, "apply_to": session.pieces, "registered": registered,
                     "transform": f"transforms/{name}/{safe_id(session.name)}.transform.json",
@@ -273,10 +273,6 @@ def _channel_index(info: ImageInfo, name: str | None, requested: str | None) -> 
         return [n.lower() for n in info.channel_names].index(name.lower())
     chosen = choose_channel(info, requested)
     return 0 if chosen == OPTICAL_DENSITY else int(chosen)
-
-
-def _stem(path: str) -> str:
-    return SampleRow(0, "", Path(path), False, "", None).stem
 
 
 def _link_dependencies(tasks: list[Task]) -> None:

@@ -19,6 +19,18 @@ TRUE_WORDS = {"true", "yes", "1", "y", "t"}
 FALSE_WORDS = {"false", "no", "0", "n", "f", ""}
 
 
+TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf", ".svs", ".qptiff")
+
+
+def image_stem(path: str | Path) -> str:
+    """A file name without its TIFF suffixes (``round1.ome.tif`` -> ``round1``)."""
+    name = Path(path).name
+    for suffix in TIFF_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
 @dataclass(frozen=True)
 class SampleRow:
     """One image of the samplesheet; ``row`` is its line number in the file (the header is line 1)."""
@@ -33,11 +45,7 @@ class SampleRow:
     @property
     def stem(self) -> str:
         """The image's file name without TIFF suffixes: used to name every output of this image."""
-        name = self.image.name
-        for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf", ".svs", ".qptiff"):
-            if name.lower().endswith(suffix):
-                return name[: -len(suffix)]
-        return self.image.stem
+        return image_stem(self.image)
 
 
 @dataclass(frozen=True)

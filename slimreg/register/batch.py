@@ -23,7 +23,7 @@ from slimreg.memory import MemoryTracker
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel
 from slimreg.register.engine import get_engine
 from slimreg.register.settings import RegistrationSettings
-from slimreg.samplesheet import SampleRow
+from slimreg.samplesheet import image_stem
 from slimreg.transform import Transform
 from slimreg.warp import warp_file
 
@@ -51,10 +51,6 @@ class BatchResult:
     @property
     def failed(self) -> list[ImageResult]:
         return [r for r in self.images if r.status != "ok"]
-
-
-def image_stem(path: str | Path) -> str:
-    return SampleRow(0, "", Path(path), False, "", None).stem
 
 
 def moving_channel_for(reference: TiffImage, reference_channel: int | str, moving: TiffImage,
