@@ -123,8 +123,8 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
         transform = transform.rescaled(1 / reference_scale, 1 / moving_scale,
                                        (reference_image.info.height, reference_image.info.width),
                                        (registered_image.info.height, registered_image.info.width))
-        transform.moving_shape = (TiffImage(original_path).info.height, TiffImage(original_path).info.width) \
-            if original_path else transform.moving_shape
+        if original_image is not None:
+            transform.moving_shape = (original_image.info.height, original_image.info.width)
     if (landmarks_reference is None) != (landmarks_moving is None):
         raise InputError("landmark QC needs both --landmarks-reference and --landmarks-moving.",
                          landmarks_reference or landmarks_moving)
