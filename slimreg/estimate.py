@@ -108,11 +108,15 @@ def register_task_bytes(reference: ImageInfo, units: list[tuple[ImageInfo, list[
     return int(SAFETY * (PROCESS_BASE + peak))
 
 
-def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, settings: PlanSettings) -> None:
-    """Fill ``peak_memory_bytes`` and ``disk_bytes`` of every task in place (headers only)."""
+def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, settings: PlanSettings,
+                        known: dict[str, ImageInfo] | None = None) -> None:
+    """Fill ``peak_memory_bytes`` and ``disk_bytes`` of every task in place (headers only).
+
+    ``known`` holds headers the plan already read, keyed by path, so no file is probed twice.
+    """
     from slimreg.register.settings import RegistrationSettings
 
-    infos: dict[str, ImageInfo] = {}
+    infos: dict[str, ImageInfo] = dict(known or {})
 
     def info(path: str) -> ImageInfo | None:
         if path.startswith(("work/", "registered/")):

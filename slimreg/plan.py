@@ -147,8 +147,9 @@ def build_plan(sheet: Samplesheet, outdir: str | Path, registration: Registratio
     outdir = Path(outdir)
     tasks: list[Task] = []
     notes: list[str] = []
+    probed: dict[str, ImageInfo] = {}  # headers read once, shared with the memory estimate
     for sample in sheet.samples():
-        tasks += _sample_tasks(sample, registration, settings, notes)
+        tasks += _sample_tasks(sample, registration, settings, notes, probed)
     qc_outputs = [o for t in tasks if t.kind == "qc" for o in t.outputs if o.endswith(".json")]
     register_logs = [o for t in tasks if t.kind == "register" for o in t.outputs if o.endswith(".register.json")]
     tasks.append(Task("report", "report", "", inputs=qc_outputs + register_logs,
@@ -156,18 +157,21 @@ def build_plan(sheet: Samplesheet, outdir: str | Path, registration: Registratio
     _link_dependencies(tasks)
     from slimreg.estimate import estimate_plan_tasks
 
-    estimate_plan_tasks(tasks, registration, settings)
+    estimate_plan_tasks(tasks, registration, settings, known=probed)
     return Plan(samplesheet=str(sheet.path), outdir=str(outdir.resolve()), registration=registration.to_json(),
                 settings=asdict(settings), tasks=tasks, notes=notes)
 
 
-def _sessions(sample: Sample) -> list[_Session]:
+def _sessions(sample: Sample, probed: dict[str, ImageInfo]) -> list[_Session]:
     sessions: OrderedDict[str, _Session] = OrderedDict()
     for row in _sheet_order(sample):
         name = row.session or row.stem
         session = sessions.setdefault(name, _Session(name, [], []))
         session.rows.append(row)
-        session.infos.append(probe(row.image))
+        key = str(row.image)
+        if key not in probed:
+            probed[key] = probe(row.image)
+        session.infos.append(probed[key])
     for session in sessions.values():
         check_session_shapes(session.infos)
     return list(sessions.values())
@@ -178,8 +182,8 @@ def _sheet_order(sample: Sample) -> list[SampleRow]:
 
 
 def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: PlanSettings,
-                  notes: list[str]) -> list[Task]:
-    sessions = _sessions(sample)
+                  notes: list[str], probed: dict[str, ImageInfo]) -> list[Task]:
+    sessions = _sessions(sample, probed)
     reference_name = sample.reference.session or sample.reference.stem
     reference = next(s for s in sessions if s.name == reference_name)
     moving = [s for s in sessions if s is not reference]
