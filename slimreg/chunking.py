@@ -7,11 +7,14 @@ projection of all its frames, and that one transform is applied to every piece.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyvips
 
 from slimreg.errors import InputError, ParameterError
 from slimreg.io.probe import ImageInfo, probe
@@ -71,17 +74,16 @@ def _stack_meta(info: ImageInfo, frames: int, width: int | None = None, height: 
                        size_t=frames // size_z, is_rgb=info.is_rgb and names is None)
 
 
-def _frame_planes(image: TiffImage, frame: int) -> list:
-    info = image.info
-    if info.is_rgb:
-        return [image.plane(0, None, frame)]
-    return [image.plane(0, c, frame) for c in range(info.channels)]
+def _frame_planes(image: TiffImage, frame: int) -> list[Callable[[], pyvips.Image]]:
+    """Recipes for one frame's planes: the writer opens the page afresh for each block it renders."""
+    channels: list[int | None] = [None] if image.info.is_rgb else list(range(image.info.channels))
+    return [functools.partial(image.plane, 0, channel, frame) for channel in channels]
 
 
 def split_stack(path: str | Path, pieces: list[Piece], tile_size: int = 512,
                 compression: str = "deflate") -> list[Path]:
-    """Write each piece by streaming its frames from the source (libvips reads one tile row at a time)."""
-    image = TiffImage(path, access="sequential")
+    """Write each piece by streaming its frames from the source, block by block."""
+    image = TiffImage(path, access="random")
     written = []
     for piece in pieces:
         planes = [p for frame in range(piece.start, piece.stop) for p in _frame_planes(image, frame)]
@@ -143,7 +145,7 @@ def project_session(paths: list[str | Path], out_path: str | Path, channel: int,
 def merge_pieces(paths: list[str | Path], out_path: str | Path, tile_size: int = 512,
                  compression: str = "deflate") -> Path:
     """Concatenate registered pieces of one session into one stack, frame by frame."""
-    images = [TiffImage(p, access="sequential") for p in paths]
+    images = [TiffImage(p, access="random") for p in paths]
     check_session_shapes([im.info for im in images])
     planes = [p for image in images for frame in range(image.info.frames) for p in _frame_planes(image, frame)]
     frames = sum(image.info.frames for image in images)

@@ -129,7 +129,9 @@ def _probe_open(path: Path, tif: tifffile.TiffFile) -> ImageInfo:
         raise InputError(f"has no Y/X axes (axes {axes!r}).", path, "give a 2-D image or a stack of 2-D planes.")
 
     keyframe = series.keyframe
-    is_rgb = bool(keyframe.photometric == tifffile.PHOTOMETRIC.RGB and sizes.get("S", 1) in (3, 4))
+    # JPEG-compressed slides store colour as YCbCr (decoders hand back RGB), as most scanners' files do
+    colour = (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
+    is_rgb = bool(keyframe.photometric in colour and sizes.get("S", 1) in (3, 4))
     page_axes = [a for a in axes if a not in "YXS"]
     generic = [a for a in page_axes if a not in "CTZ"]
     mapping: dict[str, str] = {}

@@ -1,13 +1,18 @@
 """One place that imports pyvips and sets it up for bounded memory.
 
 The operation cache is turned off: it keeps references to every image a pipeline touched, which is how
-the pipeline this project learned from grew to hundreds of GB (see shared/seeds/001).
+the pipeline this project learned from grew to hundreds of GB (see shared/seeds/001). glibc's malloc arenas
+are capped before libvips starts its threads (``slimreg.memory.limit_malloc_arenas``).
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pyvips
+from slimreg.memory import limit_malloc_arenas
+
+limit_malloc_arenas()
+
+import numpy as np  # noqa: E402
+import pyvips  # noqa: E402
 
 pyvips.cache_set_max(0)
 pyvips.cache_set_max_mem(0)

@@ -1,15 +1,18 @@
-"""Streamed writing of tiled, pyramidal BigTIFF OME-TIFF through libvips.
+"""Streamed writing of tiled, pyramidal BigTIFF OME-TIFF with memory set by the tile size.
 
-Planes are joined into one tall lazy image with ``page-height`` set, which libvips writes page by page,
-tile row by tile row, building each page's pyramid as SubIFDs on the way: memory stays at a few tile rows
-per level whatever the image size. The file is written under a temporary name and renamed when complete.
+Each plane (channel, Z or T) is rendered from its lazy libvips pipeline in square blocks, halved into its
+pyramid and encoded tile by tile (``slimreg.io.tiles``); tifffile then lays the tiles out as one IFD per
+plane with the reductions as SubIFDs, the layout OME-TIFF readers (Bio-Formats, QuPath, libvips) expect.
+libvips' own pyramidal ``tiffsave`` was used before: its memory grew with the image width (strips of tile
+rows across every level) and with the number of planes joined into one save. The file is written under a
+temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
 import functools
 import html
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +22,9 @@ import tifffile
 
 from slimreg.atomic import atomic_output
 from slimreg.errors import ParameterError
+from slimreg.io.tiles import JPEG_SUBSAMPLING, TileCodec, TileStore, pyramid_shapes, render_plane_tiles, scratch_path
 from slimreg.io.vips import from_numpy, vips_format
+from slimreg.memory import release_memory
 
 COMPRESSIONS = ("deflate", "zstd", "lzw", "jpeg", "none")
 OME_TYPES = {"uint8": "uint8", "int8": "int8", "uint16": "uint16", "int16": "int16", "uint32": "uint32",
@@ -80,12 +85,17 @@ def compression_supported(compression: str) -> bool:
     return True
 
 
-def write_planes(planes: Sequence[pyvips.Image], path: str | Path, meta: OmeMetadata, *,
+PlaneSource = pyvips.Image | Callable[[], pyvips.Image]
+
+
+def write_planes(planes: Sequence[PlaneSource], path: str | Path, meta: OmeMetadata, *,
                  compression: str = "deflate", tile_size: int = 512, pyramid: bool = True,
                  quality: int = 90) -> Path:
     """Write lazy planes (channels fastest, then Z, then T) as one pyramidal OME-TIFF; return ``path``.
 
-    Each plane must be ``meta.width`` x ``meta.height`` with one band (three for RGB) of ``meta.dtype``.
+    Each plane must be ``meta.width`` x ``meta.height`` with one band (three for RGB) of ``meta.dtype``. A plane
+    may be given as a function that builds its pipeline: the writer then calls it afresh for every block it
+    renders, which keeps file-reading pipelines from accumulating buffers over a large image.
     """
     path = Path(path)
     if compression not in COMPRESSIONS:
@@ -102,84 +112,55 @@ def write_planes(planes: Sequence[pyvips.Image], path: str | Path, meta: OmeMeta
         raise ParameterError(f"{len(planes)} planes given but the metadata describes {meta.planes_expected}.")
     target_format = vips_format(meta.dtype)
     bands = 3 if meta.is_rgb else 1
-    prepared = []
-    for plane in planes:
+    sources = [_plane_recipe(plane, target_format) for plane in planes]
+    for source in sources:
+        plane = source()
         if (plane.width, plane.height) != (meta.width, meta.height) or plane.bands != bands:
             raise ParameterError(f"plane is {plane.width}x{plane.height}x{plane.bands}, expected "
                                  f"{meta.width}x{meta.height}x{bands}.")
-        if plane.format != target_format:
-            plane = plane.cast(target_format)
-        plane = plane.copy(interpretation="srgb") if meta.is_rgb else plane.copy()
-        if "image-description" in plane.get_fields():
-            plane.remove("image-description")  # a loaded source's OME-XML must not travel into outputs
-        prepared.append(plane)
-    # libvips will not read back tiles much larger than the image: clamp to the image, in multiples of 16
+    # readers (libvips among them) will not take tiles much larger than the image: clamp, in multiples of 16
     tile_size = min(tile_size, max(16, -(-max(meta.width, meta.height) // 16) * 16))
-    options = {"tile": True, "tile_width": tile_size, "tile_height": tile_size, "bigtiff": True,
-               "pyramid": pyramid, "subifd": pyramid, "compression": compression}
-    if meta.pixel_size_um:
-        options.update(xres=1000.0 / meta.pixel_size_um[0], yres=1000.0 / meta.pixel_size_um[1], resunit="cm")
-    if compression == "jpeg":
-        options["Q"] = quality
-    elif compression in ("deflate", "lzw", "zstd"):
-        # horizontal differencing helps integers; libvips would also apply it to floats, which TIFF readers
-        # (and tifffile, which assembles multi-plane files) reject
-        options["predictor"] = "horizontal" if np.dtype(meta.dtype).kind in "ui" else "none"
-    with atomic_output(path) as tmp:
-        if len(prepared) == 1 or compression == "jpeg":
-            joined = prepared[0] if len(prepared) == 1 else pyvips.Image.arrayjoin(prepared, across=1)
-            joined = joined.copy()
-            joined.set_type(pyvips.GValue.gint_type, "page-height", meta.height)
-            joined.set_type(pyvips.GValue.gstr_type, "image-description", meta.to_xml())
-            joined.tiffsave(str(tmp), **options)
-        else:
-            _write_plane_by_plane(prepared, tmp, meta, options)
+    codec = TileCodec(compression, predictor=np.dtype(meta.dtype).kind in "ui" and compression in ("deflate", "lzw"),
+                      quality=quality)
+    shapes = pyramid_shapes(meta.height, meta.width, tile_size, pyramid)
+    resolution = (1e4 / meta.pixel_size_um[0], 1e4 / meta.pixel_size_um[1]) if meta.pixel_size_um else None
+    with atomic_output(path) as tmp, open(scratch_path(tmp), "w+b") as scratch:
+        try:
+            with tifffile.TiffWriter(tmp, bigtiff=True, ome=False) as writer:
+                for index, source in enumerate(sources):
+                    store = render_plane_tiles(source, shapes, tile_size, codec, scratch)
+                    _append_pyramid(writer, store, shapes, tile_size, codec, meta,
+                                    description=meta.to_xml().encode() if index == 0 else None,
+                                    resolution=resolution)
+                    release_memory()
+        finally:
+            scratch_path(tmp).unlink(missing_ok=True)
     return path
 
 
-def _write_plane_by_plane(planes: Sequence[pyvips.Image], target: Path, meta: OmeMetadata,
-                          options: dict[str, object]) -> None:
-    """One libvips pipeline per plane, its compressed tiles then copied into ``target`` without re-encoding.
-
-    libvips keeps buffers for every plane joined into one ``tiffsave`` (measured: +21 MB per extra channel at
-    4096 px width, growing with width), so a 40-channel slide would need gigabytes. Writing each plane on its
-    own to a scratch pyramid and appending its tiles with tifffile keeps the cost at one plane's.
-    """
-    from slimreg.memory import release_memory
-
-    resolution = None
-    if meta.pixel_size_um:
-        resolution = (1e4 / meta.pixel_size_um[0], 1e4 / meta.pixel_size_um[1])
-    with tifffile.TiffWriter(target, bigtiff=True, ome=False) as writer:
-        for index, plane in enumerate(planes):
-            scratch = target.with_name(f"{target.name}.plane{index}.tif")
-            try:
-                plane.tiffsave(str(scratch), **options)
-                release_memory()
-                _append_pyramid(writer, scratch, meta.to_xml().encode() if index == 0 else None, resolution)
-            finally:
-                scratch.unlink(missing_ok=True)
+def _plane_recipe(plane: PlaneSource, target_format: str) -> Callable[[], pyvips.Image]:
+    """A function returning the plane's pipeline cast to the file's band format."""
+    def build() -> pyvips.Image:
+        image = plane if isinstance(plane, pyvips.Image) else plane()
+        return image.cast(target_format) if image.format != target_format else image
+    return build
 
 
-def _append_pyramid(writer: tifffile.TiffWriter, source_path: Path, description: bytes | None,
+def _append_pyramid(writer: tifffile.TiffWriter, store: TileStore, shapes: list[tuple[int, int]], tile: int,
+                    codec: TileCodec, meta: OmeMetadata, *, description: bytes | None,
                     resolution: tuple[float, float] | None) -> None:
-    with tifffile.TiffFile(source_path) as source:
-        levels = [level.keyframe for level in source.series[0].levels]
-        handle = source.filehandle
-
-        def raw_tiles(page: tifffile.TiffPage) -> Iterator[bytes]:
-            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
-                handle.seek(offset)
-                yield handle.read(count)
-
-        for number, page in enumerate(levels):
-            writer.write(raw_tiles(page), shape=page.shape, dtype=page.dtype,
-                         tile=(page.tilelength, page.tilewidth), compression=page.compression,
-                         predictor=page.predictor, photometric=page.photometric,
-                         subifds=len(levels) - 1 if number == 0 and len(levels) > 1 else None,
-                         subfiletype=1 if number else 0, description=description if number == 0 else None,
-                         metadata=None, resolution=resolution if number == 0 else None,
-                         resolutionunit="CENTIMETER" if resolution and number == 0 else None, software=False)
+    """Write one plane's levels (level 0, then its reductions as SubIFDs) from the tile store, in TIFF order."""
+    samples = 3 if meta.is_rgb else 1
+    for level, (height, width) in enumerate(shapes):
+        writer.write(store.level_tiles(level), shape=(height, width, samples) if meta.is_rgb else (height, width),
+                     dtype=meta.dtype, tile=(tile, tile), compression=codec.tag,
+                     predictor=2 if codec.predictor else None,
+                     photometric="rgb" if meta.is_rgb else "minisblack",
+                     subsampling=JPEG_SUBSAMPLING if codec.compression == "jpeg" else None,
+                     subifds=len(shapes) - 1 if level == 0 and len(shapes) > 1 else None,
+                     subfiletype=1 if level else 0, description=description if level == 0 else None,
+                     metadata=None, resolution=resolution if level == 0 else None,
+                     resolutionunit="CENTIMETER" if resolution and level == 0 else None, software=False)
 
 
 def write_array(array: np.ndarray, path: str | Path, *, channel_names: Sequence[str] | None = None,

@@ -1,0 +1,99 @@
+"""The tile-at-a-time pyramid writer: exact pyramids at awkward sizes, JPEG colour, blocks, clean failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pyvips
+import tifffile
+
+from slimreg.io import OmeMetadata, open_image, probe, write_array, write_planes
+from slimreg.io.tiles import RENDER_BLOCK_PIXELS
+from slimreg.io.vips import from_numpy
+
+
+def halved(array: np.ndarray) -> np.ndarray:
+    """Reference 2 x 2 mean (rounded half up for integers; a 1 px axis stays 1 px), written independently."""
+    rows, columns = array.shape[:2]
+    row_step, column_step = (2 if rows >= 2 else 1), (2 if columns >= 2 else 1)
+    out_rows, out_columns = max(1, rows // 2), max(1, columns // 2)
+    part = array[: out_rows * row_step, : out_columns * column_step].astype(np.float64)
+    mean = part.reshape(out_rows, row_step, out_columns, column_step, *array.shape[2:]).mean(axis=(1, 3))
+    return mean.astype(array.dtype) if array.dtype.kind == "f" else np.floor(mean + 0.5).astype(array.dtype)
+
+
+@pytest.mark.parametrize(("shape", "tile"), [
+    ((1000, 1300), 128),            # several pyramid levels, odd level sizes
+    ((2 * RENDER_BLOCK_PIXELS + 1, 300), 256),  # one pixel row past a render block
+    ((300, 5), 16),                 # narrow: width reaches 1 px before the height fits a tile
+    ((1, 700), 16),                 # a single row
+])
+def test_every_level_is_the_exact_mean_of_the_level_below(tmp_path: Path, shape: tuple[int, int], tile: int) -> None:
+    data = np.random.default_rng(sum(shape)).integers(0, 60000, shape).astype(np.uint16)
+    path = write_array(data, tmp_path / "p.ome.tif", tile_size=tile)
+    with tifffile.TiffFile(path) as tif:
+        levels = [level.asarray() for level in tif.series[0].levels]
+    assert np.array_equal(levels[0], data)
+    assert max(levels[-1].shape) <= tile and len(levels) > 1
+    expected = data
+    for level in levels[1:]:
+        expected = halved(expected)
+        assert level.shape == expected.shape and np.array_equal(level, expected)
+    assert probe(path).levels == tuple(level.shape for level in levels)
+
+
+def test_float_pyramid_keeps_fractions(tmp_path: Path) -> None:
+    data = np.random.default_rng(3).random((2, 333, 517)).astype(np.float32)
+    path = write_array(data, tmp_path / "f.ome.tif", tile_size=64)
+    with tifffile.TiffFile(path) as tif:
+        level1 = tif.series[0].levels[1].asarray()
+    assert np.allclose(level1[1], halved(data[1]), atol=1e-6)
+
+
+def test_jpeg_rgb_reads_back_alike_in_libvips_and_tifffile(tmp_path: Path) -> None:
+    y, x = np.mgrid[0:700, 0:900]
+    rgb = np.dstack([128 + 100 * np.sin(x / 40), 128 + 100 * np.cos(y / 30), (x + y) / 8 % 200]).astype(np.uint8)
+    path = write_array(rgb, tmp_path / "he.ome.tif", is_rgb=True, compression="jpeg", tile_size=256)
+    info = probe(path)
+    assert info.is_rgb and info.compression == "jpeg" and info.channels == 3
+    with tifffile.TiffFile(path) as tif:
+        by_tifffile = tif.series[0].asarray()
+    by_libvips = open_image(path).plane(0, None).numpy()
+    assert np.array_equal(by_tifffile, by_libvips)
+    assert np.abs(by_libvips.astype(int) - rgb).mean() < 2.0  # lossy, but the colours are right
+
+
+def test_a_plane_recipe_is_rebuilt_for_every_render_block(tmp_path: Path) -> None:
+    """Blocks of at most RENDER_BLOCK_PIXELS a side: the count of pipeline builds proves the image is never whole."""
+    height, width = RENDER_BLOCK_PIXELS + 100, 2 * RENDER_BLOCK_PIXELS + 1
+    data = np.random.default_rng(4).integers(0, 255, (height, width)).astype(np.uint8)
+    image = from_numpy(data)
+    builds = []
+
+    def recipe() -> pyvips.Image:
+        builds.append(1)
+        return image
+
+    path = write_planes([recipe], tmp_path / "r.ome.tif", OmeMetadata(width, height, "uint8", ("a",)),
+                        tile_size=256)
+    blocks = 2 * 3  # ceil(height / block) x ceil(width / block)
+    assert len(builds) == 2 + blocks  # + one build to check the shape, + one for the renderer's band format
+    assert np.array_equal(open_image(path).region(0, 0, width, height), data)
+
+
+def test_a_failing_plane_leaves_no_output_and_no_scratch(tmp_path: Path) -> None:
+    height = width = 3 * RENDER_BLOCK_PIXELS // 2
+    image = from_numpy(np.zeros((height, width), np.uint16))
+    calls = []
+
+    def recipe() -> pyvips.Image:
+        calls.append(1)
+        if len(calls) > 4:
+            raise RuntimeError("source went away")
+        return image
+
+    with pytest.raises(RuntimeError, match="source went away"):
+        write_planes([recipe], tmp_path / "x.ome.tif", OmeMetadata(width, height, "uint16", ("a",)), tile_size=256)
+    assert list(tmp_path.iterdir()) == []
