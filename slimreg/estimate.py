@@ -11,11 +11,12 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
 - VALIS engine, per moving image: a two-image VALIS run, dominated by a constant (``VALIS_PAIR_BASE``; measured
   2.2-2.7 GB whatever the image size) plus ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
   (``VALIS_IMPORT``, measured 1.17 GB).
-- Streamed warp and OME-TIFF writing: planes are written one at a time (slimreg.io.write), so the cost is one
-  plane's libvips pipeline, dominated by the lazy index image over a strip of tile rows:
-  ``WARP_PER_WIDTH + WARP_PER_WIDTH_TILE * tile_size`` bytes per pixel of output *width*, plus ``WARP_BASE`` and
-  ``WARP_PER_PLANE`` per plane in the file. It does not grow with the image's height or its number of channels.
-  (8-bit RGB stacks written with JPEG still go through one joined libvips write: those multiply by planes.)
+- Streamed warp and OME-TIFF writing: planes are written one at a time, each rendered in square blocks and
+  encoded tile by tile (slimreg.io.tiles), so the cost does not grow with the image's width, height or number of
+  channels. Writing alone (split, merge, projections) costs ``WRITE_BASE`` plus ``WRITE_PER_TILE_BYTE`` per byte
+  of one output tile (tiles queued for the encoders, one per pyramid level) plus ``WRITE_PER_BLOCK_BYTE`` per
+  byte of one render block plus ``WRITE_PER_PLANE`` per plane; a warp adds the ``RESAMPLE_*`` terms (the index
+  pipeline, the displacement field, libvips' ``mapim`` buffers for a block).
 - Projection: two float64 accumulators at the projection's size. QC: ~``QC_PER_PX`` per pixel at ``max_dim``.
 
 The constants were measured on this project's machine (2 cores, 24 GB) with ``benchmarks/preflight_accuracy.py``
@@ -30,7 +31,10 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from slimreg.io.probe import ImageInfo, probe
+from slimreg.io.tiles import RENDER_BLOCK_PIXELS
 
 if TYPE_CHECKING:
     from slimreg.plan import PlanSettings, Task
@@ -41,13 +45,16 @@ PROCESS_BASE = 68 * MB
 VALIS_IMPORT = 1180 * MB
 VALIS_PAIR_BASE = 1500 * MB
 VALIS_PER_PX = 60
-PAIR_OVERHEAD = 90 * MB
+PAIR_OVERHEAD = 70 * MB
 SIFT_PER_PX = 255
 ECC_PER_PX = 100
-WARP_BASE = 15 * MB
-WARP_PER_WIDTH = 6000
-WARP_PER_WIDTH_TILE = 7.5
-WARP_PER_PLANE = MB // 2
+WRITE_BASE = 12 * MB
+WRITE_PER_TILE_BYTE = 4
+WRITE_PER_BLOCK_BYTE = 2
+WRITE_PER_PLANE = MB // 2
+RESAMPLE_BASE = 33 * MB  # with WRITE_*: 45 MB + 12 B per tile byte + 8 B per block byte for a warp
+RESAMPLE_PER_TILE_BYTE = 8
+RESAMPLE_PER_BLOCK_BYTE = 6
 PROJECT_PER_PX = 40
 QC_PER_PX = 125
 QC_OVERHEAD = 10 * MB
@@ -72,13 +79,21 @@ def working_pixels(info: ImageInfo, max_dim: int) -> int:
     return (info.width // factor) * (info.height // factor)
 
 
-def warp_bytes(info: ImageInfo, tile_size: int, width: int | None = None, frames: int | None = None,
-               compression: str = "deflate") -> int:
-    """Streamed warp + pyramidal write of one image (all channels and frames) into an output ``width`` px wide."""
+def write_bytes(info: ImageInfo, tile_size: int, frames: int | None = None, *, resampled: bool = False) -> int:
+    """Pyramidal write of one image (all channels and frames), whatever its size; ``resampled``: through a warp."""
     planes = (1 if info.is_rgb else info.channels) * (frames if frames is not None else info.frames)
-    joined = planes if compression == "jpeg" else 1  # JPEG stacks are written in one joined libvips pass
-    per_width = (WARP_PER_WIDTH + WARP_PER_WIDTH_TILE * tile_size) * joined
-    return int(WARP_BASE + (width or info.width) * per_width + WARP_PER_PLANE * planes)
+    tile_bytes = tile_size**2 * (3 if info.is_rgb else 1) * np.dtype(info.dtype).itemsize
+    block_bytes = tile_bytes * (max(tile_size, RENDER_BLOCK_PIXELS) // tile_size) ** 2
+    total = (WRITE_BASE + WRITE_PER_TILE_BYTE * tile_bytes + WRITE_PER_BLOCK_BYTE * block_bytes
+             + WRITE_PER_PLANE * planes)
+    if resampled:
+        total += RESAMPLE_BASE + RESAMPLE_PER_TILE_BYTE * tile_bytes + RESAMPLE_PER_BLOCK_BYTE * block_bytes
+    return int(total)
+
+
+def warp_bytes(info: ImageInfo, tile_size: int, frames: int | None = None) -> int:
+    """Streamed warp + pyramidal write of one image (all channels and frames), whatever the output's size."""
+    return write_bytes(info, tile_size, frames, resampled=True)
 
 
 def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSettings) -> int:
@@ -97,13 +112,13 @@ def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSe
 
 
 def register_task_bytes(reference: ImageInfo, units: list[tuple[ImageInfo, list[ImageInfo]]],
-                        settings: RegistrationSettings, reference_width: int) -> int:
+                        settings: RegistrationSettings) -> int:
     """Peak of a REGISTER task: images are handled one at a time, so the largest image decides."""
     peak = 0
     for registration_info, targets in units:
         peak = max(peak, pair_bytes(reference, registration_info, settings))
         for target in targets:
-            peak = max(peak, warp_bytes(target, settings.tile_size, reference_width, compression=settings.compression)
+            peak = max(peak, warp_bytes(target, settings.tile_size)
                        + (VALIS_IMPORT if settings.engine == "valis" else 0))
     return int(SAFETY * (PROCESS_BASE + peak))
 
@@ -136,8 +151,8 @@ def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, s
                 produced[piece["path"]] = dataclasses.replace(
                     source, frames=frames, size_t=max(1, frames // source.size_z),
                     file_bytes=int(source.file_bytes * frames / source.frames))
-            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + warp_bytes(source, task.params["tile_size"],
-                                                                             frames=longest)))
+            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + write_bytes(source, task.params["tile_size"],
+                                                                              frames=longest)))
             task.disk_bytes = int(source.file_bytes * PYRAMID_DISK_FACTOR)
         elif task.kind == "project":
             source = info(task.inputs[0])
@@ -145,12 +160,11 @@ def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, s
             factor = task.params["factor"]
             pixels = (source.width // factor) * (source.height // factor)
             produced[task.outputs[0]] = source
-            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + WARP_BASE + PROJECT_PER_PX * pixels))
+            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + WRITE_BASE + PROJECT_PER_PX * pixels))
             task.disk_bytes = int(pixels * 8 * PYRAMID_DISK_FACTOR)
         elif task.kind == "register":
             reg = RegistrationSettings(**{**registration.to_json(), **task.settings})
             reference = info(task.params["reference"]) or produced[task.params["reference"]]
-            scale = task.params["reference_scale"]
             units = []
             disk = 0
             for unit in task.params["units"]:
@@ -158,8 +172,7 @@ def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, s
                 registration_info = info(unit["registration_image"]) or produced[unit["registration_image"]]
                 units.append((registration_info, targets))
                 disk += sum(output_bytes(t, reg.compression) for t in targets)
-            width = reference.width if scale == 1 else task.params["reference_shape"][1]
-            task.peak_memory_bytes = register_task_bytes(reference, units, reg, width)
+            task.peak_memory_bytes = register_task_bytes(reference, units, reg)
             task.disk_bytes = disk
             for unit, (_, targets) in zip(task.params["units"], units, strict=True):
                 for path, target in zip(unit["registered"], targets, strict=True):
@@ -168,7 +181,7 @@ def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, s
             pieces = [produced.get(p) or info(p) for p in task.inputs]
             first = pieces[0]
             assert first is not None
-            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + warp_bytes(first, 512)))
+            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + write_bytes(first, 512)))
             task.disk_bytes = int(sum(p.file_bytes for p in pieces if p) * PYRAMID_DISK_FACTOR)
         elif task.kind == "qc":
             reference_info = info(task.params["reference"]) or produced[task.params["reference"]]

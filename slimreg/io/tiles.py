@@ -53,7 +53,12 @@ class TileCodec:
         return COMPRESSION_TAGS[self.compression]
 
     def encode(self, tile: np.ndarray) -> bytes:
-        """Compress one full-size tile, shaped (rows, columns, samples)."""
+        """Compress one full-size tile, shaped (rows, columns, samples); views of a block are welcome.
+
+        The contiguous copy (where one is needed) is made here, on the encoding thread, so queued tiles stay
+        views of their rendered block instead of copies.
+        """
+        tile = np.ascontiguousarray(tile)
         if self.compression == "none":
             return tile.tobytes()
         if self.compression == "jpeg":
@@ -117,7 +122,8 @@ def _halve(array: np.ndarray, out_rows: int, out_columns: int) -> np.ndarray:
         return np.zeros((out_rows, out_columns, array.shape[2]), array.dtype)
     row_step, column_step = pairs(out_rows, array.shape[0]), pairs(out_columns, array.shape[1])
     part = array[: out_rows * row_step, : out_columns * column_step]
-    wide = np.float64 if array.dtype.kind == "f" else np.int64
+    # the narrowest accumulator that cannot overflow: four 16-bit values fit in 32 bits
+    wide = np.float64 if array.dtype.kind == "f" else (np.int32 if array.dtype.itemsize <= 2 else np.int64)
     summed = part.reshape(out_rows, row_step, out_columns, column_step, -1).sum(axis=(1, 3), dtype=wide)
     count = row_step * column_step
     if array.dtype.kind == "f":
@@ -148,7 +154,8 @@ class PyramidRenderer:
             self.leaf_depth += 1
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self._pending: deque[tuple[int, int, int, Future[bytes]]] = deque()
-        self._max_pending = 4 * self.workers + (1 << (2 * self.leaf_depth))
+        # a whole block's tiles may queue (they are views of it) plus a few more to keep the encoders busy
+        self._max_pending = 2 * self.workers + (1 << (2 * self.leaf_depth))
 
     # -- geometry --------------------------------------------------------------------------------------
     def _extent(self, level: int, start: int, axis: int, tiles: int = 1) -> int:
@@ -180,7 +187,7 @@ class PyramidRenderer:
             padded = np.zeros((self.tile, self.tile, self.samples), data.dtype)
             padded[: data.shape[0], : data.shape[1]] = data
             data = padded
-        self._pending.append((level, row, column, pool.submit(self.codec.encode, np.ascontiguousarray(data))))
+        self._pending.append((level, row, column, pool.submit(self.codec.encode, data)))
         self._drain(self._max_pending)
 
     def _drain(self, keep: int) -> None:
