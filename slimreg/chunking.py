@@ -12,15 +12,18 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyvips
 
 from slimreg.errors import InputError, ParameterError
 from slimreg.io.probe import ImageInfo, probe
 from slimreg.io.read import TiffImage
 from slimreg.io.vips import from_numpy
 from slimreg.io.write import OmeMetadata, write_planes
+
+if TYPE_CHECKING:
+    import pyvips
 
 PROJECTION_CHANNELS = ("mean", "max")
 GB = 1024**3

@@ -82,10 +82,9 @@ class TileStore:
 
     def __init__(self, handle: BinaryIO, shapes: list[tuple[int, int]], tile: int):
         self.handle = handle
-        self.tile = tile
-        self.grids = [(-(-h // tile), -(-w // tile)) for h, w in shapes]
-        self.offsets = [np.full(grid, -1, np.int64) for grid in self.grids]
-        self.counts = [np.zeros(grid, np.int64) for grid in self.grids]
+        grids = [(-(-h // tile), -(-w // tile)) for h, w in shapes]
+        self.offsets = [np.full(grid, -1, np.int64) for grid in grids]
+        self.counts = [np.zeros(grid, np.int64) for grid in grids]
         self.handle.seek(0)
         self.handle.truncate()
         self._end = 0
@@ -165,9 +164,9 @@ class PyramidRenderer:
     def _nodes(self, depth: int, row: int, column: int) -> Iterator[tuple[int, int, int]]:
         """Children of a node that hold level-0 pixels, in Z order."""
         height, width = self.shapes[0]
+        span = self.tile << (depth - 1)
         for child_row in (2 * row, 2 * row + 1):
             for child_column in (2 * column, 2 * column + 1):
-                span = self.tile << (depth - 1)
                 if child_row * span < height and child_column * span < width:
                     yield depth - 1, child_row, child_column
 
