@@ -197,7 +197,7 @@ def _probe_open(path: Path, tif: tifffile.TiffFile) -> ImageInfo:
         is_rgb=is_rgb,
         is_ome=bool(tif.is_ome),
         is_bigtiff=bool(tif.is_bigtiff),
-        compression=keyframe.compression.name.lower(),
+        compression=compression_name(keyframe.compression),
         file_bytes=os.path.getsize(path),
         page_axes=normalised_page_axes,
         channels_in_samples=channels_in_samples,
@@ -271,3 +271,18 @@ def _tiff_pixel_size(tif: tifffile.TiffFile, page: Any) -> tuple[float, float] |
     if not (math.isfinite(sx) and math.isfinite(sy)) or sx <= 0 or sx > 1e4:
         return None
     return (sx, sy)
+
+
+def compression_name(compression: object) -> str:
+    """Lower-case codec name; tifffile reports a bare int when the Compression tag is missing or unknown.
+
+    A TIFF without the tag is uncompressed by the specification (ImageJ writes such files).
+    """
+    name = getattr(compression, "name", None)
+    if name is not None:
+        return str(name).lower()
+    try:
+        return tifffile.COMPRESSION(int(compression)).name.lower()  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return "none" if compression in (None, 1) else f"unknown-{compression}"
+
