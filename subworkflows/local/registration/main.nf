@@ -49,7 +49,7 @@ workflow REGISTRATION {
     SPLIT_STACK(ch_tasks.split.map { meta, sources -> [meta, sources, []] }, ch_plan)
     PROJECT_SESSION(ch_tasks.project.map { meta, sources -> [meta, sources, []] }, ch_plan)
     ch_stage1 = ch_samples.map { sample -> [sample, []] }
-        .mix(SPLIT_STACK.out.files.mix(PROJECT_SESSION.out.files).map { meta, files -> [meta.sample, files] })
+        .mix(SPLIT_STACK.out.files.mix(PROJECT_SESSION.out.files).map { meta, files -> [meta.sample, [files].flatten()] })
         .groupTuple()
         .map { sample, files -> [sample, files.flatten()] }
 
@@ -64,9 +64,11 @@ workflow REGISTRATION {
     // MERGE and QC read registered outputs and projections, never split pieces: a piece and its registered
     // copy share a file name, and products are staged flat (found by name)
     ch_products = ch_samples.map { sample -> [sample, []] }
-        .mix(PROJECT_SESSION.out.files.map { meta, files -> [meta.sample, files] })
-        .mix(REGISTER.out.results.map { meta, images, transforms -> [meta.sample, images + transforms] })
-        .mix(REGISTER.out.projections.map { meta, files -> [meta.sample, files] })
+        .mix(PROJECT_SESSION.out.files.map { meta, files -> [meta.sample, [files].flatten()] })
+        // a path output matching one file is a bare Path (Path + List would iterate its name components):
+        // wrap every output in a list before combining
+        .mix(REGISTER.out.results.map { meta, images, transforms -> [meta.sample, [images, transforms].flatten()] })
+        .mix(REGISTER.out.projections.map { meta, files -> [meta.sample, [files].flatten()] })
         .groupTuple()
         .map { sample, files -> [sample, files.flatten()] }
 
