@@ -4,10 +4,11 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
 
 - Every task starts from a process baseline (Python, numpy, libvips, OpenCV imported), ``PROCESS_BASE``.
   The valis engine adds torch, kornia and VALIS (``VALIS_IMPORT``).
-- Feature engine, per moving image (one at a time): SIFT on the reference and moving working images at
-  ``processing_dim`` (``SIFT_PER_PX`` per pixel, both images, OpenCV's doubled first octave included), then
-  ECC at ``micro_dim`` (``ECC_PER_PX``), then DIS optical flow at ``non_rigid_dim`` (as SIFT). The stages run one
-  after another, so the pair costs the largest of them plus ``PAIR_OVERHEAD``.
+- Feature engine, per moving image (one at a time): candidates from four detectors and a rotation search at
+  half ``processing_dim`` (``SIFT_PER_PX`` per pixel of ``processing_dim``, both images, a bound for the smaller
+  images actually used), then SimpleITK refinement at ``micro_dim`` (``ECC_PER_PX``, the same arrays as the ECC
+  step it replaced), then DIS optical flow at ``non_rigid_dim`` (as SIFT). The stages run one after another, so
+  the pair costs the largest of them plus ``PAIR_OVERHEAD``.
 - VALIS engine, per moving image: a two-image VALIS run, dominated by a constant (``VALIS_PAIR_BASE``; measured
   2.2-2.7 GB whatever the image size) plus ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
   (``VALIS_IMPORT``, measured 1.17 GB).
@@ -45,7 +46,9 @@ PROCESS_BASE = 68 * MB
 VALIS_IMPORT = 1180 * MB
 VALIS_PAIR_BASE = 1500 * MB
 VALIS_PER_PX = 60
-PAIR_OVERHEAD = 70 * MB
+# SimpleITK, four detectors' keypoints and the candidates' scores (measured with benchmarks/accuracy.py: the
+# whole `slimreg register` of a real 1164 x 787 RGB pair peaks at 253 MB, of a 891 x 735 pair at 368 MB)
+PAIR_OVERHEAD = 150 * MB
 SIFT_PER_PX = 255
 ECC_PER_PX = 100
 WRITE_BASE = 12 * MB

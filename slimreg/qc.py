@@ -23,18 +23,25 @@ from slimreg.errors import InputError
 from slimreg.io.read import Downsampled, TiffImage
 from slimreg.metrics import mutual_information, ncc
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel, registration_image
-from slimreg.register.feature import tissue_mask
+from slimreg.register.preprocess import tissue_mask
+from slimreg.register.similarity import IDENTITY_TOLERANCE_PX, MIN_SIGNIFICANCE, AlignmentScorer, moved_distance
 from slimreg.transform import Transform
 
 
 @dataclass(frozen=True)
 class QcThresholds:
-    """When a registration is called a failure (each can be set on the command line)."""
+    """When a registration is called a failure (each can be set on the command line).
 
-    min_ncc_gain: float = 0.02  # NCC after must beat before by this much (unless before is already this high:)
-    good_ncc: float = 0.9
+    The image measure is the registration engines' own (slimreg.register.similarity): the registered image must
+    stand ``min_significance`` sd above unrelated placements and, if it moved, beat the unregistered placement.
+    Landmarks, where given, must improve and end below ``max_landmark_rtre`` of the reference's diagonal (the
+    ANHIR measure; 1.5 % is this project's target for serial sections), or ``max_landmark_error_px`` if set.
+    """
+
+    min_significance: float = MIN_SIGNIFICANCE
     min_coverage: float = 0.8
-    max_landmark_error_px: float = 5.0
+    max_landmark_rtre: float = 0.015
+    max_landmark_error_px: float | None = None
 
 
 @dataclass
@@ -150,24 +157,34 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
     mask_after = tissue & covered
     metrics["ncc_after"] = ncc(reference.array, after, mask_after)
     metrics["mi_after"] = mutual_information(reference.array, after, mask_after)
+    scorer = AlignmentScorer(reference.array, tissue)
+    metrics.update(scorer.score_placed(after, tissue_mask(after) & covered).to_json(suffix="_after"))
+    if transform is not None:
+        metrics["moved_px"] = moved_distance(transform, reference)
     panels = []
     if original_image is not None:
         original = registration_image(original_image, channel_of(original_image), max_dim)
         before = _on_reference_grid(reference, original, None)
-        mask_before = tissue & _inside(reference, (original_image.info.height, original_image.info.width), None)
+        inside_before = _inside(reference, (original_image.info.height, original_image.info.width), None)
+        mask_before = tissue & inside_before
         metrics["ncc_before"] = ncc(reference.array, before, mask_before)
         metrics["mi_before"] = mutual_information(reference.array, before, mask_before)
+        metrics.update(scorer.score_placed(before, tissue_mask(before) & inside_before).to_json(suffix="_before"))
         panels.append(_panel(_overlay(reference.array, before),
-                             f"before  NCC {metrics['ncc_before']:.3f}  MI {metrics['mi_before']:.2f}"))
+                             f"before  edge corr. {metrics['edge_correlation_before']:.3f}"))
     panels.append(_panel(_overlay(reference.array, after),
-                         f"after  NCC {metrics['ncc_after']:.3f}  MI {metrics['mi_after']:.2f}  "
-                         f"coverage {metrics['coverage']:.0%}"))
+                         f"after  edge corr. {metrics['edge_correlation_after']:.3f}  "
+                         f"({metrics['significance_after']:.1f} sd)  coverage {metrics['coverage']:.0%}"))
     if landmarks_reference and landmarks_moving:
         pixel_size = reference_image.info.pixel_size_um
         if pixel_size and reference_scale != 1:
             pixel_size = (pixel_size[0] / reference_scale, pixel_size[1] / reference_scale)
         metrics.update(_landmark_errors(Path(landmarks_reference), Path(landmarks_moving), level0_transform,
                                         pixel_size))
+        diagonal = float(np.hypot(reference_image.info.width, reference_image.info.height))
+        for label in ("before", "after"):
+            if f"landmark_median_{label}_px" in metrics:
+                metrics[f"landmark_rtre_{label}"] = metrics[f"landmark_median_{label}_px"] / diagonal
     status, reasons = verdict(metrics, thresholds)
     stem = stem or registered_image.path.name.split(".")[0]
     metrics["seconds"] = time.perf_counter() - start
@@ -185,20 +202,30 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
 
 
 def verdict(metrics: dict[str, Any], thresholds: QcThresholds) -> tuple[str, list[str]]:
-    """Pass or fail, with the reasons, from the numbers."""
+    """Pass or fail, with the reasons, from the numbers (the registration engines' own rule, plus landmarks)."""
     reasons = []
-    after, before = metrics.get("ncc_after", float("nan")), metrics.get("ncc_before")
+    after, before = metrics.get("edge_correlation_after", float("nan")), metrics.get("edge_correlation_before")
+    significance = metrics.get("significance_after", float("nan"))
     if not np.isfinite(after):
-        reasons.append("NCC after registration could not be computed (no overlapping tissue)")
-    elif before is not None and np.isfinite(before) and after < thresholds.good_ncc and \
-            after < before + thresholds.min_ncc_gain:
-        reasons.append(f"NCC after ({after:.3f}) is not clearly better than before ({before:.3f})")
-    elif before is None and after < thresholds.good_ncc / 2:
-        reasons.append(f"NCC after registration is low ({after:.3f})")
+        reasons.append("the alignment could not be scored (no overlapping tissue)")
+    elif not significance >= thresholds.min_significance:
+        reasons.append(f"the registered image does not stand out from unrelated placements (edge correlation "
+                       f"{after:.3f}, {significance:.1f} sd; {thresholds.min_significance:.0f} needed)")
+    elif before is not None and np.isfinite(before) and after <= before and \
+            metrics.get("moved_px", np.inf) > IDENTITY_TOLERANCE_PX:
+        reasons.append(f"registration is not better than leaving the image as it was (edge correlation {after:.3f} "
+                       f"after, {before:.3f} before)")
     if metrics["coverage"] < thresholds.min_coverage:
         reasons.append(f"the registered image covers only {metrics['coverage']:.0%} of the reference tissue "
                        f"(minimum {thresholds.min_coverage:.0%})")
-    median = metrics.get("landmark_median_after_px")
-    if median is not None and median > thresholds.max_landmark_error_px:
-        reasons.append(f"median landmark error {median:.2f} px exceeds {thresholds.max_landmark_error_px} px")
+    median, median_before = metrics.get("landmark_median_after_px"), metrics.get("landmark_median_before_px")
+    if median is not None:
+        rtre = metrics.get("landmark_rtre_after", 0.0)
+        if median_before is not None and median >= median_before and median > 0:
+            reasons.append(f"median landmark error {median:.2f} px is not better than before ({median_before:.2f} px)")
+        elif thresholds.max_landmark_error_px is not None and median > thresholds.max_landmark_error_px:
+            reasons.append(f"median landmark error {median:.2f} px exceeds {thresholds.max_landmark_error_px} px")
+        elif thresholds.max_landmark_error_px is None and rtre > thresholds.max_landmark_rtre:
+            reasons.append(f"median landmark error {median:.2f} px is {rtre:.2%} of the reference's diagonal "
+                           f"(maximum {thresholds.max_landmark_rtre:.1%})")
     return ("fail" if reasons else "pass"), reasons

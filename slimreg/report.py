@@ -24,8 +24,10 @@ from slimreg.errors import InputError
 from slimreg.plan import Plan
 from slimreg.versions import software_versions
 
-COLUMNS = ("ncc_before", "ncc_after", "mi_before", "mi_after", "coverage", "landmark_median_before_px",
-           "landmark_median_after_px", "landmark_p90_after_px", "landmark_max_after_px", "landmark_median_after_um")
+COLUMNS = ("edge_correlation_before", "edge_correlation_after", "significance_after", "ncc_before", "ncc_after",
+           "mi_before", "mi_after", "coverage", "landmark_median_before_px",
+           "landmark_median_after_px", "landmark_p90_after_px", "landmark_max_after_px", "landmark_median_after_um",
+           "landmark_rtre_after")
 MB = 1024**2
 
 
@@ -35,8 +37,28 @@ def _qc_records(results: Path) -> list[dict[str, Any]]:
         data = json.loads(path.read_text())
         data["sample"] = data.get("sample") or path.parent.name
         data["name"] = path.name.removesuffix("_qc.json")
-        data["png_path"] = path.with_name(data.get("png", path.name.replace(".json", ".png")))
+        png = path.with_name(data.get("png", path.name.replace(".json", ".png")))
+        if not png.is_file():  # Nextflow stages each file of a list in its own numbered folder
+            png = next((p for p in sorted(results.glob(f"**/{png.name}")) if p.is_file()), png)
+        data["png_path"] = png
         records.append(data)
+    return records
+
+
+def _registration_failures(results: Path) -> list[dict[str, Any]]:
+    """Images that REGISTER could not register (from its logs), as report rows: they have no QC of their own."""
+    records = []
+    for path in sorted(results.glob("**/*.register.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for image in data.get("images", []):
+            if image.get("status") == "ok":
+                continue
+            records.append({"sample": path.parent.name, "name": image.get("stem") or Path(image["image"]).name,
+                            "status": "failed", "reasons": [image.get("error") or "registration failed"],
+                            "metrics": {}, "png_path": None})
     return records
 
 
@@ -132,8 +154,8 @@ def build_report(results: str | Path, outdir: str | Path, plan: Plan | None = No
     if plan is None:
         found = sorted(results.glob("**/plan.json"))
         plan = Plan.load(found[0]) if found else None
-    records = _qc_records(results)
-    records.sort(key=lambda r: (r["status"] == "pass", r["sample"], r["name"]))
+    records = _registration_failures(results) + _qc_records(results)
+    records.sort(key=lambda r: ({"failed": 0, "fail": 1}.get(r["status"], 2), r["sample"], r["name"]))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["sample", "image", "status", "reasons", *COLUMNS])
@@ -148,18 +170,22 @@ def build_report(results: str | Path, outdir: str | Path, plan: Plan | None = No
             for r in records]
     write_text_atomic(outdir / "slimreg_mqc.tsv", "\n".join(mqc) + "\n")
 
-    failed = sum(r["status"] != "pass" for r in records)
+    failed = sum(r["status"] == "fail" for r in records)
+    unregistered = sum(r["status"] == "failed" for r in records)
     sections = []
     for sample in dict.fromkeys(r["sample"] for r in records):
         rows = []
         for r in (x for x in records if x["sample"] == sample):
-            link = Path("..") / r["png_path"].relative_to(results) if r["png_path"].is_relative_to(results) \
-                else r["png_path"]
-            thumb = _thumbnail(r["png_path"])
             cells = "".join(f"<td>{_fmt(r['metrics'].get(c))}</td>" for c in COLUMNS)
             reasons = "<br>".join(html.escape(x) for x in r["reasons"])
-            rows.append(f'<tr class="{r["status"]}"><td><a href="{html.escape(str(link))}"><img src="{thumb}" '
-                        f'alt="QC overlay of {html.escape(r["name"])}" width="160"></a></td>'
+            if r["png_path"] is None:
+                picture = "<td>no registered image</td>"
+            else:
+                link = Path("..") / r["png_path"].relative_to(results) if r["png_path"].is_relative_to(results) \
+                    else r["png_path"]
+                picture = (f'<td><a href="{html.escape(str(link))}"><img src="{_thumbnail(r["png_path"])}" '
+                           f'alt="QC overlay of {html.escape(r["name"])}" width="160"></a></td>')
+            rows.append(f'<tr class="{r["status"]}">{picture}'
                         f'<td>{html.escape(r["name"])}</td><td class="status">{r["status"]}</td><td>{reasons}</td>'
                         f"{cells}</tr>")
         header = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in COLUMNS)
@@ -177,13 +203,14 @@ def build_report(results: str | Path, outdir: str | Path, plan: Plan | None = No
 body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
 table {{ border-collapse: collapse; margin-bottom: 1.5em; font-size: 13px; }}
 th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: middle; }}
-tr.fail td.status {{ background: #f8d0d0; font-weight: bold; }}
+tr.fail td.status, tr.failed td.status {{ background: #f8d0d0; font-weight: bold; }}
 tr.pass td.status {{ background: #d5f0d5; }}
 .summary {{ font-size: 15px; }}
 </style></head>
 <body data-ready="0">
 <h1>slimreg registration report</h1>
-<p class="summary" id="summary">{len(records)} registered image(s), {failed} failed QC.</p>
+<p class="summary" id="summary">{len(records) - unregistered} registered image(s), {failed} failed QC,
+{unregistered} could not be registered (listed first, with the reason and the fix).</p>
 {''.join(sections) or '<p>No QC results found.</p>'}
 {'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
 <h2>Memory and time per task: estimated vs measured</h2>

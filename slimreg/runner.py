@@ -29,7 +29,7 @@ from slimreg.errors import ParameterError, SlimregError
 from slimreg.memory import MemoryTracker, release_memory
 from slimreg.plan import Plan, PlanSettings, Task, build_plan
 from slimreg.preflight import run_preflight
-from slimreg.register.settings import RegistrationSettings
+from slimreg.register.settings import DEFAULT_ENGINE, RegistrationSettings
 from slimreg.samplesheet import read_samplesheet
 from slimreg.tasks import execute, lower_preset_for_retry, resolve
 from slimreg.versions import versions_yaml
@@ -128,7 +128,7 @@ def _subprocess_command(plan_path: Path, task: Task, root: Path, preset: str | N
     return command
 
 
-def run_batch(input: str | Path, outdir: str | Path, *, engine: str = "valis", preset: str = "medium",
+def run_batch(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGINE, preset: str = "medium",
               channel: str | None = None, non_rigid: bool = True, micro: bool = True, batch_size: int = 3,
               max_frames: int | None = None, max_chunk_gb: float | None = None, merge_chunks: bool = False,
               mode: str = "serial", workers: int = 1, timeout_per_task: float | None = None, max_retries: int = 2,
@@ -202,6 +202,8 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
             for task in list(pending):
                 blocked = [d for d in task.depends_on
                            if d in outcomes and outcomes[d].status not in ("done", "skipped")]
+                if blocked and all(d in outcomes for d in task.depends_on) and can_run_without(task, root):
+                    blocked = []  # e.g. QC of an image whose batch-mate failed: its own inputs are all there
                 if blocked:
                     pending.remove(task)
                     finished(TaskOutcome(task.id, task.kind, "blocked", message=f"depends on failed {blocked[0]}"))
@@ -270,6 +272,14 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
             tracker.report()
             tracker.close()
     return [outcomes[t.id] for t in plan.tasks if t.id in outcomes]
+
+
+def can_run_without(task: Task, root: Path) -> bool:
+    """Whether a task whose dependency failed can still run: the report always can (it lists the failures);
+    any other task when every one of its own inputs exists (one failed image does not block its batch-mates)."""
+    if task.kind == "report":
+        return True
+    return all(resolve(p, root, must_exist=True).exists() for p in task.inputs)
 
 
 def _start(plan_path: Path, task: Task, root: Path, preset: str | None,

@@ -74,9 +74,9 @@ def test_kill_timeout_and_resume(demo_sheet: Path, tmp_path: Path, monkeypatch: 
                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     monkeypatch.setenv(TEST_OOM_HOOK, "register-he-b1:low")
-    monkeypatch.setenv(TEST_SLEEP_HOOK, "qc-mif-mif_round2:60")
+    monkeypatch.setenv(TEST_SLEEP_HOOK, "qc-mif-mif_round2:120")
     status = main(["run", "--input", str(demo_sheet), "--outdir", str(out), "--engine", "feature", "--preset", "low",
-                   "--max-frames", "5", "--mode", "parallel", "--workers", "2", "--timeout-per-task", "20",
+                   "--max-frames", "5", "--mode", "parallel", "--workers", "2", "--timeout-per-task", "45",
                    "--max-retries", "1"])
     printed = capsys.readouterr().out
     assert status == 1

@@ -1,198 +1,219 @@
-"""The light engine: OpenCV features + RANSAC, ECC refinement, and dense optical flow; no torch.
+"""The light engine (no torch): robust initial alignment, edge-based refinement, guarded non-rigid step.
 
-All work happens on downsampled copies (``Downsampled`` carries their exact level-0 scale), so memory
-depends on the preset, not on the image size. The result is a level-0 pull map (see slimreg.transform).
-Matrices between frames: ``S`` maps a downsampled frame to level 0, ``x0 = s * x + (s - 1) / 2``.
+Steps, every one scored with the same stain-robust measure (slimreg.register.similarity) before it is kept:
+
+1. Working images at half ``processing_dim``: a stain-agnostic grey (optical density for brightfield, the
+   nuclear channel for fluorescence) and a tissue mask each (slimreg.register.preprocess).
+2. Candidates: leaving the image as it is, one similarity fit per feature detector (AKAZE, SIFT, BRISK,
+   FAST + BoostDesc), and a detector-free rotation search (any angle, any offset; mirrored too with
+   ``allow_mirror``). The best three by score are refined (affine or similarity, SimpleITK, edge maps) and
+   the best refined pose wins.
+3. The winner is polished at ``micro_dim`` (``processing_dim`` without micro) and kept only if it scores higher.
+4. Non-rigid: dense optical flow between the affinely placed pair at ``non_rigid_dim`` (on intensities and
+   on edge maps), smoothed on tissue over 8 % of the image (and 2 % when both images show one signal,
+   not two stains); kept only if it raises both the
+   edge score (by more than it varies between unrelated placements) and the mutual information.
+5. The result must be significant (it stands out from unrelated placements) and must beat the unregistered
+   placement; otherwise the image fails with a message, and nothing is written for it.
+
+Every array is at a working size set by the preset, so memory does not depend on the image's size.
+Matrices: ``pull`` maps reference working px -> moving working px; level 0 by ``frame_matrix``.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 from scipy import ndimage
-from skimage import filters
 
 from slimreg.errors import RegistrationError
 from slimreg.io.read import Downsampled, TiffImage
-from slimreg.metrics import ncc
-from slimreg.register.channel import registration_image
+from slimreg.metrics import mutual_information
+from slimreg.register.channel import OPTICAL_DENSITY, registration_image
+from slimreg.register.initial import Candidate, feature_candidates, rotation_search
+from slimreg.register.plausibility import check_plausible, plausibility_problem
+from slimreg.register.preprocess import edge_map, frame_matrix, tissue_mask, to_uint8
+from slimreg.register.refine import refine_affine
 from slimreg.register.settings import RegistrationSettings
+from slimreg.register.similarity import AlignmentScorer, check_result
 from slimreg.transform import Displacement, Transform
 
-MAX_SCALE_CHANGE = 2.0
-MAX_ANISOTROPY = 1.5
+REFINED_CANDIDATES = 3
 FLOW_GRID_FACTOR = 4
-MIN_FLOW_GAIN = 0.002  # NCC gain below which a displacement field is noise, not deformation
+# How far flow is smoothed, as a share of the image; each is a candidate, the edge score picks and mutual
+# information must agree. Brightfield sections differ in stain, and fine flow follows stain differences (shared
+# lung pair: 2 % smoothing made landmarks 1.5 px worse while raising the score), so they get only the coarse
+# field; one signal imaged twice (IF rounds, calcium frames that move 0-15 px locally) gets both.
+FLOW_SMOOTHING_FRACTIONS = {"one signal": (0.02, 0.08), "across stains": (0.08,)}
 
 
-def tissue_mask(image: np.ndarray) -> np.ndarray:
-    """Foreground (tissue, cells) by Otsu's threshold on a lightly smoothed copy, slightly dilated."""
-    smooth = ndimage.gaussian_filter(image.astype(np.float32), 2.0)
-    if smooth.max() - smooth.min() < 1e-6:
-        return np.zeros(image.shape, dtype=bool)
-    mask = smooth > filters.threshold_otsu(smooth) * 0.5
-    mask = ndimage.binary_opening(mask, iterations=2)
-    return ndimage.binary_dilation(mask, iterations=3)
+def to_working(level0: np.ndarray, reference: Downsampled, moving: Downsampled) -> np.ndarray:
+    """A level-0 pull matrix in working frames."""
+    return np.linalg.inv(frame_matrix(moving.scale)) @ level0 @ frame_matrix(reference.scale)
 
 
-def frame_matrix(scale: float) -> np.ndarray:
-    """3x3 matrix mapping a downsampled frame of ``scale`` to level-0 pixels."""
-    offset = (scale - 1.0) / 2.0
-    return np.array([[scale, 0, offset], [0, scale, offset], [0, 0, 1.0]])
+def to_level0(pull: np.ndarray, reference: Downsampled, moving: Downsampled) -> np.ndarray:
+    """A working-frame pull matrix at level 0."""
+    return frame_matrix(moving.scale) @ pull @ np.linalg.inv(frame_matrix(reference.scale))
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
-def check_plausible(matrix: np.ndarray, moving_path: str) -> None:
-    """Refuse a fit whose output would be absurd (far scale change, strong shear, mirror)."""
-    linear = matrix[:2, :2]
-    singular = np.linalg.svd(linear, compute_uv=False)
-    if np.linalg.det(linear) <= 0:
-        raise RegistrationError("registration found a mirrored fit; the images probably do not match.", moving_path,
-                                "check that this image belongs to the sample, or try another --channel.")
-    if singular.max() > MAX_SCALE_CHANGE or singular.min() < 1 / MAX_SCALE_CHANGE:
-        raise RegistrationError(f"registration found an implausible scale change ({singular.min():.2f}-"
-                                f"{singular.max():.2f}x); refusing to write it.", moving_path,
-                                "check pixel sizes and that the image belongs to the sample.")
-    if singular.max() / singular.min() > MAX_ANISOTROPY:
-        raise RegistrationError(f"registration found an implausible shear/anisotropy "
-                                f"({singular.max() / singular.min():.2f}); refusing to write it.", moving_path,
-                                "try --transform-model similarity or another --channel.")
+def corner_distance(pull: np.ndarray, other: np.ndarray, shape: tuple[int, int]) -> float:
+    """Largest distance (working px) between where two pulls send the reference frame's corners."""
+    height, width = shape
+    corners = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]], float)
+    return float(np.abs((corners @ pull.T - corners @ other.T)[:, :2]).max())
 
 
 class FeatureEngine:
-    """SIFT matches -> RANSAC affine/similarity -> ECC refinement -> optional dense-flow displacement."""
+    """Candidates -> scored -> refined -> judged; see the module docstring."""
 
     name = "feature"
 
     def register_pair(self, reference: TiffImage, moving: TiffImage, reference_channel: int | str,
                       moving_channel: int | str, settings: RegistrationSettings) -> Transform:
-        ref = registration_image(reference, reference_channel, settings.processing_dim)
-        mov = registration_image(moving, moving_channel, settings.processing_dim)
-        affine, stats = self.match(ref, mov, settings, moving.info.path)
-        if settings.micro:
-            affine, stats["ecc_correlation"] = self.refine_ecc(reference, moving, reference_channel, moving_channel,
-                                                               affine, settings)
-            check_plausible(affine, moving.info.path)
+        path = moving.info.path
+        search_dim = max(64, settings.processing_dim // 2)
+        ref = registration_image(reference, reference_channel, search_dim)
+        mov = registration_image(moving, moving_channel, search_dim)
+        ref_mask, mov_mask = tissue_mask(ref.array), tissue_mask(mov.array)
+        if not ref_mask.any():
+            raise RegistrationError("the reference shows no tissue in its registration channel (blank or "
+                                    "saturated), so nothing can be registered onto it.", reference.info.path,
+                                    "check the reference image, or choose another --channel.")
+        if not mov_mask.any():
+            raise RegistrationError("shows no tissue in its registration channel (blank or saturated).", path,
+                                    "check the image, or choose another --channel.")
+        scorer = AlignmentScorer(ref.array, ref_mask)
+        unregistered = to_working(np.eye(3), ref, mov)
+        candidates = [Candidate("unregistered", unregistered)]
+        for mirror in (False, True) if settings.allow_mirror else (False,):
+            candidates.extend(feature_candidates(ref.array, mov.array, ref_mask, mov_mask, mirror=mirror))
+        candidates.extend(rotation_search(ref.array, mov.array, ref_mask, mov_mask, scorer.sigma,
+                                          mirror=settings.allow_mirror))
+        expected = expected_scale(reference, moving)
+        plausible = [c for c in candidates
+                     if plausibility_problem(to_level0(c.pull, ref, mov), expected, settings.allow_mirror) is None]
+        ranked = sorted(plausible, key=lambda c: -scorer.score(mov.array, c.pull, mov_mask, ring=False).value)
+        best, best_score, winner = unregistered, scorer.score(mov.array, unregistered, mov_mask), "unregistered"
+        identity_score = best_score
+        for candidate in ranked[:REFINED_CANDIDATES]:
+            pull = refine_affine(ref.array, mov.array, ref_mask, candidate.pull, scorer.sigma,
+                                 settings.transform_model)
+            if plausibility_problem(to_level0(pull, ref, mov), expected, settings.allow_mirror) is not None:
+                pull = candidate.pull
+            score = scorer.score(mov.array, pull, mov_mask)
+            if score.value > best_score.value:
+                best, best_score, winner = pull, score, candidate.name
+        affine = to_level0(best, ref, mov)
+        stats: dict[str, float | str] = {"initial": winner, **identity_score.to_json("unregistered_"),
+                                         **best_score.to_json("affine_")}
+        check_result(best_score, identity_score, corner_distance(best, unregistered, ref.array.shape), path)
+        if settings.micro and max(reference.info.width, reference.info.height) > search_dim:
+            affine = self._polish(reference, moving, reference_channel, moving_channel, affine, settings, expected)
+        check_plausible(affine, path, expected, settings.allow_mirror)
         displacement = None
         if settings.non_rigid:
-            displacement, flow_stats = self.dense_flow(reference, moving, reference_channel, moving_channel, affine,
+            displacement, flow_stats = self._non_rigid(reference, moving, reference_channel, moving_channel, affine,
                                                        settings)
             stats.update(flow_stats)
-        ref_info, mov_info = reference.info, moving.info
-        return Transform(affine, displacement, (ref_info.height, ref_info.width), (mov_info.height, mov_info.width),
-                         metadata={"engine": self.name, "quality": stats})
+        return Transform(affine, displacement, (reference.info.height, reference.info.width),
+                         (moving.info.height, moving.info.width), metadata={"engine": self.name, "quality": stats})
 
-    def match(self, ref: Downsampled, mov: Downsampled, settings: RegistrationSettings,
-              moving_path: str) -> tuple[np.ndarray, dict[str, float]]:
-        """Level-0 affine from SIFT matches (Lowe ratio test) and RANSAC."""
-        sift = cv2.SIFT_create(nfeatures=settings.max_features)
-        kp_ref, des_ref = sift.detectAndCompute(to_uint8(ref.array), None)
-        kp_mov, des_mov = sift.detectAndCompute(to_uint8(mov.array), None)
-        too_few = min(len(kp_ref), len(kp_mov)) < settings.min_inliers
-        if des_ref is None or des_mov is None or too_few:
-            raise RegistrationError(
-                f"too few features to register ({0 if des_mov is None else len(kp_mov)} in the image, "
-                f"{0 if des_ref is None else len(kp_ref)} in the reference): the registration channel has no texture.",
-                moving_path, "check the image has tissue in the registration channel, or choose another --channel.")
-        pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(des_ref, des_mov, k=2)
-        good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < 0.8 * n.distance]
-        if len(good) < settings.min_inliers:
-            raise RegistrationError(f"only {len(good)} feature matches with the reference (need "
-                                    f"{settings.min_inliers}); the images may not overlap.", moving_path,
-                                    "check the image belongs to this sample, or try another --channel.")
-        src = ref.to_level0(np.array([kp_ref[m.queryIdx].pt for m in good]))
-        dst = mov.to_level0(np.array([kp_mov[m.trainIdx].pt for m in good]))
-        estimator = cv2.estimateAffine2D if settings.transform_model == "affine" else cv2.estimateAffinePartial2D
-        threshold = 2.5 * max(ref.scale, mov.scale)
-        matrix, inliers = estimator(src.astype(np.float32), dst.astype(np.float32), method=cv2.RANSAC,
-                                    ransacReprojThreshold=threshold, maxIters=10000, confidence=0.9999,
-                                    refineIters=100)
-        count = int(inliers.sum()) if inliers is not None else 0
-        if matrix is None or count < settings.min_inliers:
-            raise RegistrationError(f"only {count} consistent feature matches (need {settings.min_inliers}); "
-                                    "registration failed.", moving_path,
-                                    "check the image belongs to this sample, or try another --channel.")
-        affine = np.vstack([matrix, [0, 0, 1]])
-        check_plausible(affine, moving_path)
-        mask = inliers.ravel().astype(bool)
-        residual = np.hypot(*((src[mask] @ affine[:2, :2].T + affine[:2, 2]) - dst[mask]).T)
-        return affine, {"matches": len(good), "inliers": count, "inlier_rmse_px": float(np.sqrt(np.mean(residual**2)))}
-
-    def refine_ecc(self, reference: TiffImage, moving: TiffImage, reference_channel: int | str,
-                   moving_channel: int | str, affine: np.ndarray,
-                   settings: RegistrationSettings) -> tuple[np.ndarray, float]:
-        """Refine the affine by maximising the enhanced correlation (ECC) at ``micro_dim``."""
+    @staticmethod
+    def _polish(reference: TiffImage, moving: TiffImage, reference_channel: int | str, moving_channel: int | str,
+                affine: np.ndarray, settings: RegistrationSettings, expected: float) -> np.ndarray:
+        """Refine the affine at the finest working size; keep it only if the score there improves."""
         ref = registration_image(reference, reference_channel, settings.micro_dim)
         mov = registration_image(moving, moving_channel, settings.micro_dim)
-        s_ref, s_mov = frame_matrix(ref.scale), frame_matrix(mov.scale)
-        warp = (np.linalg.inv(s_mov) @ affine @ s_ref)[:2].astype(np.float32)
-        motion = cv2.MOTION_AFFINE if settings.transform_model == "affine" else cv2.MOTION_EUCLIDEAN
-        if motion == cv2.MOTION_EUCLIDEAN and abs(np.linalg.det(warp[:, :2]) - 1) > 1e-3:
-            motion = cv2.MOTION_AFFINE
-        template = ndimage.gaussian_filter(ref.array, 1.0)
-        source = ndimage.gaussian_filter(mov.array, 1.0)
-        mask = tissue_mask(template).astype(np.uint8)
-        criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 200, 1e-6)
-        try:
-            correlation, refined = cv2.findTransformECC(template, source, warp, motion, criteria, mask, 1)
-        except cv2.error:
-            return affine, float("nan")
-        candidate = s_mov @ np.vstack([refined, [0, 0, 1]]) @ np.linalg.inv(s_ref)
-        shift = np.abs(candidate[:2, 2] - affine[:2, 2]).max()
-        if not np.isfinite(candidate).all() or shift > 10 * max(ref.scale, mov.scale):
-            return affine, float("nan")  # ECC wandered off: keep the feature fit
-        return candidate, float(correlation)
+        ref_mask = tissue_mask(ref.array)
+        scorer = AlignmentScorer(ref.array, ref_mask)
+        start = to_working(affine, ref, mov)
+        pull = refine_affine(ref.array, mov.array, ref_mask, start, scorer.sigma, settings.transform_model,
+                             iterations=100, shrink_factors=(2, 1), sampling=0.25)
+        polished = to_level0(pull, ref, mov)
+        if plausibility_problem(polished, expected, settings.allow_mirror) is not None:
+            return affine
+        mov_mask = tissue_mask(mov.array)
+        before = scorer.score(mov.array, start, mov_mask, ring=False).value
+        after = scorer.score(mov.array, pull, mov_mask, ring=False).value
+        return polished if after > before else affine
 
-    def dense_flow(self, reference: TiffImage, moving: TiffImage, reference_channel: int | str,
+    def _non_rigid(self, reference: TiffImage, moving: TiffImage, reference_channel: int | str,
                    moving_channel: int | str, affine: np.ndarray,
                    settings: RegistrationSettings) -> tuple[Displacement | None, dict[str, float]]:
-        """Smooth displacement (reference frame) from DIS optical flow on the affinely aligned pair."""
+        """Smooth displacement (reference frame) from optical flow on the affinely placed pair, if it helps."""
         ref = registration_image(reference, reference_channel, settings.non_rigid_dim)
         mov = registration_image(moving, moving_channel, settings.non_rigid_dim)
-        warp = np.linalg.inv(frame_matrix(mov.scale)) @ affine @ frame_matrix(ref.scale)
+        ref_mask = tissue_mask(ref.array)
+        scorer = AlignmentScorer(ref.array, ref_mask)
+        placed, placed_mask = scorer.place(mov.array, to_working(affine, ref, mov))
+        affine_score = scorer.score_placed(placed, placed_mask)
+        before = affine_score.value
+        # a field must raise the score by more than the score varies between unrelated placements (one ring sd):
+        # smaller gains are what any flow finds in noise (shared lung pair: +0.001-0.011, landmarks 1 px worse)
+        needed = before + (affine_score.ring_std if np.isfinite(affine_score.ring_std) else 0.0)
+        information_before = mutual_information(ref.array, placed, ref_mask | placed_mask)
         height, width = ref.array.shape
-        aligned = cv2.warpAffine(mov.array, warp[:2], (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        flow = self._flow(ref.array, aligned)
-        tissue = tissue_mask(ref.array) & (aligned > 0.0)
-        flow = self._regularise(flow, tissue)
-        before = ncc(ref.array, aligned, tissue)
         grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
-        unwarped = cv2.remap(aligned, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR)
-        after = ncc(ref.array, unwarped, tissue)
-        stats = {"flow_ncc_before": before, "flow_ncc_after": after}
-        if not after > before + MIN_FLOW_GAIN:
+        best_flow, best_value = None, needed
+        region = ref_mask | placed_mask
+        pairs = ((ref.array, placed), (_unit(edge_map(ref.array, scorer.sigma)), _unit(edge_map(placed, scorer.sigma))))
+        kind = "across stains" if reference_channel == OPTICAL_DENSITY else "one signal"
+        for (source, target), smoothing in itertools.product(pairs, FLOW_SMOOTHING_FRACTIONS[kind]):
+            flow = _regularise(_flow(source, target), region, smoothing)
+            unwarped = cv2.remap(placed, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR)
+            unwarped_mask = cv2.remap(placed_mask.astype(np.uint8), grid_x + flow[..., 0], grid_y + flow[..., 1],
+                                      cv2.INTER_NEAREST) > 0
+            value = scorer.score_placed(unwarped, unwarped_mask, ring=False).value
+            # the flow was fitted on intensities or edges; mutual information is a second, independent witness
+            information = mutual_information(ref.array, unwarped, ref_mask | unwarped_mask)
+            if value > best_value and information > information_before:
+                best_flow, best_value = flow, value
+        stats = {"non_rigid_edge_correlation_before": before,
+                 "non_rigid_edge_correlation_after": best_value if best_flow is not None else before}
+        if best_flow is None:
             return None, {**stats, "non_rigid_used": 0.0}
         factor = FLOW_GRID_FACTOR if min(height, width) >= 16 * FLOW_GRID_FACTOR else 1
         gh, gw = height // factor, width // factor
-        blocks = flow[: gh * factor, : gw * factor].reshape(gh, factor, gw, factor, 2).mean(axis=(1, 3))
+        blocks = best_flow[: gh * factor, : gw * factor].reshape(gh, factor, gw, factor, 2).mean(axis=(1, 3))
         displacement = Displacement(blocks[..., 0] * ref.scale, blocks[..., 1] * ref.scale, spacing=ref.scale * factor)
         return displacement, {**stats, "non_rigid_used": 1.0,
                               "max_displacement_px": float(np.hypot(displacement.dx, displacement.dy).max())}
 
-    @staticmethod
-    def _flow(reference: np.ndarray, aligned: np.ndarray) -> np.ndarray:
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-        dis.setFinestScale(0)
-        dis.setVariationalRefinementIterations(10)
-        return dis.calc(to_uint8(reference), to_uint8(aligned), None)
 
-    @staticmethod
-    def _regularise(flow: np.ndarray, tissue: np.ndarray) -> np.ndarray:
-        """Normalised convolution: smooth over tissue, fill background from nearby tissue, keep it invertible."""
-        sigma = max(2.0, 0.015 * max(flow.shape[:2]))
-        weight = ndimage.gaussian_filter(tissue.astype(np.float32), sigma)
-        smooth = np.empty_like(flow)
-        for band in range(2):
-            smooth[..., band] = ndimage.gaussian_filter(flow[..., band] * tissue, sigma) / np.maximum(weight, 1e-3)
-        smooth[weight < 1e-3] = 0.0
-        for _ in range(5):
-            gradient = max(np.abs(np.gradient(smooth[..., b])).max() for b in range(2))
-            if gradient < 0.5:
-                break
-            smooth = ndimage.gaussian_filter(smooth, (sigma, sigma, 0))
-        return smooth
+def expected_scale(reference: TiffImage, moving: TiffImage) -> float:
+    """Moving level-0 px per reference level-0 px that the pixel sizes imply (1 when either is unknown)."""
+    ref_size, mov_size = reference.info.pixel_size_um, moving.info.pixel_size_um
+    if not ref_size or not mov_size or min(*ref_size, *mov_size) <= 0:
+        return 1.0
+    return float(np.mean(ref_size) / np.mean(mov_size))
 
+
+def _unit(image: np.ndarray) -> np.ndarray:
+    high = float(np.percentile(image, 99.5))
+    return np.clip(image / high, 0, 1).astype(np.float32) if high > 0 else image
+
+
+def _flow(reference: np.ndarray, placed: np.ndarray) -> np.ndarray:
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis.setFinestScale(0)
+    dis.setVariationalRefinementIterations(10)
+    return dis.calc(to_uint8(reference), to_uint8(placed), None)
+
+
+def _regularise(flow: np.ndarray, tissue: np.ndarray, smoothing: float) -> np.ndarray:
+    """Normalised convolution: smooth over tissue, fill background from nearby tissue, keep it invertible."""
+    sigma = max(2.0, smoothing * max(flow.shape[:2]))
+    weight = ndimage.gaussian_filter(tissue.astype(np.float32), sigma)
+    smooth = np.empty_like(flow)
+    for band in range(2):
+        smooth[..., band] = ndimage.gaussian_filter(flow[..., band] * tissue, sigma) / np.maximum(weight, 1e-3)
+    smooth[weight < 1e-3] = 0.0
+    for _ in range(5):
+        gradient = max(np.abs(np.gradient(smooth[..., b])).max() for b in range(2))
+        if gradient < 0.5:
+            break
+        smooth = ndimage.gaussian_filter(smooth, (sigma, sigma, 0))
+    return smooth

@@ -20,7 +20,7 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 PRESET_ORDER = ("high", "medium", "low")
 ENGINES = ("valis", "feature")
-DEFAULT_ENGINE = "valis"
+DEFAULT_ENGINE = "feature"  # the more accurate on real sections (docs/accuracy.md) and the lighter
 DEFAULT_PRESET = "medium"
 TRANSFORM_MODELS = ("affine", "similarity")
 
@@ -38,11 +38,10 @@ class RegistrationSettings:
     micro: bool = True
     channel: str | None = None
     transform_model: str = "affine"
+    allow_mirror: bool = False  # sections mounted face down: consider mirror images of the moving image
     tile_size: int = 1024
     compression: str = "deflate"
     interpolation: str = "bilinear"
-    max_features: int = 5000
-    min_inliers: int = 12
 
     @classmethod
     def from_preset(cls, preset: str = DEFAULT_PRESET, **overrides: Any) -> RegistrationSettings:
@@ -65,8 +64,6 @@ class RegistrationSettings:
                 raise ParameterError(f"{name} must be at least 64 px, got {getattr(self, name)}.")
         if self.tile_size < 64 or self.tile_size % 16:
             raise ParameterError(f"tile size must be a multiple of 16 and at least 64, got {self.tile_size}.")
-        if self.min_inliers < 3:
-            raise ParameterError(f"min_inliers must be at least 3, got {self.min_inliers}.")
 
     def lower_preset(self) -> RegistrationSettings | None:
         """The same settings one preset lower, or None at the lowest (used on out-of-memory retries)."""

@@ -1,0 +1,249 @@
+"""Registration accuracy on the real images in ../shared/data: every engine beside VALIS used plainly.
+
+    .venv/bin/python benchmarks/accuracy.py [--engines feature valis valis-plain] [--sets sections if calcium]
+
+Every registration runs in a fresh process (peak RSS from VmHWM, wall time including imports; for the valis
+engine, which registers in a child process under a memory budget, the child's peak is added).
+- Serial sections with expert landmarks (both directions of each pair): median and 90th-percentile landmark
+  error before and after (px), rTRE = median error / reference diagonal (as in ANHIR).
+- IF rounds (no landmarks): rounds 1->2, 2->3 and 1->3 are registered; the composition of 1->2 and 2->3 is
+  compared with 1->3 over the reference's tissue (median px). Two independent registrations agree only if both
+  are right (or wrong in the same way, which three rounds of one section make unlikely).
+- Calcium frames (two frames, no landmarks): each frame registered onto the other; the composition of the two
+  maps should be the identity (median px over the tissue), plus the stain-robust edge correlation before/after.
+slimreg engines run as a user runs them (`slimreg register`, warp and write included); VALIS used plainly is
+`Valis(...).register()` with its defaults and the weights-free VGG matcher (this machine is offline), its
+landmarks mapped by `Slide.warp_xy_from_to`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._measure import measure_cli, measure_snippet
+from benchmarks.realdata import (
+    SectionPair,
+    available,
+    calcium_frames,
+    convert_if_rounds,
+    landmark_errors,
+    reference_diagonal,
+    section_pairs,
+)
+
+VALIS_PLAIN = """
+import json, warnings; warnings.filterwarnings("ignore")
+import numpy as np
+from slimreg.register.valis_offline import import_valis, no_network
+registration = import_valis()
+from valis import feature_detectors, feature_matcher, slide_io
+with no_network():
+    registrar = registration.Valis({src!r}, {dst!r}, img_list=[{reference!r}, {moving!r}],
+        reference_img_f={reference!r}, align_to_reference=True, feature_detector_cls=None,
+        matcher=feature_matcher.Matcher(feature_detector=feature_detectors.VggFD()),
+        matcher_for_sorting=feature_matcher.Matcher(feature_detector=feature_detectors.VggFD()))
+    rigid, non_rigid, error = registrar.register(reader_cls=slide_io.VipsSlideReader)
+assert rigid is not None, "VALIS register() failed"
+points = np.array({points!r}, dtype=float).reshape(-1, 2)
+ref, mov = registrar.get_slide({reference!r}), registrar.get_slide({moving!r})
+mapped = ref.warp_xy_from_to(points, mov, non_rigid=True)
+json.dump({{"mapped": np.asarray(mapped).tolist()}}, open({result!r}, "w"))
+"""
+
+
+class PointMap:
+    """Reference points -> moving points, from a slimreg transform file or VALIS' mapped points."""
+
+    def __init__(self, transform: object | None = None, mapped: np.ndarray | None = None):
+        self.transform, self.mapped = transform, mapped
+
+    def pull(self, points: np.ndarray) -> np.ndarray:
+        if self.transform is not None:
+            return self.transform.pull(points)  # type: ignore[attr-defined]
+        return np.asarray(self.mapped)
+
+
+def run_engine(engine: str, reference: Path, moving: Path, points: np.ndarray, out: Path,
+               timeout: float) -> tuple[dict, PointMap | None]:
+    """Register one pair with ``engine``; return the measurement and the point map (None on failure)."""
+    from slimreg.samplesheet import image_stem
+    from slimreg.transform import Transform
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if engine == "valis-plain":
+        src = out / "src"
+        src.mkdir()
+        ref_link, mov_link = src / f"reference{''.join(reference.suffixes)}", src / f"moving{''.join(moving.suffixes)}"
+        ref_link.symlink_to(reference.resolve())
+        mov_link.symlink_to(moving.resolve())
+        result = out / "mapped.json"
+        measured = measure_snippet(VALIS_PLAIN.format(src=str(src), dst=str(out / "valis"), reference=str(ref_link),
+                                                      moving=str(mov_link), points=points.tolist(),
+                                                      result=str(result)), timeout=timeout)
+        if measured["status"] != "ok" or not result.is_file():
+            return measured, None
+        return measured, PointMap(mapped=np.array(json.loads(result.read_text())["mapped"]))
+    measured = measure_cli(["register", "--engine", engine, "--reference", str(reference), "--moving", str(moving),
+                            "--outdir", str(out)], timeout=timeout)
+    transform_file = out / f"{image_stem(moving)}.transform.json"
+    if not transform_file.is_file():
+        if measured["status"] == "ok":
+            log = out / f"{image_stem(reference)}.register.json"
+            error = json.loads(log.read_text())["images"][0]["error"] if log.is_file() else "no transform"
+            measured = {**measured, "status": f"failed: {error}"}
+        return measured, None
+    transform = Transform.load(transform_file)
+    child = transform.metadata.get("quality", {}).get("peak_memory_bytes")
+    if child:  # the valis engine registers in a child process under a budget: count both (an upper bound)
+        measured = {**measured, "peak_mb": float(measured["peak_mb"]) + child / 1024**2}
+    return measured, PointMap(transform=transform)
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _status(measured: dict) -> str:
+    text = str(measured["status"])
+    return text if len(text) < 90 else text[:87] + "..."
+
+
+def sections(engines: list[str], workdir: Path, timeout: float) -> list[str]:
+    rows = ["| pair (reference <- moving) | engine | median before px | median after px | p90 after px | "
+            "rTRE after | wall s | peak MB | result |", "|---|---|---|---|---|---|---|---|---|"]
+    for pair in section_pairs(workdir / "sections"):
+        before = landmark_errors(None, pair)
+        diagonal = reference_diagonal(pair)
+        for engine in engines:
+            measured, point_map = run_engine(engine, pair.reference, pair.moving, pair.reference_landmarks,
+                                             workdir / "runs" / engine / pair.name.replace(" <- ", "__"), timeout)
+            after = landmark_errors(point_map, pair) if point_map is not None else None
+            rows.append(_section_row(pair, engine, before, after, diagonal, measured))
+            print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def _section_row(pair: SectionPair, engine: str, before: np.ndarray, after: np.ndarray | None, diagonal: float,
+                 measured: dict) -> str:
+    median_after = float(np.median(after)) if after is not None else float("nan")
+    verdict = _status(measured) if after is None else (
+        "registered" if median_after < np.median(before) else "WORSE than unregistered")
+    return (f"| {pair.name} | {engine} | {_fmt(np.median(before))} | {_fmt(median_after, 2)} | "
+            f"{_fmt(np.percentile(after, 90) if after is not None else float('nan'))} | "
+            f"{_fmt(median_after / diagonal, 4)} | {_fmt(measured['seconds'], 0)} | {_fmt(measured['peak_mb'], 0)} | "
+            f"{verdict} |")
+
+
+def tissue_grid(reference: Path, step: int = 16) -> np.ndarray:
+    """Level-0 points on a grid over the reference's tissue."""
+    from slimreg.io.read import TiffImage
+    from slimreg.register.channel import choose_channel, registration_image
+    from slimreg.register.preprocess import tissue_mask
+
+    image = TiffImage(reference)
+    small = registration_image(image, choose_channel(image.info, None), 512)
+    mask = tissue_mask(small.array)
+    yy, xx = np.nonzero(mask[::step // 4 or 1, ::step // 4 or 1])
+    points = np.stack([xx, yy], axis=1) * (step // 4 or 1)
+    return small.to_level0(points.astype(float))
+
+
+def if_rounds(engines: list[str], workdir: Path, timeout: float) -> list[str]:
+    rounds = convert_if_rounds(workdir / "if")
+    grid = tissue_grid(rounds[0])
+    rows = ["| set | engine | registered | composition error 1->2->3 vs 1->3, median px | p90 px | wall s (3 pairs) "
+            "| peak MB | result |", "|---|---|---|---|---|---|---|---|"]
+    for engine in engines:
+        maps, seconds, peak, notes = {}, 0.0, 0.0, []
+        for a, b in ((0, 1), (1, 2), (0, 2)):
+            # points of round a (the reference) are mapped into round b (the moving image)
+            start_points = grid if a == 0 else maps[(0, 1)].pull(grid) if (0, 1) in maps else grid
+            measured, point_map = run_engine(engine, rounds[a], rounds[b], start_points,
+                                             workdir / "runs" / engine / f"if_{a}_{b}", timeout)
+            seconds += float(measured["seconds"])
+            peak = max(peak, float(measured["peak_mb"]) if np.isfinite(measured["peak_mb"]) else 0.0)
+            if point_map is None:
+                notes.append(f"{a + 1}->{b + 1}: {_status(measured)}")
+            else:
+                maps[(a, b)] = point_map
+        rows.append(_consistency_row("IF rounds", engine, maps, grid, seconds, peak, notes, three=True))
+        print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def _consistency_row(label: str, engine: str, maps: dict, grid: np.ndarray, seconds: float, peak: float,
+                     notes: list[str], three: bool) -> str:
+    wanted = 3 if three else 2
+    error = None
+    if len(maps) == wanted:
+        if three:
+            via = maps[(1, 2)].pull(maps[(0, 1)].pull(grid)) if maps[(1, 2)].transform is not None else \
+                maps[(1, 2)].pull(None)
+            error = np.hypot(*(via - maps[(0, 2)].pull(grid)).T)
+        else:
+            back = maps[(1, 0)].pull(maps[(0, 1)].pull(grid)) if maps[(1, 0)].transform is not None else \
+                maps[(1, 0)].pull(None)
+            error = np.hypot(*(back - grid).T)
+    median = np.median(error) if error is not None else None
+    return (f"| {label} | {engine} | {len(maps)} of {wanted} | {_fmt(median, 2)}"
+            f" | {_fmt(np.percentile(error, 90) if error is not None else None, 2)} | {_fmt(seconds, 0)} | "
+            f"{_fmt(peak, 0)} | {'; '.join(notes) or 'ok'} |")
+
+
+def calcium(engines: list[str], workdir: Path, timeout: float) -> list[str]:
+    frames = calcium_frames()
+    grid = tissue_grid(frames[0])
+    rows = ["| set | engine | registered | inverse consistency, median px | p90 px | wall s (2 pairs) | peak MB | "
+            "result |", "|---|---|---|---|---|---|---|---|"]
+    for engine in engines:
+        maps, seconds, peak, notes = {}, 0.0, 0.0, []
+        for a, b in ((0, 1), (1, 0)):
+            points = grid if a == 0 else (maps[(0, 1)].pull(grid) if (0, 1) in maps else grid)
+            measured, point_map = run_engine(engine, frames[a], frames[b], points,
+                                             workdir / "runs" / engine / f"calcium_{a}_{b}", timeout)
+            seconds += float(measured["seconds"])
+            peak = max(peak, float(measured["peak_mb"]) if np.isfinite(measured["peak_mb"]) else 0.0)
+            if point_map is None:
+                notes.append(f"{a + 1}->{b + 1}: {_status(measured)}")
+            else:
+                maps[(a, b)] = point_map
+        rows.append(_consistency_row("calcium frames", engine, maps, grid, seconds, peak, notes, three=False))
+        print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", nargs="+", default=["feature", "valis", "valis-plain"],
+                        choices=["feature", "valis", "valis-plain"])
+    parser.add_argument("--sets", nargs="+", default=["sections", "if", "calcium"],
+                        choices=["sections", "if", "calcium"])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/slimreg-bench-accuracy"))
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    if not available():
+        print("the shared real data is not here; set SLIMREG_SHARED_DATA to its folder", file=sys.stderr)
+        return 2
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tables = []
+    for name, function in (("sections", sections), ("if", if_rounds), ("calcium", calcium)):
+        if name in args.sets:
+            tables.append("\n".join(function(args.engines, args.workdir, args.timeout)))
+    print("\n\n".join(tables))
+    print(f"\n(total {time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Run one registration attempt in its own process under a memory budget, and stop it cleanly past the budget.
+
+VALIS can grow without bound when a fit goes wrong (one run here grew past 23 GB inside its crop-mask step on
+images under one megapixel; its tracker has a 664 GB allocation from one bad fit). In-process, slimreg cannot
+stop such a step, and the kernel's OOM killer would take the whole task with no message. So the attempt runs in
+a fresh (spawned) process whose resident memory, children included, is watched; past the budget it is killed and
+the image fails with a message naming the budget. A fresh process also returns torch's memory when it ends.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from slimreg.errors import RegistrationError
+
+POLL_SECONDS = 0.2
+GB = 1024**3
+
+
+def _child(connection: Any, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        connection.send(("ok", function(*args)))
+    except BaseException as error:
+        connection.send(("error", error))
+    finally:
+        connection.close()
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (0 once it is gone)."""
+    try:
+        process = psutil.Process(pid)
+        members = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for member in members:
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def run_within_budget(function: Callable[..., Any], args: tuple[Any, ...], budget_bytes: int, what: str,
+                      path: str) -> tuple[Any, int]:
+    """``function(*args)`` in a spawned process; (result, peak bytes). Raises what it raised, or a
+    RegistrationError naming the budget if it outgrew ``budget_bytes`` (it is killed first)."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(sender, function, args), daemon=True)
+    process.start()
+    sender.close()
+    peak = 0
+    try:
+        while True:
+            if receiver.poll(POLL_SECONDS):
+                status, payload = receiver.recv()
+                break
+            if not process.is_alive():
+                raise RegistrationError(f"{what} ended without a result (exit status {process.exitcode}).", path,
+                                        "look for an out-of-memory kill in the system log, or try --engine feature.")
+            rss = tree_rss(process.pid)
+            peak = max(peak, rss)
+            if rss > budget_bytes:
+                process.kill()
+                raise RegistrationError(
+                    f"{what} grew to {rss / GB:.1f} GB, past its memory budget of {budget_bytes / GB:.1f} GB, and "
+                    "was stopped.", path, "try --preset low, or the light engine: --engine feature.")
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join()
+        receiver.close()
+    if status == "error":
+        raise payload
+    return payload, peak

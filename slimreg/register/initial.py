@@ -1,0 +1,149 @@
+"""Initial alignment candidates: several detectors and a detector-free rotation search.
+
+No single detector survives every stain pair (measured on the shared real pairs, docs/accuracy.md: SIFT
+finds the kidney pair but not the lung pair, ORB neither), so every detector below proposes a similarity
+fit, and a search that needs no features at all proposes more: the moving tissue's centroid is put on the
+reference's, every rotation is tried, and FFT cross-correlation of edge maps finds the best shift for
+each (any offset, any angle). The caller scores all candidates with one stain-robust measure and refines
+the best few. All matrices here are pull maps between working frames: reference working px -> moving
+working px.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from slimreg.register.preprocess import edge_map, to_uint8
+
+ROTATION_STEP_DEG = 6.0  # search step; refinement absorbs half a step (3 degrees) easily
+RATIO_TEST = 0.9  # Lowe's ratio: loose, because RANSAC sorts out the rest
+MIN_INLIERS = 6
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A proposed pull matrix (reference working px -> moving working px) and where it came from."""
+
+    name: str
+    pull: np.ndarray
+
+
+def _detectors() -> dict[str, Callable[[], tuple[object | None, object]]]:
+    """Detector + descriptor pairs (weights-free, in opencv-contrib), each built on demand."""
+    return {
+        "akaze": lambda: (None, cv2.AKAZE_create(threshold=1e-4)),
+        "sift": lambda: (None, cv2.SIFT_create(nfeatures=4000)),
+        "brisk": lambda: (None, cv2.BRISK_create(thresh=10)),
+        "fast+boost": lambda: (cv2.FastFeatureDetector_create(threshold=10), cv2.xfeatures2d.BoostDesc_create()),
+    }
+
+
+def feature_candidates(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray,
+                       moving_mask: np.ndarray, mirror: bool = False) -> Iterator[Candidate]:
+    """One similarity fit per detector whose matches agree (RANSAC, at least ``MIN_INLIERS`` inliers)."""
+    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+    ref8 = clahe.apply(to_uint8(reference))
+    mov8 = clahe.apply(to_uint8(moving))
+    flip = np.eye(3)
+    if mirror:
+        mov8, moving_mask = mov8[:, ::-1].copy(), moving_mask[:, ::-1].copy()
+        flip = np.array([[-1.0, 0, moving.shape[1] - 1], [0, 1, 0], [0, 0, 1]])
+    for name, build in _detectors().items():
+        detector, descriptor = build()
+        found = [_describe(detector, descriptor, image, mask) for image, mask in
+                 ((ref8, reference_mask), (mov8, moving_mask))]
+        (kp_ref, des_ref), (kp_mov, des_mov) = found
+        if des_ref is None or des_mov is None or min(len(kp_ref), len(kp_mov)) < MIN_INLIERS:
+            continue
+        norm = cv2.NORM_HAMMING if des_ref.dtype == np.uint8 else cv2.NORM_L2
+        pairs = cv2.BFMatcher(norm).knnMatch(des_ref, des_mov, k=2)
+        good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < RATIO_TEST * n.distance]
+        if len(good) < MIN_INLIERS:
+            continue
+        src = np.float32([kp_ref[m.queryIdx].pt for m in good])
+        dst = np.float32([kp_mov[m.trainIdx].pt for m in good])
+        threshold = max(2.0, max(reference.shape) / 200)
+        matrix, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=threshold,
+                                                      maxIters=20000, confidence=0.9999, refineIters=50)
+        if matrix is None or inliers is None or int(inliers.sum()) < MIN_INLIERS:
+            continue
+        pull = flip @ np.vstack([matrix, [0, 0, 1]])
+        yield Candidate(f"{name}{' mirrored' if mirror else ''} ({int(inliers.sum())} inliers)", pull)
+
+
+def _describe(detector: object | None, descriptor: object, image: np.ndarray,
+              mask: np.ndarray) -> tuple[list, np.ndarray | None]:
+    mask8 = mask.astype(np.uint8)
+    try:
+        if detector is None:
+            return descriptor.detectAndCompute(image, mask8)  # type: ignore[attr-defined]
+        keypoints = detector.detect(image, mask8)  # type: ignore[attr-defined]
+        return descriptor.compute(image, keypoints)  # type: ignore[attr-defined]
+    except cv2.error:
+        return [], None
+
+
+def rotation_search(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray,
+                    moving_mask: np.ndarray, sigma: float, mirror: bool = False, keep: int = 3,
+                    step_deg: float = ROTATION_STEP_DEG) -> list[Candidate]:
+    """Centroid-to-centroid, every rotation, the best FFT shift for each; the ``keep`` best by correlation.
+
+    The moving image is scaled by the square root of the tissue areas' ratio, so sections imaged at
+    another magnification start at the right size.
+    """
+    if not reference_mask.any() or not moving_mask.any():
+        return []
+    ref_edges = edge_map(reference, sigma) * reference_mask
+    mov_edges = edge_map(moving, sigma)
+    centre_ref = np.array(ndimage.center_of_mass(reference_mask))[::-1]
+    centre_mov = np.array(ndimage.center_of_mass(moving_mask))[::-1]
+    scale = float(np.sqrt(moving_mask.sum() / reference_mask.sum()))
+    height, width = reference.shape
+    padded = (2 * height, 2 * width)
+    ref_centred = np.where(reference_mask, ref_edges - ref_edges[reference_mask].mean(), 0.0)
+    ref_fft = np.fft.rfft2(ref_centred, padded)
+    ref_mask_fft = np.fft.rfft2(reference_mask.astype(np.float64), padded)
+    min_overlap = 0.25 * reference_mask.sum()
+    found: list[tuple[float, Candidate]] = []
+    for mirrored in (False, True) if mirror else (False,):
+        for degrees in np.arange(0.0, 360.0, step_deg):
+            angle = np.radians(degrees)
+            linear = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+            if mirrored:
+                linear = linear @ np.diag([-1.0, 1.0])
+            pull = np.eye(3)
+            pull[:2, :2], pull[:2, 2] = linear, centre_mov - linear @ centre_ref
+            placed = cv2.warpAffine(mov_edges, pull[:2], (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+            valid = cv2.warpAffine(moving_mask.astype(np.uint8), pull[:2], (width, height),
+                                   flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
+            if not valid.any():
+                continue
+            centred = np.where(valid, placed - placed[valid].mean(), 0.0)
+            correlation = np.fft.irfft2(ref_fft * np.conj(np.fft.rfft2(centred, padded)), padded)
+            overlap = np.fft.irfft2(ref_mask_fft * np.conj(np.fft.rfft2(valid.astype(np.float64), padded)), padded)
+            correlation /= np.maximum(overlap, min_overlap)
+            iy, ix = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
+            dy, dx = (iy if iy < height else iy - 2 * height), (ix if ix < width else ix - 2 * width)
+            shifted = pull @ np.array([[1.0, 0, -dx], [0, 1, -dy], [0, 0, 1]])
+            label = f"rotation search {degrees:.0f} deg{' mirrored' if mirrored else ''}"
+            found.append((float(correlation[iy, ix]), Candidate(label, shifted)))
+    found.sort(key=lambda item: -item[0])
+    return _distinct([c for _, c in found], keep)
+
+
+def _distinct(candidates: list[Candidate], keep: int) -> list[Candidate]:
+    """The first ``keep`` candidates whose rotations differ by more than two search steps."""
+    chosen: list[Candidate] = []
+    for candidate in candidates:
+        angle = np.degrees(np.arctan2(candidate.pull[1, 0], candidate.pull[0, 0]))
+        if all(abs((angle - np.degrees(np.arctan2(c.pull[1, 0], c.pull[0, 0])) + 180) % 360 - 180)
+               > 2 * ROTATION_STEP_DEG for c in chosen):
+            chosen.append(candidate)
+        if len(chosen) == keep:
+            break
+    return chosen

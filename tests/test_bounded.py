@@ -1,0 +1,39 @@
+"""A registration attempt that outgrows its memory budget is stopped by slimreg with a message, not by the kernel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slimreg.errors import RegistrationError
+from slimreg.register.bounded import run_within_budget
+
+MB = 1024**2
+
+
+def allocate(megabytes: int) -> int:
+    block = np.ones(megabytes * MB, dtype=np.uint8)  # touched, so resident
+    import time
+
+    time.sleep(1.0)  # give the watchdog time to see it
+    return int(block[::4096].sum())
+
+
+def fail_clearly() -> None:
+    raise RegistrationError("no luck", "image.tif", "try again")
+
+
+def test_result_and_peak_come_back() -> None:
+    value, peak = run_within_budget(allocate, (50,), 2000 * MB, "test step", "image.tif")
+    assert value == 50 * MB // 4096 and peak > 50 * MB
+
+
+def test_outgrowing_the_budget_stops_the_step_with_a_message() -> None:
+    with pytest.raises(RegistrationError, match=r"past its memory budget of 0\.2 GB") as error:
+        run_within_budget(allocate, (600,), 200 * MB, "test step", "image.tif")
+    assert "image.tif" in str(error.value) and "Fix:" in str(error.value)
+
+
+def test_the_child_s_own_error_is_raised_as_it_was() -> None:
+    with pytest.raises(RegistrationError, match="no luck"):
+        run_within_budget(fail_clearly, (), 2000 * MB, "test step", "image.tif")
