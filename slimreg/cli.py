@@ -7,6 +7,7 @@ Errors the user can fix print one message naming the file and the fix, and exit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -94,7 +95,10 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--processing-dim", type=int, help="long side (px) for feature matching (preset)")
     group.add_argument("--non-rigid-dim", type=int, help="long side (px) for the displacement field (preset)")
     group.add_argument("--micro-dim", type=int, help="long side (px) for the refinement (preset)")
-    group.add_argument("--transform-model", choices=("affine", "similarity"), default="affine")
+    group.add_argument("--transform-model", choices=("affine", "similarity"), default="affine",
+                       help="affine model of the feature engine (the valis engine uses VALIS' own similarity model)")
+    group.add_argument("--allow-mirror", action="store_true",
+                       help="consider mirror images of moving sections (mounted face down); off by default")
     group.add_argument("--tile-size", type=int, default=1024, help="output tile size in px (default 1024)")
     group.add_argument("--compression", choices=("deflate", "zstd", "lzw", "jpeg", "none"), default="deflate")
 
@@ -105,7 +109,8 @@ def registration_settings(args: argparse.Namespace):
     return RegistrationSettings.from_preset(
         args.preset, engine=args.engine, channel=args.channel, non_rigid=args.non_rigid, micro=args.micro,
         processing_dim=args.processing_dim, non_rigid_dim=args.non_rigid_dim, micro_dim=args.micro_dim,
-        transform_model=args.transform_model, tile_size=args.tile_size, compression=args.compression)
+        transform_model=args.transform_model, allow_mirror=args.allow_mirror, tile_size=args.tile_size,
+        compression=args.compression)
 
 
 def run_register(args: argparse.Namespace) -> int:
@@ -174,9 +179,21 @@ def run_preflight_command(args: argparse.Namespace) -> int:
 
     plan = _build_plan(args)
     run_preflight(plan, args.outdir, workers=args.workers, force=args.force, stream=sys.stdout,
-                  write_to=_writable_outdir(args.outdir))
+                  write_to=_writable_outdir(args.outdir), resources=_task_resources(args))
     print(f"wrote {args.outdir / 'preflight.json'}")
     return 0
+
+
+def _task_resources(args: argparse.Namespace):
+    """Resources for the pre-flight: this machine's, or a scheduler's per-task limit (--task-memory-limit)."""
+    if not args.task_memory_limit:
+        return None
+    from slimreg.resources import available_resources, parse_size
+
+    local = available_resources(args.outdir)
+    limit = parse_size(args.task_memory_limit, "--task-memory-limit")
+    return dataclasses.replace(local, memory_bytes=limit,
+                               memory_source=f"the most a task may request ({args.task_memory_limit})")
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -184,7 +201,8 @@ def run_plan(args: argparse.Namespace) -> int:
 
     plan = _build_plan(args)
     outdir = _writable_outdir(args.outdir)
-    run_preflight(plan, outdir, workers=args.workers, force=args.force, stream=sys.stderr, write_to=outdir)
+    run_preflight(plan, outdir, workers=args.workers, force=args.force, stream=sys.stderr, write_to=outdir,
+                  resources=_task_resources(args))
     json_path, csv_path = plan.write(outdir)
     for task in plan.tasks:
         print(f"{task.id}\t{task.kind}\t{task.peak_memory_bytes / 1024**2:.0f} MB")
@@ -199,6 +217,9 @@ def _common_plan_command(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outdir", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=1, help="tasks that will run at once (default 1)")
     parser.add_argument("--force", action="store_true", help="warn instead of refusing a run that will not fit")
+    parser.add_argument("--task-memory-limit", metavar="SIZE",
+                        help="compare each task with the most memory a task may get (a scheduler's limit, e.g. "
+                             "Nextflow's resourceLimits: 128.GB) instead of this machine's free memory")
     _add_registration_options(parser)
     _plan_options(parser)
 
@@ -249,8 +270,8 @@ def run_qc(args: argparse.Namespace) -> int:
     from slimreg.qc import QcThresholds
     from slimreg.qc import run_qc as qc
 
-    thresholds = QcThresholds(min_ncc_gain=args.min_ncc_gain, min_coverage=args.min_coverage,
-                              max_landmark_error_px=args.max_landmark_error)
+    thresholds = QcThresholds(min_significance=args.min_significance, min_coverage=args.min_coverage,
+                              max_landmark_rtre=args.max_landmark_rtre, max_landmark_error_px=args.max_landmark_error)
     result = qc(args.reference, args.registered, args.outdir, original_path=args.original,
                 transform_path=args.transform, landmarks_reference=args.landmarks_reference,
                 landmarks_moving=args.landmarks_moving, max_dim=args.max_dim, channel=args.channel,
@@ -271,9 +292,12 @@ def _qc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outdir", type=Path, required=True)
     parser.add_argument("--max-dim", type=int, default=2048)
     parser.add_argument("--channel", help="channel to compare (default as for registration)")
-    parser.add_argument("--min-ncc-gain", type=float, default=0.02)
+    parser.add_argument("--min-significance", type=float, default=4.0,
+                        help="sd above unrelated placements the registered image must stand (default 4)")
     parser.add_argument("--min-coverage", type=float, default=0.8)
-    parser.add_argument("--max-landmark-error", type=float, default=5.0, help="px, median (default 5)")
+    parser.add_argument("--max-landmark-rtre", type=float, default=0.015,
+                        help="median landmark error / reference diagonal (default 0.015)")
+    parser.add_argument("--max-landmark-error", type=float, help="px, median; replaces --max-landmark-rtre")
     parser.add_argument("--strict", action="store_true", help="exit 1 when QC fails")
 
 
@@ -304,7 +328,8 @@ def run_run(args: argparse.Namespace) -> int:
         memory_debug=args.memory_debug, tile_size=args.tile_size, compression=args.compression,
         qc_max_dim=args.qc_max_dim,
         registration_overrides={k: getattr(args, k) for k in ("processing_dim", "non_rigid_dim", "micro_dim",
-                                                              "transform_model") if getattr(args, k) is not None})
+                                                              "transform_model", "allow_mirror")
+                                if getattr(args, k) is not None})
     print_summary(summary)
     return 0 if summary.ok else 1
 

@@ -86,3 +86,21 @@ def available_resources(outdir: str | Path) -> Resources:
     target = existing_parent(Path(outdir))
     return Resources(memory_bytes=int(usable), memory_source=source, disk_bytes=int(shutil.disk_usage(target).free),
                      disk_path=str(target), total_memory_bytes=int(memory.total), cgroup_limit_bytes=limit)
+
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+
+
+def parse_size(text: str, name: str = "size") -> int:
+    """Bytes of a size written as Nextflow writes memory (``128.GB``, ``15 GB``, ``512MB``) or a plain number."""
+    import re
+
+    from slimreg.errors import ParameterError
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*\.?\s*([KMGT]?B)?\s*", str(text), flags=re.IGNORECASE)
+    if not match:
+        raise ParameterError(f"{name} {text!r} is not a size.", fix="write it like 128.GB, 15 GB or 512MB.")
+    value = float(match.group(1)) * SIZE_UNITS[(match.group(2) or "").upper()]
+    if value <= 0:
+        raise ParameterError(f"{name} must be positive, got {text!r}.")
+    return int(value)

@@ -135,6 +135,7 @@ def test_retry_and_memory_directives() -> None:
 
 def _run_script(process: str, workdir: Path, values: dict[str, str]) -> subprocess.CompletedProcess[str]:
     text = PROCESSES[process]["script"]
+    values = {"task.cpus": "2", **values}  # what Nextflow substitutes from the process's cpus directive
     for key, value in values.items():
         text = text.replace("${" + key + "}", value).replace("$" + key, value)
     assert "${" not in text, f"unsubstituted value in {process}: {text}"
@@ -249,6 +250,9 @@ def test_script_blocks_run_the_pipeline_on_demo_data(tmp_path: Path) -> None:
     _check_outputs("REPORT", report_work, {})
     page = (report_work / "report" / "report.html").read_text()
     assert "failed QC" in page and "mif_round3" in page
+    qc_count = len([t for t in plan["tasks"] if t["kind"] == "qc"])
+    # every QC row shows its overlay, although Nextflow staged each PNG in another folder than its JSON
+    assert page.count('src="data:image/jpeg;base64,') == qc_count
     metrics = (report_work / "report" / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 1 + len([t for t in plan["tasks"] if t["kind"] == "qc"])
     assert all(",pass," in row for row in metrics[1:])

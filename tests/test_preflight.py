@@ -118,3 +118,16 @@ def test_memory_tracker_tells_peak_from_leak() -> None:
     assert tracker2.summary()["pattern"].startswith("peak")
     tracker.close()
     tracker2.close()
+
+
+def test_a_schedulers_task_limit_replaces_this_machines_memory(demo_sheet: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Under Nextflow, PLAN compares each task with what a task may request, not with PLAN's own allocation."""
+    args = ["plan", "--input", str(demo_sheet), "--engine", "feature"]
+    assert main([*args, "--outdir", str(tmp_path / "big"), "--task-memory-limit", "500.GB"]) == 0
+    report = json.loads((tmp_path / "big" / "preflight.json").read_text())
+    assert report["available"]["memory_bytes"] == 500 * 1024**3
+    assert "500.GB" in report["available"]["memory_source"]
+    assert main([*args, "--outdir", str(tmp_path / "small"), "--task-memory-limit", "100 MB"]) == 2
+    assert "the most a task may request" in capsys.readouterr().err
+    assert main([*args, "--outdir", str(tmp_path / "bad"), "--task-memory-limit", "lots"]) == 2
