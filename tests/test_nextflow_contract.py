@@ -256,3 +256,18 @@ def test_script_blocks_run_the_pipeline_on_demo_data(tmp_path: Path) -> None:
     metrics = (report_work / "report" / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 1 + len([t for t in plan["tasks"] if t["kind"] == "qc"])
     assert all(",pass," in row for row in metrics[1:])
+
+
+def test_samplesheet_schema_accepts_every_reference_word_slimreg_reads() -> None:
+    """nf-schema validates rows before slimreg sees them: it must not reject what slimreg accepts (yes, 1, T)."""
+    from slimreg.samplesheet import FALSE_WORDS, TRUE_WORDS
+
+    schema = json.loads((ROOT / "assets" / "schema_input.json").read_text())
+    reference = schema["items"]["properties"]["reference"]
+    assert "string" in reference["type"] and "boolean" in reference["type"]
+    pattern = re.compile(reference["pattern"])
+    for word in (TRUE_WORDS | FALSE_WORDS) - {""}:
+        for variant in (word, word.upper(), word.capitalize()):
+            assert pattern.match(variant), variant
+    for wrong in ("maybe", "2", "truth", "nope"):
+        assert not pattern.match(wrong), wrong

@@ -1,0 +1,90 @@
+"""The subworkflow's own closures that combine process outputs, run in Groovy with the shapes Nextflow gives them.
+
+A `path` output that matches one file arrives as a bare Path, several as a list, none as an empty list. Groovy's
+`Path + List` iterates the path's name components, so a closure that adds outputs works for a batch of three and
+breaks for a batch of one (the demo's `he` sample). This test reads every `X.out.Y.map { ... }` closure from the
+subworkflow, evaluates it with Debian's Groovy for every combination of shapes, and checks that the files come out
+as a flat list of whole paths, none lost and none split. (No Nextflow runtime can be installed here.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBWORKFLOW = ROOT / "subworkflows" / "local" / "registration" / "main.nf"
+CLOSURE = re.compile(r"\b[A-Z_]+\.out\.\w+(?:\.mix\([^)]*\))?\.map (\{ meta, [^}]*\})")
+SHAPES = {"one": "Paths.get('/w/one.ome.tif')", "many": "[Paths.get('/w/a.ome.tif'), Paths.get('/w/b.json')]",
+          "none": "[]"}
+COUNTS = {"one": 1, "many": 2, "none": 0}
+
+
+def groovy() -> list[str] | None:
+    path = shutil.which("groovy")
+    return [path] if path else None
+
+
+def output_closures(text: str) -> list[str]:
+    return CLOSURE.findall(text)
+
+
+def _java_env() -> dict[str, str]:
+    env = dict(os.environ)
+    java = shutil.which("java")
+    if java and "JAVA_HOME" not in env:
+        env["JAVA_HOME"] = str(Path(os.path.realpath(java)).parents[1])
+    return env
+
+
+def run_closures(closures: list[str]) -> list[dict]:
+    """Evaluate each closure for every combination of shapes; return what came out, per call."""
+    lines = ["import java.nio.file.*", "import groovy.json.JsonOutput", "def results = []"]
+    for index, closure in enumerate(closures):
+        arity = closure.split("->")[0].count(",")  # arguments after meta
+        for combo in itertools.product(SHAPES, repeat=arity):
+            args = ", ".join(SHAPES[shape] for shape in combo)
+            lines.append(f"def c{index}_{'_'.join(combo)} = {closure}")
+            lines.append(f"def r = c{index}_{'_'.join(combo)}([sample: 's', id: 't'], {args})")
+            lines.append("results << [closure: %d, shapes: %s, key: r[0], isList: r[1] instanceof List, "
+                         "allPaths: (r[1] instanceof List) && r[1].every { it instanceof Path }, "
+                         "names: (r[1] instanceof List ? r[1] : [r[1]]).collect { it.toString() }]"
+                         % (index, json.dumps(list(combo))))
+    lines.append("println JsonOutput.toJson(results)")
+    script = "\n".join(lines).replace("def r = ", "r = ").replace("def results = []", "def results = []\ndef r")
+    result = subprocess.run([*groovy(), "-e", script], capture_output=True, text=True, env=_java_env(), timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_subworkflow_has_output_closures_to_check() -> None:
+    closures = output_closures(SUBWORKFLOW.read_text())
+    assert len(closures) >= 4, closures  # SPLIT/PROJECT files, PROJECT files, REGISTER results and projections
+
+
+@pytest.mark.skipif(groovy() is None, reason="groovy is not installed (.ci/system-packages installs Debian's)")
+def test_output_closures_flatten_every_shape_into_whole_paths() -> None:
+    closures = output_closures(SUBWORKFLOW.read_text())
+    for row in run_closures(closures):
+        shapes = row["shapes"]
+        where = f"closure {closures[row['closure']]} with {shapes}"
+        assert row["key"] == "s", where
+        assert row["isList"] and row["allPaths"], where
+        assert len(row["names"]) == sum(COUNTS[s] for s in shapes), f"{where}: {row['names']}"
+
+
+@pytest.mark.skipif(groovy() is None, reason="groovy is not installed (.ci/system-packages installs Debian's)")
+def test_the_harness_catches_the_single_path_defect() -> None:
+    """The closure as it was (images + transforms) fails this harness: a bare Path is split into name parts."""
+    rows = run_closures(["{ meta, images, transforms -> [meta.sample, images + transforms] }"])
+    broken = [r for r in rows if r["shapes"][0] == "one" and r["shapes"][1] == "many"]
+    assert broken and broken[0]["names"] != ["/w/one.ome.tif", "/w/a.ome.tif", "/w/b.json"]
+    assert "w" in broken[0]["names"]  # the path's components, one by one
