@@ -53,10 +53,10 @@ def run_closures(closures: list[str]) -> list[dict]:
             args = ", ".join(SHAPES[shape] for shape in combo)
             lines.append(f"def c{index}_{'_'.join(combo)} = {closure}")
             lines.append(f"def r = c{index}_{'_'.join(combo)}([sample: 's', id: 't'], {args})")
-            lines.append("results << [closure: %d, shapes: %s, key: r[0], isList: r[1] instanceof List, "
+            lines.append(f"results << [closure: {index}, shapes: {json.dumps(list(combo))}, key: r[0], "
+                         "isList: r[1] instanceof List, "
                          "allPaths: (r[1] instanceof List) && r[1].every { it instanceof Path }, "
-                         "names: (r[1] instanceof List ? r[1] : [r[1]]).collect { it.toString() }]"
-                         % (index, json.dumps(list(combo))))
+                         "names: (r[1] instanceof List ? r[1] : [r[1]]).collect { it.toString() }]")
     lines.append("println JsonOutput.toJson(results)")
     script = "\n".join(lines).replace("def r = ", "r = ").replace("def results = []", "def results = []\ndef r")
     result = subprocess.run([*groovy(), "-e", script], capture_output=True, text=True, env=_java_env(), timeout=120,
