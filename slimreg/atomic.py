@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterator
@@ -52,8 +53,22 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write JSON (sorted keys, indented) through a temporary name."""
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """Write JSON (sorted keys, indented) through a temporary name; NaN and infinities become null, because bare
+    ``NaN`` is not JSON and other tools (MultiQC, browsers, jq) refuse the file."""
+    return write_text_atomic(path, json.dumps(_finite(data), indent=2, sort_keys=True, default=str,
+                                              allow_nan=False) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0:  # numpy scalars
+        return _finite(value.item())
+    return value
 
 
 def remove_partials(folder: str | Path) -> list[Path]:

@@ -125,9 +125,14 @@ def read_landmarks(path: str | Path) -> np.ndarray:
         raise InputError("landmarks CSV needs a header with columns x and y and at least one row.", path,
                          "write it as 'x,y' followed by one point per line.")
     try:
-        return np.array([[float(r["x"]), float(r["y"])] for r in rows], dtype=np.float64)
+        points = np.array([[float(r["x"]), float(r["y"])] for r in rows], dtype=np.float64)
     except (TypeError, ValueError) as error:
         raise InputError(f"landmarks CSV has a value that is not a number ({error}).", path) from error
+    bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
+    if bad.size:
+        raise InputError(f"landmarks CSV has a value that is not a finite number in data row {bad[0] + 1}.", path,
+                         "give every landmark as two numbers (level-0 pixels).")
+    return points
 
 
 def _mif_transforms(size: int, seed: int) -> list[Transform | None]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from slimreg.errors import InputError, ParameterError
 from slimreg.io.probe import ImageInfo, probe
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel
 from slimreg.register.settings import RegistrationSettings
-from slimreg.samplesheet import Sample, SampleRow, Samplesheet, image_stem
+from slimreg.samplesheet import Sample, SampleRow, Samplesheet, image_stem, safe_id
 
 KINDS = ("split", "project", "register", "merge", "qc", "report")
 
@@ -132,10 +131,6 @@ class _Session:
     registration_image: str = ""
     registration_scale: int = 1
     registration_task: str | None = None
-
-
-def safe_id(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
 def build_plan(sheet: Samplesheet, outdir: str | Path, registration: RegistrationSettings,

@@ -74,7 +74,10 @@ def remediation(plan: Plan, workers: int, resource: str, outdir: Path) -> list[s
             hints.append("use the light engine: --engine valis -> feature (no torch, less memory)")
     else:
         hints.append(f"write outputs to a disk with more free space: --outdir {outdir} -> another disk")
-        hints.append(f"use stronger compression: --compression {registration['compression']} -> deflate")
+        if registration["compression"] in ("none", "lzw"):
+            hints.append(f"use stronger compression: --compression {registration['compression']} -> deflate")
+        elif registration["compression"] == "deflate":
+            hints.append("for 8-bit RGB brightfield only: lossy but far smaller tiles, --compression deflate -> jpeg")
         if settings.get("merge_chunks"):
             hints.append("do not write merged stacks as well as pieces: drop --merge-chunks")
     hints.append("override at your own risk: --force")

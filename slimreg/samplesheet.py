@@ -7,6 +7,7 @@ resolved against the samplesheet's folder, so a sheet and its images can be move
 from __future__ import annotations
 
 import csv
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,11 @@ FALSE_WORDS = {"false", "no", "0", "n", "f", ""}
 
 
 TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".btf", ".svs", ".qptiff")
+
+
+def safe_id(text: str) -> str:
+    """The form of a name used in task ids and work folders (anything but letters, digits, ``_.-`` -> ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
 def image_stem(path: str | Path) -> str:
@@ -111,6 +117,7 @@ def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet
 
     rows: list[SampleRow] = []
     seen_images: dict[Path, int] = {}
+    counts: dict[int, int] = {}  # landmarks per row
     for number, raw in enumerate(reader, start=2):
         record = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         if None in raw:
@@ -141,12 +148,23 @@ def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet
             except SlimregError as error:
                 problems.append(f"row {number}: {error}")
         landmarks = _resolve(path, record["landmarks"]) if record.get("landmarks") else None
+        landmark_count = None
         if landmarks is not None and not landmarks.is_file():
             problems.append(f"row {number}: landmarks file not found: {landmarks}")
+        elif landmarks is not None:
+            from slimreg.demo import read_landmarks
+
+            try:
+                landmark_count = len(read_landmarks(landmarks))
+            except SlimregError as error:
+                problems.append(f"row {number}: {error}")
         session = record.get("session", "")
         rows.append(SampleRow(number, sample, image, reference_text in TRUE_WORDS, session, landmarks))
+        if landmark_count is not None:
+            counts[number] = landmark_count
 
     problems += _check_groups(rows)
+    problems += _check_landmark_counts(rows, counts)
     if problems:
         _raise(path, problems)
     return Samplesheet(path=path, rows=tuple(rows))
@@ -170,13 +188,39 @@ def _check_groups(rows: list[SampleRow]) -> list[str]:
         if owner[0] != row.sample:
             problems.append(f"row {row.row}: session {row.session!r} is already used by sample {owner[0]} "
                             f"(row {owner[1]}); a session belongs to one sample")
-    stems: dict[tuple[str, str], int] = {}
+    # names that differ only in characters task ids replace (m:1 and m_1, "r 1" and r_1) would share a task id,
+    # and one of them would silently never run: refuse them here
+    samples: dict[str, tuple[str, int]] = {}
     for row in rows:
-        key = (row.sample, row.stem)
-        if key in stems and stems[key] != row.row:
-            problems.append(f"row {row.row}: image name {row.stem!r} repeats row {stems[key]} in sample "
-                            f"{row.sample}; outputs would collide")
-        stems.setdefault(key, row.row)
+        first = samples.setdefault(safe_id(row.sample), (row.sample, row.row))
+        if first[0] != row.sample:
+            problems.append(f"row {row.row}: sample {row.sample!r} and sample {first[0]!r} (row {first[1]}) differ "
+                            "only in characters that task ids replace; rename one")
+    stems: dict[tuple[str, str], tuple[str, int]] = {}
+    for row in rows:
+        key = (row.sample, safe_id(row.stem).lower())
+        first_stem = stems.setdefault(key, (row.stem, row.row))
+        if first_stem[1] != row.row:
+            same = "repeats" if first_stem[0] == row.stem else \
+                f"differs only in case or punctuation from {first_stem[0]!r} in"
+            problems.append(f"row {row.row}: image name {row.stem!r} {same} row {first_stem[1]} of sample "
+                            f"{row.sample}; outputs would collide (rename one)")
+    return problems
+
+
+def _check_landmark_counts(rows: list[SampleRow], counts: dict[int, int]) -> list[str]:
+    """QC pairs landmark i of an image with landmark i of its reference: the files must have as many rows."""
+    problems = []
+    references = {r.sample: r for r in rows if r.reference}
+    for row in rows:
+        reference = references.get(row.sample)
+        if row.reference or reference is None or row.row not in counts:
+            continue
+        if reference.row not in counts:
+            problems.append(f"row {row.row}: has landmarks but its reference (row {reference.row}) has none")
+        elif counts[row.row] != counts[reference.row]:
+            problems.append(f"row {row.row}: {counts[row.row]} landmarks, but the reference's file (row "
+                            f"{reference.row}) has {counts[reference.row]}; give both the same points in order")
     return problems
 
 

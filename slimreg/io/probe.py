@@ -107,6 +107,9 @@ def probe(path: str | Path) -> ImageInfo:
     except InputError:
         raise
     except tifffile.TiffFileError as error:
+        if _has_tiff_signature(path):  # a TIFF that cannot be read is damaged: converting it would not help
+            raise InputError(f"starts like a TIFF but its headers cannot be read ({error}); the file is probably "
+                             "truncated or corrupt.", path, "copy the file again from its source.") from error
         raise InputError(f"is not a readable TIFF file ({error}).", path,
                          "convert it to (OME-)TIFF, for example with bfconvert or vips tiffsave.") from error
     except (OSError, ValueError, IndexError, KeyError, struct.error) as error:
@@ -116,7 +119,8 @@ def probe(path: str | Path) -> ImageInfo:
 
 def _probe_open(path: Path, tif: tifffile.TiffFile) -> ImageInfo:
     if not tif.series:
-        raise InputError("contains no image series.", path, "give a TIFF with image data.")
+        raise InputError("contains no readable image; the file is probably truncated or corrupt.", path,
+                         "copy the file again from its source (or give a TIFF with image data).")
     series = tif.series[0]
     dtype = np.dtype(series.dtype)
     if dtype.name not in SUPPORTED_DTYPES:
@@ -271,6 +275,16 @@ def _tiff_pixel_size(tif: tifffile.TiffFile, page: Any) -> tuple[float, float] |
     if not (math.isfinite(sx) and math.isfinite(sy)) or sx <= 0 or sx > 1e4:
         return None
     return (sx, sy)
+
+
+def _has_tiff_signature(path: Path) -> bool:
+    """Whether the file begins with a classic or BigTIFF byte-order mark and magic number."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def compression_name(compression: object) -> str:

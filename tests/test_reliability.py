@@ -1,0 +1,111 @@
+"""Reliability defects found by a hostile new user (issue 16), each with a test that failed before the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from benchmarks.realdata import available, calcium_frames
+from slimreg.atomic import write_json_atomic
+from slimreg.errors import InputError
+from slimreg.io import probe, write_array
+from slimreg.samplesheet import read_samplesheet
+
+
+@pytest.mark.skipif(not available(), reason="the shared real data (../shared/data) is not here")
+def test_a_real_imagej_file_without_a_compression_tag_is_probed() -> None:
+    info = probe(calcium_frames()[0])  # used to crash: tifffile reports a bare int for the missing tag
+    assert (info.width, info.height, info.dtype, info.compression) == (551, 413, "float32", "none")
+
+
+@pytest.mark.parametrize("flavour", ["imagej-hyperstack", "uncompressed-strips", "bigtiff", "no-compression-tag"])
+def test_tiff_flavours_users_bring_are_probed(tmp_path: Path, flavour: str) -> None:
+    path = tmp_path / f"{flavour}.tif"
+    if flavour == "imagej-hyperstack":
+        data = np.zeros((3, 2, 64, 80), np.uint16)  # T, C, Y, X
+        tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TCYX"})
+        info = probe(path)
+        assert (info.width, info.height, info.channels, info.frames) == (80, 64, 2, 3)
+        return
+    data = np.arange(64 * 80, dtype=np.uint16).reshape(64, 80)
+    if flavour == "uncompressed-strips":
+        tifffile.imwrite(path, data, rowsperstrip=8)
+    elif flavour == "bigtiff":
+        tifffile.imwrite(path, data, bigtiff=True, tile=(32, 32), compression="zlib")
+    else:
+        tifffile.imwrite(path, data, extratags=[], compression=None)
+        raw = bytearray(path.read_bytes())  # rename the Compression tag (259) to an unused private one
+        first = int.from_bytes(raw[4:8], "little")
+        count = int.from_bytes(raw[first:first + 2], "little")
+        for entry in range(count):
+            at = first + 2 + 12 * entry
+            if int.from_bytes(raw[at:at + 2], "little") == 259:
+                raw[at:at + 2] = (65000).to_bytes(2, "little")
+        path.write_bytes(bytes(raw))
+    info = probe(path)
+    assert (info.width, info.height, info.dtype) == (80, 64, "uint16")
+    assert info.compression in ("none", "adobe_deflate", "deflate")
+
+
+def test_damaged_and_foreign_files_get_the_right_fix(tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.tif"
+    damaged.write_bytes(b"II*\x00" + b"\xff" * 20)
+    with pytest.raises(InputError, match="truncated or corrupt") as error:
+        probe(damaged)
+    assert "copy the file again" in str(error.value) and "convert" not in str(error.value)
+    foreign = tmp_path / "picture.tif"
+    foreign.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    with pytest.raises(InputError, match="convert it"):
+        probe(foreign)
+
+
+def _sheet(tmp_path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    for _, image, _, _ in rows:
+        if not (tmp_path / image).exists():
+            write_array(np.zeros((32, 32), np.uint8), tmp_path / image, channel_names=["DAPI"])
+    sheet = tmp_path / "samples.csv"
+    sheet.write_text("sample,image,reference,landmarks\n" + "".join(f"{s},{i},{r},{lm}\n" for s, i, r, lm in rows))
+    return sheet
+
+
+def test_names_that_would_share_a_task_id_or_output_are_refused(tmp_path: Path) -> None:
+    sheet = _sheet(tmp_path, [("m:1", "a.ome.tif", "true", ""), ("m:1", "b.ome.tif", "false", ""),
+                              ("m_1", "c.ome.tif", "true", ""), ("m_1", "d.ome.tif", "false", "")])
+    with pytest.raises(InputError, match="differ only in characters that task ids replace"):
+        read_samplesheet(sheet)
+    sheet = _sheet(tmp_path, [("s", "ref.ome.tif", "true", ""), ("s", "r 1.ome.tif", "false", ""),
+                              ("s", "r_1.ome.tif", "false", "")])
+    with pytest.raises(InputError, match="outputs would collide"):
+        read_samplesheet(sheet)
+
+
+def test_validate_checks_landmark_files_as_run_would(tmp_path: Path) -> None:
+    (tmp_path / "ref.csv").write_text("x,y\n1,2\n3,4\n")
+    (tmp_path / "nan.csv").write_text("x,y\n1,nan\n3,4\n")
+    (tmp_path / "short.csv").write_text("x,y\n1,2\n")
+    sheet = _sheet(tmp_path, [("s", "ref.ome.tif", "true", "ref.csv"), ("s", "a.ome.tif", "false", "nan.csv"),
+                              ("s", "b.ome.tif", "false", "short.csv")])
+    with pytest.raises(InputError) as error:
+        read_samplesheet(sheet)
+    assert "not a finite number" in str(error.value) and "1 landmarks, but the reference's file" in str(error.value)
+
+
+def test_json_written_by_slimreg_is_valid_json_even_with_nan(tmp_path: Path) -> None:
+    path = write_json_atomic(tmp_path / "q.json", {"a": float("nan"), "b": [np.float64("inf"), 1.5], "c": "x"})
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+    assert json.loads(path.read_text()) == {"a": None, "b": [None, 1.5], "c": "x"}
+
+
+def test_a_disk_refusal_never_suggests_the_value_already_in_use() -> None:
+    from slimreg.plan import Plan
+    from slimreg.preflight import remediation
+
+    for compression in ("deflate", "lzw", "jpeg", "none"):
+        plan = Plan(tasks=[], registration={"compression": compression, "preset": "medium"}, settings={},
+                    notes=[], outdir="/tmp/out", samplesheet="s.csv")
+        for hint in remediation(plan, 1, "Disk", Path("/tmp/out")):
+            assert f"{compression} -> {compression}" not in hint
