@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -109,9 +108,9 @@ class ValisEngine:
 
         src, dst = workdir / "src", workdir / "valis"
         src.mkdir(parents=True, exist_ok=True)
-        ref_link, mov_link = src / f"reference{_suffix(reference.path)}", src / f"moving{_suffix(moving.path)}"
-        os.symlink(reference.path.resolve(), ref_link)
-        os.symlink(moving.path.resolve(), mov_link)
+        copy_dim = max(settings.processing_dim, 2 * settings.non_rigid_dim, settings.micro_dim)
+        ref_link, ref_span = valis_input(reference, reference_channel, copy_dim, src / "reference.ome.tif")
+        mov_link, mov_span = valis_input(moving, moving_channel, copy_dim, src / "moving.ome.tif")
         registrar = self._build(registration, src, dst, ref_link, mov_link, settings)
         processors = {str(ref_link): _processor(preprocessing, reference, reference_channel),
                       str(mov_link): _processor(preprocessing, moving, moving_channel)}
@@ -122,11 +121,11 @@ class ValisEngine:
             raise RegistrationError(f"VALIS registration failed: {_last_error(captured.getvalue())}", moving.path,
                                     "check the image has tissue in the registration channel, or try --engine "
                                     "feature.")
-        transform = self._to_transform(registrar, ref_link, mov_link, reference, moving, settings)
+        transform = self._to_transform(registrar, ref_link, mov_link, reference, moving, settings, ref_span, mov_span)
         if settings.micro and settings.non_rigid and settings.micro_dim > settings.non_rigid_dim and \
                 max(reference.info.width, reference.info.height) > settings.non_rigid_dim:
             transform = self._micro(registrar, processors, ref_link, mov_link, reference, moving, reference_channel,
-                                    moving_channel, settings, transform, captured)
+                                    moving_channel, settings, transform, captured, (ref_span, mov_span))
         check_plausible(transform.affine, moving.info.path, expected_scale(reference, moving))
         self._judge(reference, moving, reference_channel, moving_channel, transform, settings)
         return transform
@@ -143,7 +142,8 @@ class ValisEngine:
 
     def _micro(self, registrar: Any, processors: dict[str, Any], ref_link: Path, mov_link: Path,
                reference: TiffImage, moving: TiffImage, reference_channel: int | str, moving_channel: int | str,
-               settings: RegistrationSettings, before: Transform, captured: io.StringIO) -> Transform:
+               settings: RegistrationSettings, before: Transform, captured: io.StringIO,
+               spans: tuple[tuple[float, float], tuple[float, float]]) -> Transform:
         """VALIS micro-registration, kept only if it improves the alignment measurably.
 
         Measured here: on the demo's smoothly deformed round, ``register_micro`` moved VALIS' own point
@@ -152,7 +152,7 @@ class ValisEngine:
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
             registrar.register_micro(processor_dict=processors, reference_img_f=str(ref_link),
                                      align_to_reference=True, max_non_rigid_registration_dim_px=settings.micro_dim)
-        after = self._to_transform(registrar, ref_link, mov_link, reference, moving, settings)
+        after = self._to_transform(registrar, ref_link, mov_link, reference, moving, settings, *spans)
         ref = registration_image(reference, reference_channel, settings.non_rigid_dim)
         mov = registration_image(moving, moving_channel, settings.non_rigid_dim)
         score_before, score_after = (score_transform(ref, mov, t)[0].value for t in (before, after))
@@ -166,7 +166,8 @@ class ValisEngine:
         return chosen
 
     def _to_transform(self, registrar: Any, ref_link: Path, mov_link: Path, reference: TiffImage,
-                      moving: TiffImage, settings: RegistrationSettings) -> Transform:
+                      moving: TiffImage, settings: RegistrationSettings, ref_span: tuple[float, float],
+                      mov_span: tuple[float, float]) -> Transform:
         """Sample VALIS' reference->moving maps between processed frames: A from its rigid map (exactly affine),
         D from the rest of its non-rigid map. (A fit through the whole non-rigid map let background areas, where
         VALIS' field is unconstrained, shear A: 2.08 on the kidney pair.)"""
@@ -174,7 +175,7 @@ class ValisEngine:
         ref_h, ref_w = ref_slide.processed_img_shape_rc
         mov_h, mov_w = mov_slide.processed_img_shape_rc
         height0, width0 = reference.info.height, reference.info.width
-        scale_x, scale_y = width0 / ref_w, height0 / ref_h
+        scale_x, scale_y = ref_span[0] / ref_w, ref_span[1] / ref_h  # level-0 px per processed px
         spacing = GRID_STEP_PROCESSED_PX * scale_x
         gw, gh = int(np.ceil(width0 / spacing)), int(np.ceil(height0 / spacing))
         node_x = (np.arange(gw) + 0.5) * spacing - 0.5
@@ -185,8 +186,8 @@ class ValisEngine:
         def mapped_level0(non_rigid: bool) -> np.ndarray:
             mapped = ref_slide.warp_xy_from_to(processed, mov_slide, src_pt_level=(ref_h, ref_w),
                                                dst_slide_level=(mov_h, mov_w), non_rigid=non_rigid)
-            return np.stack([(mapped[:, 0] + 0.5) * moving.info.width / mov_w - 0.5,
-                             (mapped[:, 1] + 0.5) * moving.info.height / mov_h - 0.5], axis=1)
+            return np.stack([(mapped[:, 0] + 0.5) * mov_span[0] / mov_w - 0.5,
+                             (mapped[:, 1] + 0.5) * mov_span[1] / mov_h - 0.5], axis=1)
 
         design = np.hstack([level0, np.ones((len(level0), 1))])
         solution, *_ = np.linalg.lstsq(design, mapped_level0(False), rcond=None)
@@ -214,8 +215,28 @@ def register_pair_offline(reference_path: Path, moving_path: Path, reference_cha
                                             reference_channel, moving_channel, settings, workdir)
 
 
-def _suffix(path: Path) -> str:
-    return ".ome.tif" if path.name.lower().endswith((".ome.tif", ".ome.tiff")) else path.suffix
+def valis_input(image: TiffImage, channel: int | str, max_dim: int, target: Path) -> tuple[Path, tuple[float, float]]:
+    """What VALIS reads: a small OME-TIFF of the registration channel (RGB for brightfield), at most ``max_dim`` px.
+
+    VALIS' readers fail on files users bring (ImageJ float TIFFs: "UnboundLocalError: slide_reader"), and read whole
+    pyramid levels; a copy slimreg writes at VALIS' largest working size avoids both. Returns the copy and the
+    level-0 extent (width, height) it covers: its size times its exact block factor.
+    """
+    from slimreg.io import write_array
+    from slimreg.register.channel import normalise
+
+    if channel == OPTICAL_DENSITY:
+        small = image.downsampled(max_dim, channel=None)
+        pixels = small.array[..., :3].astype(np.uint8)
+        write_array(pixels, target, is_rgb=True)
+    else:
+        small = image.downsampled(max_dim, channel=int(channel))
+        pixels = small.array
+        if pixels.dtype not in (np.uint8, np.uint16):
+            pixels = np.round(normalise(pixels.astype(np.float32)) * 65535).astype(np.uint16)
+        write_array(pixels, target, channel_names=[image.info.channel_names[int(channel)]])
+    height, width = pixels.shape[:2]
+    return target, (width * small.scale, height * small.scale)
 
 
 def _processor(preprocessing: Any, image: TiffImage, channel: int | str) -> list[Any]:
