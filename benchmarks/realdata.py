@@ -39,31 +39,45 @@ def _read_points(path: Path) -> np.ndarray:
     return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
 
 
-def convert_sections(workdir: Path) -> dict[str, Path]:
-    """Each real section as an RGB OME-TIFF in ``workdir`` (made once)."""
+def convert_sections(workdir: Path, upscale: int = 1) -> dict[str, Path]:
+    """Each real section as an RGB OME-TIFF in ``workdir`` (made once); ``upscale`` > 1 makes whole-slide-sized
+    copies (bilinear, streamed through libvips and slimreg's tile writer; JPEG tiles as scanners write them)."""
     import cv2
+    import pyvips
 
-    from slimreg.io import write_array
+    from slimreg.io import OmeMetadata, write_array, write_planes
 
     folder = SHARED_DATA / "real-sections"
+    workdir.mkdir(parents=True, exist_ok=True)
     out = {}
     for names in SECTION_PAIRS:
         for name in names:
-            target = workdir / f"{name}.ome.tif"
-            if not target.is_file():
+            target = workdir / f"{name}{f'_x{upscale}' if upscale > 1 else ''}.ome.tif"
+            if not target.is_file() and upscale == 1:
                 rgb = cv2.cvtColor(cv2.imread(str(folder / f"{name}.jpg")), cv2.COLOR_BGR2RGB)
                 write_array(rgb, target, is_rgb=True)
+            elif not target.is_file():
+                source = str(folder / f"{name}.jpg")
+
+                def plane(source: str = source) -> pyvips.Image:
+                    return pyvips.Image.new_from_file(source).resize(upscale, kernel="linear")
+
+                first = plane()
+                write_planes([plane], target, OmeMetadata(width=first.width, height=first.height, dtype="uint8",
+                                                          channel_names=("RGB",), is_rgb=True),
+                             compression="jpeg", tile_size=1024)
             out[name] = target
     return out
 
 
-def section_pairs(workdir: Path, both_directions: bool = True) -> list[SectionPair]:
-    """Every real section pair (H&E as reference, and the other way round with ``both_directions``)."""
-    images = convert_sections(workdir)
+def section_pairs(workdir: Path, both_directions: bool = True, upscale: int = 1) -> list[SectionPair]:
+    """Every real section pair (H&E as reference, and the other way round with ``both_directions``); landmarks
+    scaled with ``upscale`` by the centre rule."""
+    images = convert_sections(workdir, upscale)
     folder = SHARED_DATA / "real-sections"
     pairs = []
     for first, second in SECTION_PAIRS:
-        a, b = _read_points(folder / f"{first}.landmarks.csv"), _read_points(folder / f"{second}.landmarks.csv")
+        a, b = (( _read_points(folder / f"{n}.landmarks.csv") + 0.5) * upscale - 0.5 for n in (first, second))
         count = min(len(a), len(b))  # the README: the first rows correspond
         orders = ((first, second, a, b), (second, first, b, a)) if both_directions else ((first, second, a, b),)
         for ref, mov, ref_points, mov_points in orders:
