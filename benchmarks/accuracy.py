@@ -160,24 +160,35 @@ def tissue_grid(reference: Path, step: int = 16) -> np.ndarray:
 
 
 def if_rounds(engines: list[str], workdir: Path, timeout: float) -> list[str]:
-    rounds = convert_if_rounds(workdir / "if")
-    grid = tissue_grid(rounds[0])
-    rows = ["| set | engine | registered | composition error 1->2->3 vs 1->3, median px | p90 px | wall s (3 pairs) "
-            "| peak MB | result |", "|---|---|---|---|---|---|---|---|"]
+    header = "composition error 1->2->3 vs 1->3, median px | p90 px | wall s (3 pairs)"
+    return _consistency("IF rounds", header, convert_if_rounds(workdir / "if"), ((0, 1), (1, 2), (0, 2)), engines,
+                        workdir, timeout)
+
+
+def calcium(engines: list[str], workdir: Path, timeout: float) -> list[str]:
+    header = "inverse consistency, median px | p90 px | wall s (2 pairs)"
+    return _consistency("calcium frames", header, calcium_frames(), ((0, 1), (1, 0)), engines, workdir, timeout)
+
+
+def _consistency(label: str, header: str, images: list[Path], steps: tuple[tuple[int, int], ...],
+                 engines: list[str], workdir: Path, timeout: float) -> list[str]:
+    """Register each (reference, moving) step; points start on the first image's tissue and are carried along
+    the chain (the second step starts where the first one put them), as VALIS maps only the points it is given."""
+    grid = tissue_grid(images[0])
+    rows = [f"| set | engine | registered | {header} | peak MB | result |", "|---|---|---|---|---|---|---|---|"]
     for engine in engines:
         maps, seconds, peak, notes = {}, 0.0, 0.0, []
-        for a, b in ((0, 1), (1, 2), (0, 2)):
-            # points of round a (the reference) are mapped into round b (the moving image)
-            start_points = grid if a == 0 else maps[(0, 1)].pull(grid) if (0, 1) in maps else grid
-            measured, point_map = run_engine(engine, rounds[a], rounds[b], start_points,
-                                             workdir / "runs" / engine / f"if_{a}_{b}", timeout)
+        for a, b in steps:
+            points = grid if a == 0 else (maps[(0, 1)].pull(grid) if (0, 1) in maps else grid)
+            measured, point_map = run_engine(engine, images[a], images[b], points,
+                                             workdir / "runs" / engine / f"{label.split()[0]}_{a}_{b}", timeout)
             seconds += float(measured["seconds"])
             peak = max(peak, float(measured["peak_mb"]) if np.isfinite(measured["peak_mb"]) else 0.0)
             if point_map is None:
                 notes.append(f"{a + 1}->{b + 1}: {_status(measured)}")
             else:
                 maps[(a, b)] = point_map
-        rows.append(_consistency_row("IF rounds", engine, maps, grid, seconds, peak, notes, three=True))
+        rows.append(_consistency_row(label, engine, maps, grid, seconds, peak, notes, three=len(steps) == 3))
         print(rows[-1], file=sys.stderr, flush=True)
     return rows
 
@@ -187,40 +198,14 @@ def _consistency_row(label: str, engine: str, maps: dict, grid: np.ndarray, seco
     wanted = 3 if three else 2
     error = None
     if len(maps) == wanted:
-        if three:
-            via = maps[(1, 2)].pull(maps[(0, 1)].pull(grid)) if maps[(1, 2)].transform is not None else \
-                maps[(1, 2)].pull(None)
-            error = np.hypot(*(via - maps[(0, 2)].pull(grid)).T)
-        else:
-            back = maps[(1, 0)].pull(maps[(0, 1)].pull(grid)) if maps[(1, 0)].transform is not None else \
-                maps[(1, 0)].pull(None)
-            error = np.hypot(*(back - grid).T)
+        second, direct = ((1, 2), (0, 2)) if three else ((1, 0), None)
+        chained = maps[second].pull(maps[(0, 1)].pull(grid)) if maps[second].transform is not None else \
+            maps[second].pull(None)
+        error = np.hypot(*(chained - (maps[direct].pull(grid) if direct else grid)).T)
     median = np.median(error) if error is not None else None
     return (f"| {label} | {engine} | {len(maps)} of {wanted} | {_fmt(median, 2)}"
             f" | {_fmt(np.percentile(error, 90) if error is not None else None, 2)} | {_fmt(seconds, 0)} | "
             f"{_fmt(peak, 0)} | {'; '.join(notes) or 'ok'} |")
-
-
-def calcium(engines: list[str], workdir: Path, timeout: float) -> list[str]:
-    frames = calcium_frames()
-    grid = tissue_grid(frames[0])
-    rows = ["| set | engine | registered | inverse consistency, median px | p90 px | wall s (2 pairs) | peak MB | "
-            "result |", "|---|---|---|---|---|---|---|---|"]
-    for engine in engines:
-        maps, seconds, peak, notes = {}, 0.0, 0.0, []
-        for a, b in ((0, 1), (1, 0)):
-            points = grid if a == 0 else (maps[(0, 1)].pull(grid) if (0, 1) in maps else grid)
-            measured, point_map = run_engine(engine, frames[a], frames[b], points,
-                                             workdir / "runs" / engine / f"calcium_{a}_{b}", timeout)
-            seconds += float(measured["seconds"])
-            peak = max(peak, float(measured["peak_mb"]) if np.isfinite(measured["peak_mb"]) else 0.0)
-            if point_map is None:
-                notes.append(f"{a + 1}->{b + 1}: {_status(measured)}")
-            else:
-                maps[(a, b)] = point_map
-        rows.append(_consistency_row("calcium frames", engine, maps, grid, seconds, peak, notes, three=False))
-        print(rows[-1], file=sys.stderr, flush=True)
-    return rows
 
 
 def main() -> int:
