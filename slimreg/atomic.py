@@ -6,6 +6,8 @@ import contextlib
 import json
 import math
 import os
+import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,11 +73,24 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def remove_partials(folder: str | Path) -> list[Path]:
-    """Delete leftovers of interrupted writes below ``folder``; returns what was removed."""
+# exactly what temporary_sibling makes (plus the tile writer's ``.tiles`` scratch file next to it)
+PARTIAL_NAME = re.compile(r"^\..+" + re.escape(PARTIAL_MARKER) + r"\d+-[0-9a-f]{4,32}(\.[A-Za-z0-9.]+)?(\.tiles)?$")
+SCRATCH_FOLDER = re.compile(r"^\.slimreg-work-[A-Za-z0-9_]+$")
+
+
+def remove_partials(folder: str | Path, protected: set[Path] | frozenset[Path] = frozenset()) -> list[Path]:
+    """Delete leftovers of interrupted slimreg writes below ``folder``: files named exactly as slimreg names its
+    temporary files, and its ``.slimreg-work-*`` scratch folders; never a path in ``protected`` (the run's
+    inputs), and nothing of any other name. Returns what was removed."""
     removed = []
-    for path in Path(folder).rglob(f"*{PARTIAL_MARKER}*"):
-        if path.is_file():
+    protected = {Path(p).resolve() for p in protected}
+    for path in sorted(Path(folder).rglob(".*")):
+        if path.resolve() in protected:
+            continue
+        if path.is_file() and PARTIAL_NAME.match(path.name):
             path.unlink()
+            removed.append(path)
+        elif path.is_dir() and SCRATCH_FOLDER.match(path.name) and path.exists():
+            shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

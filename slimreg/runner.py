@@ -158,12 +158,13 @@ def run_batch(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_EN
     plan_settings = PlanSettings(batch_size=batch_size, max_frames=max_frames, max_chunk_gb=max_chunk_gb,
                                  merge_chunks=merge_chunks, qc_max_dim=qc_max_dim, workers=workers)
     plan = build_plan(sheet, root, registration, plan_settings)
+    inputs = refuse_outputs_over_inputs(plan, sheet, root)
     info_dir = root / "pipeline_info"
     info_dir.mkdir(parents=True, exist_ok=True)
     run_preflight(plan, root, workers=workers if mode == "parallel" else 1, force=force, write_to=info_dir)
     plan_path, _ = plan.write(info_dir)
     write_text_atomic(info_dir / "versions.yml", versions_yaml("SLIMREG_RUN"))
-    removed = remove_partials(root)
+    removed = remove_partials(root, protected=inputs)
     show_bar = sys.stderr.isatty() if progress is None else progress
     log = RunLog(info_dir / "run.log", echo=not show_bar)
     if removed:
@@ -180,6 +181,21 @@ def run_batch(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_EN
     write_json_atomic(info_dir / "run_summary.json", {"outdir": summary.outdir, "report": summary.report,
                                                       "outcomes": [asdict(o) for o in outcomes]})
     return summary
+
+
+def refuse_outputs_over_inputs(plan: Plan, sheet: Any, root: Path) -> set[Path]:
+    """The run's input files; an error if any output would be written over one of them (outputs never touch
+    inputs: a run must not overwrite an image, nor call it complete on --resume)."""
+    inputs = {Path(r.image).resolve() for r in sheet.rows} | \
+        {Path(r.landmarks).resolve() for r in sheet.rows if r.landmarks}
+    for task in plan.tasks:
+        for output in task.outputs:
+            target = resolve(output, root).resolve()
+            if target in inputs:
+                raise ParameterError(f"the output {output} of task {task.id} would be written over an input of this "
+                                     f"run ({target}).", fix="choose an --outdir that holds none of the inputs "
+                                     "at slimreg's output paths (for example a new, empty folder).")
+    return inputs
 
 
 def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: int, timeout: float | None,

@@ -109,3 +109,40 @@ def test_a_disk_refusal_never_suggests_the_value_already_in_use() -> None:
                     notes=[], outdir="/tmp/out", samplesheet="s.csv")
         for hint in remediation(plan, 1, "Disk", Path("/tmp/out")):
             assert f"{compression} -> {compression}" not in hint
+
+
+def test_clean_up_removes_only_slimregs_own_leftovers(tmp_path: Path) -> None:
+    from slimreg.atomic import remove_partials, temporary_sibling
+
+    out = tmp_path / "out"
+    (out / "registered" / "s").mkdir(parents=True)
+    ours = temporary_sibling(out / "registered" / "s" / "img.ome.tif")
+    ours.write_bytes(b"half")
+    scratch = out / "transforms" / "s" / ".slimreg-work-abc123"
+    scratch.mkdir(parents=True)
+    (scratch / "valis").mkdir()
+    users = [out / "scan.partial-1.ome.tif", out / "registered" / "s" / "my.partial-copy.tif"]
+    for path in users:
+        path.write_bytes(b"a user's file")
+    protected_input = temporary_sibling(out / "registered" / "s" / "input.ome.tif")
+    protected_input.write_bytes(b"an input that happens to look like ours")
+    removed = remove_partials(out, protected={protected_input})
+    assert set(removed) == {ours, scratch}
+    assert all(p.is_file() for p in [*users, protected_input]) and not scratch.exists()
+
+
+def test_an_output_over_an_input_is_refused_before_any_work(tmp_path: Path) -> None:
+    from slimreg.errors import ParameterError
+    from slimreg.runner import run_batch
+
+    out = tmp_path / "out"
+    (out / "registered" / "s").mkdir(parents=True)
+    reference = write_array(np.zeros((32, 32), np.uint8), tmp_path / "ref.ome.tif", channel_names=["DAPI"])
+    victim = write_array(np.zeros((32, 32), np.uint8), out / "registered" / "s" / "img.ome.tif",
+                         channel_names=["DAPI"])
+    before = victim.read_bytes()
+    sheet = tmp_path / "samples.csv"
+    sheet.write_text(f"sample,image,reference\ns,{reference},true\ns,{victim},false\n")
+    with pytest.raises(ParameterError, match="would be written over an input"):
+        run_batch(sheet, out, engine="feature")
+    assert victim.read_bytes() == before
