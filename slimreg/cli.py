@@ -146,7 +146,7 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("plan")
     group.add_argument("--batch-size", type=int, default=3, help="moving images per REGISTER task (default 3)")
     group.add_argument("--max-frames", type=int, help="split stacks into pieces of at most this many frames")
-    group.add_argument("--max-chunk-gb", type=float, help="split stacks into pieces of at most this many GB")
+    group.add_argument("--max-chunk-gb", type=positive_number, help="split stacks into pieces of at most this many GB")
     group.add_argument("--merge-chunks", action="store_true", help="also write one registered stack per session")
     group.add_argument("--qc-max-dim", type=int, default=2048, help="long side of QC images in px (default 2048)")
 
@@ -182,6 +182,19 @@ def run_preflight_command(args: argparse.Namespace) -> int:
                   write_to=_writable_outdir(args.outdir), resources=_task_resources(args))
     print(f"wrote {args.outdir / 'preflight.json'}")
     return 0
+
+
+def positive_number(text: str) -> float:
+    """A finite number above zero (argparse's float takes nan and inf, which then break the run later)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
+    return value
 
 
 def _task_resources(args: argparse.Namespace):
@@ -340,7 +353,8 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outdir", type=Path, required=True)
     parser.add_argument("--mode", choices=("serial", "subprocess", "parallel"), default="serial")
     parser.add_argument("--workers", type=int, default=1, help="processes at once in --mode parallel")
-    parser.add_argument("--timeout-per-task", type=float, help="seconds; needs --mode subprocess or parallel")
+    parser.add_argument("--timeout-per-task", type=positive_number,
+                        help="seconds; needs --mode subprocess or parallel")
     parser.add_argument("--max-retries", type=int, default=2, help="retries after an out-of-memory kill")
     parser.add_argument("--resume", action="store_true", help="skip tasks whose completion record matches")
     parser.add_argument("--force", action="store_true", help="run even if the pre-flight says it will not fit")

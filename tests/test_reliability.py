@@ -146,3 +146,16 @@ def test_an_output_over_an_input_is_refused_before_any_work(tmp_path: Path) -> N
     with pytest.raises(ParameterError, match="would be written over an input"):
         run_batch(sheet, out, engine="feature")
     assert victim.read_bytes() == before
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--max-chunk-gb", "nan"), ("--max-chunk-gb", "inf"),
+                                             ("--timeout-per-task", "nan"), ("--timeout-per-task", "-1")])
+def test_non_finite_numbers_are_refused_with_one_line(tmp_path: Path, flag: str, value: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from slimreg.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--input", str(tmp_path / "s.csv"), "--outdir", str(tmp_path / "o"), "--mode", "subprocess",
+              flag, value])
+    assert exit_info.value.code == 2
+    assert f"'{value}' must be a finite number above 0" in capsys.readouterr().err
