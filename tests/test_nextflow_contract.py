@@ -65,12 +65,20 @@ def test_every_nextflow_file_parses() -> None:
 def test_the_expected_processes_exist_with_stubs_and_meta() -> None:
     assert set(PROCESSES) >= {"PLAN", "SPLIT_STACK", "PROJECT_SESSION", "REGISTER", "MERGE_CHUNKS",
                               "GENERATE_REGISTRATION_QC", "REPORT", "DEMO_DATA"}
+    heavy = {"SPLIT_STACK", "PROJECT_SESSION", "REGISTER", "MERGE_CHUNKS", "GENERATE_REGISTRATION_QC"}
     for name, process in PROCESSES.items():
+        if name in heavy:  # every tool that runs threads is told the task's CPUs
+            assert "VIPS_CONCURRENCY=${task.cpus}" in process["script"], name
         assert process["stub"].strip(), f"{name} has no stub block"
         assert "versions.yml" in process["stub"] and "versions.yml" in process["outputs"], name
         assert (Path(process["file"]).parent / "meta.yml").is_file(), name
-        bin_calls = [line for line in process["script"].strip().splitlines() if line.strip()]
+        bin_calls = _commands(process["script"])
         assert len(bin_calls) == 2 and bin_calls[1].strip().startswith("slimreg_versions.py"), name
+
+
+def _commands(script: str) -> list[str]:
+    """A script block's command lines, without the environment it exports (threads: task.cpus)."""
+    return [line for line in script.strip().splitlines() if line.strip() and not line.strip().startswith("export ")]
 
 
 def _bin_help(script: str) -> str:
@@ -82,7 +90,7 @@ def test_every_flag_passed_exists_in_the_scripts_help() -> None:
     modules_config = (ROOT / "conf" / "modules.config").read_text()
     plan_flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", modules_config))
     for name, process in PROCESSES.items():
-        line = process["script"].strip().splitlines()[0]
+        line = _commands(process["script"])[0]
         script = line.split()[0]
         help_text = _bin_help(script)
         flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", line)) | (plan_flags if name == "PLAN" else set())
