@@ -110,13 +110,32 @@ def is_complete(plan: Plan, task: Task, root: Path) -> bool:
         return False
     if not all(resolve(p, root).is_file() for p in task.outputs):
         return False
+    if record.get("output_fingerprints") != {p: output_fingerprint(resolve(p, root)) for p in task.outputs}:
+        return False  # an output was truncated, replaced or edited since the task finished
     expected = completion_record(plan, task, root, record.get("preset_used"))
     return record.get("inputs") == expected["inputs"] and record.get("settings_sha256") == expected["settings_sha256"]
+
+
+FINGERPRINT_BYTES = 65536
+
+
+def output_fingerprint(path: Path) -> list[Any]:
+    """Size and a SHA-256 of the first and last 64 KiB: a TIFF's header, and where its tile index and last IFDs
+    are written; a truncated or rewritten output no longer matches, and checking costs two small reads."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(FINGERPRINT_BYTES))
+        handle.seek(max(0, size - FINGERPRINT_BYTES))
+        digest.update(handle.read(FINGERPRINT_BYTES))
+    return [size, digest.hexdigest()]
 
 
 def _mark_complete(plan: Plan, task: Task, root: Path, preset: str | None) -> None:
     record = completion_record(plan, task, root, preset)
     record["preset_used"] = preset
+    record["output_fingerprints"] = {p: output_fingerprint(resolve(p, root)) for p in task.outputs
+                                     if resolve(p, root).is_file()}
     write_json_atomic(_record_path(root, task), record)
 
 

@@ -159,3 +159,20 @@ def test_non_finite_numbers_are_refused_with_one_line(tmp_path: Path, flag: str,
               flag, value])
     assert exit_info.value.code == 2
     assert f"'{value}' must be a finite number above 0" in capsys.readouterr().err
+
+
+def test_resume_redoes_a_task_whose_output_was_truncated(tmp_path: Path) -> None:
+    from slimreg.plan import Plan, Task
+    from slimreg.runner import _mark_complete, is_complete
+
+    source = write_array(np.arange(4096, dtype=np.uint16).reshape(64, 64), tmp_path / "in.ome.tif")
+    output = tmp_path / "out" / "registered" / "s" / "in.ome.tif"
+    output.parent.mkdir(parents=True)
+    output.write_bytes(source.read_bytes())
+    task = Task("register-s-b1", "register", "s", inputs=[str(source)], outputs=["registered/s/in.ome.tif"])
+    plan = Plan(samplesheet="s.csv", outdir=str(tmp_path / "out"), registration={}, settings={}, tasks=[task],
+                notes=[])
+    _mark_complete(plan, task, tmp_path / "out", None)
+    assert is_complete(plan, task, tmp_path / "out")
+    output.write_bytes(source.read_bytes()[:-100])  # truncated after the task finished
+    assert not is_complete(plan, task, tmp_path / "out")
