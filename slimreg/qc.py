@@ -24,8 +24,16 @@ from slimreg.io.read import Downsampled, TiffImage
 from slimreg.metrics import mutual_information, ncc
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel, registration_image
 from slimreg.register.preprocess import tissue_mask
-from slimreg.register.similarity import IDENTITY_TOLERANCE_PX, MIN_SIGNIFICANCE, AlignmentScorer, moved_distance
+from slimreg.register.similarity import (
+    IDENTITY_TOLERANCE_PX,
+    MIN_SIGNIFICANCE,
+    AlignmentScorer,
+    moved_distance,
+    place_through,
+)
 from slimreg.transform import Transform
+
+UNCHANGED = Transform(np.eye(3))  # "before": the image placed on the reference grid as it is
 
 
 @dataclass(frozen=True)
@@ -51,18 +59,6 @@ class QcResult:
     metrics: dict[str, Any]
     status: str
     reasons: list[str] = field(default_factory=list)
-
-
-def _on_reference_grid(reference: Downsampled, image: Downsampled, transform: Transform | None) -> np.ndarray:
-    """Resample ``image`` onto the reference's downsampled grid (through ``transform`` or unchanged)."""
-    height, width = reference.array.shape[:2]
-    yy, xx = np.mgrid[0:height, 0:width]
-    points = reference.to_level0(np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float64))
-    if transform is not None:
-        points = transform.pull(points)
-    source = image.from_level0(points)
-    values = ndimage.map_coordinates(image.array, [source[:, 1], source[:, 0]], order=1, cval=0.0)
-    return values.reshape(height, width).astype(np.float32)
 
 
 def _inside(reference: Downsampled, shape_level0: tuple[int, int], transform: Transform | None) -> np.ndarray:
@@ -146,7 +142,7 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
 
     reference = registration_image(reference_image, reference_channel, max_dim)
     registered = registration_image(registered_image, channel_of(registered_image), max_dim)
-    after = _on_reference_grid(reference, registered, None)
+    after = place_through(reference, registered, UNCHANGED)
     tissue = tissue_mask(reference.array)
     if transform is not None:
         covered = _inside(reference, transform.moving_shape, transform)
@@ -164,7 +160,7 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
     panels = []
     if original_image is not None:
         original = registration_image(original_image, channel_of(original_image), max_dim)
-        before = _on_reference_grid(reference, original, None)
+        before = place_through(reference, original, UNCHANGED)
         inside_before = _inside(reference, (original_image.info.height, original_image.info.width), None)
         mask_before = tissue & inside_before
         metrics["ncc_before"] = ncc(reference.array, before, mask_before)
