@@ -26,10 +26,15 @@ process PLAN {
     """
 
     stub:
+    // the test profile's real plan (assets/stub/plan.csv, kept fresh by scripts/make_stub_plan.py), so that a
+    // stub run reaches every process; read here, on the head node, so no container needs the pipeline folder
+    def stub_plan = file("${projectDir}/assets/stub/plan.csv").text.trim()
     """
     mkdir -p plan
-    echo '{"tasks": []}' > plan/plan.json
-    echo 'id,kind,sample,peak_memory_bytes,disk_bytes,depends_on,inputs,outputs' > plan/plan.csv
+    cat > plan/plan.csv <<'END_OF_STUB_PLAN'
+${stub_plan}
+END_OF_STUB_PLAN
+    echo '{"format": "slimreg-plan", "note": "stub: see plan.csv", "tasks": []}' > plan/plan.json
     echo '{"verdict": "ok", "tasks": []}' > plan/preflight.json
     printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml
     """
