@@ -88,3 +88,36 @@ def test_the_harness_catches_the_single_path_defect() -> None:
     broken = [r for r in rows if r["shapes"][0] == "one" and r["shapes"][1] == "many"]
     assert broken and broken[0]["names"] != ["/w/one.ome.tif", "/w/a.ome.tif", "/w/b.json"]
     assert "w" in broken[0]["names"]  # the path's components, one by one
+
+
+INITIALISATION = ROOT / "subworkflows" / "local" / "utils_slimreg_pipeline" / "main.nf"
+
+
+@pytest.mark.skipif(groovy() is None, reason="groovy is not installed (.ci/system-packages installs Debian's)")
+def test_samplesheet_paths_resolve_as_slimreg_resolves_them(tmp_path: Path) -> None:
+    """One rule for relative paths: the pipeline's own closure (run in Groovy) and slimreg's samplesheet reader
+    both resolve against the samplesheet's folder, not the launch folder; URLs and absolute paths pass unchanged."""
+    from slimreg.samplesheet import _resolve
+
+    closure = re.search(r"def located = (\{ String given ->.*?\n        \})", INITIALISATION.read_text(), re.S)
+    assert closure, "the samplesheet path closure was not found"
+    sheet = tmp_path / "sheets" / "samplesheet.csv"
+    given = ["img/a.ome.tif", "../other/b.tif", "c.tif", str(tmp_path / "abs" / "d.tif"), "s3://bucket/run/e.tif",
+             "gs://bucket/f.ome.tif", "az://container/g.tif"]
+    script = "\n".join([
+        "import java.nio.file.*", "import groovy.json.JsonOutput",
+        "def file(Map options, String path) { path }",
+        f"def sheet = Paths.get('{sheet}')",
+        f"def located = {closure.group(1)}",
+        f"println JsonOutput.toJson({json.dumps(given)}.collect {{ located(it) }})"])
+    result = subprocess.run([*groovy(), "-e", script], capture_output=True, text=True, env=_java_env(), timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    pipeline = json.loads(result.stdout.strip().splitlines()[-1])
+    sheet.parent.mkdir(parents=True)
+    sheet.write_text("sample,image,reference\n")
+    for text, resolved in zip(given, pipeline, strict=True):
+        if "://" in text:
+            assert resolved == text
+        else:
+            assert os.path.normpath(resolved) == str(_resolve(sheet, text)), text

@@ -12,12 +12,20 @@ workflow PIPELINE_INITIALISATION {
 
     ch_versions = Channel.empty()
     if (params.input) {
-        // nf-schema checks each row against assets/schema_input.json; slimreg validates the rest in PLAN
+        // nf-schema checks each row against assets/schema_input.json; slimreg validates the rest in PLAN.
+        // One rule for relative paths, slimreg's: against the samplesheet's folder (not the launch folder), so a
+        // sheet and its images move together; URLs (s3://, gs://, az://, https://) and absolute paths as given
+        def sheet = file(params.input, checkIfExists: true)
+        def located = { String given ->
+            def as_given = given ==~ /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/.*/ || given.startsWith('/')
+            file(as_given ? given : sheet.parent.resolve(given).toString(), checkIfExists: true)
+        }
         def rows = samplesheetToList(params.input, "${projectDir}/assets/schema_input.json")
-        ch_samplesheet = Channel.value(file(params.input, checkIfExists: true))
-        ch_images = Channel.fromList(rows.collect { row -> row[1] }).collect()
-    } else if (params.demo) {
-        DEMO_DATA(params.demo_size)
+        ch_samplesheet = Channel.value(sheet)
+        // each row: [meta, image, landmarks]; both files are staged for PLAN
+        ch_images = Channel.fromList(rows.collectMany { row -> row[1..-1].findAll { it }.collect { located(it as String) } }).collect()
+    } else if ("${params.demo}".toBoolean()) {
+        DEMO_DATA(params.demo_size as int)
         ch_samplesheet = DEMO_DATA.out.samplesheet
         ch_images = DEMO_DATA.out.files
         ch_versions = ch_versions.mix(DEMO_DATA.out.versions)
