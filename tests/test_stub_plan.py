@@ -35,7 +35,7 @@ def _config_value(text: str, name: str) -> str:
 
 def test_the_fixture_is_planned_with_the_test_profile_settings() -> None:
     defaults, profile = (ROOT / "nextflow.config").read_text(), (ROOT / "conf" / "test.config").read_text()
-    args = {flag: value for flag, value in zip(TEST_PROFILE_ARGS, TEST_PROFILE_ARGS[1:] + [""], strict=True)
+    args = {flag: value for flag, value in zip(TEST_PROFILE_ARGS, [*TEST_PROFILE_ARGS[1:], ""], strict=True)
             if flag.startswith("--")}
     for flag, param in (("--engine", "engine"), ("--preset", "preset"), ("--max-frames", "max_frames")):
         assert args[flag] == _config_value(profile, param), flag
