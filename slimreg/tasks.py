@@ -15,6 +15,8 @@ from typing import Any
 
 from slimreg.chunking import Piece, merge_pieces, project_session, split_stack
 from slimreg.errors import InputError, RegistrationError
+from slimreg.io.integrity import damaged_input_error, is_decode_error
+from slimreg.io.vips import pyvips
 from slimreg.memory import MemoryTracker
 from slimreg.plan import Plan, Task
 from slimreg.register.batch import MovingUnit, register_units
@@ -71,6 +73,19 @@ def execute(plan: Plan, task: Task, root: Path, *, tracker: MemoryTracker | None
         if not path.exists() and task.kind != "report":  # the report lists what is missing as failures
             raise InputError(f"input of task {task.id} is missing: {original}.", path,
                              "run the tasks it depends on first (slimreg run does this in order).")
+    try:
+        _run_kind(plan, task, root, inputs, tracker, preset, keep_work)
+    except pyvips.Error as error:
+        # a tile that cannot be decompressed fails the read (slimreg.io.read opens with fail_on="warning");
+        # name the damaged file and tile rather than print libvips' bare message
+        damaged = damaged_input_error(error, list(inputs.values())) if is_decode_error(error) else None
+        if damaged is not None:
+            raise damaged from error
+        raise
+
+
+def _run_kind(plan: Plan, task: Task, root: Path, inputs: dict[str, Path], tracker: MemoryTracker,
+              preset: str | None, keep_work: bool) -> None:
     if task.kind == "split":
         pieces = [Piece(**{**p, "path": str(resolve(p["path"], root))}) for p in task.params["pieces"]]
         with tracker.task(task.id):

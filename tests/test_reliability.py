@@ -176,3 +176,51 @@ def test_resume_redoes_a_task_whose_output_was_truncated(tmp_path: Path) -> None
     assert is_complete(plan, task, tmp_path / "out")
     output.write_bytes(source.read_bytes()[:-100])  # truncated after the task finished
     assert not is_complete(plan, task, tmp_path / "out")
+
+
+def _damage_one_tile(path: Path, tile: int = 1) -> None:
+    """Overwrite the compressed bytes of one level-0 tile (the header and tile index stay intact)."""
+    with tifffile.TiffFile(path) as tiff:
+        page = tiff.pages[0]
+        offset, count = page.dataoffsets[tile], page.databytecounts[tile]
+    data = bytearray(path.read_bytes())
+    data[offset + 2: offset + count - 2] = b"\xff" * (count - 4)
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_tile_is_named_not_read_as_black(tmp_path: Path) -> None:
+    from slimreg.io.integrity import damaged_segment
+    from slimreg.io.read import TiffImage
+    from slimreg.io.vips import pyvips, to_numpy
+
+    rng = np.random.default_rng(1)
+    path = tifffile_tiled(tmp_path / "img.tif", rng.integers(0, 255, (512, 512), dtype=np.uint8))
+    assert damaged_segment(path) is None
+    _damage_one_tile(path, tile=1)
+    assert damaged_segment(path).startswith("page 0, tile 1 (x 256, y 0")
+    with pytest.raises(pyvips.Error):  # libvips alone would hand back zeros for that tile
+        to_numpy(TiffImage(path).plane())
+
+
+def tifffile_tiled(path: Path, pixels: np.ndarray) -> Path:
+    tifffile.imwrite(path, pixels, tile=(256, 256), compression="deflate")
+    return path
+
+
+def test_a_run_with_a_damaged_tile_fails_that_image_and_names_file_and_tile(tmp_path: Path) -> None:
+    from slimreg.demo import make_demo_data
+    from slimreg.runner import run_batch
+
+    make_demo_data(tmp_path / "demo", size=256, frames=4)
+    moving = tmp_path / "demo" / "mif_round1.ome.tif"
+    _damage_one_tile(moving, tile=0)
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"sample,image,reference\nmif,{tmp_path / 'demo' / 'mif_round0.ome.tif'},true\n"
+                     f"mif,{moving},false\n")
+    summary = run_batch(sheet, tmp_path / "out", engine="feature", preset="low", progress=False)
+    register = next(o for o in summary.outcomes if o.kind == "register")
+    assert register.status == "failed"
+    assert str(moving) in register.message and "is damaged: page 0, tile 0" in register.message
+    assert "copy the file again" in register.message
+    assert not (tmp_path / "out" / "registered" / "mif" / "mif_round1.ome.tif").exists()
+    assert summary.report is not None  # the report is still written, with the failure in it

@@ -88,7 +88,9 @@ class TiffImage:
         else:
             page, subifd = info.level_page_index[level][index], -1
         try:
-            image = pyvips.Image.tiffload(str(self.path), page=page, n=1, subifd=subifd, access=self.access)
+            # fail_on="warning": libvips reads an undecodable tile as zeros and only warns (slimreg.io.integrity)
+            image = pyvips.Image.tiffload(str(self.path), page=page, n=1, subifd=subifd, access=self.access,
+                                          fail_on="warning")
         except pyvips.Error as error:
             raise InputError(f"could not be opened by libvips: {str(error).strip()}", info.path,
                              "check that the file is a complete TIFF.") from error
