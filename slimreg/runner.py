@@ -15,11 +15,13 @@ record still matches and whose outputs exist.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,9 +293,10 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
                         outcome.status, outcome.message = "killed", "killed (likely out of memory); no retry left"
                         finished(outcome)
                 else:
-                    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
                     outcome.status = "failed"
-                    outcome.message = _last_line(stderr) or f"exit status {code}"
+                    own_lines = [line for line in _tail(task_log_path(root, task_id)).splitlines()
+                                 if not line.startswith("=== attempt ")]
+                    outcome.message = _last_line("\n".join(own_lines)) or f"exit status {code}"
                     finished(outcome)
             if not progressed:
                 time.sleep(0.05)
@@ -317,12 +320,23 @@ def can_run_without(task: Task, root: Path) -> bool:
     return all(resolve(p, root, must_exist=True).exists() for p in task.inputs)
 
 
+def task_log_path(root: Path, task_id: str) -> Path:
+    """Where a task's own stderr goes (every attempt appended): a file, never a pipe, so a chatty task cannot
+    fill a pipe's buffer and hang until its timeout."""
+    return root / "pipeline_info" / "tasks" / f"{task_id}.log"
+
+
 def _start(plan_path: Path, task: Task, root: Path, preset: str | None,
            outcome: TaskOutcome) -> tuple[subprocess.Popen[bytes], float, TaskOutcome, str | None]:
     outcome.attempts += 1
     outcome.presets.append(preset or "")
-    process = subprocess.Popen(_subprocess_command(plan_path, task, root, preset), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    log_path = task_log_path(root, task.id)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as stderr:
+        stderr.write(f"=== attempt {outcome.attempts} (preset {preset or 'as planned'})\n".encode())
+        stderr.flush()
+        process = subprocess.Popen(_subprocess_command(plan_path, task, root, preset), stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
     return process, time.monotonic(), outcome, preset
 
 
@@ -338,6 +352,14 @@ def _run_in_process(plan: Plan, task: Task, root: Path, tracker: MemoryTracker |
         outcome.message = str(error)
     except MemoryError as error:
         outcome.status, outcome.message = "killed", f"out of memory in this process ({error})"
+    except OSError as error:  # disk full, permission denied: this task's failure, not the run's
+        outcome.message = os_error_message(error)
+    except Exception as error:  # a defect in slimreg: recorded for this task, the other tasks go on
+        trace = task_log_path(root, task.id)
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        trace.write_text(traceback.format_exc())
+        outcome.message = (f"internal error {type(error).__name__}: {error} (traceback in {trace}; please report "
+                           "it with that file)")
     finally:
         task_tracker.write(root / "pipeline_info" / "tasks" / f"{task.id}.memory.json", {"task": task.id})
         if tracker is not None:
@@ -346,6 +368,17 @@ def _run_in_process(plan: Plan, task: Task, root: Path, tracker: MemoryTracker |
         release_memory()
     outcome.seconds = time.monotonic() - start
     return outcome
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for an operating-system error, with the fix its cause calls for."""
+    where = f"{error.filename}: " if error.filename else ""
+    reason = error.strerror or str(error)
+    fixes = {errno.ENOSPC: "free space there, or choose another --outdir", errno.EDQUOT: "free space in your quota, "
+             "or choose another --outdir", errno.EACCES: "make it writable, or choose another --outdir",
+             errno.EPERM: "make it writable, or choose another --outdir", errno.EROFS: "choose a writable --outdir"}
+    fix = fixes.get(error.errno or -1, "check the path and try again")
+    return f"{where}{reason}. Fix: {fix}."
 
 
 class StageBars:
@@ -367,6 +400,16 @@ class StageBars:
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+def _tail(path: Path, size: int = 16384) -> str:
+    """The end of a task's log (its last message is what the summary shows)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - size))
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _last_line(text: str) -> str:

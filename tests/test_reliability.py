@@ -224,3 +224,60 @@ def test_a_run_with_a_damaged_tile_fails_that_image_and_names_file_and_tile(tmp_
     assert "copy the file again" in register.message
     assert not (tmp_path / "out" / "registered" / "mif" / "mif_round1.ome.tif").exists()
     assert summary.report is not None  # the report is still written, with the failure in it
+
+
+def _one_task_plan(tmp_path: Path, ids: tuple[str, ...] = ("register-a-b1", "register-b-b1")):
+    from slimreg.plan import Plan, Task
+
+    tasks = [Task(task_id, "register", task_id.split("-")[1], inputs=[], outputs=[f"x/{task_id}.txt"])
+             for task_id in ids]
+    root = tmp_path / "out"
+    (root / "pipeline_info").mkdir(parents=True)
+    plan = Plan(samplesheet="s.csv", outdir=str(root), registration={"preset": "medium"}, settings={}, tasks=tasks,
+                notes=[])
+    plan_path, _ = plan.write(root / "pipeline_info")
+    return plan, plan_path, root
+
+
+def test_in_serial_mode_a_disk_error_fails_only_its_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import slimreg.runner as runner
+
+    plan, plan_path, root = _one_task_plan(tmp_path)
+
+    def execute(plan, task, root, **_):  # the first task meets a full disk, the second works
+        if task.id == "register-a-b1":
+            raise OSError(errno.ENOSPC, "No space left on device", str(root / "x" / "a.partial-1"))
+        (root / "x").mkdir(exist_ok=True)
+        (root / "x" / f"{task.id}.txt").write_text("ok")
+
+    monkeypatch.setattr(runner, "execute", execute)
+    log = runner.RunLog(root / "pipeline_info" / "run.log", echo=False)
+    outcomes = {o.id: o for o in runner._execute_plan(plan, plan_path, root, "serial", 1, None, 0, False, False,
+                                                      log, False)}
+    log.close()
+    assert outcomes["register-a-b1"].status == "failed"
+    assert outcomes["register-a-b1"].message == (f"{root / 'x' / 'a.partial-1'}: No space left on device. Fix: free "
+                                                 "space there, or choose another --outdir.")
+    assert outcomes["register-b-b1"].status == "done"
+
+
+def test_a_subprocess_task_that_writes_much_to_stderr_does_not_hang(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its stderr goes to a file: 1 MB of output (a pipe holds 64 kB) and the failure is seen at once."""
+    import sys
+    import time
+
+    import slimreg.runner as runner
+
+    plan, plan_path, root = _one_task_plan(tmp_path, ("register-a-b1",))
+    chatty = "import sys; sys.stderr.write('x' * 1_000_000 + '\\nthe last words\\n'); sys.exit(3)"
+    monkeypatch.setattr(runner, "_subprocess_command", lambda *args: [sys.executable, "-c", chatty])
+    log = runner.RunLog(root / "pipeline_info" / "run.log", echo=False)
+    start = time.monotonic()
+    outcome = runner._execute_plan(plan, plan_path, root, "subprocess", 1, 60.0, 0, False, False, log, False)[0]
+    log.close()
+    assert time.monotonic() - start < 30
+    assert (outcome.status, outcome.message) == ("failed", "the last words")
+    assert runner.task_log_path(root, "register-a-b1").stat().st_size > 1_000_000
