@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from slimreg import __version__
-from slimreg.errors import SlimregError
+from slimreg.errors import SlimregError, os_error_message
 
 EXIT_USAGE = 2
 
@@ -398,6 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"slimreg {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:  # a folder that is a file, read-only, full: one line, not a traceback
+        if args.debug:
+            raise
+        print(f"slimreg {args.command}: error: {os_error_message(error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"slimreg {args.command}: interrupted", file=sys.stderr)

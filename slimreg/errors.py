@@ -5,6 +5,7 @@ The CLI prints ``str(error)`` as one line and exits with status 2, so the messag
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -45,3 +46,21 @@ class InsufficientDiskError(SlimregError, OSError):
 
     def __str__(self) -> str:  # OSError would otherwise format its own args
         return SlimregError.__str__(self)
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for an operating-system error, with the fix its cause calls for."""
+    where = f"{error.filename}: " if error.filename else ""
+    reason = error.strerror or str(error)
+    fixes = {errno.ENOSPC: "free space there, or choose another --outdir",
+             errno.EDQUOT: "free space in your quota, or choose another --outdir",
+             errno.EACCES: "check its permissions (slimreg reads the inputs and writes --outdir), or choose another "
+                           "--outdir",
+             errno.EPERM: "check its permissions, or choose another --outdir",
+             errno.EROFS: "choose a writable --outdir",
+             errno.EEXIST: "a file is in the way of a folder: remove it, or choose another --outdir",
+             errno.ENOTDIR: "part of that path is a file, not a folder: choose another path",
+             errno.EISDIR: "that is a folder: give a file",
+             errno.ELOOP: "the path is a loop of symbolic links: point it at the real file"}
+    fix = fixes.get(error.errno or -1, "check the path and try again")
+    return f"{where}{reason}. Fix: {fix}."

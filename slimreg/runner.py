@@ -15,7 +15,6 @@ record still matches and whose outputs exist.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import subprocess
@@ -27,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from slimreg.atomic import remove_partials, write_json_atomic, write_text_atomic
-from slimreg.errors import ParameterError, SlimregError
+from slimreg.errors import ParameterError, SlimregError, os_error_message
+from slimreg.lock import OutputFolderLock
 from slimreg.memory import MemoryTracker, release_memory
 from slimreg.plan import Plan, PlanSettings, Task, build_plan
 from slimreg.preflight import run_preflight
@@ -180,23 +180,24 @@ def run_batch(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_EN
                                  merge_chunks=merge_chunks, qc_max_dim=qc_max_dim, workers=workers)
     plan = build_plan(sheet, root, registration, plan_settings)
     inputs = refuse_outputs_over_inputs(plan, sheet, root)
-    info_dir = root / "pipeline_info"
-    info_dir.mkdir(parents=True, exist_ok=True)
-    run_preflight(plan, root, workers=workers if mode == "parallel" else 1, force=force, write_to=info_dir)
-    plan_path, _ = plan.write(info_dir)
-    write_text_atomic(info_dir / "versions.yml", versions_yaml("SLIMREG_RUN"))
-    removed = remove_partials(root, protected=inputs)
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    log = RunLog(info_dir / "run.log", echo=not show_bar)
-    if removed:
-        log(f"removed {len(removed)} partial file(s) left by an interrupted run")
-    for note in plan.notes:
-        log(note)
-    try:
-        outcomes = _execute_plan(plan, plan_path, root, mode, workers, timeout_per_task, max_retries, resume,
-                                 memory_debug, log, show_bar)
-    finally:
-        log.close()
+    with OutputFolderLock(root):  # before anything is written or cleaned up there
+        info_dir = root / "pipeline_info"
+        info_dir.mkdir(parents=True, exist_ok=True)
+        run_preflight(plan, root, workers=workers if mode == "parallel" else 1, force=force, write_to=info_dir)
+        plan_path, _ = plan.write(info_dir)
+        write_text_atomic(info_dir / "versions.yml", versions_yaml("SLIMREG_RUN"))
+        removed = remove_partials(root, protected=inputs)
+        show_bar = sys.stderr.isatty() if progress is None else progress
+        log = RunLog(info_dir / "run.log", echo=not show_bar)
+        if removed:
+            log(f"removed {len(removed)} partial file(s) left by an interrupted run")
+        for note in plan.notes:
+            log(note)
+        try:
+            outcomes = _execute_plan(plan, plan_path, root, mode, workers, timeout_per_task, max_retries, resume,
+                                     memory_debug, log, show_bar)
+        finally:
+            log.close()
     report = root / "report" / "report.html"
     summary = RunSummary(outdir=str(root), report=str(report) if report.is_file() else None, outcomes=outcomes)
     write_json_atomic(info_dir / "run_summary.json", {"outdir": summary.outdir, "report": summary.report,
@@ -368,17 +369,6 @@ def _run_in_process(plan: Plan, task: Task, root: Path, tracker: MemoryTracker |
         release_memory()
     outcome.seconds = time.monotonic() - start
     return outcome
-
-
-def os_error_message(error: OSError) -> str:
-    """One line for an operating-system error, with the fix its cause calls for."""
-    where = f"{error.filename}: " if error.filename else ""
-    reason = error.strerror or str(error)
-    fixes = {errno.ENOSPC: "free space there, or choose another --outdir", errno.EDQUOT: "free space in your quota, "
-             "or choose another --outdir", errno.EACCES: "make it writable, or choose another --outdir",
-             errno.EPERM: "make it writable, or choose another --outdir", errno.EROFS: "choose a writable --outdir"}
-    fix = fixes.get(error.errno or -1, "check the path and try again")
-    return f"{where}{reason}. Fix: {fix}."
 
 
 class StageBars:

@@ -16,6 +16,8 @@ from slimreg.errors import InputError, SlimregError
 
 REQUIRED_COLUMNS = ("sample", "image", "reference")
 OPTIONAL_COLUMNS = ("session", "landmarks")
+# an image smaller than this on a side has no structure to align (the engines work at 64 px or more)
+MIN_SIDE_PX = 32
 TRUE_WORDS = {"true", "yes", "1", "y", "t"}
 FALSE_WORDS = {"false", "no", "0", "n", "f", ""}
 
@@ -89,6 +91,9 @@ class Samplesheet:
 def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet:
     """Parse and validate; raise one :class:`InputError` that lists every problem found."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError("is a folder, not a samplesheet.", path, f"give the CSV file itself (for example "
+                         f"{path / 'samplesheet.csv'}).")
     if not path.is_file():
         raise InputError("samplesheet not found.", path, "give the path of a CSV with columns "
                          "sample,image,reference[,session,landmarks].")
@@ -134,7 +139,11 @@ def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet
         if not image_text:
             problems.append(f"row {number}: 'image' is empty")
             continue
-        image = _resolve(path, image_text)
+        try:
+            image = _resolve(path, image_text)
+        except InputError as error:
+            problems.append(f"row {number}: {error.message}")
+            continue
         if image in seen_images:
             problems.append(f"row {number}: image {image_text} already listed in row {seen_images[image]}")
         seen_images[image] = number
@@ -144,10 +153,19 @@ def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet
             from slimreg.io.probe import probe
 
             try:
-                probe(image)
+                info = probe(image)
             except SlimregError as error:
                 problems.append(f"row {number}: {error}")
-        landmarks = _resolve(path, record["landmarks"]) if record.get("landmarks") else None
+            else:
+                if min(info.width, info.height) < MIN_SIDE_PX:
+                    problems.append(f"row {number}: {image} is {info.width} x {info.height} px: too small to "
+                                    f"register (it needs at least {MIN_SIDE_PX} px a side to hold structure "
+                                    "to align)")
+        try:
+            landmarks = _resolve(path, record["landmarks"]) if record.get("landmarks") else None
+        except InputError as error:
+            problems.append(f"row {number}: {error.message}")
+            landmarks = None
         landmark_count = None
         if landmarks is not None and not landmarks.is_file():
             problems.append(f"row {number}: landmarks file not found: {landmarks}")
@@ -227,7 +245,11 @@ def _check_landmark_counts(rows: list[SampleRow], counts: dict[int, int]) -> lis
 def _resolve(sheet: Path, text: str) -> Path:
     candidate = Path(text).expanduser()
     # a staged (symlinked) samplesheet resolves relative paths from where it really lives
-    return (candidate if candidate.is_absolute() else sheet.resolve().parent / candidate).resolve()
+    try:
+        return (candidate if candidate.is_absolute() else sheet.resolve().parent / candidate).resolve()
+    except RuntimeError as error:  # pathlib's "Symlink loop from ..."
+        raise InputError(f"{text} is a loop of symbolic links ({error}); point the row at the real file.",
+                         sheet) from error
 
 
 def _raise(path: Path, problems: list[str]) -> None:

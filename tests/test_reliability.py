@@ -281,3 +281,83 @@ def test_a_subprocess_task_that_writes_much_to_stderr_does_not_hang(tmp_path: Pa
     assert time.monotonic() - start < 30
     assert (outcome.status, outcome.message) == ("failed", "the last words")
     assert runner.task_log_path(root, "register-a-b1").stat().st_size > 1_000_000
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_lives(tmp_path: Path) -> None:
+    """The lock is the kernel's (flock): held while the first run lives, gone the moment it is killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from slimreg.demo import make_demo_data
+    from slimreg.errors import ParameterError
+    from slimreg.lock import LOCK_NAME, OutputFolderLock
+    from slimreg.runner import run_batch
+    from slimreg.tasks import TEST_SLEEP_HOOK
+
+    make_demo_data(tmp_path / "demo", size=256, frames=4)
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"sample,image,reference\nmif,{tmp_path / 'demo' / 'mif_round0.ome.tif'},true\n"
+                     f"mif,{tmp_path / 'demo' / 'mif_round1.ome.tif'},false\n")
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "slimreg.cli", "run", "--input", str(sheet), "--outdir", str(out),
+                              "--preset", "low"],
+                             env={**os.environ, TEST_SLEEP_HOOK: "register-mif-b1:120"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / LOCK_NAME).is_file() or not (out / LOCK_NAME).read_text().startswith("pid"):
+            assert time.monotonic() < deadline and first.poll() is None, "the first run did not start"
+            time.sleep(0.2)
+        with pytest.raises(ParameterError, match=rf"another slimreg run is writing to this folder \(pid {first.pid} "):
+            run_batch(sheet, out, preset="low", progress=False)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    with OutputFolderLock(out):  # the killed run's lock went with it: nothing stale to clear
+        pass
+
+
+@pytest.mark.parametrize("case", ["outdir is a file", "outdir under a file", "samplesheet is a folder",
+                                  "symlink loop", "1 x 1 px image"])
+def test_bad_paths_and_tiny_images_get_one_line_and_exit_2(tmp_path: Path, case: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from slimreg.cli import main
+
+    reference = write_array(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8),
+                            tmp_path / "ref.ome.tif", channel_names=["DAPI"])
+    moving = tmp_path / "mov.ome.tif"
+    moving.write_bytes(reference.read_bytes())
+    (tmp_path / "afile").write_text("not a folder")
+    outdir, sheet, expected = tmp_path / "out", tmp_path / "sheet.csv", ""
+    if case == "outdir is a file":
+        outdir, expected = tmp_path / "afile", "a file is in the way of a folder"
+    elif case == "outdir under a file":
+        outdir, expected = tmp_path / "afile" / "sub", "part of that path is a file, not a folder"
+    elif case == "samplesheet is a folder":
+        sheet, expected = tmp_path, "is a folder, not a samplesheet"
+    elif case == "symlink loop":
+        (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+        (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+        moving, expected = tmp_path / "loop1", "is a loop of symbolic links"
+    else:
+        moving, expected = write_array(np.zeros((1, 1), np.uint8), tmp_path / "one.ome.tif",
+                                       channel_names=["DAPI"]), "is 1 x 1 px: too small to register"
+    if sheet.suffix == ".csv":
+        sheet.write_text(f"sample,image,reference\ns,{reference},true\ns,{moving},false\n")
+    assert main(["run", "--input", str(sheet), "--outdir", str(outdir)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and err.startswith("slimreg run: error: ")
+
+
+def test_operating_system_errors_get_a_fix_that_fits_their_cause() -> None:
+    import errno
+
+    from slimreg.errors import os_error_message
+
+    assert os_error_message(OSError(errno.EROFS, "Read-only file system", "/mnt/ro/out")) == \
+        "/mnt/ro/out: Read-only file system. Fix: choose a writable --outdir."
+    assert "check its permissions" in os_error_message(PermissionError(errno.EACCES, "Permission denied", "/x"))
+    assert "free space" in os_error_message(OSError(errno.ENOSPC, "No space left on device"))
