@@ -44,28 +44,67 @@ def _read_int(path: Path) -> int | None:
     return value if value < 1 << 60 else None  # v1 reports "no limit" as a huge number
 
 
-def cgroup_headroom(root: Path = CGROUP_ROOT) -> tuple[int | None, int | None]:
-    """(limit, limit - current usage) of this process's memory cgroup, or (None, None) if unlimited."""
-    own = _own_cgroup_dir(root)
-    candidates = [(own / "memory.max", own / "memory.current"), (root / "memory.max", root / "memory.current"),
-                  (root / "memory" / "memory.limit_in_bytes", root / "memory" / "memory.usage_in_bytes")]
-    for limit_path, usage_path in candidates:
-        limit = _read_int(limit_path)
-        if limit is not None:
-            usage = _read_int(usage_path) or 0
-            return limit, max(0, limit - usage)
-    return None, None
+def cgroup_headroom(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")
+                    ) -> tuple[int | None, int | None]:
+    """(limit, limit - current usage) of this process's memory cgroup, or (None, None) if unlimited.
+
+    Both hierarchies are read: v2 (``memory.max``; mounted at the root or at ``unified``) and v1
+    (``memory/<own path>/memory.limit_in_bytes``, which SLURM and many container hosts still use). A limit set on
+    any ancestor binds too, so every level from the process's own cgroup up to the mount is read, and the
+    tightest headroom wins. Reclaimable page cache (``inactive_file``) does not count as used.
+    """
+    v2_path, v1_path = _own_cgroups(proc_cgroup)
+    hierarchies = [(root, v2_path, "memory.max", "memory.current", "inactive_file"),
+                   (root / "unified", v2_path, "memory.max", "memory.current", "inactive_file"),
+                   (root / "memory", v1_path, "memory.limit_in_bytes", "memory.usage_in_bytes",
+                    "total_inactive_file")]
+    tightest: tuple[int, int] | None = None
+    for mount, own, limit_name, usage_name, cache_name in hierarchies:
+        if own is None or not mount.is_dir():
+            continue
+        directory = mount / own.lstrip("/")
+        if not directory.is_dir():  # a cgroup namespace shows the process's own cgroup as the mount itself
+            directory = mount
+        while True:
+            limit = _read_int(directory / limit_name)
+            if limit is not None:
+                usage = max(0, (_read_int(directory / usage_name) or 0) - _stat_value(directory, cache_name))
+                headroom = max(0, limit - usage)
+                if tightest is None or headroom < tightest[1]:
+                    tightest = (limit, headroom)
+            if directory == mount or mount not in directory.parents:
+                break
+            directory = directory.parent
+    return tightest if tightest is not None else (None, None)
 
 
-def _own_cgroup_dir(root: Path) -> Path:
+def _own_cgroups(proc_cgroup: Path) -> tuple[str | None, str | None]:
+    """This process's (v2 path, v1 memory-controller path), as /proc/self/cgroup names them."""
+    v2_path = v1_path = None
     try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            parts = line.split(":", 2)
-            if len(parts) == 3 and parts[0] == "0":
-                return root / parts[2].lstrip("/")
+        lines = proc_cgroup.read_text().splitlines()
     except OSError:
+        return "/", None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            v2_path = parts[2]
+        elif "memory" in parts[1].split(","):
+            v1_path = parts[2]
+    return v2_path, v1_path
+
+
+def _stat_value(directory: Path, key: str) -> int:
+    try:
+        for line in (directory / "memory.stat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
         pass
-    return root
+    return 0
 
 
 def existing_parent(path: Path) -> Path:

@@ -84,11 +84,74 @@ def test_implausible_task_is_refused(demo_plan) -> None:
 
 
 def test_cgroup_limit_is_read(tmp_path: Path) -> None:
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("0::/\n")
     (tmp_path / "memory.max").write_text(f"{4 * GB}\n")
     (tmp_path / "memory.current").write_text(f"{1 * GB}\n")
-    assert cgroup_headroom(tmp_path) == (4 * GB, 3 * GB)
+    assert cgroup_headroom(tmp_path, proc) == (4 * GB, 3 * GB)
     (tmp_path / "memory.max").write_text("max\n")
-    assert cgroup_headroom(tmp_path) == (None, None)
+    assert cgroup_headroom(tmp_path, proc) == (None, None)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_processes_own_cgroup_and_its_ancestors_are_read(tmp_path: Path, version: str) -> None:
+    """SLURM puts a job at /slurm/uid_1/job_7 (v1: under the memory controller's mount); the limit may sit on
+    the job or on any ancestor, and page cache the kernel can drop does not count as used."""
+    proc = tmp_path / "proc-self-cgroup"
+    if version == "v1":
+        proc.write_text("4:memory:/slurm/uid_1/job_7\n1:cpu:/slurm/uid_1/job_7\n0::/\n")
+        mount, limit_name, usage_name, cache = tmp_path / "memory", "memory.limit_in_bytes", \
+            "memory.usage_in_bytes", "total_inactive_file"
+    else:
+        proc.write_text("0::/slurm/uid_1/job_7\n")
+        mount, limit_name, usage_name, cache = tmp_path, "memory.max", "memory.current", "inactive_file"
+    job = mount / "slurm" / "uid_1" / "job_7"
+    job.mkdir(parents=True)
+    (job / limit_name).write_text(f"{8 * GB}\n")
+    (job / usage_name).write_text(f"{3 * GB}\n")
+    (job / "memory.stat").write_text(f"{cache} {1 * GB}\nanon 0\n")
+    assert cgroup_headroom(tmp_path, proc) == (8 * GB, 6 * GB)
+    user = mount / "slurm" / "uid_1"  # a tighter limit on an ancestor binds the job too
+    (user / limit_name).write_text(f"{5 * GB}\n")
+    (user / usage_name).write_text(f"{4 * GB}\n")
+    assert cgroup_headroom(tmp_path, proc) == (5 * GB, 1 * GB)
+
+
+V1_MEMORY = Path("/sys/fs/cgroup/memory")
+
+
+def _writable_v1_memory_cgroup() -> Path | None:
+    """This process's own v1 memory cgroup, if a child cgroup can be made under it (root on a v1 host)."""
+    import os
+
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and "memory" in parts[1].split(","):
+            own = V1_MEMORY / parts[2].lstrip("/")
+            return own if own.is_dir() and os.access(own, os.W_OK) else None
+    return None
+
+
+@pytest.mark.skipif(_writable_v1_memory_cgroup() is None, reason="needs a writable cgroup-v1 memory hierarchy")
+def test_a_real_cgroup_v1_limit_is_what_the_preflight_sees(tmp_path: Path) -> None:
+    """A real 250 MB v1 limit (the landed code reported 23 GB here, and the run was SIGKILLed)."""
+    import os
+    import subprocess
+    import sys
+
+    group = _writable_v1_memory_cgroup() / f"slimreg-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(250 * 1024**2))
+        code = ("import os, sys; open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid())); "
+                "from slimreg.resources import available_resources; r = available_resources(sys.argv[2]); "
+                "print(r.memory_bytes, r.cgroup_limit_bytes)")
+        result = subprocess.run([sys.executable, "-c", code, str(group), str(tmp_path)], capture_output=True,
+                                text=True, check=True)
+        memory, limit = map(int, result.stdout.split())
+        assert limit == 250 * 1024**2 and 0 < memory <= limit
+    finally:
+        group.rmdir()
 
 
 def test_unwritable_outdir_is_one_clear_error(demo_sheet: Path, tmp_path: Path,
