@@ -126,6 +126,9 @@ def register_task_bytes(reference: ImageInfo, units: list[tuple[ImageInfo, list[
     return int(SAFETY * (PROCESS_BASE + peak))
 
 
+IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".qptiff")
+
+
 def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, settings: PlanSettings,
                         known: dict[str, ImageInfo] | None = None) -> None:
     """Fill ``peak_memory_bytes`` and ``disk_bytes`` of every task in place (headers only).
@@ -195,6 +198,10 @@ def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, s
         else:
             task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + 64 * MB))
             task.disk_bytes = 16 * MB
+        # reading any pixel decodes a whole tile or strip: a floor no preset lowers (large only for stripped files;
+        # the samplesheet check refuses the ones it would make unbounded)
+        images = [info(p) for p in task.inputs if p.lower().endswith(IMAGE_SUFFIXES)]
+        task.peak_memory_bytes += int(SAFETY * max((i.segment_bytes for i in images if i), default=0))
 
 
 def describe(task: Task) -> dict[str, Any]:

@@ -11,13 +11,22 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slimreg.errors import InputError, SlimregError
 
+if TYPE_CHECKING:
+    from slimreg.io.probe import ImageInfo
+
 REQUIRED_COLUMNS = ("sample", "image", "reference")
 OPTIONAL_COLUMNS = ("session", "landmarks")
-# an image smaller than this on a side has no structure to align (the engines work at 64 px or more)
-MIN_SIDE_PX = 32
+# an image smaller than this on a side has no structure to align: edge maps are smoothed over 1-2 px and the
+# alignment score compares with copies shifted by a tenth of the image, which leaves nothing below 16 px
+MIN_SIDE_PX = 16
+# the most one tile or strip may hold, decoded (slimreg.samplesheet.segment_problem): libtiff's own cap on a
+# compressed one, and a cap that keeps an uncompressed one small beside a task's working memory
+MAX_COMPRESSED_SEGMENT_BYTES = 50 * 1024**2
+MAX_SEGMENT_BYTES = 256 * 1024**2
 TRUE_WORDS = {"true", "yes", "1", "y", "t"}
 FALSE_WORDS = {"false", "no", "0", "n", "f", ""}
 
@@ -157,6 +166,9 @@ def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet
             except SlimregError as error:
                 problems.append(f"row {number}: {error}")
             else:
+                layout = segment_problem(info)
+                if layout:
+                    problems.append(f"row {number}: {image} {layout}")
                 if min(info.width, info.height) < MIN_SIDE_PX:
                     problems.append(f"row {number}: {image} is {info.width} x {info.height} px: too small to "
                                     f"register (it needs at least {MIN_SIDE_PX} px a side to hold structure "
@@ -240,6 +252,25 @@ def _check_landmark_counts(rows: list[SampleRow], counts: dict[int, int]) -> lis
             problems.append(f"row {row.row}: {counts[row.row]} landmarks, but the reference's file (row "
                             f"{reference.row}) has {counts[reference.row]}; give both the same points in order")
     return problems
+
+
+def segment_problem(info: ImageInfo) -> str | None:
+    """Why an image's storage layout makes its reading cost unbounded by any preset, or None.
+
+    A reader must decode a whole tile or strip to return any of its pixels. Measured: a 40000 px square image
+    in one uncompressed strip peaks at 1.65 GB (the whole file) to give a 1000 px view that a tiled copy gives
+    in 200 MB; libtiff refuses a compressed strip past 50 MB outright ("cumulated memory allocation ... beyond the
+    52428800 byte limit").
+    """
+    limit = MAX_COMPRESSED_SEGMENT_BYTES if info.compression != "none" else MAX_SEGMENT_BYTES
+    if info.segment_bytes <= limit:
+        return None
+    kind = "tiles" if info.tile else "strips"
+    return (f"stores its pixels in {kind} of {info.segment_bytes / 1024**2:.0f} MB each (decoded): reading any "
+            f"part of it costs at least that much memory, whatever the preset (limit {limit / 1024**2:.0f} MB "
+            f"for {'compressed' if info.compression != 'none' else 'uncompressed'} data). Convert it to a tiled "
+            f"pyramid first, e.g. `vips tiffsave {Path(info.path).name} tiled.ome.tif --tile --tile-width 512 "
+            "--tile-height 512 --pyramid --compression deflate --bigtiff`")
 
 
 def _resolve(sheet: Path, text: str) -> Path:

@@ -361,3 +361,50 @@ def test_operating_system_errors_get_a_fix_that_fits_their_cause() -> None:
         "/mnt/ro/out: Read-only file system. Fix: choose a writable --outdir."
     assert "check its permissions" in os_error_message(PermissionError(errno.EACCES, "Permission denied", "/x"))
     assert "free space" in os_error_message(OSError(errno.ENOSPC, "No space left on device"))
+
+
+def test_images_whose_strips_make_reading_unbounded_are_refused_with_the_fix(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compressed strip past libtiff's 50 MB cap cannot be read at all; a huge uncompressed one costs its whole
+    size in memory (40000 px square, one strip: 1.65 GB peak for a 1000 px view). Both are refused up front."""
+    import slimreg.samplesheet as samplesheet
+
+    reference = tifffile_tiled(tmp_path / "ref.tif", np.random.default_rng(0).integers(0, 255, (512, 512),
+                                                                                       dtype=np.uint8))
+    compressed = tmp_path / "one_strip_deflate.tif"  # 8000 x 8000: 61 MB decoded, a few kB on disk
+    tifffile.imwrite(compressed, np.zeros((8000, 8000), np.uint8), rowsperstrip=8000, compression="deflate")
+    assert probe(compressed).segment_bytes == 8000 * 8000
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"sample,image,reference\ns,{reference},true\ns,{compressed},false\n")
+    with pytest.raises(InputError, match=r"strips of 61 MB each .* Convert it to a tiled pyramid"):
+        read_samplesheet(sheet)
+
+    uncompressed = tmp_path / "one_strip.tif"
+    tifffile.imwrite(uncompressed, np.zeros((3000, 3000), np.uint8), rowsperstrip=3000)
+    sheet.write_text(f"sample,image,reference\ns,{reference},true\ns,{uncompressed},false\n")
+    read_samplesheet(sheet)  # 9 MB strips: fine
+    monkeypatch.setattr(samplesheet, "MAX_SEGMENT_BYTES", 8 * 1024**2)
+    with pytest.raises(InputError, match="limit 8 MB for uncompressed data"):
+        read_samplesheet(sheet)
+
+
+def test_the_estimate_counts_the_strip_a_read_must_decode(tmp_path: Path) -> None:
+    from slimreg.estimate import SAFETY
+    from slimreg.plan import PlanSettings, build_plan
+    from slimreg.register.settings import RegistrationSettings
+
+    pixels = np.random.default_rng(0).integers(0, 255, (3000, 3000), dtype=np.uint8)
+    reference = tifffile_tiled(tmp_path / "ref.tif", pixels)
+    peaks = {}
+    for layout in ("tiled", "one strip"):
+        moving = tmp_path / f"{layout.replace(' ', '_')}.tif"
+        if layout == "tiled":
+            tifffile_tiled(moving, pixels)
+        else:
+            tifffile.imwrite(moving, pixels, rowsperstrip=3000)
+        sheet = tmp_path / f"{layout}.csv"
+        sheet.write_text(f"sample,image,reference\ns,{reference},true\ns,{moving},false\n")
+        plan = build_plan(read_samplesheet(sheet), tmp_path / "out", RegistrationSettings.from_preset("low"),
+                          PlanSettings())
+        peaks[layout] = next(t for t in plan.tasks if t.kind == "register").peak_memory_bytes
+    assert peaks["one strip"] - peaks["tiled"] == pytest.approx(SAFETY * (3000 * 3000 - 256 * 256), abs=16)

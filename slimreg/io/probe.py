@@ -62,6 +62,9 @@ class ImageInfo:
     subifd_pyramid: bool = False
     # IFD index of every page, per level (for a SubIFD pyramid only level 0: levels hang below it)
     level_page_index: tuple[tuple[int, ...], ...] = field(default=(), repr=False)
+    # decoded bytes of the largest tile or strip of level 0: reading any pixel decodes at least this much, so it
+    # is a floor on memory that no preset lowers (one strip of a 200000 px square image: 40 GB)
+    segment_bytes: int = 0
 
     @property
     def itemsize(self) -> int:
@@ -185,6 +188,7 @@ def _probe_open(path: Path, tif: tifffile.TiffFile) -> ImageInfo:
 
     tile = (int(keyframe.tilelength), int(keyframe.tilewidth)) if keyframe.is_tiled else None
     return ImageInfo(
+        segment_bytes=_segment_bytes(keyframe),
         path=str(path),
         width=int(sizes["X"]),
         height=int(sizes["Y"]),
@@ -208,6 +212,16 @@ def _probe_open(path: Path, tif: tifffile.TiffFile) -> ImageInfo:
         subifd_pyramid=subifd_pyramid,
         level_page_index=tuple(level_page_index),
     )
+
+
+def _segment_bytes(page: Any) -> int:
+    """Decoded size of one tile (or strip) of ``page``: what a reader must hold to return any of its pixels."""
+    samples = int(page.samplesperpixel) if int(page.planarconfig) == 1 else 1  # 1: contiguous (interleaved)
+    itemsize = int(page.bitspersample + 7) // 8
+    if page.is_tiled:
+        return int(page.tilewidth) * int(page.tilelength) * samples * itemsize
+    rows = min(int(page.rowsperstrip or page.imagelength), int(page.imagelength))
+    return int(page.imagewidth) * rows * samples * itemsize
 
 
 def _check_not_truncated(path: Path, series: Any) -> None:
