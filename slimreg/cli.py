@@ -184,6 +184,16 @@ def run_preflight_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def memory_size(text: str) -> int:
+    """A memory size as Nextflow writes it (8.GB, 8 GB, 8GB, 512MB), for argparse."""
+    from slimreg.resources import parse_size
+
+    try:
+        return parse_size(text, "size")
+    except SlimregError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: write it like 8GB or 512MB") from error
+
+
 def positive_number(text: str) -> float:
     """A finite number above zero (argparse's float takes nan and inf, which then break the run later)."""
     import math
@@ -262,7 +272,7 @@ def run_run_task(args: argparse.Namespace) -> int:
             execute(plan, task, root, tracker=tracker, preset=args.preset, keep_work=args.keep_work)
         finally:
             if args.memory_log:
-                tracker.write(args.memory_log, {"task": task.id, "preset": args.preset,
+                tracker.write(args.memory_log, {"task": task.id, "preset": args.preset, "measured_in": "own process",
                                                 "process_peak_bytes": process_high_water_bytes()})
         tracker.report()
     return 0
@@ -339,7 +349,7 @@ def run_run(args: argparse.Namespace) -> int:
         max_chunk_gb=args.max_chunk_gb, merge_chunks=args.merge_chunks, mode=args.mode, workers=args.workers,
         timeout_per_task=args.timeout_per_task, max_retries=args.max_retries, resume=args.resume, force=args.force,
         memory_debug=args.memory_debug, tile_size=args.tile_size, compression=args.compression,
-        qc_max_dim=args.qc_max_dim,
+        qc_max_dim=args.qc_max_dim, max_memory=args.max_memory,
         registration_overrides={k: getattr(args, k) for k in ("processing_dim", "non_rigid_dim", "micro_dim",
                                                               "transform_model", "allow_mirror")
                                 if getattr(args, k) is not None})
@@ -351,7 +361,12 @@ def run_run(args: argparse.Namespace) -> int:
 def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, required=True, metavar="SAMPLESHEET")
     parser.add_argument("--outdir", type=Path, required=True)
-    parser.add_argument("--mode", choices=("serial", "subprocess", "parallel"), default="serial")
+    parser.add_argument("--mode", choices=("subprocess", "parallel", "serial"), default="subprocess",
+                        help="subprocess (default): each task in its own process, its memory budget enforced; "
+                        "parallel: --workers at once; serial: all in this process, no budget enforced (debugging)")
+    parser.add_argument("--max-memory", type=memory_size, metavar="SIZE",
+                        help="most memory any one task may use, e.g. 8GB (default: its estimate x 2); a task "
+                        "past it is stopped and retried one preset lower")
     parser.add_argument("--workers", type=int, default=1, help="processes at once in --mode parallel")
     parser.add_argument("--timeout-per-task", type=positive_number,
                         help="seconds; needs --mode subprocess or parallel")

@@ -80,18 +80,19 @@ def _task_memory(results: Path, plan: Plan | None) -> list[dict[str, Any]]:
         task_id = data.get("task") or path.name.removesuffix(".memory.json")
         peak = data.get("process_peak_bytes") or max((t["peak_bytes"] for t in data.get("tasks", [])), default=0)
         seconds = sum(t["wall_seconds"] for t in data.get("tasks", []))
-        measured[task_id] = {"peak": peak, "seconds": seconds}
+        measured[task_id] = {"peak": peak, "seconds": seconds, "measured_in": data.get("measured_in", "")}
     for trace in sorted(results.glob("**/execution_trace*.txt")):
         for row in csv.DictReader(trace.read_text().splitlines(), delimiter="\t"):
             tag = (row.get("tag") or "").strip()
             if tag and row.get("peak_rss", "-") not in ("-", ""):
-                measured.setdefault(tag, {"peak": _parse_size(row["peak_rss"]),
+                measured.setdefault(tag, {"peak": _parse_size(row["peak_rss"]), "measured_in": "own process",
                                           "seconds": _parse_seconds(row.get("realtime", "0"))})
     rows = []
     for task in plan.tasks if plan else []:
         found = measured.get(task.id, {})
         rows.append({"id": task.id, "kind": task.kind, "estimated": task.peak_memory_bytes,
-                     "measured": found.get("peak"), "seconds": found.get("seconds")})
+                     "measured": found.get("peak"), "seconds": found.get("seconds"),
+                     "measured_in": found.get("measured_in", "")})
     return rows
 
 
@@ -133,10 +134,12 @@ def _memory_svg(rows: list[dict[str, Any]]) -> str:
             meas = 600 * row["measured"] / top
             parts.append(f'<rect x="{label}" y="{y + bar}" width="{meas:.1f}" height="{bar}" fill="#3182bd"/>')
             seconds = f', {row["seconds"]:.1f} s' if row.get("seconds") is not None else ""
+            shared = " (shared process)" if row.get("measured_in") == "shared process" else ""
             parts.append(f'<text x="{label + max(est, meas) + 4}" y="{y + bar + 3}" font-size="10">'
-                         f'{row["estimated"] / MB:.0f} / {row["measured"] / MB:.0f} MB{seconds}</text>')
-    parts.append('<text x="230" y="12" font-size="11">light: estimated peak, dark: measured peak; '
-                 'labels: estimated / measured, wall time</text></svg>')
+                         f'{row["estimated"] / MB:.0f} / {row["measured"] / MB:.0f} MB{seconds}{shared}</text>')
+    parts.append('<text x="230" y="12" font-size="11">light: estimated peak, dark: measured peak of the task\'s own '
+                 'process ("shared process": serial mode, includes earlier tasks); estimated / measured, wall time'
+                 '</text></svg>')
     return "".join(parts)
 
 

@@ -1,15 +1,20 @@
 """`slimreg run`: the whole job on one machine, executing the same plan as the Nextflow pipeline.
 
 Modes (exo2micro's, shared/seeds/002, made plan-aware):
-- ``serial`` (default): tasks run in this process, one at a time, with a garbage collection between them.
-- ``subprocess``: each task runs in a fresh process, one at a time; leaks cannot accumulate.
+- ``subprocess`` (default): each task runs in a fresh process, one at a time; leaks cannot accumulate, each
+  task's peak is its own, and its budget is enforced (below).
 - ``parallel``: up to ``workers`` fresh processes at once (the pre-flight multiplies memory by ``workers``).
+- ``serial``: tasks run in this process, one at a time, with a garbage collection between them (for debugging:
+  no budget is enforced, and a task's measured peak includes what earlier tasks left loaded).
 
-A task killed by a signal (SIGKILL from the kernel's out-of-memory killer: return code -9 or 137) is recorded
-as "killed (likely out of memory)" and retried with the next lower preset, up to ``max_retries``; a task past
-``timeout_per_task`` is killed and recorded. Tasks that depend on a failed one are skipped; the others go on.
-Each finished task leaves a completion record (inputs' size and mtime, settings); ``resume`` skips tasks whose
-record still matches and whose outputs exist.
+Budgets are held, not only predicted: every ``WATCH_INTERVAL_S`` the runner measures each task's process tree
+(the task and any child it starts, such as the valis engine's); past its estimate times ``BUDGET_MARGIN`` (or
+``--max-memory``, if lower) slimreg stops the tree itself, records why with the budget named, and retries one
+preset lower, so the kernel's out-of-memory killer is never what ends a task. A task killed by a signal all the
+same (return code -9 or 137) is recorded as "killed (likely out of memory)" and retried the same way, up to
+``max_retries``; a task past ``timeout_per_task`` is killed and recorded. A task whose dependency failed still
+runs if its own inputs exist; otherwise it is recorded as blocked. Each finished task leaves a completion record
+(inputs, settings, outputs' size and checksum); ``resume`` skips tasks whose record still matches.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from slimreg.atomic import remove_partials, write_json_atomic, write_text_atomic
 from slimreg.errors import ParameterError, SlimregError, os_error_message
 from slimreg.lock import OutputFolderLock
-from slimreg.memory import MemoryTracker, release_memory
+from slimreg.memory import MemoryTracker, release_memory, tree_rss
 from slimreg.plan import Plan, PlanSettings, Task, build_plan
 from slimreg.preflight import run_preflight
 from slimreg.register.settings import DEFAULT_ENGINE, RegistrationSettings
@@ -37,7 +44,14 @@ from slimreg.tasks import execute, lower_preset_for_retry, resolve
 from slimreg.versions import versions_yaml
 
 MODES = ("serial", "subprocess", "parallel")
+DEFAULT_MODE = "subprocess"
 KILLED_CODES = (-9, 137)
+# a task's process tree may use its estimate times this before slimreg stops it (the pre-flight predicts peaks
+# within 1.1-1.5x; the valis engine's own child budget uses the same factor)
+BUDGET_MARGIN = 2.0
+WATCH_INTERVAL_S = 0.25  # how often each running task's process tree is measured
+# how a serial-mode task's peak is labelled: it is the run's process RSS, which holds what earlier tasks loaded
+SHARED_PROCESS = "shared process"
 
 
 @dataclass
@@ -152,10 +166,10 @@ def _subprocess_command(plan_path: Path, task: Task, root: Path, preset: str | N
 def run_batch(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGINE, preset: str = "medium",
               channel: str | None = None, non_rigid: bool = True, micro: bool = True, batch_size: int = 3,
               max_frames: int | None = None, max_chunk_gb: float | None = None, merge_chunks: bool = False,
-              mode: str = "serial", workers: int = 1, timeout_per_task: float | None = None, max_retries: int = 2,
+              mode: str = DEFAULT_MODE, workers: int = 1, timeout_per_task: float | None = None, max_retries: int = 2,
               resume: bool = False, force: bool = False, memory_debug: bool = False, tile_size: int = 1024,
               compression: str = "deflate", qc_max_dim: int = 2048, progress: bool | None = None,
-              registration_overrides: dict[str, Any] | None = None) -> RunSummary:
+              registration_overrides: dict[str, Any] | None = None, max_memory: int | None = None) -> RunSummary:
     """Validate, pre-flight, plan and execute a whole job; return a summary (see the module docstring)."""
     if mode not in MODES:
         raise ParameterError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
@@ -168,6 +182,8 @@ def run_batch(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_EN
         raise ParameterError(f"--max-retries must be 0 or more, got {max_retries}.")
     if timeout_per_task is not None and timeout_per_task <= 0:
         raise ParameterError(f"--timeout-per-task must be positive, got {timeout_per_task}.")
+    if max_memory is not None and max_memory <= 0:
+        raise ParameterError(f"--max-memory must be positive, got {max_memory}.")
     if timeout_per_task is not None and mode == "serial":
         raise ParameterError("--timeout-per-task needs a task in its own process.",
                              fix="add --mode subprocess (or parallel).")
@@ -195,7 +211,7 @@ def run_batch(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_EN
             log(note)
         try:
             outcomes = _execute_plan(plan, plan_path, root, mode, workers, timeout_per_task, max_retries, resume,
-                                     memory_debug, log, show_bar)
+                                     memory_debug, log, show_bar, max_memory)
         finally:
             log.close()
     report = root / "report" / "report.html"
@@ -220,13 +236,48 @@ def refuse_outputs_over_inputs(plan: Plan, sheet: Any, root: Path) -> set[Path]:
     return inputs
 
 
+def task_budget(task: Task, max_memory: int | None) -> int:
+    """What a task's process tree may use before slimreg stops it: its estimate times the margin, or less."""
+    budget = int(task.peak_memory_bytes * BUDGET_MARGIN) if task.peak_memory_bytes else 0
+    if max_memory is not None:
+        budget = min(budget, max_memory) if budget else max_memory
+    return budget
+
+
+def over_budget(process: subprocess.Popen[bytes], budget: int) -> int | None:
+    """The resident bytes of a task's process tree if they exceed ``budget``, else None."""
+    if budget <= 0:
+        return None
+    try:
+        used = tree_rss(psutil.Process(process.pid))
+    except psutil.NoSuchProcess:
+        return None
+    return used if used > budget else None
+
+
+def _kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """Kill a task and every process it started (a VALIS child must not outlive its task)."""
+    try:
+        family = [*psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    process.wait()
+
+
 def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: int, timeout: float | None,
-                  max_retries: int, resume: bool, memory_debug: bool, log: RunLog, show_bar: bool) -> list[TaskOutcome]:
+                  max_retries: int, resume: bool, memory_debug: bool, log: RunLog, show_bar: bool,
+                  max_memory: int | None = None) -> list[TaskOutcome]:
     outcomes: dict[str, TaskOutcome] = {}
     pending = list(plan.tasks)
     running: dict[str, tuple[subprocess.Popen[bytes], float, TaskOutcome, str | None]] = {}
     bar = StageBars(plan.tasks) if show_bar else None
     tracker = MemoryTracker(debug=memory_debug) if mode == "serial" else None
+    last_watch = 0.0
 
     def finished(outcome: TaskOutcome) -> None:
         outcomes[outcome.id] = outcome
@@ -263,11 +314,33 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
                     outcome = TaskOutcome(task.id, task.kind, "running")
                     running[task.id] = _start(plan_path, task, root, None, outcome)
                     progressed = True
+            watch = time.monotonic() - last_watch >= WATCH_INTERVAL_S
+            if watch:
+                last_watch = time.monotonic()
             for task_id, (process, started, outcome, preset) in list(running.items()):
                 code = process.poll()
+                budget = task_budget(plan.task(task_id), max_memory)
+                used = over_budget(process, budget) if code is None and watch else None
+                if used is not None:
+                    _kill_tree(process)
+                    del running[task_id]
+                    progressed = True
+                    task = plan.task(task_id)
+                    outcome.seconds += time.monotonic() - started
+                    current = preset or plan.registration["preset"]
+                    stopped = (f"stopped by slimreg: its processes used {used / 1024**3:.2f} GB, past its budget of "
+                               f"{budget / 1024**3:.2f} GB ({_budget_words(task, max_memory)}) at preset {current}")
+                    log(f"{task_id}: {stopped}")
+                    lower = lower_preset_for_retry(plan, task, current)
+                    if outcome.attempts <= max_retries and lower is not None:
+                        log(f"{task_id}: retrying with preset {lower}")
+                        running[task_id] = _start(plan_path, task, root, lower, outcome)
+                    else:
+                        outcome.status, outcome.message = "killed", f"{stopped}; no retry left"
+                        finished(outcome)
+                    continue
                 if code is None and timeout is not None and time.monotonic() - started > timeout:
-                    process.kill()
-                    process.wait()
+                    _kill_tree(process)
                     del running[task_id]
                     outcome.status, outcome.message = "timeout", f"killed after --timeout-per-task {timeout:g} s"
                     outcome.seconds = time.monotonic() - started
@@ -303,14 +376,20 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
                 time.sleep(0.05)
     finally:
         for process, *_ in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            _kill_tree(process)
         if bar is not None:
             bar.close()
         if tracker is not None:
             tracker.report()
             tracker.close()
     return [outcomes[t.id] for t in plan.tasks if t.id in outcomes]
+
+
+def _budget_words(task: Task, max_memory: int | None) -> str:
+    estimate = f"estimate {task.peak_memory_bytes / 1024**3:.2f} GB x {BUDGET_MARGIN:g}"
+    if max_memory is not None and max_memory < task.peak_memory_bytes * BUDGET_MARGIN:
+        return f"--max-memory {max_memory / 1024**3:.2f} GB, below the {estimate}"
+    return estimate
 
 
 def can_run_without(task: Task, root: Path) -> bool:
@@ -362,7 +441,8 @@ def _run_in_process(plan: Plan, task: Task, root: Path, tracker: MemoryTracker |
         outcome.message = (f"internal error {type(error).__name__}: {error} (traceback in {trace}; please report "
                            "it with that file)")
     finally:
-        task_tracker.write(root / "pipeline_info" / "tasks" / f"{task.id}.memory.json", {"task": task.id})
+        task_tracker.write(root / "pipeline_info" / "tasks" / f"{task.id}.memory.json",
+                           {"task": task.id, "measured_in": SHARED_PROCESS})
         if tracker is not None:
             tracker.tasks.extend(task_tracker.tasks)
         task_tracker.close()

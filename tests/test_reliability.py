@@ -408,3 +408,48 @@ def test_the_estimate_counts_the_strip_a_read_must_decode(tmp_path: Path) -> Non
                           PlanSettings())
         peaks[layout] = next(t for t in plan.tasks if t.kind == "register").peak_memory_bytes
     assert peaks["one strip"] - peaks["tiled"] == pytest.approx(SAFETY * (3000 * 3000 - 256 * 256), abs=16)
+
+
+@pytest.mark.parametrize("limit", ["--max-memory", "estimate"])
+def test_a_task_past_its_budget_is_stopped_by_slimreg_and_retried_lower(tmp_path: Path, limit: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner measures each task's process tree and stops it past its budget (the estimate times the margin,
+    or --max-memory if lower), naming the budget, then retries one preset lower: never the kernel's OOM killer."""
+    import slimreg.runner as runner
+    from slimreg.demo import make_demo_data
+
+    make_demo_data(tmp_path / "demo", size=256, frames=4)
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"sample,image,reference\nmif,{tmp_path / 'demo' / 'mif_round0.ome.tif'},true\n"
+                     f"mif,{tmp_path / 'demo' / 'mif_round1.ome.tif'},false\n")
+    options = {}
+    if limit == "--max-memory":
+        options["max_memory"] = 40 * 1024**2  # a Python process with numpy alone is larger
+    else:
+        monkeypatch.setattr(runner, "BUDGET_MARGIN", 0.1)
+    summary = runner.run_batch(sheet, tmp_path / "out", preset="medium", progress=False, **options)
+    register = next(o for o in summary.outcomes if o.kind == "register")
+    assert register.status == "killed" and register.attempts == 2 and register.presets == ["", "low"]
+    assert register.message.startswith("stopped by slimreg: its processes used ")
+    expected = "--max-memory 0.04 GB" if limit == "--max-memory" else "x 0.1) at preset low; no retry left"
+    assert expected in register.message
+    log = (tmp_path / "out" / "pipeline_info" / "run.log").read_text()
+    assert "register-mif-b1: retrying with preset low" in log
+
+
+def test_peaks_are_labelled_by_where_they_were_measured(tmp_path: Path) -> None:
+    import json
+
+    from slimreg.demo import make_demo_data
+    from slimreg.runner import run_batch
+
+    make_demo_data(tmp_path / "demo", size=256, frames=4)
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"sample,image,reference\nmif,{tmp_path / 'demo' / 'mif_round0.ome.tif'},true\n"
+                     f"mif,{tmp_path / 'demo' / 'mif_round1.ome.tif'},false\n")
+    for mode, label in (("subprocess", "own process"), ("serial", "shared process")):
+        out = tmp_path / mode
+        assert run_batch(sheet, out, mode=mode, preset="low", progress=False).ok
+        logs = [json.loads(p.read_text()) for p in (out / "pipeline_info" / "tasks").glob("*.memory.json")]
+        assert logs and {log["measured_in"] for log in logs} == {label}
+        assert (label == "shared process") == ("(shared process)" in (out / "report" / "report.html").read_text())
