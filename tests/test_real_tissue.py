@@ -174,3 +174,32 @@ def test_one_failed_image_does_not_block_the_others_qc_or_the_report(pairs: dict
     page = (tmp_path / "out" / "report" / "report.html").read_text()
     assert page.index("lung-lesion_proSPC") < page.index("kidney_PanCK")  # the failure is listed first
     assert "Fix:" in page
+
+
+def test_the_valis_engine_keeps_valis_result_unless_the_light_one_is_clearly_better(
+        pairs: dict[str, SectionPair], results: dict[str, Transform]) -> None:
+    """The valis engine's choice between VALIS' result and the light engine's, on a real pair, without VALIS:
+    a VALIS result as good as the light one is kept (the user asked for VALIS); one shifted 40 px is replaced,
+    and the replacement lands where the landmarks say; a VALIS failure falls back to the light result."""
+    from slimreg.errors import RegistrationError
+    from slimreg.register.valis_engine import ValisEngine
+
+    name = "kidney_HE <- kidney_PanCK"
+    pair, good = pairs[name], results[name]
+    ref, mov = TiffImage(pair.reference), TiffImage(pair.moving)
+    channels = choose_channel(ref.info, None), choose_channel(mov.info, None)
+    engine = ValisEngine(log=lambda text: None)
+
+    def as_valis(transform: Transform) -> Transform:
+        return Transform(transform.affine.copy(), transform.displacement, transform.reference_shape,
+                         transform.moving_shape, metadata={"engine": "valis", "quality": {"peak_memory_bytes": 1}})
+
+    kept = engine._better(ref, mov, *channels, SETTINGS, as_valis(good))
+    assert kept.metadata["chosen"] == "VALIS"
+    shifted = as_valis(good)
+    shifted.affine[:2, 2] += 40.0
+    replaced = engine._better(ref, mov, *channels, SETTINGS, shifted)
+    assert replaced.metadata["chosen"] == "light engine (scored clearly higher)"
+    assert np.median(landmark_errors(replaced, pair)) < BOUNDS[name]
+    fallback = engine._better(ref, mov, *channels, SETTINGS, RegistrationError("VALIS found nothing", pair.moving))
+    assert fallback.metadata["chosen"] == "light engine (VALIS failed)"
