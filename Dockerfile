@@ -1,5 +1,5 @@
-# The container the pipeline's processes run in: slimreg with the VALIS engine and its bin/ scripts.
-#   docker build -t slimreg:0.1.0 .
+# The container the pipeline's processes run in: slimreg (the `slimreg` command) with the VALIS engine.
+#   docker build -t ghcr.io/slimreg/slimreg:0.1.0 .
 FROM python:3.11-slim-bookworm
 
 ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 MALLOC_ARENA_MAX=2
@@ -8,9 +8,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends procps && rm -r
 WORKDIR /opt/slimreg
 COPY pyproject.toml README.md ./
 COPY slimreg ./slimreg
-COPY bin ./bin
-RUN pip install ".[valis]" && chmod +x bin/*.py
-ENV PATH="/opt/slimreg/bin:${PATH}"
+RUN pip install ".[valis]"
 
 # VALIS' DISK/LightGlue weights are optional; put a torch hub folder here to use them:
 ENV SLIMREG_WEIGHTS_DIR=/opt/slimreg/weights

@@ -73,7 +73,8 @@ def test_the_expected_processes_exist_with_stubs_and_meta() -> None:
         assert "versions.yml" in process["stub"] and "versions.yml" in process["outputs"], name
         assert (Path(process["file"]).parent / "meta.yml").is_file(), name
         bin_calls = _commands(process["script"])
-        assert len(bin_calls) == 2 and bin_calls[1].strip().startswith("slimreg_versions.py"), name
+        assert len(bin_calls) == 2 and bin_calls[1].strip().startswith("slimreg versions"), name
+        assert all(call.strip().startswith("slimreg ") for call in bin_calls), f"{name}: one entry point, `slimreg`"
 
 
 def _commands(script: str) -> list[str]:
@@ -81,9 +82,9 @@ def _commands(script: str) -> list[str]:
     return [line for line in script.strip().splitlines() if line.strip() and not line.strip().startswith("export ")]
 
 
-def _bin_help(script: str) -> str:
-    return subprocess.run([sys.executable, str(ROOT / "bin" / script), "--help"], capture_output=True, text=True,
-                          check=True).stdout
+def _bin_help(command: str) -> str:
+    return subprocess.run([sys.executable, str(ROOT / "bin" / "slimreg"), command, "--help"], capture_output=True,
+                          text=True, check=True).stdout
 
 
 def test_every_flag_passed_exists_in_the_scripts_help() -> None:
@@ -91,7 +92,7 @@ def test_every_flag_passed_exists_in_the_scripts_help() -> None:
     plan_flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", modules_config))
     for name, process in PROCESSES.items():
         line = _commands(process["script"])[0]
-        script = line.split()[0]
+        script = line.split()[1]  # `slimreg <command> ...`
         help_text = _bin_help(script)
         flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", line)) | (plan_flags if name == "PLAN" else set())
         missing = [flag for flag in flags if flag not in help_text]

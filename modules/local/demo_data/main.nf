@@ -17,8 +17,8 @@ process DEMO_DATA {
 
     script:
     """
-    slimreg_demo.py demo --size ${size} --frames 12
-    slimreg_versions.py --process ${task.process} > versions.yml
+    slimreg demo-data demo --size ${size} --frames 12
+    slimreg versions --process ${task.process} > versions.yml
     """
 
     stub:

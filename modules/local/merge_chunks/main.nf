@@ -21,8 +21,8 @@ process MERGE_CHUNKS {
     def preset = task.ext.preset ?: params.preset
     """
     export VIPS_CONCURRENCY=${task.cpus} OMP_NUM_THREADS=${task.cpus} OPENCV_FOR_THREADS_NUM=${task.cpus} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=${task.cpus}
-    slimreg_task.py --plan ${plan} --task ${meta.id} --root . --preset ${preset} --memory-log ${meta.id}.memory.json
-    slimreg_versions.py --process ${task.process} > versions.yml
+    slimreg run-task --plan ${plan} --task ${meta.id} --root . --preset ${preset} --memory-log ${meta.id}.memory.json
+    slimreg versions --process ${task.process} > versions.yml
     """
 
     stub:

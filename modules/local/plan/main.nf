@@ -21,8 +21,8 @@ process PLAN {
     script:
     def args = task.ext.args ?: ''
     """
-    slimreg_plan.py --input ${samplesheet} --outdir plan ${args}
-    slimreg_versions.py --process ${task.process} > versions.yml
+    slimreg plan --input ${samplesheet} --outdir plan ${args}
+    slimreg versions --process ${task.process} > versions.yml
     """
 
     stub:

@@ -19,8 +19,8 @@ process REPORT {
 
     script:
     """
-    slimreg_report.py --results results --plan ${plan} --outdir report
-    slimreg_versions.py --process ${task.process} > versions.yml
+    slimreg report --results results --plan ${plan} --outdir report
+    slimreg versions --process ${task.process} > versions.yml
     """
 
     stub:
