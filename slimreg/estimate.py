@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from slimreg import layout
 from slimreg.io.probe import ImageInfo, probe
 from slimreg.io.tiles import RENDER_BLOCK_PIXELS
 
@@ -140,7 +141,7 @@ def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, s
     infos: dict[str, ImageInfo] = dict(known or {})
 
     def info(path: str) -> ImageInfo | None:
-        if path.startswith(("work/", "registered/")):
+        if path.startswith(layout.PRODUCED_PREFIXES):
             return None
         if path not in infos:
             infos[path] = probe(path)

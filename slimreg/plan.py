@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimreg import __version__
+from slimreg import __version__, layout
 from slimreg.atomic import write_json_atomic, write_text_atomic
 from slimreg.batching import DEFAULT_BATCH_SIZE, collate
 from slimreg.chunking import check_session_shapes, frames_per_piece, plan_pieces, projection_factor
@@ -145,10 +145,10 @@ def build_plan(sheet: Samplesheet, outdir: str | Path, registration: Registratio
     probed: dict[str, ImageInfo] = {}  # headers read once, shared with the memory estimate
     for sample in sheet.samples():
         tasks += _sample_tasks(sample, registration, settings, notes, probed)
-    qc_outputs = [o for t in tasks if t.kind == "qc" for o in t.outputs if o.endswith(".json")]
-    register_logs = [o for t in tasks if t.kind == "register" for o in t.outputs if o.endswith(".register.json")]
-    tasks.append(Task("report", "report", "", inputs=qc_outputs + register_logs,
-                      outputs=["report/report.html", "report/metrics.csv", "report/slimreg_mqc.tsv"]))
+    qc_outputs = [o for t in tasks if t.kind == "qc" for o in t.outputs if o.endswith(layout.QC_JSON_SUFFIX)]
+    register_logs = [o for t in tasks if t.kind == "register" for o in t.outputs
+                     if o.endswith(layout.REGISTER_LOG_SUFFIX)]
+    tasks.append(Task("report", "report", "", inputs=qc_outputs + register_logs, outputs=list(layout.REPORT_FILES)))
     _link_dependencies(tasks)
     from slimreg.estimate import estimate_plan_tasks
 
@@ -198,7 +198,7 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
                 session.pieces.append(str(row.image))
                 session.piece_tasks.append("")
                 continue
-            pieces = plan_pieces(info, per_piece, Path("work") / "split" / name, row.stem)
+            pieces = plan_pieces(info, per_piece, layout.split_folder(name), row.stem)
             task_id = safe_id(f"split-{name}-{row.stem}")
             tasks.append(Task(task_id, "split", name, inputs=[str(row.image)], outputs=[p.path for p in pieces],
                               settings={"max_frames": settings.max_frames, "max_chunk_gb": settings.max_chunk_gb},
@@ -209,7 +209,7 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
             factor = projection_factor(session.infos[0], max_dim)
             index = reference_channel if reference_channel == OPTICAL_DENSITY else _channel_index(
                 session.infos[0], channel_name, registration.channel)
-            projection = f"work/{name}/{session.name}.projection.ome.tif"
+            projection = layout.projection(name, safe_id(session.name))
             task_id = safe_id(f"project-{name}-{session.name}")
             tasks.append(Task(task_id, "project", name, inputs=[str(r.image) for r in session.rows],
                               outputs=[projection], params={"channel": 0 if index == OPTICAL_DENSITY else index,
@@ -224,18 +224,18 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
         task_id = safe_id(f"register-{name}-b{number}")
         units = []
         for session in batch:
-            registered = [f"registered/{name}/{image_stem(p)}.ome.tif" for p in session.pieces]
+            registered = [layout.registered_image(name, image_stem(p)) for p in session.pieces]
             unit = {"name": session.name, "registration_image": session.registration_image,
                     "scale": session.registration_scale, "apply_to": session.pieces, "registered": registered,
-                    "transform": f"transforms/{name}/{safe_id(session.name)}.transform.json",
-                    "registered_projection": (f"work/{name}/{safe_id(session.name)}.projection.registered.ome.tif"
+                    "transform": layout.transform_file(name, safe_id(session.name)),
+                    "registered_projection": (layout.registered_projection(name, safe_id(session.name))
                                               if session_mode else None)}
             units.append(unit)
         inputs = [reference.registration_image] + [u["registration_image"] for u in units] + \
             [p for u in units for p in u["apply_to"]]
         outputs = [o for u in units for o in [*u["registered"], u["transform"]]]
         outputs += [u["registered_projection"] for u in units if u["registered_projection"]]
-        outputs.append(f"transforms/{name}/{task_id}.register.json")
+        outputs.append(layout.register_log(name, task_id))
         tasks.append(Task(task_id, "register", name, inputs=list(dict.fromkeys(inputs)), outputs=outputs,
                           settings=reg_settings,
                           params={"reference": reference.registration_image,
@@ -244,7 +244,7 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
                                   "units": units}))
         for unit, session in zip(units, batch, strict=True):
             if settings.merge_chunks and len(session.pieces) > 1:
-                merged = f"registered/{name}/{safe_id(session.name)}.ome.tif"
+                merged = layout.registered_image(name, safe_id(session.name))
                 tasks.append(Task(safe_id(f"merge-{name}-{session.name}"), "merge", name, inputs=unit["registered"],
                                   outputs=[merged]))
             tasks.append(_qc_task(name, reference, session, unit, settings))
@@ -264,7 +264,7 @@ def _qc_task(sample: str, reference: _Session, session: _Session, unit: dict[str
     inputs = [params["reference"], registered, params["original"], unit["transform"]]
     inputs += [p for p in (params["landmarks_reference"], params["landmarks_moving"]) if p]
     return Task(safe_id(f"qc-{sample}-{session.name}"), "qc", sample, inputs=inputs,
-                outputs=[f"qc/{sample}/{stem}_qc.png", f"qc/{sample}/{stem}_qc.json"], params=params)
+                outputs=layout.qc_files(sample, stem), params=params)
 
 
 def _channel_index(info: ImageInfo, name: str | None, requested: str | None) -> int:

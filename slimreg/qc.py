@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from slimreg import layout
 from slimreg.atomic import atomic_output, write_json_atomic
 from slimreg.demo import read_landmarks
 from slimreg.errors import InputError
@@ -187,12 +188,12 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
     picture = np.hstack([np.pad(p, ((0, 0), (0, 8), (0, 0)), constant_values=255) for p in panels])
     result = QcResult(image=str(registered_path), reference=str(reference_path), metrics=metrics, status=status,
                       reasons=reasons)
-    png_path = outdir / f"{stem}_qc.png"
+    png_path = outdir / f"{stem}{layout.QC_PNG_SUFFIX}"
     with atomic_output(png_path) as tmp:
         if not cv2.imwrite(str(tmp) + ".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
             raise InputError("could not write the QC picture.", png_path)
         Path(str(tmp) + ".png").replace(tmp)
-    write_json_atomic(outdir / f"{stem}_qc.json", {**asdict(result), "thresholds": asdict(thresholds),
+    write_json_atomic(outdir / f"{stem}{layout.QC_JSON_SUFFIX}", {**asdict(result), "thresholds": asdict(thresholds),
                                                    "png": png_path.name, "sample": sample or outdir.name})
     return result
 

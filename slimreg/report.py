@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from slimreg import layout
 from slimreg.atomic import write_text_atomic
 from slimreg.errors import InputError
 from slimreg.plan import Plan
@@ -33,10 +34,10 @@ MB = 1024**2
 
 def _qc_records(results: Path) -> list[dict[str, Any]]:
     records = []
-    for path in sorted(results.glob("**/*_qc.json")):
+    for path in sorted(results.glob(f"**/*{layout.QC_JSON_SUFFIX}")):
         data = json.loads(path.read_text())
         data["sample"] = data.get("sample") or path.parent.name
-        data["name"] = path.name.removesuffix("_qc.json")
+        data["name"] = path.name.removesuffix(layout.QC_JSON_SUFFIX)
         png = path.with_name(data.get("png", path.name.replace(".json", ".png")))
         if not png.is_file():  # Nextflow stages each file of a list in its own numbered folder
             png = next((p for p in sorted(results.glob(f"**/{png.name}")) if p.is_file()), png)
@@ -48,7 +49,7 @@ def _qc_records(results: Path) -> list[dict[str, Any]]:
 def _registration_failures(results: Path) -> list[dict[str, Any]]:
     """Images that REGISTER could not register (from its logs), as report rows: they have no QC of their own."""
     records = []
-    for path in sorted(results.glob("**/*.register.json")):
+    for path in sorted(results.glob(f"**/*{layout.REGISTER_LOG_SUFFIX}")):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -75,9 +76,9 @@ def _thumbnail(png: Path, width: int = 320) -> str:
 def _task_memory(results: Path, plan: Plan | None) -> list[dict[str, Any]]:
     """Estimated (plan) vs measured (memory logs or Nextflow trace) peak memory and wall time per task."""
     measured: dict[str, dict[str, float]] = {}
-    for path in sorted(results.glob("**/*.memory.json")):
+    for path in sorted(results.glob(f"**/*{layout.MEMORY_LOG_SUFFIX}")):
         data = json.loads(path.read_text())
-        task_id = data.get("task") or path.name.removesuffix(".memory.json")
+        task_id = data.get("task") or path.name.removesuffix(layout.MEMORY_LOG_SUFFIX)
         peak = data.get("process_peak_bytes") or max((t["peak_bytes"] for t in data.get("tasks", [])), default=0)
         seconds = sum(t["wall_seconds"] for t in data.get("tasks", []))
         measured[task_id] = {"peak": peak, "seconds": seconds, "measured_in": data.get("measured_in", "")}

@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from slimreg import layout
 from slimreg.atomic import remove_partials, write_json_atomic, write_text_atomic
 from slimreg.errors import ParameterError, SlimregError, os_error_message
 from slimreg.lock import OutputFolderLock
@@ -113,7 +114,7 @@ def completion_record(plan: Plan, task: Task, root: Path, preset: str | None) ->
 
 
 def _record_path(root: Path, task: Task) -> Path:
-    return root / "pipeline_info" / "tasks" / f"{task.id}.done.json"
+    return layout.task_record(root, task.id)
 
 
 def is_complete(plan: Plan, task: Task, root: Path) -> bool:
@@ -157,7 +158,7 @@ def _mark_complete(plan: Plan, task: Task, root: Path, preset: str | None) -> No
 
 def _subprocess_command(plan_path: Path, task: Task, root: Path, preset: str | None) -> list[str]:
     command = [sys.executable, "-m", "slimreg.cli", "run-task", "--plan", str(plan_path), "--task", task.id,
-               "--root", str(root), "--memory-log", str(root / "pipeline_info" / "tasks" / f"{task.id}.memory.json")]
+               "--root", str(root), "--memory-log", str(layout.task_memory_log(root, task.id))]
     if preset:
         command += ["--preset", preset]
     return command
@@ -197,7 +198,7 @@ def run_batch(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_EN
     plan = build_plan(sheet, root, registration, plan_settings)
     inputs = refuse_outputs_over_inputs(plan, sheet, root)
     with OutputFolderLock(root):  # before anything is written or cleaned up there
-        info_dir = root / "pipeline_info"
+        info_dir = layout.info_dir(root)
         info_dir.mkdir(parents=True, exist_ok=True)
         run_preflight(plan, root, workers=workers if mode == "parallel" else 1, force=force, write_to=info_dir)
         plan_path, _ = plan.write(info_dir)
@@ -214,7 +215,7 @@ def run_batch(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_EN
                                      memory_debug, log, show_bar, max_memory)
         finally:
             log.close()
-    report = root / "report" / "report.html"
+    report = layout.report_page(root)
     summary = RunSummary(outdir=str(root), report=str(report) if report.is_file() else None, outcomes=outcomes)
     write_json_atomic(info_dir / "run_summary.json", {"outdir": summary.outdir, "report": summary.report,
                                                       "outcomes": [asdict(o) for o in outcomes]})
@@ -403,7 +404,7 @@ def can_run_without(task: Task, root: Path) -> bool:
 def task_log_path(root: Path, task_id: str) -> Path:
     """Where a task's own stderr goes (every attempt appended): a file, never a pipe, so a chatty task cannot
     fill a pipe's buffer and hang until its timeout."""
-    return root / "pipeline_info" / "tasks" / f"{task_id}.log"
+    return layout.task_log(root, task_id)
 
 
 def _start(plan_path: Path, task: Task, root: Path, preset: str | None,
@@ -441,7 +442,7 @@ def _run_in_process(plan: Plan, task: Task, root: Path, tracker: MemoryTracker |
         outcome.message = (f"internal error {type(error).__name__}: {error} (traceback in {trace}; please report "
                            "it with that file)")
     finally:
-        task_tracker.write(root / "pipeline_info" / "tasks" / f"{task.id}.memory.json",
+        task_tracker.write(layout.task_memory_log(root, task.id),
                            {"task": task.id, "measured_in": SHARED_PROCESS})
         if tracker is not None:
             tracker.tasks.extend(task_tracker.tasks)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from slimreg import layout
 from slimreg.chunking import Piece, merge_pieces, project_session, split_stack
 from slimreg.errors import InputError, RegistrationError
 from slimreg.io.integrity import damaged_input_error, is_decode_error
@@ -105,7 +106,7 @@ def _run_kind(plan: Plan, task: Task, root: Path, inputs: dict[str, Path], track
         from slimreg.report import build_report
 
         with tracker.task(task.id):
-            build_report(root, root / "report", plan=plan)
+            build_report(root, layout.report_page(root).parent, plan=plan)
     else:
         raise InputError(f"task {task.id} has an unknown kind {task.kind!r}.")
 
@@ -140,7 +141,7 @@ def _qc(task: Task, root: Path, tracker: MemoryTracker) -> None:
                original_path=resolve(params["original"], root, True),
                transform_path=resolve(params["transform"], root, True),
                landmarks_reference=params.get("landmarks_reference"), landmarks_moving=params.get("landmarks_moving"),
-               max_dim=params["max_dim"], stem=png.name.removesuffix("_qc.png"),
+               max_dim=params["max_dim"], stem=png.name.removesuffix(layout.QC_PNG_SUFFIX),
                reference_scale=params.get("reference_scale", 1), moving_scale=params.get("moving_scale", 1),
                sample=task.sample)
 

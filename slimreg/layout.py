@@ -1,0 +1,84 @@
+"""Where every file of a run goes: one module, so the plan, the runner, QC, the report and the docs agree.
+
+Paths of outputs are relative to the run's output folder (``--outdir`` for `slimreg run`, the task's work folder
+under Nextflow, which publishes them to the same places):
+
+    registered/<sample>/<image>.ome.tif              the registered images, in the reference frame
+    transforms/<sample>/<session>.transform.json     each session's transform (+ .displacement.npz)
+    transforms/<sample>/<task>.register.json         what one REGISTER task did, per image
+    qc/<sample>/<session>_qc.png, _qc.json           QC overlay and verdict
+    report/report.html, metrics.csv, slimreg_mqc.tsv
+    pipeline_info/                                   plan, pre-flight, run log, per-task records and logs
+    work/                                            split pieces and session projections (intermediate)
+
+Names that go into paths come through :func:`slimreg.samplesheet.safe_id` first, so they are file-name safe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REGISTERED = "registered"
+TRANSFORMS = "transforms"
+QC = "qc"
+REPORT = "report"
+PIPELINE_INFO = "pipeline_info"
+WORK = "work"
+
+QC_PNG_SUFFIX = "_qc.png"
+QC_JSON_SUFFIX = "_qc.json"
+REGISTER_LOG_SUFFIX = ".register.json"
+MEMORY_LOG_SUFFIX = ".memory.json"
+REPORT_FILES = (f"{REPORT}/report.html", f"{REPORT}/metrics.csv", f"{REPORT}/slimreg_mqc.tsv")
+# outputs of earlier tasks (never samplesheet inputs): their headers are known from the plan, not probed
+PRODUCED_PREFIXES = (f"{WORK}/", f"{REGISTERED}/")
+
+
+def registered_image(sample: str, stem: str) -> str:
+    return f"{REGISTERED}/{sample}/{stem}.ome.tif"
+
+
+def transform_file(sample: str, session: str) -> str:
+    return f"{TRANSFORMS}/{sample}/{session}.transform.json"
+
+
+def register_log(sample: str, task_id: str) -> str:
+    return f"{TRANSFORMS}/{sample}/{task_id}{REGISTER_LOG_SUFFIX}"
+
+
+def split_folder(sample: str) -> Path:
+    return Path(WORK) / "split" / sample
+
+
+def projection(sample: str, session: str) -> str:
+    return f"{WORK}/{sample}/{session}.projection.ome.tif"
+
+
+def registered_projection(sample: str, session: str) -> str:
+    return f"{WORK}/{sample}/{session}.projection.registered.ome.tif"
+
+
+def qc_files(sample: str, stem: str) -> list[str]:
+    return [f"{QC}/{sample}/{stem}{QC_PNG_SUFFIX}", f"{QC}/{sample}/{stem}{QC_JSON_SUFFIX}"]
+
+
+def info_dir(root: Path) -> Path:
+    return Path(root) / PIPELINE_INFO
+
+
+def task_record(root: Path, task_id: str) -> Path:
+    """The completion record `--resume` checks."""
+    return info_dir(root) / "tasks" / f"{task_id}.done.json"
+
+
+def task_memory_log(root: Path, task_id: str) -> Path:
+    return info_dir(root) / "tasks" / f"{task_id}{MEMORY_LOG_SUFFIX}"
+
+
+def task_log(root: Path, task_id: str) -> Path:
+    """A task's own stderr (every attempt appended)."""
+    return info_dir(root) / "tasks" / f"{task_id}.log"
+
+
+def report_page(root: Path) -> Path:
+    return Path(root) / REPORT_FILES[0]
