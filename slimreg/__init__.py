@@ -1,20 +1,27 @@
 """slimreg: register series of very large microscopy images at a bounded, predicted memory cost.
 
-The package holds all logic; the `slimreg` command and the Nextflow pipeline's `bin/` scripts are
-thin front ends over it. Heavy modules (VALIS, torch) are imported lazily by the code that needs them.
+The package holds all logic; the `slimreg` command (and the pipeline's `bin/slimreg`, the same command) is a thin
+front end over it. Heavy modules (VALIS, torch) are imported lazily by the code that needs them.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "run_batch"]
+__all__ = ["__version__", "run_job"]
+
+
+def run_job(*args: Any, **kwargs: Any) -> Any:
+    """Run a whole job on one machine; see :func:`slimreg.runner.run_job` (imported lazily)."""
+    from slimreg.runner import run_job as _run_job
+
+    return _run_job(*args, **kwargs)
 
 
 def run_batch(*args: Any, **kwargs: Any) -> Any:
-    """Run a whole job on one machine; see :func:`slimreg.runner.run_batch` (imported lazily)."""
-    from slimreg.runner import run_batch as _run_batch
-
-    return _run_batch(*args, **kwargs)
+    """The former name of :func:`run_job` (a "batch" is the group of images one REGISTER task holds)."""
+    warnings.warn("slimreg.run_batch is now slimreg.run_job", DeprecationWarning, stacklevel=2)
+    return run_job(*args, **kwargs)

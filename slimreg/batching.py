@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from slimreg.errors import ParameterError
+from slimreg.options import DEFAULT_BATCH_SIZE
 
 T = TypeVar("T")
-DEFAULT_BATCH_SIZE = 3
 
 
 def collate(items: Sequence[T], batch_size: int) -> list[list[T]]:

@@ -21,6 +21,7 @@ from slimreg.io.probe import ImageInfo, probe
 from slimreg.io.read import TiffImage
 from slimreg.io.vips import from_numpy
 from slimreg.io.write import OmeMetadata, write_planes
+from slimreg.options import WORK_TILE_SIZE
 
 if TYPE_CHECKING:
     import pyvips
@@ -83,7 +84,7 @@ def _frame_planes(image: TiffImage, frame: int) -> list[Callable[[], pyvips.Imag
     return [functools.partial(image.plane, 0, channel, frame) for channel in channels]
 
 
-def split_stack(path: str | Path, pieces: list[Piece], tile_size: int = 512,
+def split_stack(path: str | Path, pieces: list[Piece], tile_size: int = WORK_TILE_SIZE,
                 compression: str = "deflate") -> list[Path]:
     """Write each piece by streaming its frames from the source, block by block."""
     image = TiffImage(path, access="random")
@@ -113,7 +114,7 @@ def projection_factor(info: ImageInfo, max_dim: int) -> int:
 
 
 def project_session(paths: list[str | Path], out_path: str | Path, channel: int, factor: int,
-                    tile_size: int = 512) -> Path:
+                    tile_size: int = WORK_TILE_SIZE) -> Path:
     """Mean and max over every frame of every piece, of one channel, block-averaged by ``factor``.
 
     Streams frame by frame: memory is two float32 accumulators at the projection's size.
@@ -145,7 +146,7 @@ def project_session(paths: list[str | Path], out_path: str | Path, channel: int,
     return write_planes(planes, out_path, meta, tile_size=tile_size)
 
 
-def merge_pieces(paths: list[str | Path], out_path: str | Path, tile_size: int = 512,
+def merge_pieces(paths: list[str | Path], out_path: str | Path, tile_size: int = WORK_TILE_SIZE,
                  compression: str = "deflate") -> Path:
     """Concatenate registered pieces of one session into one stack, frame by frame."""
     images = [TiffImage(p, access="random") for p in paths]

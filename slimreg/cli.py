@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from slimreg import __version__
+from slimreg import __version__, options
 from slimreg.errors import SlimregError, os_error_message
 
 EXIT_USAGE = 2
@@ -80,7 +80,7 @@ def _validate_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by `register`, `plan` and `run`."""
-    from slimreg.register.settings import DEFAULT_ENGINE, DEFAULT_PRESET, ENGINES, PRESET_ORDER
+    from slimreg.options import DEFAULT_ENGINE, DEFAULT_PRESET, ENGINES, PRESET_ORDER
 
     group = parser.add_argument_group("registration")
     group.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help=f"default {DEFAULT_ENGINE}")
@@ -95,12 +95,13 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--processing-dim", type=int, help="long side (px) for feature matching (preset)")
     group.add_argument("--non-rigid-dim", type=int, help="long side (px) for the displacement field (preset)")
     group.add_argument("--micro-dim", type=int, help="long side (px) for the refinement (preset)")
-    group.add_argument("--transform-model", choices=("affine", "similarity"), default="affine",
+    group.add_argument("--transform-model", choices=options.TRANSFORM_MODELS, default=options.DEFAULT_TRANSFORM_MODEL,
                        help="affine model of the feature engine (the valis engine uses VALIS' own similarity model)")
     group.add_argument("--allow-mirror", action="store_true",
                        help="consider mirror images of moving sections (mounted face down); off by default")
-    group.add_argument("--tile-size", type=int, default=1024, help="output tile size in px (default 1024)")
-    group.add_argument("--compression", choices=("deflate", "zstd", "lzw", "jpeg", "none"), default="deflate")
+    group.add_argument("--tile-size", type=int, default=options.DEFAULT_TILE_SIZE,
+                       help=f"output tile size in px (default {options.DEFAULT_TILE_SIZE})")
+    group.add_argument("--compression", choices=options.COMPRESSIONS, default=options.DEFAULT_COMPRESSION)
 
 
 def registration_settings(args: argparse.Namespace):
@@ -115,11 +116,11 @@ def registration_settings(args: argparse.Namespace):
 
 def run_register(args: argparse.Namespace) -> int:
     from slimreg.memory import MemoryTracker
-    from slimreg.register.batch import register_batch
+    from slimreg.register.batch import register_images
 
     settings = registration_settings(args)
     with MemoryTracker(debug=args.memory_debug) as tracker:
-        batch = register_batch(args.reference, args.moving, args.outdir, settings, tracker=tracker,
+        batch = register_images(args.reference, args.moving, args.outdir, settings, tracker=tracker,
                                keep_work=args.keep_work, include_reference=args.include_reference)
         tracker.report()
     for result in batch.images:
@@ -144,11 +145,13 @@ def _register_args(parser: argparse.ArgumentParser) -> None:
 
 def _plan_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("plan")
-    group.add_argument("--batch-size", type=int, default=3, help="moving images per REGISTER task (default 3)")
+    group.add_argument("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE,
+                       help=f"moving images per REGISTER task (default {options.DEFAULT_BATCH_SIZE})")
     group.add_argument("--max-frames", type=int, help="split stacks into pieces of at most this many frames")
     group.add_argument("--max-chunk-gb", type=positive_number, help="split stacks into pieces of at most this many GB")
     group.add_argument("--merge-chunks", action="store_true", help="also write one registered stack per session")
-    group.add_argument("--qc-max-dim", type=int, default=2048, help="long side of QC images in px (default 2048)")
+    group.add_argument("--qc-max-dim", type=int, default=options.DEFAULT_QC_MAX_DIM,
+                       help=f"long side of QC images in px (default {options.DEFAULT_QC_MAX_DIM})")
 
 
 def _build_plan(args: argparse.Namespace):
@@ -313,7 +316,7 @@ def _qc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--landmarks-reference", type=Path)
     parser.add_argument("--landmarks-moving", type=Path)
     parser.add_argument("--outdir", type=Path, required=True)
-    parser.add_argument("--max-dim", type=int, default=2048)
+    parser.add_argument("--max-dim", type=int, default=options.DEFAULT_QC_MAX_DIM)
     parser.add_argument("--channel", help="channel to compare (default as for registration)")
     parser.add_argument("--min-significance", type=float, default=4.0,
                         help="sd above unrelated placements the registered image must stand (default 4)")
@@ -341,9 +344,9 @@ def _report_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from slimreg.runner import print_summary, run_batch
+    from slimreg.runner import print_summary, run_job
 
-    summary = run_batch(
+    summary = run_job(
         args.input, args.outdir, engine=args.engine, preset=args.preset, channel=args.channel,
         non_rigid=args.non_rigid, micro=args.micro, batch_size=args.batch_size, max_frames=args.max_frames,
         max_chunk_gb=args.max_chunk_gb, merge_chunks=args.merge_chunks, mode=args.mode, workers=args.workers,
@@ -361,7 +364,7 @@ def run_run(args: argparse.Namespace) -> int:
 def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, required=True, metavar="SAMPLESHEET")
     parser.add_argument("--outdir", type=Path, required=True)
-    parser.add_argument("--mode", choices=("subprocess", "parallel", "serial"), default="subprocess",
+    parser.add_argument("--mode", choices=options.MODES, default=options.DEFAULT_MODE,
                         help="subprocess (default): each task in its own process, its memory budget enforced; "
                         "parallel: --workers at once; serial: all in this process, no budget enforced (debugging)")
     parser.add_argument("--max-memory", type=memory_size, metavar="SIZE",
@@ -370,7 +373,8 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes at once in --mode parallel")
     parser.add_argument("--timeout-per-task", type=positive_number,
                         help="seconds; needs --mode subprocess or parallel")
-    parser.add_argument("--max-retries", type=int, default=2, help="retries after an out-of-memory kill")
+    parser.add_argument("--max-retries", type=int, default=options.DEFAULT_MAX_RETRIES,
+                        help="retries (one preset lower each) after an out-of-memory kill or a budget stop")
     parser.add_argument("--resume", action="store_true", help="skip tasks whose completion record matches")
     parser.add_argument("--force", action="store_true", help="run even if the pre-flight says it will not fit")
     parser.add_argument("--memory-debug", action="store_true", help="print RSS before/after every task")

@@ -20,6 +20,7 @@ from skimage import color, data
 from slimreg.atomic import write_text_atomic
 from slimreg.io.vips import from_numpy
 from slimreg.io.write import OmeMetadata, write_planes
+from slimreg.options import WORK_TILE_SIZE
 from slimreg.transform import Displacement, Transform, similarity_matrix
 from slimreg.warp import warp_plane
 
@@ -263,7 +264,7 @@ def make_pair(outdir: str | Path, size: int, *, channels: int = 4, rgb: bool = F
                     plane = warp_plane(plane, generator, width, size)
                 planes.append(_as_uint16(plane, seed * 100 + index * 10 + c, noise=noise))
             meta = OmeMetadata(width, size, "uint16", names, (0.5, 0.5))
-        path = write_planes(planes, outdir / f"{stem}.ome.tif", meta, tile_size=512,
+        path = write_planes(planes, outdir / f"{stem}.ome.tif", meta, tile_size=WORK_TILE_SIZE,
                             compression="jpeg" if rgb else "deflate")
         write_landmarks(outdir / f"{stem}.landmarks.csv", points if generator is None else generator.push(points))
         paths.append(path)

@@ -94,10 +94,11 @@ def tree_rss(process: psutil.Process) -> int:
 
 
 @dataclass
-class TaskMemory:
-    """Memory of one task: RSS before, at peak and after (after a garbage collection)."""
+class StepMemory:
+    """Memory of one step (a task, or a part of one such as one warp): RSS before, at peak and after (after a
+    garbage collection)."""
 
-    task: str
+    step: str
     baseline_bytes: int
     peak_bytes: int = 0
     final_bytes: int = 0
@@ -111,20 +112,20 @@ class TaskMemory:
 
 @dataclass
 class MemoryTracker:
-    """Sample RSS every ``interval`` seconds while tasks run; summarise per task and over the run.
+    """Sample RSS every ``interval`` seconds while steps run; summarise per step and over the run.
 
-    Use ``with tracker.task("name"):`` around each unit of work. ``debug=True`` prints before/after lines.
+    Use ``with tracker.step("name"):`` around each unit of work. ``debug=True`` prints before/after lines.
     """
 
     interval: float = 0.02
     debug: bool = False
     stream: TextIO = field(default=sys.stderr, repr=False)
-    tasks: list[TaskMemory] = field(default_factory=list)
+    steps: list[StepMemory] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._process = psutil.Process()
         self.start_bytes = tree_rss(self._process)
-        self._current: TaskMemory | None = None
+        self._current: StepMemory | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._sample_loop, name="slimreg-memory", daemon=True)
@@ -147,8 +148,8 @@ class MemoryTracker:
         if self.debug:
             print(f"[mem] {rss / GB:6.2f} GB {text}", file=self.stream, flush=True)
 
-    def task(self, name: str) -> _TaskContext:
-        return _TaskContext(self, name)
+    def step(self, name: str) -> _StepContext:
+        return _StepContext(self, name)
 
     def close(self) -> None:
         self._stop.set()
@@ -156,13 +157,13 @@ class MemoryTracker:
 
     def summary(self) -> dict[str, Any]:
         """Baseline, peak and final over the run, and whether RSS climbed across tasks (a leak)."""
-        if not self.tasks:
+        if not self.steps:
             return {"baseline_bytes": self.start_bytes, "peak_bytes": self.start_bytes, "final_bytes": self.start_bytes,
                     "pattern": "no tasks"}
-        baseline = self.tasks[0].baseline_bytes
-        final = self.tasks[-1].final_bytes
-        peak = max(t.peak_bytes for t in self.tasks)
-        finals = [t.final_bytes for t in self.tasks]
+        baseline = self.steps[0].baseline_bytes
+        final = self.steps[-1].final_bytes
+        peak = max(t.peak_bytes for t in self.steps)
+        finals = [t.final_bytes for t in self.steps]
         climbing = len(finals) > 1 and all(b >= a for a, b in itertools.pairwise(finals))
         leak = final - baseline > LEAK_THRESHOLD_BYTES and climbing
         return {"baseline_bytes": baseline, "peak_bytes": peak, "final_bytes": final,
@@ -179,7 +180,7 @@ class MemoryTracker:
 
     def write(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write the per-task log and summary as JSON (next to the step's outputs)."""
-        data = {"tasks": [asdict(t) for t in self.tasks], "summary": self.summary(), **(extra or {})}
+        data = {"steps": [asdict(t) for t in self.steps], "summary": self.summary(), **(extra or {})}
         return write_json_atomic(path, data)
 
     def __enter__(self) -> MemoryTracker:
@@ -189,13 +190,13 @@ class MemoryTracker:
         self.close()
 
 
-class _TaskContext:
+class _StepContext:
     def __init__(self, tracker: MemoryTracker, name: str):
         self.tracker, self.name = tracker, name
 
-    def __enter__(self) -> TaskMemory:
+    def __enter__(self) -> StepMemory:
         rss = tree_rss(self.tracker._process)
-        record = TaskMemory(task=self.name, baseline_bytes=rss, peak_bytes=rss)
+        record = StepMemory(step=self.name, baseline_bytes=rss, peak_bytes=rss)
         with self.tracker._lock:
             self.tracker._current = record
         self._start = time.perf_counter()
@@ -212,5 +213,5 @@ class _TaskContext:
         record.final_bytes = tree_rss(self.tracker._process)
         record.peak_bytes = max(record.peak_bytes, record.final_bytes)
         record.wall_seconds = time.perf_counter() - self._start
-        self.tracker.tasks.append(record)
+        self.tracker.steps.append(record)
         self.tracker._log(record.final_bytes, f"after gc {self.name} (peak {record.peak_bytes / GB:.2f} GB)")

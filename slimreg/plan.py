@@ -19,10 +19,11 @@ from typing import Any
 
 from slimreg import __version__, layout
 from slimreg.atomic import write_json_atomic, write_text_atomic
-from slimreg.batching import DEFAULT_BATCH_SIZE, collate
+from slimreg.batching import collate
 from slimreg.chunking import check_session_shapes, frames_per_piece, plan_pieces, projection_factor
 from slimreg.errors import InputError, ParameterError
 from slimreg.io.probe import ImageInfo, probe
+from slimreg.options import DEFAULT_BATCH_SIZE, DEFAULT_QC_MAX_DIM, WORK_TILE_SIZE
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel
 from slimreg.register.settings import RegistrationSettings
 from slimreg.samplesheet import Sample, SampleRow, Samplesheet, image_stem, safe_id
@@ -38,7 +39,7 @@ class PlanSettings:
     max_frames: int | None = None
     max_chunk_gb: float | None = None
     merge_chunks: bool = False
-    qc_max_dim: int = 2048
+    qc_max_dim: int = DEFAULT_QC_MAX_DIM
     workers: int = 1
 
     def validate(self) -> None:
@@ -202,7 +203,7 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
             task_id = safe_id(f"split-{name}-{row.stem}")
             tasks.append(Task(task_id, "split", name, inputs=[str(row.image)], outputs=[p.path for p in pieces],
                               settings={"max_frames": settings.max_frames, "max_chunk_gb": settings.max_chunk_gb},
-                              params={"pieces": [asdict(p) for p in pieces], "tile_size": 512}))
+                              params={"pieces": [asdict(p) for p in pieces], "tile_size": WORK_TILE_SIZE}))
             session.pieces += [p.path for p in pieces]
             session.piece_tasks += [task_id] * len(pieces)
         if session_mode:

@@ -79,8 +79,9 @@ def _task_memory(results: Path, plan: Plan | None) -> list[dict[str, Any]]:
     for path in sorted(results.glob(f"**/*{layout.MEMORY_LOG_SUFFIX}")):
         data = json.loads(path.read_text())
         task_id = data.get("task") or path.name.removesuffix(layout.MEMORY_LOG_SUFFIX)
-        peak = data.get("process_peak_bytes") or max((t["peak_bytes"] for t in data.get("tasks", [])), default=0)
-        seconds = sum(t["wall_seconds"] for t in data.get("tasks", []))
+        steps = data.get("steps", data.get("tasks", []))  # "tasks": logs written before 0.1.1
+        peak = data.get("process_peak_bytes") or max((t["peak_bytes"] for t in steps), default=0)
+        seconds = sum(t["wall_seconds"] for t in steps)
         measured[task_id] = {"peak": peak, "seconds": seconds, "measured_in": data.get("measured_in", "")}
     for trace in sorted(results.glob("**/execution_trace*.txt")):
         for row in csv.DictReader(trace.read_text().splitlines(), delimiter="\t"):

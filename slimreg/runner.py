@@ -37,15 +37,24 @@ from slimreg.atomic import remove_partials, write_json_atomic, write_text_atomic
 from slimreg.errors import ParameterError, SlimregError, os_error_message
 from slimreg.lock import OutputFolderLock
 from slimreg.memory import MemoryTracker, release_memory, tree_rss
+from slimreg.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_COMPRESSION,
+    DEFAULT_ENGINE,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MODE,
+    DEFAULT_PRESET,
+    DEFAULT_QC_MAX_DIM,
+    DEFAULT_TILE_SIZE,
+    MODES,
+)
 from slimreg.plan import Plan, PlanSettings, Task, build_plan
 from slimreg.preflight import run_preflight
-from slimreg.register.settings import DEFAULT_ENGINE, RegistrationSettings
+from slimreg.register.settings import RegistrationSettings
 from slimreg.samplesheet import read_samplesheet
 from slimreg.tasks import execute, lower_preset_for_retry, resolve
 from slimreg.versions import versions_yaml
 
-MODES = ("serial", "subprocess", "parallel")
-DEFAULT_MODE = "subprocess"
 KILLED_CODES = (-9, 137)
 # a task's process tree may use its estimate times this before slimreg stops it (the pre-flight predicts peaks
 # within 1.1-1.5x; the valis engine's own child budget uses the same factor)
@@ -164,13 +173,15 @@ def _subprocess_command(plan_path: Path, task: Task, root: Path, preset: str | N
     return command
 
 
-def run_batch(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGINE, preset: str = "medium",
-              channel: str | None = None, non_rigid: bool = True, micro: bool = True, batch_size: int = 3,
-              max_frames: int | None = None, max_chunk_gb: float | None = None, merge_chunks: bool = False,
-              mode: str = DEFAULT_MODE, workers: int = 1, timeout_per_task: float | None = None, max_retries: int = 2,
-              resume: bool = False, force: bool = False, memory_debug: bool = False, tile_size: int = 1024,
-              compression: str = "deflate", qc_max_dim: int = 2048, progress: bool | None = None,
-              registration_overrides: dict[str, Any] | None = None, max_memory: int | None = None) -> RunSummary:
+def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGINE, preset: str = DEFAULT_PRESET,
+             channel: str | None = None, non_rigid: bool = True, micro: bool = True,
+             batch_size: int = DEFAULT_BATCH_SIZE, max_frames: int | None = None, max_chunk_gb: float | None = None,
+             merge_chunks: bool = False, mode: str = DEFAULT_MODE, workers: int = 1,
+             timeout_per_task: float | None = None, max_retries: int = DEFAULT_MAX_RETRIES, resume: bool = False,
+             force: bool = False, memory_debug: bool = False, tile_size: int = DEFAULT_TILE_SIZE,
+             compression: str = DEFAULT_COMPRESSION, qc_max_dim: int = DEFAULT_QC_MAX_DIM,
+             progress: bool | None = None, registration_overrides: dict[str, Any] | None = None,
+             max_memory: int | None = None) -> RunSummary:
     """Validate, pre-flight, plan and execute a whole job; return a summary (see the module docstring)."""
     if mode not in MODES:
         raise ParameterError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
@@ -445,7 +456,7 @@ def _run_in_process(plan: Plan, task: Task, root: Path, tracker: MemoryTracker |
         task_tracker.write(layout.task_memory_log(root, task.id),
                            {"task": task.id, "measured_in": SHARED_PROCESS})
         if tracker is not None:
-            tracker.tasks.extend(task_tracker.tasks)
+            tracker.steps.extend(task_tracker.steps)
         task_tracker.close()
         release_memory()
     outcome.seconds = time.monotonic() - start

@@ -89,23 +89,23 @@ def _run_kind(plan: Plan, task: Task, root: Path, inputs: dict[str, Path], track
               preset: str | None, keep_work: bool) -> None:
     if task.kind == "split":
         pieces = [Piece(**{**p, "path": str(resolve(p["path"], root))}) for p in task.params["pieces"]]
-        with tracker.task(task.id):
+        with tracker.step(task.id):
             split_stack(inputs[task.inputs[0]], pieces, tile_size=task.params["tile_size"])
     elif task.kind == "project":
-        with tracker.task(task.id):
+        with tracker.step(task.id):
             project_session([inputs[p] for p in task.inputs], resolve(task.outputs[0], root),
                             channel=task.params["channel"], factor=task.params["factor"])
     elif task.kind == "register":
         _register(plan, task, root, tracker, preset, keep_work)
     elif task.kind == "merge":
-        with tracker.task(task.id):
+        with tracker.step(task.id):
             merge_pieces([inputs[p] for p in task.inputs], resolve(task.outputs[0], root))
     elif task.kind == "qc":
         _qc(task, root, tracker)
     elif task.kind == "report":
         from slimreg.report import build_report
 
-        with tracker.task(task.id):
+        with tracker.step(task.id):
             build_report(root, layout.report_page(root).parent, plan=plan)
     else:
         raise InputError(f"task {task.id} has an unknown kind {task.kind!r}.")
@@ -136,7 +136,7 @@ def _qc(task: Task, root: Path, tracker: MemoryTracker) -> None:
 
     params = task.params
     png = resolve(task.outputs[0], root)
-    with tracker.task(task.id):
+    with tracker.step(task.id):
         run_qc(resolve(params["reference"], root, True), resolve(params["registered"], root, True), png.parent,
                original_path=resolve(params["original"], root, True),
                transform_path=resolve(params["transform"], root, True),

@@ -16,6 +16,7 @@ import pyvips
 from slimreg.io.read import TiffImage
 from slimreg.io.vips import from_numpy
 from slimreg.io.write import OmeMetadata, write_planes
+from slimreg.options import WORK_TILE_SIZE
 from slimreg.transform import Transform
 
 INTERPOLATORS = ("nearest", "bilinear", "bicubic")
@@ -53,7 +54,7 @@ def warp_plane(plane: pyvips.Image, transform: Transform, width: int, height: in
 
 
 def warp_file(moving: TiffImage, transform: Transform, out_path: str | Path, *, reference_shape: tuple[int, int],
-              pixel_size_um: tuple[float, float] | None, compression: str = "deflate", tile_size: int = 512,
+              pixel_size_um: tuple[float, float] | None, compression: str = "deflate", tile_size: int = WORK_TILE_SIZE,
               interpolation: str = "bilinear", frames: range | None = None) -> Path:
     """Warp every channel (and frame) of ``moving`` into the reference frame and write an OME-TIFF.
 

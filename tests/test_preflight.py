@@ -166,15 +166,15 @@ def test_memory_tracker_tells_peak_from_leak() -> None:
     tracker = MemoryTracker(interval=0.005)
     kept = []
     for index in range(3):
-        with tracker.task(f"leaky{index}"):
+        with tracker.step(f"leaky{index}"):
             kept.append(bytearray(300 * 1024**2))
             kept[-1][:: 4096] = b"x" * len(kept[-1][:: 4096])
-    assert tracker.tasks[0].peak_above_baseline_bytes > 250 * 1024**2
+    assert tracker.steps[0].peak_above_baseline_bytes > 250 * 1024**2
     assert tracker.summary()["pattern"].startswith("leak")
     kept.clear()
     tracker2 = MemoryTracker(interval=0.005)
     for index in range(3):
-        with tracker2.task(f"peak{index}"):
+        with tracker2.step(f"peak{index}"):
             block = bytearray(300 * 1024**2)
             block[:: 4096] = b"x" * len(block[:: 4096])
             del block

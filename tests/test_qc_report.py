@@ -13,7 +13,7 @@ import pytest
 from slimreg.cli import main
 from slimreg.errors import InputError
 from slimreg.qc import run_qc
-from slimreg.register.batch import register_batch
+from slimreg.register.batch import register_images
 from slimreg.register.settings import RegistrationSettings
 from slimreg.report import build_report
 from slimreg.transform import Transform, similarity_matrix
@@ -23,7 +23,7 @@ from slimreg.transform import Transform, similarity_matrix
 def registered(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("qc-registered")
     settings = RegistrationSettings.from_preset("medium", engine="feature")
-    batch = register_batch(demo_dir / "mif_round0.ome.tif", [demo_dir / "mif_round3.ome.tif"], folder, settings)
+    batch = register_images(demo_dir / "mif_round0.ome.tif", [demo_dir / "mif_round3.ome.tif"], folder, settings)
     assert not batch.failed
     return folder
 

@@ -160,13 +160,13 @@ def test_if_rounds_and_calcium_frames_register(tmp_path: Path) -> None:
 
 def test_one_failed_image_does_not_block_the_others_qc_or_the_report(pairs: dict[str, SectionPair],
                                                                      tmp_path: Path) -> None:
-    from slimreg.runner import run_batch
+    from slimreg.runner import run_job
 
     kidney, lung = pairs["kidney_HE <- kidney_PanCK"], pairs["lung-lesion_HE <- lung-lesion_proSPC"]
     sheet = tmp_path / "samples.csv"
     sheet.write_text(f"sample,image,reference\nkidney,{kidney.reference},true\nkidney,{kidney.moving},false\n"
                      f"kidney,{lung.moving},false\n")
-    summary = run_batch(sheet, tmp_path / "out", engine="feature", batch_size=3)
+    summary = run_job(sheet, tmp_path / "out", engine="feature", batch_size=3)
     assert not summary.ok
     assert (tmp_path / "out" / "qc" / "kidney" / "kidney_PanCK_qc.json").is_file()
     qc = json.loads((tmp_path / "out" / "qc" / "kidney" / "kidney_PanCK_qc.json").read_text())

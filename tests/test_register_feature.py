@@ -10,7 +10,7 @@ import pytest
 from slimreg.cli import main
 from slimreg.demo import read_landmarks
 from slimreg.io import open_image, probe, write_array
-from slimreg.register.batch import register_batch
+from slimreg.register.batch import register_images
 from slimreg.register.settings import RegistrationSettings
 from slimreg.transform import Transform
 from tests.conftest import DEMO_SIZE
@@ -29,10 +29,10 @@ def feature_results(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     for mode in ("nonrigid", "affine"):
         folder = tmp_path_factory.mktemp(f"feature-{mode}")
         settings = RegistrationSettings.from_preset("medium", engine="feature", non_rigid=(mode == "nonrigid"))
-        batch = register_batch(demo_dir / "mif_round0.ome.tif", [demo_dir / f"mif_round{i}.ome.tif" for i in (1, 2, 3)],
-                               folder, settings)
+        moving = [demo_dir / f"mif_round{i}.ome.tif" for i in (1, 2, 3)]
+        batch = register_images(demo_dir / "mif_round0.ome.tif", moving, folder, settings)
         assert not batch.failed, [r.error for r in batch.failed]
-        he = register_batch(demo_dir / "he_section0.ome.tif", [demo_dir / "he_section1.ome.tif"], folder, settings)
+        he = register_images(demo_dir / "he_section0.ome.tif", [demo_dir / "he_section1.ome.tif"], folder, settings)
         assert not he.failed
         out[mode] = folder
     return out
@@ -90,7 +90,7 @@ def test_textureless_image_fails_alone_with_no_output(demo_dir: Path, tmp_path: 
 
 def test_missing_registration_channel_is_named(demo_dir: Path, tmp_path: Path) -> None:
     settings = RegistrationSettings.from_preset("low", engine="feature", channel="CD3")
-    batch = register_batch(demo_dir / "mif_round0.ome.tif", [demo_dir / "mif_round1.ome.tif"], tmp_path, settings)
+    batch = register_images(demo_dir / "mif_round0.ome.tif", [demo_dir / "mif_round1.ome.tif"], tmp_path, settings)
     assert batch.failed and "has no channel 'CD3'" in batch.failed[0].error
     assert "mif_round1.ome.tif" in batch.failed[0].error
     assert not list(tmp_path.glob("mif_round1*"))

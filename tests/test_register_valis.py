@@ -11,7 +11,7 @@ from skimage.registration import phase_cross_correlation
 
 from slimreg.demo import read_landmarks
 from slimreg.io import read_region
-from slimreg.register.batch import register_batch
+from slimreg.register.batch import register_images
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.valis_offline import import_valis, network_attempts
 from slimreg.transform import Transform
@@ -36,9 +36,9 @@ def valis_results(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     for label, nonrigid, movers in (("nonrigid", True, [1, 2, 3]), ("rigid", False, [3])):
         folder = tmp_path_factory.mktemp(f"valis-{label}")
         settings = RegistrationSettings.from_preset("low", engine="valis", non_rigid=nonrigid)
-        batch = register_batch(demo_dir / "mif_round0.ome.tif", [demo_dir / f"mif_round{i}.ome.tif" for i in movers],
+        batch = register_images(demo_dir / "mif_round0.ome.tif", [demo_dir / f"mif_round{i}.ome.tif" for i in movers],
                                folder, settings)
-        he = register_batch(demo_dir / "he_section0.ome.tif", [demo_dir / "he_section1.ome.tif"], folder, settings)
+        he = register_images(demo_dir / "he_section0.ome.tif", [demo_dir / "he_section1.ome.tif"], folder, settings)
         assert not batch.failed and not he.failed, [r.error for r in batch.failed + he.failed]
         folders[label] = folder
     return folders

@@ -133,7 +133,7 @@ def test_clean_up_removes_only_slimregs_own_leftovers(tmp_path: Path) -> None:
 
 def test_an_output_over_an_input_is_refused_before_any_work(tmp_path: Path) -> None:
     from slimreg.errors import ParameterError
-    from slimreg.runner import run_batch
+    from slimreg.runner import run_job
 
     out = tmp_path / "out"
     (out / "registered" / "s").mkdir(parents=True)
@@ -144,7 +144,7 @@ def test_an_output_over_an_input_is_refused_before_any_work(tmp_path: Path) -> N
     sheet = tmp_path / "samples.csv"
     sheet.write_text(f"sample,image,reference\ns,{reference},true\ns,{victim},false\n")
     with pytest.raises(ParameterError, match="would be written over an input"):
-        run_batch(sheet, out, engine="feature")
+        run_job(sheet, out, engine="feature")
     assert victim.read_bytes() == before
 
 
@@ -209,7 +209,7 @@ def tifffile_tiled(path: Path, pixels: np.ndarray) -> Path:
 
 def test_a_run_with_a_damaged_tile_fails_that_image_and_names_file_and_tile(tmp_path: Path) -> None:
     from slimreg.demo import make_demo_data
-    from slimreg.runner import run_batch
+    from slimreg.runner import run_job
 
     make_demo_data(tmp_path / "demo", size=256, frames=4)
     moving = tmp_path / "demo" / "mif_round1.ome.tif"
@@ -217,7 +217,7 @@ def test_a_run_with_a_damaged_tile_fails_that_image_and_names_file_and_tile(tmp_
     sheet = tmp_path / "sheet.csv"
     sheet.write_text(f"sample,image,reference\nmif,{tmp_path / 'demo' / 'mif_round0.ome.tif'},true\n"
                      f"mif,{moving},false\n")
-    summary = run_batch(sheet, tmp_path / "out", engine="feature", preset="low", progress=False)
+    summary = run_job(sheet, tmp_path / "out", engine="feature", preset="low", progress=False)
     register = next(o for o in summary.outcomes if o.kind == "register")
     assert register.status == "failed"
     assert str(moving) in register.message and "is damaged: page 0, tile 0" in register.message
@@ -294,7 +294,7 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_lives(tmp_pa
     from slimreg.demo import make_demo_data
     from slimreg.errors import ParameterError
     from slimreg.lock import LOCK_NAME, OutputFolderLock
-    from slimreg.runner import run_batch
+    from slimreg.runner import run_job
     from slimreg.tasks import TEST_SLEEP_HOOK
 
     make_demo_data(tmp_path / "demo", size=256, frames=4)
@@ -312,7 +312,7 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_lives(tmp_pa
             assert time.monotonic() < deadline and first.poll() is None, "the first run did not start"
             time.sleep(0.2)
         with pytest.raises(ParameterError, match=rf"another slimreg run is writing to this folder \(pid {first.pid} "):
-            run_batch(sheet, out, preset="low", progress=False)
+            run_job(sheet, out, preset="low", progress=False)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -427,7 +427,7 @@ def test_a_task_past_its_budget_is_stopped_by_slimreg_and_retried_lower(tmp_path
         options["max_memory"] = 40 * 1024**2  # a Python process with numpy alone is larger
     else:
         monkeypatch.setattr(runner, "BUDGET_MARGIN", 0.1)
-    summary = runner.run_batch(sheet, tmp_path / "out", preset="medium", progress=False, **options)
+    summary = runner.run_job(sheet, tmp_path / "out", preset="medium", progress=False, **options)
     register = next(o for o in summary.outcomes if o.kind == "register")
     assert register.status == "killed" and register.attempts == 2 and register.presets == ["", "low"]
     assert register.message.startswith("stopped by slimreg: its processes used ")
@@ -441,7 +441,7 @@ def test_peaks_are_labelled_by_where_they_were_measured(tmp_path: Path) -> None:
     import json
 
     from slimreg.demo import make_demo_data
-    from slimreg.runner import run_batch
+    from slimreg.runner import run_job
 
     make_demo_data(tmp_path / "demo", size=256, frames=4)
     sheet = tmp_path / "sheet.csv"
@@ -449,7 +449,7 @@ def test_peaks_are_labelled_by_where_they_were_measured(tmp_path: Path) -> None:
                      f"mif,{tmp_path / 'demo' / 'mif_round1.ome.tif'},false\n")
     for mode, label in (("subprocess", "own process"), ("serial", "shared process")):
         out = tmp_path / mode
-        assert run_batch(sheet, out, mode=mode, preset="low", progress=False).ok
+        assert run_job(sheet, out, mode=mode, preset="low", progress=False).ok
         logs = [json.loads(p.read_text()) for p in (out / "pipeline_info" / "tasks").glob("*.memory.json")]
         assert logs and {log["measured_in"] for log in logs} == {label}
         assert (label == "shared process") == ("(shared process)" in (out / "report" / "report.html").read_text())

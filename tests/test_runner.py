@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from slimreg.cli import main
-from slimreg.runner import run_batch
+from slimreg.runner import run_job
 from slimreg.tasks import TEST_OOM_HOOK, TEST_SLEEP_HOOK
 
 FAST = {"engine": "feature", "preset": "low", "max_frames": 5}
@@ -39,8 +39,8 @@ def test_merged_session_equals_unsplit_result(demo_sheet: Path, tmp_path: Path) 
     """Pieces of one session share one transform: merged pieces equal the registration of the whole files."""
     from slimreg.io import probe, read_region
 
-    split = run_batch(demo_sheet, tmp_path / "split", merge_chunks=True, **FAST)
-    whole = run_batch(demo_sheet, tmp_path / "whole", **{**FAST, "max_frames": None})
+    split = run_job(demo_sheet, tmp_path / "split", merge_chunks=True, **FAST)
+    whole = run_job(demo_sheet, tmp_path / "whole", **{**FAST, "max_frames": None})
     assert split.ok and whole.ok
     merged = tmp_path / "split" / "registered" / "calcium" / "s2.ome.tif"
     parts = [tmp_path / "whole" / "registered" / "calcium" / f"calcium_s2_part{i}.ome.tif" for i in (1, 2)]
@@ -59,7 +59,7 @@ def test_merged_session_equals_unsplit_result(demo_sheet: Path, tmp_path: Path) 
 def test_oom_kill_is_retried_with_a_lower_preset(demo_sheet: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TEST_OOM_HOOK, "register-mif-b1:medium")
-    summary = run_batch(demo_sheet, tmp_path / "out", engine="feature", preset="medium", max_frames=5,
+    summary = run_job(demo_sheet, tmp_path / "out", engine="feature", preset="medium", max_frames=5,
                         mode="subprocess")
     assert summary.ok
     outcome = next(o for o in summary.outcomes if o.id == "register-mif-b1")
@@ -92,7 +92,7 @@ def test_kill_timeout_and_resume(demo_sheet: Path, tmp_path: Path, monkeypatch: 
     (out / "registered" / "he" / "he_section1.ome.tif").write_bytes(b"not a finished image")
     monkeypatch.delenv(TEST_OOM_HOOK)
     monkeypatch.delenv(TEST_SLEEP_HOOK)
-    summary = run_batch(demo_sheet, out, resume=True, **FAST)
+    summary = run_job(demo_sheet, out, resume=True, **FAST)
     assert summary.ok
     statuses = {o.id: o.status for o in summary.outcomes}
     assert all(statuses[task] == "skipped" for task in done_first if task != "report")

@@ -25,8 +25,8 @@ from slimreg.errors import ParameterError
 from slimreg.io.tiles import JPEG_SUBSAMPLING, TileCodec, TileStore, pyramid_shapes, render_plane_tiles, scratch_path
 from slimreg.io.vips import from_numpy, vips_format
 from slimreg.memory import release_memory
+from slimreg.options import COMPRESSIONS, WORK_TILE_SIZE
 
-COMPRESSIONS = ("deflate", "zstd", "lzw", "jpeg", "none")
 OME_TYPES = {"uint8": "uint8", "int8": "int8", "uint16": "uint16", "int16": "int16", "uint32": "uint32",
              "int32": "int32", "float32": "float", "float64": "double"}
 
@@ -89,7 +89,7 @@ PlaneSource = pyvips.Image | Callable[[], pyvips.Image]
 
 
 def write_planes(planes: Sequence[PlaneSource], path: str | Path, meta: OmeMetadata, *,
-                 compression: str = "deflate", tile_size: int = 512, pyramid: bool = True,
+                 compression: str = "deflate", tile_size: int = WORK_TILE_SIZE, pyramid: bool = True,
                  quality: int = 90) -> Path:
     """Write lazy planes (channels fastest, then Z, then T) as one pyramidal OME-TIFF; return ``path``.
 

@@ -20,6 +20,7 @@ from slimreg.atomic import write_json_atomic
 from slimreg.errors import RegistrationError, SlimregError
 from slimreg.io.read import TiffImage
 from slimreg.memory import MemoryTracker
+from slimreg.options import WORK_TILE_SIZE
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel
 from slimreg.register.engine import get_engine
 from slimreg.register.settings import RegistrationSettings
@@ -99,7 +100,7 @@ def units_for_images(paths: list[str | Path], outdir: Path) -> list[MovingUnit]:
                        outdir / f"{image_stem(p)}.transform.json") for p in paths]
 
 
-def register_batch(reference_path: str | Path, moving_paths: list[str | Path], outdir: str | Path,
+def register_images(reference_path: str | Path, moving_paths: list[str | Path], outdir: str | Path,
                    settings: RegistrationSettings, *, tracker: MemoryTracker | None = None,
                    keep_work: bool = False, include_reference: bool = False) -> BatchResult:
     """Register each moving image onto the reference; write outputs into ``outdir``."""
@@ -151,7 +152,7 @@ def register_units(reference_path: str | Path, units: list[MovingUnit], settings
         if to_register:
             engine = get_engine(settings.engine)
             start = time.perf_counter()
-            with tracker.task(f"register:{reference.path.name}"):
+            with tracker.step(f"register:{reference.path.name}"):
                 found = engine.register_many(reference, [c[1] for c in to_register], reference_channel,
                                              [c[2] for c in to_register], settings, workdir)
             share = (time.perf_counter() - start) / len(to_register)
@@ -198,13 +199,13 @@ def _write_outputs(reference: TiffImage, registration_image: TiffImage, unit: Mo
     start = time.perf_counter()
     try:
         if unit.registered_projection is not None:
-            with tracker.task(f"warp:{unit.name}:projection"):
+            with tracker.step(f"warp:{unit.name}:projection"):
                 written.append(warp_file(registration_image, transform, unit.registered_projection,
                                          reference_shape=(reference.info.height, reference.info.width),
                                          pixel_size_um=reference.info.pixel_size_um, compression="deflate",
-                                         tile_size=512, interpolation=settings.interpolation))
+                                         tile_size=WORK_TILE_SIZE, interpolation=settings.interpolation))
         for source, target in zip(unit.apply_to, unit.registered, strict=True):
-            with tracker.task(f"warp:{Path(target).name}"):
+            with tracker.step(f"warp:{Path(target).name}"):
                 written.append(warp_file(TiffImage(source), level0, target, reference_shape=output_shape,
                                          pixel_size_um=pixel_size, compression=settings.compression,
                                          tile_size=settings.tile_size, interpolation=settings.interpolation))

@@ -12,17 +12,24 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from slimreg.errors import ParameterError
+from slimreg.options import (
+    DEFAULT_COMPRESSION,
+    DEFAULT_ENGINE,
+    DEFAULT_PRESET,
+    DEFAULT_TILE_SIZE,
+    DEFAULT_TRANSFORM_MODEL,
+    ENGINES,
+    PRESET_ORDER,
+    TRANSFORM_MODELS,
+)
 
 PRESETS: dict[str, dict[str, int]] = {
     "high": {"processing_dim": 2048, "non_rigid_dim": 2048, "micro_dim": 4096},
     "medium": {"processing_dim": 1024, "non_rigid_dim": 1024, "micro_dim": 2048},
     "low": {"processing_dim": 512, "non_rigid_dim": 512, "micro_dim": 1024},
 }
-PRESET_ORDER = ("high", "medium", "low")
-ENGINES = ("valis", "feature")
-DEFAULT_ENGINE = "feature"  # the more accurate on real sections (docs/accuracy.md) and the lighter
-DEFAULT_PRESET = "medium"
-TRANSFORM_MODELS = ("affine", "similarity")
+__all__ = ["DEFAULT_ENGINE", "DEFAULT_PRESET", "ENGINES", "PRESETS", "PRESET_ORDER", "TRANSFORM_MODELS",
+           "RegistrationSettings"]
 
 
 @dataclass(frozen=True)
@@ -37,10 +44,10 @@ class RegistrationSettings:
     non_rigid: bool = True
     micro: bool = True
     channel: str | None = None
-    transform_model: str = "affine"
+    transform_model: str = DEFAULT_TRANSFORM_MODEL
     allow_mirror: bool = False  # sections mounted face down: consider mirror images of the moving image
-    tile_size: int = 1024
-    compression: str = "deflate"
+    tile_size: int = DEFAULT_TILE_SIZE
+    compression: str = DEFAULT_COMPRESSION
     interpolation: str = "bilinear"
 
     @classmethod

@@ -28,7 +28,7 @@ process GENERATE_REGISTRATION_QC {
     stub:
     """
     mkdir -p qc/${meta.sample} && touch qc/${meta.sample}/${meta.id}_qc.png && echo "{}" > qc/${meta.sample}/${meta.id}_qc.json
-    echo '{"task": "${meta.id}", "tasks": []}' > ${meta.id}.memory.json
+    echo '{"task": "${meta.id}", "steps": []}' > ${meta.id}.memory.json
     printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml
     """
 }

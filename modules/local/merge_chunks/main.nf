@@ -28,7 +28,7 @@ process MERGE_CHUNKS {
     stub:
     """
     mkdir -p registered/${meta.sample} && touch registered/${meta.sample}/${meta.id}.ome.tif
-    echo '{"task": "${meta.id}", "tasks": []}' > ${meta.id}.memory.json
+    echo '{"task": "${meta.id}", "steps": []}' > ${meta.id}.memory.json
     printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml
     """
 }

@@ -28,7 +28,7 @@ process PROJECT_SESSION {
     stub:
     """
     mkdir -p work/${meta.sample} && touch work/${meta.sample}/${meta.id}.projection.ome.tif
-    echo '{"task": "${meta.id}", "tasks": []}' > ${meta.id}.memory.json
+    echo '{"task": "${meta.id}", "steps": []}' > ${meta.id}.memory.json
     printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml
     """
 }

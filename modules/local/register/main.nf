@@ -30,7 +30,7 @@ process REGISTER {
     """
     mkdir -p registered/${meta.sample} transforms/${meta.sample}
     touch registered/${meta.sample}/${meta.id}.ome.tif transforms/${meta.sample}/${meta.id}.transform.json
-    echo '{"task": "${meta.id}", "tasks": []}' > ${meta.id}.memory.json
+    echo '{"task": "${meta.id}", "steps": []}' > ${meta.id}.memory.json
     printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml
     """
 }

@@ -28,7 +28,7 @@ process SPLIT_STACK {
     stub:
     """
     mkdir -p work/split/${meta.sample} && touch work/split/${meta.sample}/${meta.id}_b1.ome.tif
-    echo '{"task": "${meta.id}", "tasks": []}' > ${meta.id}.memory.json
+    echo '{"task": "${meta.id}", "steps": []}' > ${meta.id}.memory.json
     printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml
     """
 }

@@ -1,0 +1,25 @@
+"""Every option list and default a user can set, in one place.
+
+The CLI, the Python API (``run_job``), the plan, the Nextflow schema check (tests/test_options.py compares
+``nextflow_schema.json`` and ``nextflow.config`` with this module) and the README read them from here.
+Presets (the working resolutions) live with the registration settings they expand into
+(slimreg.register.settings).
+"""
+
+from __future__ import annotations
+
+ENGINES = ("valis", "feature")
+DEFAULT_ENGINE = "feature"  # the more accurate on real sections (docs/accuracy.md) and the lighter
+PRESET_ORDER = ("high", "medium", "low")  # an out-of-memory retry steps down this list
+DEFAULT_PRESET = "medium"
+TRANSFORM_MODELS = ("affine", "similarity")
+DEFAULT_TRANSFORM_MODEL = "affine"
+COMPRESSIONS = ("deflate", "zstd", "lzw", "jpeg", "none")
+DEFAULT_COMPRESSION = "deflate"
+DEFAULT_TILE_SIZE = 1024  # tiles of the registered images users keep
+WORK_TILE_SIZE = 512  # tiles of intermediate files (split pieces, projections, merged stacks, demo data)
+DEFAULT_BATCH_SIZE = 3  # moving images (sessions) per REGISTER task, besides the reference
+DEFAULT_QC_MAX_DIM = 2048  # long side of QC images, px
+MODES = ("subprocess", "parallel", "serial")
+DEFAULT_MODE = "subprocess"
+DEFAULT_MAX_RETRIES = 2  # retries after an out-of-memory kill or a budget stop, one preset lower each
