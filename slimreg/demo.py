@@ -9,7 +9,6 @@ exact truth.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from skimage import color, data
 from slimreg.atomic import write_text_atomic
 from slimreg.io.vips import from_numpy
 from slimreg.io.write import OmeMetadata, write_planes
+from slimreg.landmarks import write_landmarks
 from slimreg.options import WORK_TILE_SIZE
 from slimreg.transform import Displacement, Transform, similarity_matrix
 from slimreg.warp import warp_plane
@@ -104,36 +104,6 @@ def _landmarks_on_reference(size: int, count_per_side: int = 7) -> np.ndarray:
     ticks = np.linspace(0.3, 0.7, count_per_side) * (size - 1)
     xx, yy = np.meshgrid(ticks, ticks)
     return np.stack([xx.ravel(), yy.ravel()], axis=1)
-
-
-def write_landmarks(path: Path, points: np.ndarray) -> Path:
-    """Write landmarks as CSV with header ``x,y`` (level-0 pixels)."""
-    lines = ["x,y"] + [f"{x:.4f},{y:.4f}" for x, y in points]
-    return write_text_atomic(path, "\n".join(lines) + "\n")
-
-
-def read_landmarks(path: str | Path) -> np.ndarray:
-    """Read an ``x,y`` CSV of level-0 pixel positions as an N x 2 array."""
-    from slimreg.errors import InputError
-
-    path = Path(path)
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except FileNotFoundError as error:
-        raise InputError("landmarks file not found.", path, "check the samplesheet's landmarks column.") from error
-    if not rows or not {"x", "y"} <= set(rows[0]):
-        raise InputError("landmarks CSV needs a header with columns x and y and at least one row.", path,
-                         "write it as 'x,y' followed by one point per line.")
-    try:
-        points = np.array([[float(r["x"]), float(r["y"])] for r in rows], dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"landmarks CSV has a value that is not a number ({error}).", path) from error
-    bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
-    if bad.size:
-        raise InputError(f"landmarks CSV has a value that is not a finite number in data row {bad[0] + 1}.", path,
-                         "give every landmark as two numbers (level-0 pixels).")
-    return points
 
 
 def _mif_transforms(size: int, seed: int) -> list[Transform | None]:

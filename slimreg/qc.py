@@ -19,9 +19,9 @@ from scipy import ndimage
 
 from slimreg import layout
 from slimreg.atomic import atomic_output, write_json_atomic
-from slimreg.demo import read_landmarks
 from slimreg.errors import InputError
 from slimreg.io.read import Downsampled, TiffImage
+from slimreg.landmarks import read_landmarks
 from slimreg.metrics import mutual_information, ncc
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel, registration_image
 from slimreg.register.preprocess import tissue_mask

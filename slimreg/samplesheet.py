@@ -182,7 +182,7 @@ def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet
         if landmarks is not None and not landmarks.is_file():
             problems.append(f"row {number}: landmarks file not found: {landmarks}")
         elif landmarks is not None:
-            from slimreg.demo import read_landmarks
+            from slimreg.landmarks import read_landmarks
 
             try:
                 landmark_count = len(read_landmarks(landmarks))

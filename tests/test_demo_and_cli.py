@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from slimreg.demo import make_demo_data, read_landmarks
+from slimreg.demo import make_demo_data
 from slimreg.io import open_image, probe
+from slimreg.landmarks import read_landmarks
 from tests.conftest import DEMO_SIZE
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from slimreg.cli import main
-from slimreg.demo import read_landmarks
 from slimreg.io import open_image, probe, write_array
+from slimreg.landmarks import read_landmarks
 from slimreg.register.batch import register_images
 from slimreg.register.settings import RegistrationSettings
 from slimreg.transform import Transform

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from skimage.registration import phase_cross_correlation
 
-from slimreg.demo import read_landmarks
 from slimreg.io import read_region
+from slimreg.landmarks import read_landmarks
 from slimreg.register.batch import register_images
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.valis_offline import import_valis, network_attempts

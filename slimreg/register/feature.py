@@ -33,7 +33,7 @@ from slimreg.io.read import Downsampled, TiffImage
 from slimreg.metrics import mutual_information
 from slimreg.register.channel import OPTICAL_DENSITY, registration_image
 from slimreg.register.initial import Candidate, feature_candidates, rotation_search
-from slimreg.register.plausibility import check_plausible, plausibility_problem
+from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
 from slimreg.register.preprocess import edge_map, frame_matrix, tissue_mask, to_uint8
 from slimreg.register.refine import refine_affine
 from slimreg.register.settings import RegistrationSettings
@@ -181,14 +181,6 @@ class FeatureEngine:
         displacement = Displacement(blocks[..., 0] * ref.scale, blocks[..., 1] * ref.scale, spacing=ref.scale * factor)
         return displacement, {**stats, "non_rigid_used": 1.0,
                               "max_displacement_px": float(np.hypot(displacement.dx, displacement.dy).max())}
-
-
-def expected_scale(reference: TiffImage, moving: TiffImage) -> float:
-    """Moving level-0 px per reference level-0 px that the pixel sizes imply (1 when either is unknown)."""
-    ref_size, mov_size = reference.info.pixel_size_um, moving.info.pixel_size_um
-    if not ref_size or not mov_size or min(*ref_size, *mov_size) <= 0:
-        return 1.0
-    return float(np.mean(ref_size) / np.mean(mov_size))
 
 
 def _unit(image: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from slimreg.errors import RegistrationError
+from slimreg.io.read import TiffImage
 
 MAX_SCALE_CHANGE = 2.0  # beyond the scale the pixel sizes imply
 MAX_ANISOTROPY = 1.5  # sections shear a little when cut and mounted; not by half
@@ -42,3 +43,11 @@ def check_plausible(matrix: np.ndarray, moving_path: str, expected_scale: float 
         raise RegistrationError(f"{problem}; refusing to write it.", moving_path,
                                 "check pixel sizes and that the image belongs to the sample, or choose another "
                                 "--channel.")
+
+
+def expected_scale(reference: TiffImage, moving: TiffImage) -> float:
+    """Moving level-0 px per reference level-0 px that the pixel sizes imply (1 when either is unknown)."""
+    ref_size, mov_size = reference.info.pixel_size_um, moving.info.pixel_size_um
+    if not ref_size or not mov_size or min(*ref_size, *mov_size) <= 0:
+        return 1.0
+    return float(np.mean(ref_size) / np.mean(mov_size))

@@ -35,8 +35,8 @@ from slimreg.estimate import pair_bytes
 from slimreg.io.read import TiffImage
 from slimreg.register.bounded import run_within_budget
 from slimreg.register.channel import OPTICAL_DENSITY, registration_image
-from slimreg.register.feature import FeatureEngine, expected_scale
-from slimreg.register.plausibility import check_plausible
+from slimreg.register.feature import FeatureEngine
+from slimreg.register.plausibility import check_plausible, expected_scale
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import check_result, moved_distance, score_transform
 from slimreg.register.valis_offline import deep_weights_available, import_valis, no_network, weights_dir
