@@ -29,6 +29,7 @@ QC_PNG_SUFFIX = "_qc.png"
 QC_JSON_SUFFIX = "_qc.json"
 REGISTER_LOG_SUFFIX = ".register.json"
 MEMORY_LOG_SUFFIX = ".memory.json"
+RUN_OUTCOMES = "run_outcomes.json"
 REPORT_FILES = (f"{REPORT}/report.html", f"{REPORT}/metrics.csv", f"{REPORT}/slimreg_mqc.tsv")
 # outputs of earlier tasks (never samplesheet inputs): their headers are known from the plan, not probed
 PRODUCED_PREFIXES = (f"{WORK}/", f"{REGISTERED}/")
@@ -78,6 +79,12 @@ def task_memory_log(root: Path, task_id: str) -> Path:
 def task_log(root: Path, task_id: str) -> Path:
     """A task's own stderr (every attempt appended)."""
     return info_dir(root) / "tasks" / f"{task_id}.log"
+
+
+def run_outcomes(root: Path) -> Path:
+    """Each task's outcome so far (status, attempts, presets, message), rewritten as tasks finish: the report
+    reads it to show retries and failures."""
+    return info_dir(root) / RUN_OUTCOMES
 
 
 def report_page(root: Path) -> Path:

@@ -98,6 +98,40 @@ def _task_memory(results: Path, plan: Plan | None) -> list[dict[str, Any]]:
     return rows
 
 
+def _task_outcomes(results: Path) -> list[dict[str, Any]]:
+    """Tasks that were retried, stopped or did not finish: from a local run's outcomes file, or from the attempts
+    in a Nextflow trace (the last attempt of each task counts)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path in sorted(results.glob(f"**/{layout.RUN_OUTCOMES}")):
+        for outcome in json.loads(path.read_text()).get("outcomes", []):
+            if outcome["attempts"] > 1 or outcome["status"] not in ("done", "skipped"):
+                rows[outcome["id"]] = {"id": outcome["id"], "status": outcome["status"],
+                                       "attempts": outcome["attempts"],
+                                       "presets": ", ".join(p or "as planned" for p in outcome["presets"]),
+                                       "message": outcome["message"]}
+    for trace in sorted(results.glob("**/execution_trace*.txt")):
+        for row in csv.DictReader(trace.read_text().splitlines(), delimiter="\t"):
+            tag, status = (row.get("tag") or "").strip(), (row.get("status") or "").strip()
+            attempt = int(row["attempt"]) if (row.get("attempt") or "").isdigit() else 1
+            if tag and (attempt > 1 or status not in ("COMPLETED", "CACHED")):
+                rows[tag] = {"id": tag, "status": status.lower(), "attempts": attempt, "presets": "",
+                             "message": f"exit status {row.get('exit', '-')}"}
+    order = {"failed": 0, "killed": 1, "timeout": 2, "blocked": 3}
+    return sorted(rows.values(), key=lambda r: (order.get(r["status"], 4), r["id"]))
+
+
+def _outcomes_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    body = "".join(f'<tr class="{"failed" if r["status"] not in ("done", "completed") else "pass"}">'
+                   f'<td>{html.escape(r["id"])}</td><td class="status">{html.escape(r["status"])}</td>'
+                   f'<td>{r["attempts"]}</td><td>{html.escape(r["presets"])}</td><td>{html.escape(r["message"])}</td>'
+                   "</tr>" for r in rows)
+    return ('<h2>Tasks retried, stopped or not finished</h2><table class="outcomes"><thead><tr><th>task</th>'
+            "<th>status</th><th>attempts</th><th>presets</th><th>message</th></tr></thead><tbody>"
+            f"{body}</tbody></table>")
+
+
 def _parse_size(text: str) -> float:
     units = {"B": 1, "KB": 1024, "MB": MB, "GB": 1024**3, "TB": 1024**4}
     number, _, unit = text.strip().partition(" ")
@@ -216,6 +250,7 @@ tr.pass td.status {{ background: #d5f0d5; }}
 <h1>slimreg registration report</h1>
 <p class="summary" id="summary">{len(records) - unregistered} registered image(s), {failed} failed QC,
 {unregistered} could not be registered (listed first, with the reason and the fix).</p>
+{_outcomes_table(_task_outcomes(results))}
 {''.join(sections) or '<p>No QC results found.</p>'}
 {'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
 <h2>Memory and time per task: estimated vs measured</h2>

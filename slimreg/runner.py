@@ -227,7 +227,10 @@ def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGI
         finally:
             log.close()
     report = layout.report_page(root)
-    summary = RunSummary(outdir=str(root), report=str(report) if report.is_file() else None, outcomes=outcomes)
+    # only this run's report: a report left by an earlier run must not stand in for one this run failed to write
+    report_written = any(o.kind == "report" and o.status in ("done", "skipped") for o in outcomes)
+    summary = RunSummary(outdir=str(root), report=str(report) if report_written and report.is_file() else None,
+                         outcomes=outcomes)
     write_json_atomic(info_dir / "run_summary.json", {"outdir": summary.outdir, "report": summary.report,
                                                       "outcomes": [asdict(o) for o in outcomes]})
     return summary
@@ -293,6 +296,8 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
 
     def finished(outcome: TaskOutcome) -> None:
         outcomes[outcome.id] = outcome
+        # before the report task runs, so the report can show retries and failures
+        write_json_atomic(layout.run_outcomes(root), {"outcomes": [asdict(o) for o in outcomes.values()]})
         log(f"{outcome.id}: {outcome.status}{' - ' + outcome.message if outcome.message else ''}")
         if bar is not None:
             bar.update(outcome)

@@ -60,7 +60,7 @@ def test_oom_kill_is_retried_with_a_lower_preset(demo_sheet: Path, tmp_path: Pat
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TEST_OOM_HOOK, "register-mif-b1:medium")
     summary = run_job(demo_sheet, tmp_path / "out", engine="feature", preset="medium", max_frames=5,
-                        mode="subprocess")
+                      mode="subprocess")
     assert summary.ok
     outcome = next(o for o in summary.outcomes if o.id == "register-mif-b1")
     assert outcome.attempts == 2 and outcome.presets == ["", "low"]
@@ -68,6 +68,9 @@ def test_oom_kill_is_retried_with_a_lower_preset(demo_sheet: Path, tmp_path: Pat
     assert "register-mif-b1: killed (likely out of memory) at preset medium" in log
     assert "retrying with preset low" in log
     assert json.loads((tmp_path / "out" / "qc" / "mif" / "mif_round1_qc.json").read_text())["status"] == "pass"
+    page = (tmp_path / "out" / "report" / "report.html").read_text()  # the report shows the retry too
+    retried = page[page.index("Tasks retried, stopped or not finished"):]
+    assert '<td>register-mif-b1</td><td class="status">done</td><td>2</td><td>as planned, low</td>' in retried
 
 
 def test_kill_timeout_and_resume(demo_sheet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
