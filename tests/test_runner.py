@@ -12,7 +12,7 @@ from slimreg.cli import main
 from slimreg.runner import run_job
 from slimreg.tasks import TEST_OOM_HOOK, TEST_SLEEP_HOOK
 
-FAST = {"engine": "feature", "preset": "low", "max_frames": 5}
+FAST = {"engine": "feature", "preset": "low", "max_frames": 5, "mode": "serial"}  # mode is not under test
 
 
 def test_end_to_end_outputs_and_qc(demo_sheet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
