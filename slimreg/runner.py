@@ -306,16 +306,15 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
         while pending or running:
             progressed = False
             for task in list(pending):
-                blocked = [d for d in task.depends_on
-                           if d in outcomes and outcomes[d].status not in ("done", "skipped")]
-                if blocked and all(d in outcomes for d in task.depends_on) and can_run_without(task, root):
+                if any(d not in outcomes for d in task.depends_on):
+                    continue  # decide only once every dependency has finished, one way or the other
+                blocked = [d for d in task.depends_on if outcomes[d].status not in ("done", "skipped")]
+                if blocked and can_run_without(task, root):
                     blocked = []  # e.g. QC of an image whose batch-mate failed: its own inputs are all there
                 if blocked:
                     pending.remove(task)
                     finished(TaskOutcome(task.id, task.kind, "blocked", message=f"depends on failed {blocked[0]}"))
                     progressed = True
-                    continue
-                if any(d not in outcomes for d in task.depends_on):
                     continue
                 if resume and is_complete(plan, task, root):
                     pending.remove(task)
