@@ -19,8 +19,10 @@ def nextflow_files(root: Path) -> list[Path]:
     listed = subprocess.run(["git", "ls-files", "*.nf", "*.config"], cwd=root, capture_output=True, text=True,
                             check=False).stdout.split()
     found = {root / p for p in listed} | set(root.glob("**/*.nf")) | set(root.glob("**/*.config"))
-    skip = {".venv", "work", ".nextflow", "results"}
-    return sorted(p for p in found if p.is_file() and not skip & set(p.relative_to(root).parts))
+    skip = {"work", ".nextflow", "results"}  # and every virtual environment (.venv, .venv-nfcore: nf-core's
+    # own pipeline template holds .nf files that are Jinja templates, not Nextflow)
+    return sorted(p for p in found if p.is_file() and not skip & set(p.relative_to(root).parts)
+                  and not any(part.startswith(".venv") for part in p.relative_to(root).parts))
 
 
 def parse_error(path: Path) -> str | None:
