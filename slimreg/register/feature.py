@@ -99,16 +99,18 @@ class FeatureEngine:
         # 0.152; refining only the best three starts lost the true pose once the image was enlarged 20x)
         starts = [(scorer.score(mov.array, c.pull, mov_mask, ring=False).value, c) for c in plausible]
         ranked = [c for value, c in sorted(starts, key=lambda item: -item[0]) if np.isfinite(value)]
-        best, best_score, winner = unregistered, scorer.score(mov.array, unregistered, mov_mask), "unregistered"
-        identity_score = best_score
+        identity_score = scorer.score(mov.array, unregistered, mov_mask)
+        best, best_value, winner = unregistered, identity_score.value, "unregistered"
         for candidate in ranked:
             pull = refine_affine(ref.array, mov.array, ref_mask, candidate.pull, scorer.sigma,
                                  settings.transform_model)
             if plausibility_problem(to_level0(pull, ref, mov), expected, settings.allow_mirror) is not None:
                 pull = candidate.pull
-            score = scorer.score(mov.array, pull, mov_mask)
-            if score.value > best_score.value:
-                best, best_score, winner = pull, score, candidate.name
+            value = scorer.score(mov.array, pull, mov_mask, ring=False).value
+            if value > best_value:
+                best, best_value, winner = pull, value, candidate.name
+        # the ring of shifted copies (significance) is needed for the winner only
+        best_score = identity_score if best is unregistered else scorer.score(mov.array, best, mov_mask)
         affine = to_level0(best, ref, mov)
         stats: dict[str, float | str] = {"initial": winner, **identity_score.to_json("unregistered_"),
                                          **best_score.to_json("affine_")}
