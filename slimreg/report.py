@@ -73,6 +73,12 @@ def _thumbnail(png: Path, width: int = 320) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode() if ok else ""
 
 
+def _trace_rows(results: Path) -> list[dict[str, str]]:
+    """Every row of every Nextflow execution trace under ``results``, in file order (later attempts later)."""
+    return [row for trace in sorted(results.glob("**/execution_trace*.txt"))
+            for row in csv.DictReader(trace.read_text().splitlines(), delimiter="\t")]
+
+
 def _task_memory(results: Path, plan: Plan | None) -> list[dict[str, Any]]:
     """Estimated (plan) vs measured (memory logs or Nextflow trace) peak memory and wall time per task."""
     measured: dict[str, dict[str, float]] = {}
@@ -83,12 +89,11 @@ def _task_memory(results: Path, plan: Plan | None) -> list[dict[str, Any]]:
         peak = data.get("process_peak_bytes") or max((t["peak_bytes"] for t in steps), default=0)
         seconds = sum(t["wall_seconds"] for t in steps)
         measured[task_id] = {"peak": peak, "seconds": seconds, "measured_in": data.get("measured_in", "")}
-    for trace in sorted(results.glob("**/execution_trace*.txt")):
-        for row in csv.DictReader(trace.read_text().splitlines(), delimiter="\t"):
-            tag = (row.get("tag") or "").strip()
-            if tag and row.get("peak_rss", "-") not in ("-", ""):
-                measured.setdefault(tag, {"peak": _parse_size(row["peak_rss"]), "measured_in": "own process",
-                                          "seconds": _parse_seconds(row.get("realtime", "0"))})
+    for row in _trace_rows(results):
+        tag = (row.get("tag") or "").strip()
+        if tag and row.get("peak_rss", "-") not in ("-", ""):
+            measured.setdefault(tag, {"peak": _parse_size(row["peak_rss"]), "measured_in": "own process",
+                                      "seconds": _parse_seconds(row.get("realtime", "0"))})
     rows = []
     for task in plan.tasks if plan else []:
         found = measured.get(task.id, {})
@@ -109,13 +114,12 @@ def _task_outcomes(results: Path) -> list[dict[str, Any]]:
                                        "attempts": outcome["attempts"],
                                        "presets": ", ".join(p or "as planned" for p in outcome["presets"]),
                                        "message": outcome["message"]}
-    for trace in sorted(results.glob("**/execution_trace*.txt")):
-        for row in csv.DictReader(trace.read_text().splitlines(), delimiter="\t"):
-            tag, status = (row.get("tag") or "").strip(), (row.get("status") or "").strip()
-            attempt = int(row["attempt"]) if (row.get("attempt") or "").isdigit() else 1
-            if tag and (attempt > 1 or status not in ("COMPLETED", "CACHED")):
-                rows[tag] = {"id": tag, "status": status.lower(), "attempts": attempt, "presets": "",
-                             "message": f"exit status {row.get('exit', '-')}"}
+    for row in _trace_rows(results):
+        tag, status = (row.get("tag") or "").strip(), (row.get("status") or "").strip()
+        attempt = int(row["attempt"]) if (row.get("attempt") or "").isdigit() else 1
+        if tag and (attempt > 1 or status not in ("COMPLETED", "CACHED")):
+            rows[tag] = {"id": tag, "status": status.lower(), "attempts": attempt, "presets": "",
+                         "message": f"exit status {row.get('exit', '-')}"}
     order = {"failed": 0, "killed": 1, "timeout": 2, "blocked": 3}
     return sorted(rows.values(), key=lambda r: (order.get(r["status"], 4), r["id"]))
 
