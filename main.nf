@@ -11,7 +11,7 @@ include { REGISTRATION            } from './subworkflows/local/registration'
 workflow {
     main:
     PIPELINE_INITIALISATION()
-    REGISTRATION(PIPELINE_INITIALISATION.out.samplesheet, PIPELINE_INITIALISATION.out.images)
+    REGISTRATION(PIPELINE_INITIALISATION.out.samplesheet, PIPELINE_INITIALISATION.out.files)
 
     REGISTRATION.out.versions
         .mix(PIPELINE_INITIALISATION.out.versions)

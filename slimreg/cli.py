@@ -47,6 +47,21 @@ def _info_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
 
 
+def run_probe(args: argparse.Namespace) -> int:
+    from slimreg.io.header import write_header
+
+    path = write_header(args.given or str(args.file), args.file, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+@command("probe", "write one samplesheet file's header for PLAN (the pipeline's PROBE task; see `plan --headers`)")
+def _probe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--file", type=Path, required=True, help="the image or landmarks CSV, where it is staged")
+    parser.add_argument("--given", help="the file as the samplesheet names it (default: --file)")
+    parser.add_argument("--out", type=Path, required=True, help="header JSON to write")
+
+
 def run_demo_data(args: argparse.Namespace) -> int:
     from slimreg.demo import make_demo_data
 
@@ -158,7 +173,12 @@ def _build_plan(args: argparse.Namespace):
     from slimreg.plan import PlanSettings, build_plan
     from slimreg.samplesheet import read_samplesheet
 
-    sheet = read_samplesheet(args.input)
+    headers = None
+    if getattr(args, "headers", None):
+        from slimreg.io.header import read_headers
+
+        headers = read_headers(args.headers)
+    sheet = read_samplesheet(args.input, headers=headers)
     settings = PlanSettings(batch_size=args.batch_size, max_frames=args.max_frames, max_chunk_gb=args.max_chunk_gb,
                             merge_chunks=args.merge_chunks, qc_max_dim=args.qc_max_dim,
                             workers=getattr(args, "workers", 1))
@@ -241,6 +261,9 @@ def run_plan(args: argparse.Namespace) -> int:
 def _common_plan_command(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, required=True, metavar="SAMPLESHEET")
     parser.add_argument("--outdir", type=Path, required=True)
+    parser.add_argument("--headers", type=Path, metavar="FOLDER",
+                        help="read each samplesheet file's header from the JSON files `slimreg probe` wrote here "
+                             "instead of opening the files (the pipeline: files may be on cloud storage)")
     parser.add_argument("--workers", type=int, default=1, help="tasks that will run at once (default 1)")
     parser.add_argument("--force", action="store_true", help="warn instead of refusing a run that will not fit")
     parser.add_argument("--task-memory-limit", metavar="SIZE",
@@ -261,18 +284,32 @@ def _plan_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_run_task(args: argparse.Namespace) -> int:
-    from slimreg.memory import MemoryTracker
+    import json
+
+    from slimreg.errors import InputError
+    from slimreg.memory import MemoryTracker, process_high_water_bytes
     from slimreg.plan import Plan
     from slimreg.tasks import execute
 
-    plan = Plan.load(args.plan)
-    task = plan.task(args.task)
-    root = args.root or Path(plan.outdir)
-    from slimreg.memory import process_high_water_bytes
-
+    if args.spec:
+        # Nextflow: the task's own spec, its samplesheet files staged under sources/<n>/ (slimreg.tasks)
+        try:
+            spec = json.loads(args.spec.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"task spec cannot be read ({error}).", args.spec,
+                             "give a task_specs/<id>.json that `slimreg plan` wrote.") from error
+        plan, task = None, Plan.task_from_spec(spec, args.spec)
+        root = args.root or Path.cwd()
+    elif args.plan and args.task:
+        plan = Plan.load(args.plan)
+        task = plan.task(args.task)
+        root = args.root or Path(plan.outdir)
+    else:
+        raise InputError("run-task needs --spec FILE, or --plan FILE with --task ID.")
     with MemoryTracker(debug=args.memory_debug) as tracker:
         try:
-            execute(plan, task, root, tracker=tracker, preset=args.preset, keep_work=args.keep_work)
+            execute(plan, task, root, tracker=tracker, preset=args.preset, keep_work=args.keep_work,
+                    staged=bool(args.spec))
         finally:
             if args.memory_log:
                 tracker.write(args.memory_log, {"task": task.id, "preset": args.preset, "measured_in": "own process",
@@ -283,10 +320,13 @@ def run_run_task(args: argparse.Namespace) -> int:
 
 @command("run-task", "execute one task of a plan (used by `slimreg run --mode subprocess` and by Nextflow)")
 def _run_task_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plan", type=Path, required=True)
-    parser.add_argument("--task", required=True, help="task id from the plan")
-    parser.add_argument("--root", type=Path, help="folder for relative paths (default: the plan's outdir)")
-    parser.add_argument("--preset", choices=("high", "medium", "low"), help="override the preset (OOM retries)")
+    parser.add_argument("--spec", type=Path, help="the task's own spec (task_specs/<id>.json of a plan); its "
+                        "samplesheet files are read where Nextflow stages them, sources/<n>/<name>")
+    parser.add_argument("--plan", type=Path, help="plan.json (with --task: the samplesheet files are read in place)")
+    parser.add_argument("--task", help="task id from the plan")
+    parser.add_argument("--root", type=Path, help="folder for relative paths (default: the plan's outdir; with "
+                        "--spec, the current folder)")
+    parser.add_argument("--preset", choices=options.PRESET_ORDER, help="override the preset (OOM retries)")
     parser.add_argument("--memory-log", type=Path, help="write the task's memory log here")
     parser.add_argument("--memory-debug", action="store_true")
     parser.add_argument("--keep-work", action="store_true")

@@ -8,7 +8,8 @@ under Nextflow, which publishes them to the same places):
     transforms/<sample>/<task>.register.json         what one REGISTER task did, per image
     qc/<sample>/<session>_qc.png, _qc.json           QC overlay and verdict
     report/report.html, metrics.csv, slimreg_mqc.tsv
-    pipeline_info/                                   plan, pre-flight, run log, per-task records and logs
+    pipeline_info/                                   plan, task specs, pre-flight, run log, per-task records
+                                                     and logs
     work/                                            split pieces and session projections (intermediate)
 
 Names that go into paths come through :func:`slimreg.samplesheet.safe_id` first, so they are file-name safe.
@@ -30,6 +31,7 @@ QC_JSON_SUFFIX = "_qc.json"
 REGISTER_LOG_SUFFIX = ".register.json"
 MEMORY_LOG_SUFFIX = ".memory.json"
 RUN_OUTCOMES = "run_outcomes.json"
+TASK_SPECS = "task_specs"  # beside plan.json: one file per task, what that task alone needs (Plan.task_spec)
 REPORT_FILES = (f"{REPORT}/report.html", f"{REPORT}/metrics.csv", f"{REPORT}/slimreg_mqc.tsv")
 # outputs of earlier tasks (never samplesheet inputs): their headers are known from the plan, not probed
 PRODUCED_PREFIXES = (f"{WORK}/", f"{REGISTERED}/")

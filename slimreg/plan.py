@@ -3,8 +3,13 @@
 Sessions are the unit of registration. A plain image is a session of its own; rows sharing ``session`` and
 the pieces of a split stack form one session. In a sample with multi-frame stacks or multi-row sessions each
 session is registered through a projection of all its frames (``project`` tasks), and its one transform is
-applied to every piece. Paths of task outputs are relative to the run's output folder; inputs from the
-samplesheet are absolute.
+applied to every piece. Paths of task outputs are relative to the run's output folder; files from the samplesheet
+(a task's ``sources``) are named as :attr:`~slimreg.samplesheet.SampleRow.source` names them: absolute paths, or,
+when the plan was made from PROBE's headers, the samplesheet's own text.
+
+Each task is also written on its own (``task_specs/<id>.json``, :meth:`Plan.task_spec`): everything it needs to run and
+nothing else (no output folder, no other task), so that Nextflow's ``-resume`` keeps every task whose own spec
+and files did not change.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from slimreg.register.settings import RegistrationSettings
 from slimreg.samplesheet import Sample, SampleRow, Samplesheet, image_stem, safe_id
 
 KINDS = ("split", "project", "register", "merge", "qc", "report")
+TASK_SPEC_FORMAT = "slimreg-task"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,8 @@ class Task:
     depends_on: list[str] = field(default_factory=list)
     peak_memory_bytes: int = 0
     disk_bytes: int = 0
+    # the inputs that come from the samplesheet, not from another task (Nextflow stages these, in this order)
+    sources: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -108,17 +116,47 @@ class Plan:
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise InputError(f"is not a slimreg plan ({error}).", path, "create it with `slimreg plan`.") from error
 
+    def task_spec(self, task: Task) -> dict[str, Any]:
+        """What one task needs to run, and only that: its own settings, files and outputs.
+
+        No output folder, samplesheet path or other task is in it, so a change elsewhere in the plan leaves it
+        byte for byte the same (Nextflow hashes it as the task's input, so ``-resume`` keeps the task's result).
+        """
+        spec = {"format": TASK_SPEC_FORMAT, "version": self.version, **asdict(task)}
+        spec.pop("depends_on")  # the order of tasks is the workflow's business, not the task's
+        return spec
+
+    @staticmethod
+    def task_from_spec(spec: dict[str, Any], where: Path | None = None) -> Task:
+        """The task a spec file describes (:meth:`task_spec`); ``where`` names the file in errors."""
+        if not isinstance(spec, dict) or spec.get("format") != TASK_SPEC_FORMAT:
+            raise InputError("is not a slimreg task spec.", where,
+                             "use a task_specs/<id>.json written by `slimreg plan`.")
+        fields = {k: v for k, v in spec.items() if k not in ("format", "version")}
+        try:
+            return Task(**fields)
+        except TypeError as error:
+            raise InputError(f"is not a task spec of this slimreg version ({error}).", where,
+                             f"plan again with slimreg {__version__}.") from error
+
     def write(self, folder: str | Path) -> tuple[Path, Path]:
-        """Write ``plan.json`` and a flat ``plan.csv`` (for Nextflow's splitCsv) into ``folder``."""
+        """Write ``plan.json``, a flat ``plan.csv`` (for Nextflow's splitCsv) and one spec per task
+        (``task_specs/<id>.json``) into ``folder``."""
         folder = Path(folder)
         json_path = write_json_atomic(folder / "plan.json", self.to_json())
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["id", "kind", "sample", "peak_memory_bytes", "disk_bytes", "depends_on", "inputs", "outputs"])
+        writer.writerow(["id", "kind", "sample", "peak_memory_bytes", "disk_bytes", "depends_on", "sources", "inputs",
+                         "outputs"])
         for t in self.tasks:
             writer.writerow([t.id, t.kind, t.sample, t.peak_memory_bytes, t.disk_bytes, ";".join(t.depends_on),
-                             ";".join(t.inputs), ";".join(t.outputs)])
+                             ";".join(t.sources), ";".join(t.inputs), ";".join(t.outputs)])
         csv_path = write_text_atomic(folder / "plan.csv", buffer.getvalue())
+        specs = folder / layout.TASK_SPECS
+        for stale in specs.glob("*.json") if specs.is_dir() else []:
+            stale.unlink()
+        for t in self.tasks:
+            write_json_atomic(specs / f"{t.id}.json", self.task_spec(t))
         return json_path, csv_path
 
 
@@ -143,7 +181,7 @@ def build_plan(sheet: Samplesheet, outdir: str | Path, registration: Registratio
     outdir = Path(outdir)
     tasks: list[Task] = []
     notes: list[str] = []
-    probed: dict[str, ImageInfo] = {}  # headers read once, shared with the memory estimate
+    probed: dict[str, ImageInfo] = dict(sheet.infos)  # headers read once, shared with the memory estimate
     for sample in sheet.samples():
         tasks += _sample_tasks(sample, registration, settings, notes, probed)
     qc_outputs = [o for t in tasks if t.kind == "qc" for o in t.outputs if o.endswith(layout.QC_JSON_SUFFIX)]
@@ -164,7 +202,7 @@ def _sessions(sample: Sample, probed: dict[str, ImageInfo]) -> list[_Session]:
         name = row.session or row.stem
         session = sessions.setdefault(name, _Session(name, [], []))
         session.rows.append(row)
-        key = str(row.image)
+        key = row.source
         if key not in probed:
             probed[key] = probe(row.image)
         session.infos.append(probed[key])
@@ -196,12 +234,12 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
         for row, info in zip(session.rows, session.infos, strict=True):
             per_piece = frames_per_piece(info, settings.max_frames, settings.max_chunk_gb)
             if per_piece is None or session is reference:  # the reference session is never warped
-                session.pieces.append(str(row.image))
+                session.pieces.append(row.source)
                 session.piece_tasks.append("")
                 continue
             pieces = plan_pieces(info, per_piece, layout.split_folder(name), row.stem)
             task_id = safe_id(f"split-{name}-{row.stem}")
-            tasks.append(Task(task_id, "split", name, inputs=[str(row.image)], outputs=[p.path for p in pieces],
+            tasks.append(Task(task_id, "split", name, inputs=[row.source], outputs=[p.path for p in pieces],
                               settings={"max_frames": settings.max_frames, "max_chunk_gb": settings.max_chunk_gb},
                               params={"pieces": [asdict(p) for p in pieces], "tile_size": WORK_TILE_SIZE}))
             session.pieces += [p.path for p in pieces]
@@ -212,12 +250,12 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
                 session.infos[0], channel_name, registration.channel)
             projection = layout.projection(name, safe_id(session.name))
             task_id = safe_id(f"project-{name}-{session.name}")
-            tasks.append(Task(task_id, "project", name, inputs=[str(r.image) for r in session.rows],
+            tasks.append(Task(task_id, "project", name, inputs=[r.source for r in session.rows],
                               outputs=[projection], params={"channel": 0 if index == OPTICAL_DENSITY else index,
                                                             "factor": factor}))
             session.registration_image, session.registration_scale = projection, factor
         else:
-            session.registration_image = str(session.rows[0].image)
+            session.registration_image = session.rows[0].source
     reg_settings = registration.to_json()
     if session_mode:
         reg_settings["channel"] = "0"  # projections hold the registration channel's mean as channel 0
@@ -260,8 +298,8 @@ def _qc_task(sample: str, reference: _Session, session: _Session, unit: dict[str
                               "original": session.registration_image, "transform": unit["transform"],
                               "max_dim": settings.qc_max_dim, "reference_scale": reference.registration_scale,
                               "moving_scale": session.registration_scale,
-                              "landmarks_reference": str(reference.rows[0].landmarks or "") or None,
-                              "landmarks_moving": str(session.rows[0].landmarks or "") or None}
+                              "landmarks_reference": reference.rows[0].landmarks_source,
+                              "landmarks_moving": session.rows[0].landmarks_source}
     inputs = [params["reference"], registered, params["original"], unit["transform"]]
     inputs += [p for p in (params["landmarks_reference"], params["landmarks_moving"]) if p]
     return Task(safe_id(f"qc-{sample}-{session.name}"), "qc", sample, inputs=inputs,
@@ -279,3 +317,4 @@ def _link_dependencies(tasks: list[Task]) -> None:
     producer = {output: task.id for task in tasks for output in task.outputs}
     for task in tasks:
         task.depends_on = sorted({producer[i] for i in task.inputs if i in producer and producer[i] != task.id})
+        task.sources = [i for i in task.inputs if i not in producer]

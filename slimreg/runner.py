@@ -347,7 +347,7 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
                     stopped = (f"stopped by slimreg: its processes used {used / 1024**3:.2f} GB, past its budget of "
                                f"{budget / 1024**3:.2f} GB ({_budget_words(task, max_memory)}) at preset {current}")
                     log(f"{task_id}: {stopped}")
-                    lower = lower_preset_for_retry(plan, task, current)
+                    lower = lower_preset_for_retry(task, current)
                     if outcome.attempts <= max_retries and lower is not None:
                         log(f"{task_id}: retrying with preset {lower}")
                         running[task_id] = _start(plan_path, task, root, lower, outcome)
@@ -374,7 +374,7 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
                     _mark_complete(plan, task, root, preset)
                     finished(outcome)
                 elif code in KILLED_CODES:
-                    lower = lower_preset_for_retry(plan, task, preset or plan.registration["preset"])
+                    lower = lower_preset_for_retry(task, preset or plan.registration["preset"])
                     log(f"{task_id}: killed (likely out of memory) at preset {preset or plan.registration['preset']}")
                     if outcome.attempts <= max_retries and lower is not None:
                         log(f"{task_id}: retrying with preset {lower}")

@@ -2,6 +2,11 @@
 
 Columns: ``sample,image,reference,session,landmarks`` (the last two optional). Relative paths are
 resolved against the samplesheet's folder, so a sheet and its images can be moved together.
+
+Two ways to check the files a sheet names: open them here (``slimreg run``, ``slimreg plan`` on a workstation), or
+read the headers that PROBE tasks wrote where Nextflow staged each file (``--headers``; see slimreg.io.header).
+The second never opens a file, so a sheet may name ``s3://``, ``gs://`` or ``az://`` locations; tasks then name
+each file by the text the sheet gives (:attr:`SampleRow.source`) and Nextflow stages it under that name.
 """
 
 from __future__ import annotations
@@ -9,9 +14,9 @@ from __future__ import annotations
 import csv
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from slimreg.errors import InputError, SlimregError
 
@@ -54,10 +59,13 @@ class SampleRow:
 
     row: int
     sample: str
-    image: Path
+    image: Path  # where the image lies here (from headers: the sheet's text as a path, good for its name only)
     reference: bool
     session: str
     landmarks: Path | None
+    # how the plan's tasks name the files: the absolute path, or (from headers) the sheet's text
+    source: str = ""
+    landmarks_source: str | None = None
 
     @property
     def stem(self) -> str:
@@ -84,6 +92,8 @@ class Samplesheet:
 
     path: Path
     rows: tuple[SampleRow, ...]
+    # image headers by SampleRow.source, when they were read from PROBE's headers instead of the files
+    infos: dict[str, ImageInfo] = field(default_factory=dict)
 
     def samples(self) -> list[Sample]:
         """Samples in first-appearance order; moving images in samplesheet order."""
@@ -97,8 +107,12 @@ class Samplesheet:
         return result
 
 
-def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet:
-    """Parse and validate; raise one :class:`InputError` that lists every problem found."""
+def read_samplesheet(path: str | Path, probe_images: bool = True,
+                     headers: dict[str, dict[str, Any]] | None = None) -> Samplesheet:
+    """Parse and validate; raise one :class:`InputError` that lists every problem found.
+
+    With ``headers`` (from slimreg.io.header.read_headers) no file is opened: each file's header stands for it.
+    """
     path = Path(path)
     if path.is_dir():
         raise InputError("is a folder, not a samplesheet.", path, f"give the CSV file itself (for example "
@@ -132,6 +146,7 @@ def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet
     rows: list[SampleRow] = []
     seen_images: dict[Path, int] = {}
     counts: dict[int, int] = {}  # landmarks per row
+    infos: dict[str, ImageInfo] = {}
     for number, raw in enumerate(reader, start=2):
         record = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         if None in raw:
@@ -147,6 +162,18 @@ def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet
             problems.append(f"row {number}: 'reference' must be true or false, got {record.get('reference')!r}")
         if not image_text:
             problems.append(f"row {number}: 'image' is empty")
+            continue
+        if headers is not None:
+            row, landmark_count = _row_from_headers(number, record, sample, reference_text, headers, infos, problems)
+            if row is None:
+                continue
+            if Path(row.source) in seen_images:
+                problems.append(f"row {number}: image {image_text} already listed in row "
+                                f"{seen_images[Path(row.source)]}")
+            seen_images[Path(row.source)] = number
+            rows.append(row)
+            if landmark_count is not None:
+                counts[number] = landmark_count
             continue
         try:
             image = _resolve(path, image_text)
@@ -166,13 +193,7 @@ def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet
             except SlimregError as error:
                 problems.append(f"row {number}: {error}")
             else:
-                layout = segment_problem(info)
-                if layout:
-                    problems.append(f"row {number}: {image} {layout}")
-                if min(info.width, info.height) < MIN_SIDE_PX:
-                    problems.append(f"row {number}: {image} is {info.width} x {info.height} px: too small to "
-                                    f"register (it needs at least {MIN_SIDE_PX} px a side to hold structure "
-                                    "to align)")
+                problems += [f"row {number}: {p}" for p in _image_problems(info, str(image))]
         try:
             landmarks = _resolve(path, record["landmarks"]) if record.get("landmarks") else None
         except InputError as error:
@@ -189,7 +210,8 @@ def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet
             except SlimregError as error:
                 problems.append(f"row {number}: {error}")
         session = record.get("session", "")
-        rows.append(SampleRow(number, sample, image, reference_text in TRUE_WORDS, session, landmarks))
+        rows.append(SampleRow(number, sample, image, reference_text in TRUE_WORDS, session, landmarks,
+                              source=str(image), landmarks_source=str(landmarks) if landmarks else None))
         if landmark_count is not None:
             counts[number] = landmark_count
 
@@ -197,7 +219,51 @@ def read_samplesheet(path: str | Path, probe_images: bool = True) -> Samplesheet
     problems += _check_landmark_counts(rows, counts)
     if problems:
         _raise(path, problems)
-    return Samplesheet(path=path, rows=tuple(rows))
+    return Samplesheet(path=path, rows=tuple(rows), infos=infos)
+
+
+def _image_problems(info: ImageInfo, name: str) -> list[str]:
+    problems = []
+    layout = segment_problem(info)
+    if layout:
+        problems.append(f"{name} {layout}")
+    if min(info.width, info.height) < MIN_SIDE_PX:
+        problems.append(f"{name} is {info.width} x {info.height} px: too small to register (it needs at least "
+                        f"{MIN_SIDE_PX} px a side to hold structure to align)")
+    return problems
+
+
+def _row_from_headers(number: int, record: dict[str, str], sample: str, reference_text: str,
+                      headers: dict[str, dict[str, Any]], infos: dict[str, ImageInfo],
+                      problems: list[str]) -> tuple[SampleRow | None, int | None]:
+    """A row checked against PROBE's headers (no file is opened): its image's header, its landmarks' count."""
+    from slimreg.io.header import image_info_from_json
+
+    image_text, landmarks_text = record["image"], record.get("landmarks", "")
+    header = headers.get(image_text)
+    if header is None:
+        problems.append(f"row {number}: no header for image {image_text}: the pipeline probes every file the "
+                        "samplesheet names (PROBE); was the samplesheet changed after it ran?")
+        return None, None
+    if header.get("kind") != "image":
+        problems.append(f"row {number}: {header.get('error') or f'{image_text} is not an image'}")
+        return None, None
+    info = image_info_from_json(header["info"])
+    problems += [f"row {number}: {p}" for p in _image_problems(info, image_text)]
+    infos[image_text] = info
+    landmark_count = None
+    if landmarks_text:
+        marks = headers.get(landmarks_text)
+        if marks is None:
+            problems.append(f"row {number}: no header for landmarks {landmarks_text} (PROBE did not run on it)")
+        elif marks.get("kind") != "landmarks":
+            problems.append(f"row {number}: {marks.get('error') or f'{landmarks_text} is not a landmarks CSV'}")
+        else:
+            landmark_count = int(marks["count"])
+    row = SampleRow(number, sample, Path(header["name"]), reference_text in TRUE_WORDS, record.get("session", ""),
+                    Path(headers[landmarks_text]["name"]) if landmarks_text in headers else None,
+                    source=image_text, landmarks_source=landmarks_text or None)
+    return row, landmark_count
 
 
 def _check_groups(rows: list[SampleRow]) -> list[str]:

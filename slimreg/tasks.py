@@ -1,8 +1,14 @@
 """Execute one task of a plan. The local runner and the Nextflow processes both come through here.
 
 Relative paths in a task are resolved under ``root`` (the run's output folder, or a Nextflow work
-directory); absolute paths (samplesheet inputs) are used as they are. When a relative input is not found at
-its path under ``root``, its file name is looked up directly under ``root``: Nextflow stages inputs flat.
+directory). When a relative input is not found at its path under ``root``, its file name is looked up directly
+under ``root``: Nextflow stages other tasks' outputs flat.
+
+Files from the samplesheet (the task's ``sources``) are read where they are (`slimreg run`), or, with
+``staged=True`` (Nextflow), only where Nextflow staged them: source ``i`` (from 1) at ``sources/<i>/<file name>``
+(:func:`staged_source`).
+A staged task never opens a samplesheet path itself, so the same task runs on cloud storage, where the sheet
+names ``s3://...`` locations, and in a work folder of another machine.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from slimreg import layout
@@ -27,6 +33,9 @@ TEST_OOM_HOOK = "SLIMREG_TEST_OOM_TASK"  # "<task id>:<preset>": simulate the ke
 TEST_SLEEP_HOOK = "SLIMREG_TEST_SLEEP_TASK"  # "<task id>:<seconds>": make a task hang (tests of timeouts)
 
 
+STAGED_SOURCES = "sources"  # where Nextflow stages a task's samplesheet files (stageAs: 'sources/*/*')
+
+
 def resolve(path: str, root: Path, must_exist: bool = False) -> Path:
     candidate = Path(path)
     if candidate.is_absolute():
@@ -37,9 +46,40 @@ def resolve(path: str, root: Path, must_exist: bool = False) -> Path:
     return full
 
 
-def registration_settings(plan: Plan, task: Task, preset: str | None = None) -> RegistrationSettings:
-    """The task's registration settings, optionally moved to another preset (out-of-memory retries)."""
-    values: dict[str, Any] = {**plan.registration, **task.settings}
+def staged_source(task: Task, source: str, root: Path) -> Path:
+    """Where Nextflow staged one of the task's samplesheet files: ``sources/<its position>/<its name>``.
+
+    Nextflow numbers the folders of a list of files; a list of one may be staged without the number, so a file
+    is also found by its name alone when no other staged source has that name (names of one sample's images are
+    unique: the samplesheet check sees to it).
+    """
+    name = PurePosixPath(source).name
+    numbered = root / STAGED_SOURCES / str(task.sources.index(source) + 1) / name
+    if numbered.exists():
+        return numbered
+    same_name = sorted((root / STAGED_SOURCES).rglob(name)) if (root / STAGED_SOURCES).is_dir() else []
+    return same_name[0] if len(same_name) == 1 else numbered
+
+
+class Locations:
+    """Where a task finds each path it names: its sources as staged (or in place), other paths under ``root``."""
+
+    def __init__(self, task: Task, root: Path, staged: bool = False):
+        self.task, self.root, self.staged = task, root, staged
+
+    def input(self, path: str) -> Path:
+        if self.staged and path in self.task.sources:
+            return staged_source(self.task, path, self.root)
+        return resolve(path, self.root, must_exist=True)
+
+    def output(self, path: str) -> Path:
+        return resolve(path, self.root)
+
+
+def registration_settings(task: Task, preset: str | None = None) -> RegistrationSettings:
+    """A register task's settings (it carries all of them), optionally moved to another preset (out-of-memory
+    retries)."""
+    values: dict[str, Any] = dict(task.settings)
     settings = RegistrationSettings(**values)
     if preset and preset != settings.preset:
         settings = RegistrationSettings.from_preset(preset, **{k: v for k, v in values.items()
@@ -62,20 +102,30 @@ def _maybe_simulate_oom(task: Task, settings: RegistrationSettings | None) -> No
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def execute(plan: Plan, task: Task, root: Path, *, tracker: MemoryTracker | None = None,
-            preset: str | None = None, keep_work: bool = False) -> None:
-    """Run ``task``; raise a :class:`~slimreg.errors.SlimregError` if it fails."""
+def execute(plan: Plan | None, task: Task, root: Path, *, tracker: MemoryTracker | None = None,
+            preset: str | None = None, keep_work: bool = False, staged: bool = False) -> None:
+    """Run ``task``; raise a :class:`~slimreg.errors.SlimregError` if it fails.
+
+    ``plan`` is needed by the report alone (it lists every task); ``staged``: read samplesheet files only where
+    Nextflow staged them (see the module's docstring).
+    """
     tracker = tracker or MemoryTracker()
     sleep_hook = os.environ.get(TEST_SLEEP_HOOK, "")
     if sleep_hook.rpartition(":")[0] == task.id:
         time.sleep(float(sleep_hook.rpartition(":")[2]))
-    inputs = {p: resolve(p, root, must_exist=True) for p in task.inputs}
+    where = Locations(task, root, staged)
+    inputs = {p: where.input(p) for p in task.inputs}
     for original, path in inputs.items():
-        if not path.exists() and task.kind != "report":  # the report lists what is missing as failures
-            raise InputError(f"input of task {task.id} is missing: {original}.", path,
-                             "run the tasks it depends on first (slimreg run does this in order).")
+        if path.exists() or task.kind == "report":  # the report lists what is missing as failures
+            continue
+        if staged and original in task.sources:
+            raise InputError(f"samplesheet file {original} of task {task.id} was not staged.", path,
+                             "stage each of the task's sources (plan.csv, column sources) in order under "
+                             "sources/<n>/, as the pipeline's modules do.")
+        raise InputError(f"input of task {task.id} is missing: {original}.", path,
+                         "run the tasks it depends on first (slimreg run does this in order).")
     try:
-        _run_kind(plan, task, root, inputs, tracker, preset, keep_work)
+        _run_kind(plan, task, where, inputs, tracker, preset, keep_work)
     except pyvips.Error as error:
         # a tile that cannot be decompressed fails the read (slimreg.io.read opens with fail_on="warning");
         # name the damaged file and tile rather than print libvips' bare message
@@ -85,45 +135,44 @@ def execute(plan: Plan, task: Task, root: Path, *, tracker: MemoryTracker | None
         raise
 
 
-def _run_kind(plan: Plan, task: Task, root: Path, inputs: dict[str, Path], tracker: MemoryTracker,
+def _run_kind(plan: Plan | None, task: Task, where: Locations, inputs: dict[str, Path], tracker: MemoryTracker,
               preset: str | None, keep_work: bool) -> None:
     if task.kind == "split":
-        pieces = [Piece(**{**p, "path": str(resolve(p["path"], root))}) for p in task.params["pieces"]]
+        pieces = [Piece(**{**p, "path": str(where.output(p["path"]))}) for p in task.params["pieces"]]
         with tracker.step(task.id):
             split_stack(inputs[task.inputs[0]], pieces, tile_size=task.params["tile_size"])
     elif task.kind == "project":
         with tracker.step(task.id):
-            project_session([inputs[p] for p in task.inputs], resolve(task.outputs[0], root),
+            project_session([inputs[p] for p in task.inputs], where.output(task.outputs[0]),
                             channel=task.params["channel"], factor=task.params["factor"])
     elif task.kind == "register":
-        _register(plan, task, root, tracker, preset, keep_work)
+        _register(task, where, tracker, preset, keep_work)
     elif task.kind == "merge":
         with tracker.step(task.id):
-            merge_pieces([inputs[p] for p in task.inputs], resolve(task.outputs[0], root))
+            merge_pieces([inputs[p] for p in task.inputs], where.output(task.outputs[0]))
     elif task.kind == "qc":
-        _qc(task, root, tracker)
+        _qc(task, where, tracker)
     elif task.kind == "report":
         from slimreg.report import build_report
 
         with tracker.step(task.id):
-            build_report(root, layout.report_page(root).parent, plan=plan)
+            build_report(where.root, layout.report_page(where.root).parent, plan=plan)
     else:
         raise InputError(f"task {task.id} has an unknown kind {task.kind!r}.")
 
 
-def _register(plan: Plan, task: Task, root: Path, tracker: MemoryTracker, preset: str | None,
-              keep_work: bool) -> None:
-    settings = registration_settings(plan, task, preset)
+def _register(task: Task, where: Locations, tracker: MemoryTracker, preset: str | None, keep_work: bool) -> None:
+    settings = registration_settings(task, preset)
     _maybe_simulate_oom(task, settings)
     params = task.params
-    units = [MovingUnit(name=u["name"], registration_image=resolve(u["registration_image"], root, True),
-                        apply_to=[resolve(p, root, True) for p in u["apply_to"]],
-                        registered=[resolve(p, root) for p in u["registered"]], transform=resolve(u["transform"], root),
+    units = [MovingUnit(name=u["name"], registration_image=where.input(u["registration_image"]),
+                        apply_to=[where.input(p) for p in u["apply_to"]],
+                        registered=[where.output(p) for p in u["registered"]], transform=where.output(u["transform"]),
                         scale=int(u["scale"]),
-                        registered_projection=resolve(u["registered_projection"], root)
+                        registered_projection=where.output(u["registered_projection"])
                         if u["registered_projection"] else None) for u in params["units"]]
-    log = resolve(task.outputs[-1], root)
-    batch = register_units(resolve(params["reference"], root, True), units, settings, log_dir=log.parent,
+    log = where.output(task.outputs[-1])
+    batch = register_units(where.input(params["reference"]), units, settings, log_dir=log.parent,
                            reference_scale=int(params["reference_scale"]),
                            reference_shape=tuple(params["reference_shape"]), tracker=tracker, keep_work=keep_work,
                            log_name=log.name.removesuffix(".json"))
@@ -131,28 +180,32 @@ def _register(plan: Plan, task: Task, root: Path, tracker: MemoryTracker, preset
         raise RegistrationError("; ".join(f"{r.stem}: {r.error}" for r in batch.failed))
 
 
-def _qc(task: Task, root: Path, tracker: MemoryTracker) -> None:
+def _qc(task: Task, where: Locations, tracker: MemoryTracker) -> None:
     from slimreg.qc import run_qc
 
     params = task.params
-    png = resolve(task.outputs[0], root)
+    png = where.output(task.outputs[0])
+
+    def optional(path: str | None) -> Path | None:
+        return where.input(path) if path else None
+
     with tracker.step(task.id):
-        run_qc(resolve(params["reference"], root, True), resolve(params["registered"], root, True), png.parent,
-               original_path=resolve(params["original"], root, True),
-               transform_path=resolve(params["transform"], root, True),
-               landmarks_reference=params.get("landmarks_reference"), landmarks_moving=params.get("landmarks_moving"),
+        run_qc(where.input(params["reference"]), where.input(params["registered"]), png.parent,
+               original_path=where.input(params["original"]), transform_path=where.input(params["transform"]),
+               landmarks_reference=optional(params.get("landmarks_reference")),
+               landmarks_moving=optional(params.get("landmarks_moving")),
                max_dim=params["max_dim"], stem=png.name.removesuffix(layout.QC_PNG_SUFFIX),
                reference_scale=params.get("reference_scale", 1), moving_scale=params.get("moving_scale", 1),
                sample=task.sample)
 
 
-def lower_preset_for_retry(plan: Plan, task: Task, current: str | None) -> str | None:
+def lower_preset_for_retry(task: Task, current: str | None) -> str | None:
     """The next lower preset for a register task after an out-of-memory kill (None: no lower one)."""
     if task.kind != "register":
         return current
-    settings = registration_settings(plan, task, current)
+    settings = registration_settings(task, current)
     lower = settings.lower_preset()
     return lower.preset if lower else None
 
 
-__all__ = ["execute", "lower_preset_for_retry", "registration_settings", "resolve"]
+__all__ = ["Locations", "execute", "lower_preset_for_retry", "registration_settings", "resolve", "staged_source"]

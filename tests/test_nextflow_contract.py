@@ -8,6 +8,7 @@ PATH, in the order the pipeline runs them and with inputs staged as the pipeline
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -63,7 +64,7 @@ def test_every_nextflow_file_parses() -> None:
 
 
 def test_the_expected_processes_exist_with_stubs_and_meta() -> None:
-    assert set(PROCESSES) >= {"PLAN", "SPLIT_STACK", "PROJECT_SESSION", "REGISTER", "MERGE_CHUNKS",
+    assert set(PROCESSES) >= {"PROBE", "PLAN", "SPLIT_STACK", "PROJECT_SESSION", "REGISTER", "MERGE_CHUNKS",
                               "GENERATE_REGISTRATION_QC", "REPORT", "DEMO_DATA"}
     heavy = {"SPLIT_STACK", "PROJECT_SESSION", "REGISTER", "MERGE_CHUNKS", "GENERATE_REGISTRATION_QC"}
     for name, process in PROCESSES.items():
@@ -78,8 +79,10 @@ def test_the_expected_processes_exist_with_stubs_and_meta() -> None:
 
 
 def _commands(script: str) -> list[str]:
-    """A script block's command lines, without the environment it exports (threads: task.cpus)."""
-    return [line for line in script.strip().splitlines() if line.strip() and not line.strip().startswith("export ")]
+    """A script block's command lines, without the environment it exports (threads: task.cpus) and without the
+    here-document that writes the task's spec."""
+    text = re.sub(r"cat > task\.json <<'(\w+)'\n.*?\n\1\n", "", script, flags=re.S)
+    return [line for line in text.strip().splitlines() if line.strip() and not line.strip().startswith("export ")]
 
 
 def _bin_help(command: str) -> str:
@@ -169,12 +172,10 @@ def _check_outputs(process: str, workdir: Path, values: dict[str, str]) -> list[
         for key, value in values.items():
             pattern = pattern.replace("${" + key + "}", value)
         glob = pattern.replace("**", "**/*") if pattern.endswith("**") else pattern
-        if "{" in glob:
-            head, options = glob.split("{", 1)
-            matches = [m for option in options.rstrip("}").split(",") for m in workdir.glob(head + option)]
-        else:
-            matches = list(workdir.glob(glob))
-        matches = [m for m in matches if m.is_file()]
+        braces = re.search(r"\{([^}]*)\}", glob)  # one {a,b} alternative, as Nextflow's glob reads it
+        alternatives = [glob[:braces.start()] + option + glob[braces.end():] for option in braces.group(1).split(",")] \
+            if braces else [glob]
+        matches = sorted({m for option in alternatives for m in workdir.glob(option) if m.is_file()})
         assert matches or optional, f"{process}: declared output {pattern!r} was not produced in {workdir}"
         produced += matches
     return produced
@@ -197,21 +198,41 @@ def test_script_blocks_run_the_pipeline_on_demo_data(tmp_path: Path) -> None:
     demo_work.mkdir()
     result = _run_script("DEMO_DATA", demo_work, {"size": "256", "task.process": "DEMO_DATA"})
     assert result.returncode == 0, result.stderr
-    demo_files = _check_outputs("DEMO_DATA", demo_work, {})
+    _check_outputs("DEMO_DATA", demo_work, {})
+
+    # PROBE: one task per samplesheet file, each staged alone; the header names the file by the sheet's text
+    from slimreg.samplesheet import read_samplesheet
+
+    sheet_rows = read_samplesheet(demo_work / "demo" / "samplesheet.csv", probe_images=False).rows
+    given = sorted({r.image.name for r in sheet_rows} | {r.landmarks.name for r in sheet_rows if r.landmarks})
+    headers = []
+    for index, name in enumerate(given, start=1):
+        probe_work = tmp_path / f"PROBE-{index}"
+        (probe_work / "input").mkdir(parents=True)
+        (probe_work / "input" / name).symlink_to(demo_work / "demo" / name)
+        result = _run_script("PROBE", probe_work, {"given": name, "file": f"input/{name}", "task.process": "PROBE"})
+        assert result.returncode == 0, result.stderr
+        headers += _check_outputs("PROBE", probe_work, {})
+
+    # the demo folder moves away: no task may open a samplesheet file by its path, only as Nextflow staged it
+    bucket = tmp_path / "bucket-elsewhere"
+    (demo_work / "demo").rename(bucket)
+    located = {name: bucket / name for name in given}
 
     plan_work = tmp_path / "PLAN"
     plan_work.mkdir()
-    (plan_work / "samplesheet.csv").symlink_to(demo_work / "demo" / "samplesheet.csv")
-    _stage(plan_work / "images", [str(f) for f in demo_files if f.suffix == ".tif"], [])
+    # PLAN stages the sheet alone (a copy without its images beside it) and the headers
+    (plan_work / "samplesheet.csv").write_text((bucket / "samplesheet.csv").read_text())
+    _stage(plan_work / "headers", [str(h) for h in headers if h.name == "header.json"], [])
     result = _run_script("PLAN", plan_work, {"samplesheet": "samplesheet.csv", "args": TEST_PLAN_ARGS,
                                              "task.process": "PLAN"})
     assert result.returncode == 0, result.stderr
     _check_outputs("PLAN", plan_work, {})
     plan_file = plan_work / "plan" / "plan.json"
     plan = json.loads(plan_file.read_text())
+    rows = {row["id"]: row for row in csv.DictReader((plan_work / "plan" / "plan.csv").open())}
 
-    stage1: dict[str, list[Path]] = {}  # split and project outputs, per sample (what REGISTER reads)
-    later: dict[str, list[Path]] = {}  # project and register outputs, per sample (what MERGE and QC read)
+    products: dict[str, list[Path]] = {}  # what each task made, as its process declares its outputs
     report_inputs: list[Path] = []
     merged_checks: list[tuple[Path, dict]] = []
     kinds_seen = set()
@@ -222,29 +243,32 @@ def test_script_blocks_run_the_pipeline_on_demo_data(tmp_path: Path) -> None:
         kinds_seen.add(task["kind"])
         workdir = tmp_path / task["id"]
         workdir.mkdir()
-        (workdir / "plan.json").symlink_to(plan_file)
-        staged = {"split": [], "project": [], "register": stage1.get(task["sample"], [])}.get(
-            task["kind"], later.get(task["sample"], []))
-        _stage(workdir, [p for p in task["inputs"] if p.startswith("/")], staged)
-        values = {"plan": "plan.json", "meta.id": task["id"], "meta.sample": task["sample"],
-                  "preset": "low", "task.process": process}
+        row = rows[task["id"]]
+        # as the subworkflow wires it: the task's sources (by the sheet's text), and the products of exactly the
+        # tasks it depends on (plan.csv's depends_on), every one of which has run before it in plan order
+        depends_on = [d for d in row["depends_on"].split(";") if d]
+        assert all(d in products for d in depends_on), f"{task['id']} runs before a task it depends on"
+        staged = [p for d in depends_on for p in products[d]]
+        _stage(workdir, [str(located[s]) for s in row["sources"].split(";") if s], staged)
+        spec = (plan_work / "plan" / "task_specs" / f"{task['id']}.json").read_text()
+        values = {"spec": spec, "meta.id": task["id"], "meta.sample": task["sample"], "preset": "low",
+                  "task.process": process}
         result = _run_script(process, workdir, values)
         assert result.returncode == 0, f"{process} {task['id']}: {result.stderr[-2000:]}"
         produced = _check_outputs(process, workdir, values)
-        kept = [p for p in produced if not p.name.endswith(".memory.json") and p.name != "versions.yml"]
-        if task["kind"] in ("split", "project"):
-            stage1.setdefault(task["sample"], []).extend(kept)
-        if task["kind"] in ("project", "register"):
-            later.setdefault(task["sample"], []).extend(kept)
+        products[task["id"]] = [p for p in produced if not p.name.endswith(".memory.json") and p.name != "versions.yml"]
         if task["kind"] == "merge":
             merged_checks.append((workdir, task))
         report_inputs += [p for p in produced if p.name.endswith(("_qc.json", "_qc.png", ".memory.json"))]
     assert kinds_seen == set(KIND_TO_PROCESS)
+    later = {sample: [p for t in plan["tasks"] if t["sample"] == sample and t["id"] in products
+                      for p in products[t["id"]]] for sample in {t["sample"] for t in plan["tasks"]}}
     from slimreg.io import probe, read_region
 
     for workdir, task in merged_checks:  # the merged stack holds the *registered* pieces, frame for frame
         merged = workdir / task["outputs"][0]
-        pieces = [next(p for p in later[task["sample"]] if p.name == Path(i).name) for i in task["inputs"]]
+        pieces = [next(p for p in later[task["sample"]] if p.name == Path(i).name and "registered" in p.parts)
+                  for i in task["inputs"]]
         assert probe(merged).frames == sum(probe(p).frames for p in pieces)
         side = probe(merged).width
         assert (read_region(merged, 0, 0, side, side, frame=0) == read_region(pieces[0], 0, 0, side, side)).all()

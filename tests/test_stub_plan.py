@@ -22,6 +22,7 @@ from tests.test_nextflow_contract import KIND_TO_PROCESS, PROCESSES
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "assets" / "stub" / "plan.csv"
+SHEET_FIXTURE = ROOT / "assets" / "stub" / "samplesheet.csv"
 SUBWORKFLOW = ROOT / "subworkflows" / "local" / "registration" / "main.nf"
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_stub_plan import TEST_PROFILE_ARGS  # noqa: E402
@@ -51,17 +52,30 @@ def test_the_fixture_is_what_slimreg_plans_for_the_test_profile() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_plan_stub_block_writes_the_fixture(tmp_path: Path) -> None:
-    stub = PROCESSES["PLAN"]["stub"]
-    shell = re.search(r'"""(.*?)"""', stub, re.S).group(1)
-    shell = shell.replace("${stub_plan}", FIXTURE.read_text().strip()).replace("${task.process}", "PLAN")
+def _run_stub(process: str, values: dict[str, str], workdir: Path) -> None:
+    """Run a stub block in bash as Nextflow would: values substituted, Groovy's ``\\$`` read as ``$``."""
+    shell = re.search(r'"""(.*?)"""', PROCESSES[process]["stub"], re.S).group(1)
+    for key, value in {**values, "task.process": process}.items():
+        shell = shell.replace("${" + key + "}", value)
     assert "${" not in shell
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", shell], cwd=tmp_path, capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", shell.replace("\\$", "$")], cwd=workdir,
+                            capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_stub_blocks_write_the_fixtures_and_a_spec_per_task(tmp_path: Path) -> None:
+    _run_stub("DEMO_DATA", {"stub_sheet": SHEET_FIXTURE.read_text().strip()}, tmp_path)
+    sheet = list(csv.DictReader((tmp_path / "demo" / "samplesheet.csv").open()))
+    named = {row["image"] for row in sheet} | {row["landmarks"] for row in sheet if row["landmarks"]}
+    assert named and all((tmp_path / "demo" / name).is_file() for name in named)  # PROBE runs on each
+    _run_stub("PLAN", {"stub_plan": FIXTURE.read_text().strip()}, tmp_path)
     assert (tmp_path / "plan" / "plan.csv").read_text().strip() == FIXTURE.read_text().strip()
     json.loads((tmp_path / "plan" / "plan.json").read_text())
     json.loads((tmp_path / "plan" / "preflight.json").read_text())
+    rows = list(csv.DictReader(FIXTURE.open()))
+    assert {p.stem for p in (tmp_path / "plan" / "task_specs").glob("*.json")} == {row["id"] for row in rows}
+    sources = {s for row in rows for s in row["sources"].split(";") if s}
+    assert sources <= named, f"the stub plan names files the stub samplesheet does not: {sources - named}"
 
 
 def _routing_script(rows: list[dict[str, str]]) -> str:
@@ -74,7 +88,7 @@ def _routing_script(rows: list[dict[str, str]]) -> str:
              f"def toTask = {row_closure}", "def routed = [:]", "def item", "def meta"]
     for row in rows:
         literal = ", ".join(f"{json.dumps(key)}: {json.dumps(value)}" for key, value in row.items())
-        lines.append(f"item = toTask([{literal}]); meta = item[0]")
+        lines.append(f"item = toTask([{literal}]); meta = item.find {{ it instanceof Map }}")
         branches = " else ".join(f"if ({cond}) {{ routed['{name}'] = (routed['{name}'] ?: 0) + 1 }}"
                                  for name, cond in conditions)
         lines.append(branches)

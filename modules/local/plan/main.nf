@@ -7,11 +7,13 @@ process PLAN {
 
     input:
     path samplesheet
-    path(images, stageAs: 'images/*/*')
+    // one header per samplesheet file, written by PROBE where the file was staged: PLAN opens no image
+    path(headers, stageAs: 'headers/*/*')
 
     output:
     path "plan/plan.json", emit: plan
     path "plan/plan.csv", emit: csv
+    path "plan/task_specs/*.json", emit: specs
     path "plan/preflight.json", emit: preflight
     path "versions.yml", emit: versions
 
@@ -21,7 +23,7 @@ process PLAN {
     script:
     def args = task.ext.args ?: ''
     """
-    slimreg plan --input ${samplesheet} --outdir plan ${args}
+    slimreg plan --input ${samplesheet} --headers headers --outdir plan ${args}
     slimreg versions --process ${task.process} > versions.yml
     """
 
@@ -34,6 +36,8 @@ process PLAN {
     cat > plan/plan.csv <<'END_OF_STUB_PLAN'
 ${stub_plan}
 END_OF_STUB_PLAN
+    mkdir -p plan/task_specs
+    for id in \$(tail -n +2 plan/plan.csv | cut -d, -f1); do echo '{"format": "slimreg-task", "note": "stub"}' > "plan/task_specs/\$id.json"; done
     echo '{"format": "slimreg-plan", "note": "stub: see plan.csv", "tasks": []}' > plan/plan.json
     echo '{"verdict": "ok", "tasks": []}' > plan/preflight.json
     printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml

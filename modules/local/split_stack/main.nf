@@ -6,8 +6,9 @@ process SPLIT_STACK {
     container "${params.container}"
 
     input:
-    tuple val(meta), path(sources, stageAs: 'sources/*/*'), path(products)
-    path plan
+    // spec: the task's own JSON (slimreg.plan.Plan.task_spec), hashed by value so that -resume keeps every task
+    // whose spec and files did not change; sources: its samplesheet files, in the spec's order
+    tuple val(meta), val(spec), path(sources, stageAs: 'sources/*/*'), path(products)
 
     output:
     tuple val(meta), path("work/split/**"), emit: files
@@ -21,7 +22,10 @@ process SPLIT_STACK {
     def preset = task.ext.preset ?: params.preset
     """
     export VIPS_CONCURRENCY=${task.cpus} OMP_NUM_THREADS=${task.cpus} OPENCV_FOR_THREADS_NUM=${task.cpus} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=${task.cpus}
-    slimreg run-task --plan ${plan} --task ${meta.id} --root . --preset ${preset} --memory-log ${meta.id}.memory.json
+    cat > task.json <<'END_OF_TASK_SPEC'
+${spec}
+END_OF_TASK_SPEC
+    slimreg run-task --spec task.json --root . --preset ${preset} --memory-log ${meta.id}.memory.json
     slimreg versions --process ${task.process} > versions.yml
     """
 

@@ -22,12 +22,14 @@ workflow PIPELINE_INITIALISATION {
         }
         def rows = samplesheetToList(params.input, "${projectDir}/assets/schema_input.json")
         ch_samplesheet = Channel.value(sheet)
-        // each row: [meta, image, landmarks]; both files are staged for PLAN
-        ch_images = Channel.fromList(rows.collectMany { row -> row[1..-1].findAll { it }.collect { located(it as String) } }).collect()
+        // each row: [meta, image, landmarks]; every file as [the sheet's text, the file]: the plan names files by
+        // the sheet's text, and each task gets exactly the files its spec names, staged by Nextflow
+        ch_files = Channel.fromList(rows.collectMany { row -> row[1..-1].findAll { it }.collect { given -> [given as String, located(given as String)] } }.unique())
     } else if ("${params.demo}".toBoolean()) {
         DEMO_DATA(params.demo_size as int)
         ch_samplesheet = DEMO_DATA.out.samplesheet
-        ch_images = DEMO_DATA.out.files
+        // the demo sheet names its files by their names, beside it
+        ch_files = DEMO_DATA.out.files.flatten().filter { demo_file -> demo_file.name != 'samplesheet.csv' }.map { demo_file -> [demo_file.name, demo_file] }
         ch_versions = ch_versions.mix(DEMO_DATA.out.versions)
     } else {
         error "Give a samplesheet with --input, or --demo to register generated demo data."
@@ -35,6 +37,6 @@ workflow PIPELINE_INITIALISATION {
 
     emit:
     samplesheet = ch_samplesheet
-    images      = ch_images
+    files       = ch_files
     versions    = ch_versions
 }

@@ -1,0 +1,30 @@
+process PROBE {
+    tag "${given}"
+    label 'process_single'
+
+    conda "${moduleDir}/../../../environment.yml"
+    container "${params.container}"
+
+    input:
+    // given: the file as the samplesheet names it (how the plan refers to it); file: the file, staged here
+    tuple val(given), path(file, stageAs: 'input/*')
+
+    output:
+    path "header.json", emit: header
+    path "versions.yml", emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    """
+    slimreg probe --file ${file} --given '${given}' --out header.json
+    slimreg versions --process ${task.process} > versions.yml
+    """
+
+    stub:
+    """
+    echo '{"format": "slimreg-header", "given": "${given}", "kind": "stub"}' > header.json
+    printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml
+    """
+}
