@@ -28,14 +28,12 @@ outputs are estimated from the input's file size (same compression, plus the pyr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimreg import layout
-from slimreg.io.probe import ImageInfo, probe
+from slimreg.io.probe import ImageInfo
 from slimreg.io.tiles import RENDER_BLOCK_PIXELS
 
 if TYPE_CHECKING:
@@ -132,76 +130,19 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".qptiff")
 
 def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, settings: PlanSettings,
                         known: dict[str, ImageInfo] | None = None) -> None:
-    """Fill ``peak_memory_bytes`` and ``disk_bytes`` of every task in place (headers only).
+    """Fill ``peak_memory_bytes`` and ``disk_bytes`` of every task in place (headers only), in plan order.
 
-    ``known`` holds headers the plan already read, keyed by path, so no file is probed twice.
+    Each kind estimates its own tasks (slimreg.kinds); ``known`` holds headers the plan already read, keyed by
+    path, so no file is probed twice.
     """
-    from slimreg.register.settings import RegistrationSettings
+    from slimreg.kinds import EstimateContext, kind_named
 
-    infos: dict[str, ImageInfo] = dict(known or {})
-
-    def info(path: str) -> ImageInfo | None:
-        if path.startswith(layout.PRODUCED_PREFIXES):
-            return None
-        if path not in infos:
-            infos[path] = probe(path)
-        return infos[path]
-
-    produced: dict[str, ImageInfo] = {}
+    ctx = EstimateContext(registration, settings, infos=dict(known or {}))
     for task in tasks:
-        if task.kind == "split":
-            source = info(task.inputs[0])
-            assert source is not None
-            longest = max(p["stop"] - p["start"] for p in task.params["pieces"])
-            for piece in task.params["pieces"]:
-                frames = piece["stop"] - piece["start"]
-                produced[piece["path"]] = dataclasses.replace(
-                    source, frames=frames, size_t=max(1, frames // source.size_z),
-                    file_bytes=int(source.file_bytes * frames / source.frames))
-            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + write_bytes(source, task.params["tile_size"],
-                                                                              frames=longest)))
-            task.disk_bytes = int(source.file_bytes * PYRAMID_DISK_FACTOR)
-        elif task.kind == "project":
-            source = info(task.inputs[0])
-            assert source is not None
-            factor = task.params["factor"]
-            pixels = (source.width // factor) * (source.height // factor)
-            produced[task.outputs[0]] = source
-            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + WRITE_BASE + PROJECT_PER_PX * pixels))
-            task.disk_bytes = int(pixels * 8 * PYRAMID_DISK_FACTOR)
-        elif task.kind == "register":
-            reg = RegistrationSettings(**{**registration.to_json(), **task.settings})
-            reference = info(task.params["reference"]) or produced[task.params["reference"]]
-            units = []
-            disk = 0
-            for unit in task.params["units"]:
-                targets = [info(p) or produced[p] for p in unit["apply_to"]]
-                registration_info = info(unit["registration_image"]) or produced[unit["registration_image"]]
-                units.append((registration_info, targets))
-                disk += sum(output_bytes(t, reg.compression) for t in targets)
-            task.peak_memory_bytes = register_task_bytes(reference, units, reg)
-            task.disk_bytes = disk
-            for unit, (_, targets) in zip(task.params["units"], units, strict=True):
-                for path, target in zip(unit["registered"], targets, strict=True):
-                    produced[path] = target
-        elif task.kind == "merge":
-            pieces = [produced.get(p) or info(p) for p in task.inputs]
-            first = pieces[0]
-            assert first is not None
-            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + write_bytes(first, 512)))
-            task.disk_bytes = int(sum(p.file_bytes for p in pieces if p) * PYRAMID_DISK_FACTOR)
-        elif task.kind == "qc":
-            reference_info = info(task.params["reference"]) or produced[task.params["reference"]]
-            factor = task.params.get("reference_scale", 1)
-            pixels = working_pixels(reference_info, settings.qc_max_dim * factor) // (factor * factor)
-            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + QC_OVERHEAD + QC_PER_PX * pixels))
-            task.disk_bytes = int(pixels * 3 * 2)
-        else:
-            task.peak_memory_bytes = int(SAFETY * (PROCESS_BASE + 64 * MB))
-            task.disk_bytes = 16 * MB
+        task.peak_memory_bytes, task.disk_bytes = kind_named(task.kind, task.id).estimate(task, ctx)
         # reading any pixel decodes a whole tile or strip: a floor no preset lowers (large only for stripped files;
         # the samplesheet check refuses the ones it would make unbounded)
-        images = [info(p) for p in task.inputs if p.lower().endswith(IMAGE_SUFFIXES)]
+        images = [ctx.source(p) for p in task.inputs if p.lower().endswith(IMAGE_SUFFIXES)]
         task.peak_memory_bytes += int(SAFETY * max((i.segment_bytes for i in images if i), default=0))
 
 

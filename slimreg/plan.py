@@ -28,12 +28,17 @@ from slimreg.batching import collate
 from slimreg.chunking import check_session_shapes, frames_per_piece, plan_pieces, projection_factor
 from slimreg.errors import InputError, ParameterError
 from slimreg.io.probe import ImageInfo, probe
+from slimreg.kinds import KINDS as TASK_KINDS
+from slimreg.kinds.project import ProjectParams
+from slimreg.kinds.qc import QcParams
+from slimreg.kinds.register import RegisterParams, RegisterUnit
+from slimreg.kinds.split import SplitParams
 from slimreg.options import DEFAULT_BATCH_SIZE, DEFAULT_QC_MAX_DIM, WORK_TILE_SIZE
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel
 from slimreg.register.settings import RegistrationSettings
 from slimreg.samplesheet import Sample, SampleRow, Samplesheet, image_stem, safe_id
 
-KINDS = ("split", "project", "register", "merge", "qc", "report")
+KINDS = tuple(TASK_KINDS)  # in the order a sample's tasks run (slimreg.kinds: one module per kind)
 TASK_SPEC_FORMAT = "slimreg-task"
 
 
@@ -241,7 +246,7 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
             task_id = safe_id(f"split-{name}-{row.stem}")
             tasks.append(Task(task_id, "split", name, inputs=[row.source], outputs=[p.path for p in pieces],
                               settings={"max_frames": settings.max_frames, "max_chunk_gb": settings.max_chunk_gb},
-                              params={"pieces": [asdict(p) for p in pieces], "tile_size": WORK_TILE_SIZE}))
+                              params=SplitParams(pieces, WORK_TILE_SIZE).to_json()))
             session.pieces += [p.path for p in pieces]
             session.piece_tasks += [task_id] * len(pieces)
         if session_mode:
@@ -251,8 +256,9 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
             projection = layout.projection(name, safe_id(session.name))
             task_id = safe_id(f"project-{name}-{session.name}")
             tasks.append(Task(task_id, "project", name, inputs=[r.source for r in session.rows],
-                              outputs=[projection], params={"channel": 0 if index == OPTICAL_DENSITY else index,
-                                                            "factor": factor}))
+                              outputs=[projection],
+                              params=ProjectParams(channel=0 if index == OPTICAL_DENSITY else index,
+                                                   factor=factor).to_json()))
             session.registration_image, session.registration_scale = projection, factor
         else:
             session.registration_image = session.rows[0].source
@@ -261,49 +267,43 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
         reg_settings["channel"] = "0"  # projections hold the registration channel's mean as channel 0
     for number, batch in enumerate(collate(moving, settings.batch_size), start=1):
         task_id = safe_id(f"register-{name}-b{number}")
-        units = []
-        for session in batch:
-            registered = [layout.registered_image(name, image_stem(p)) for p in session.pieces]
-            unit = {"name": session.name, "registration_image": session.registration_image,
-                    "scale": session.registration_scale, "apply_to": session.pieces, "registered": registered,
-                    "transform": layout.transform_file(name, safe_id(session.name)),
-                    "registered_projection": (layout.registered_projection(name, safe_id(session.name))
-                                              if session_mode else None)}
-            units.append(unit)
-        inputs = [reference.registration_image] + [u["registration_image"] for u in units] + \
-            [p for u in units for p in u["apply_to"]]
-        outputs = [o for u in units for o in [*u["registered"], u["transform"]]]
-        outputs += [u["registered_projection"] for u in units if u["registered_projection"]]
+        units = [RegisterUnit(name=session.name, registration_image=session.registration_image,
+                              scale=session.registration_scale, apply_to=session.pieces,
+                              registered=[layout.registered_image(name, image_stem(p)) for p in session.pieces],
+                              transform=layout.transform_file(name, safe_id(session.name)),
+                              registered_projection=(layout.registered_projection(name, safe_id(session.name))
+                                                     if session_mode else None))
+                 for session in batch]
+        inputs = [reference.registration_image] + [u.registration_image for u in units] + \
+            [p for u in units for p in u.apply_to]
+        outputs = [o for u in units for o in [*u.registered, u.transform]]
+        outputs += [u.registered_projection for u in units if u.registered_projection]
         outputs.append(layout.register_log(name, task_id))
+        params = RegisterParams(reference=reference.registration_image, reference_scale=reference.registration_scale,
+                                reference_shape=[reference.infos[0].height, reference.infos[0].width], units=units)
         tasks.append(Task(task_id, "register", name, inputs=list(dict.fromkeys(inputs)), outputs=outputs,
-                          settings=reg_settings,
-                          params={"reference": reference.registration_image,
-                                  "reference_scale": reference.registration_scale,
-                                  "reference_shape": [reference.infos[0].height, reference.infos[0].width],
-                                  "units": units}))
+                          settings=reg_settings, params=params.to_json()))
         for unit, session in zip(units, batch, strict=True):
             if settings.merge_chunks and len(session.pieces) > 1:
                 merged = layout.registered_image(name, safe_id(session.name))
-                tasks.append(Task(safe_id(f"merge-{name}-{session.name}"), "merge", name, inputs=unit["registered"],
+                tasks.append(Task(safe_id(f"merge-{name}-{session.name}"), "merge", name, inputs=unit.registered,
                                   outputs=[merged]))
             tasks.append(_qc_task(name, reference, session, unit, settings))
     return tasks
 
 
-def _qc_task(sample: str, reference: _Session, session: _Session, unit: dict[str, Any],
+def _qc_task(sample: str, reference: _Session, session: _Session, unit: RegisterUnit,
              settings: PlanSettings) -> Task:
-    registered = unit["registered_projection"] or unit["registered"][0]
-    stem = safe_id(session.name)
-    params: dict[str, Any] = {"reference": reference.registration_image, "registered": registered,
-                              "original": session.registration_image, "transform": unit["transform"],
-                              "max_dim": settings.qc_max_dim, "reference_scale": reference.registration_scale,
-                              "moving_scale": session.registration_scale,
-                              "landmarks_reference": reference.rows[0].landmarks_source,
-                              "landmarks_moving": session.rows[0].landmarks_source}
-    inputs = [params["reference"], registered, params["original"], unit["transform"]]
-    inputs += [p for p in (params["landmarks_reference"], params["landmarks_moving"]) if p]
+    params = QcParams(reference=reference.registration_image,
+                      registered=unit.registered_projection or unit.registered[0],
+                      original=session.registration_image, transform=unit.transform, max_dim=settings.qc_max_dim,
+                      reference_scale=reference.registration_scale, moving_scale=session.registration_scale,
+                      landmarks_reference=reference.rows[0].landmarks_source,
+                      landmarks_moving=session.rows[0].landmarks_source)
+    inputs = [params.reference, params.registered, params.original, params.transform]
+    inputs += [p for p in (params.landmarks_reference, params.landmarks_moving) if p]
     return Task(safe_id(f"qc-{sample}-{session.name}"), "qc", sample, inputs=inputs,
-                outputs=layout.qc_files(sample, stem), params=params)
+                outputs=layout.qc_files(sample, safe_id(session.name)), params=params.to_json())
 
 
 def _channel_index(info: ImageInfo, name: str | None, requested: str | None) -> int:

@@ -17,17 +17,14 @@ import os
 import signal
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any
 
-from slimreg import layout
-from slimreg.chunking import Piece, merge_pieces, project_session, split_stack
-from slimreg.errors import InputError, RegistrationError
+from slimreg.errors import InputError
 from slimreg.io.integrity import damaged_input_error, is_decode_error
 from slimreg.io.vips import pyvips
+from slimreg.kinds import RunContext, kind_named
+from slimreg.kinds.register import registration_settings
 from slimreg.memory import MemoryTracker
 from slimreg.plan import Plan, Task
-from slimreg.register.batch import MovingUnit, register_units
-from slimreg.register.settings import RegistrationSettings
 
 TEST_OOM_HOOK = "SLIMREG_TEST_OOM_TASK"  # "<task id>:<preset>": simulate the kernel's OOM killer (tests only)
 TEST_SLEEP_HOOK = "SLIMREG_TEST_SLEEP_TASK"  # "<task id>:<seconds>": make a task hang (tests of timeouts)
@@ -76,25 +73,15 @@ class Locations:
         return resolve(path, self.root)
 
 
-def registration_settings(task: Task, preset: str | None = None) -> RegistrationSettings:
-    """A register task's settings (it carries all of them), optionally moved to another preset (out-of-memory
-    retries)."""
-    values: dict[str, Any] = dict(task.settings)
-    settings = RegistrationSettings(**values)
-    if preset and preset != settings.preset:
-        settings = RegistrationSettings.from_preset(preset, **{k: v for k, v in values.items()
-                                                               if k not in ("preset", "processing_dim",
-                                                                            "non_rigid_dim", "micro_dim")})
-    return settings
+def _maybe_simulate_oom(task: Task, preset: str | None) -> None:
+    """Test hook: allocate until far above the task's baseline, then die by SIGKILL as the OOM killer would.
 
-
-def _maybe_simulate_oom(task: Task, settings: RegistrationSettings | None) -> None:
-    """Test hook: allocate until far above the task's baseline, then die by SIGKILL as the OOM killer would."""
+    ``preset``: the preset the task runs at (None for kinds without one, which match any)."""
     hook = os.environ.get(TEST_OOM_HOOK)
     if not hook:
         return
-    task_id, _, preset = hook.rpartition(":")
-    if task_id != task.id or (settings is not None and settings.preset != preset):
+    task_id, _, wanted = hook.rpartition(":")
+    if task_id != task.id or (preset is not None and preset != wanted):
         return
     hoard = []
     for _ in range(8):
@@ -124,8 +111,10 @@ def execute(plan: Plan | None, task: Task, root: Path, *, tracker: MemoryTracker
                              "sources/<n>/, as the pipeline's modules do.")
         raise InputError(f"input of task {task.id} is missing: {original}.", path,
                          "run the tasks it depends on first (slimreg run does this in order).")
+    kind = kind_named(task.kind, task.id)
+    _maybe_simulate_oom(task, preset or task.settings.get("preset"))
     try:
-        _run_kind(plan, task, where, inputs, tracker, preset, keep_work)
+        kind.run(task, RunContext(where, inputs, tracker, preset=preset, keep_work=keep_work, plan=plan))
     except pyvips.Error as error:
         # a tile that cannot be decompressed fails the read (slimreg.io.read opens with fail_on="warning");
         # name the damaged file and tile rather than print libvips' bare message
@@ -133,70 +122,6 @@ def execute(plan: Plan | None, task: Task, root: Path, *, tracker: MemoryTracker
         if damaged is not None:
             raise damaged from error
         raise
-
-
-def _run_kind(plan: Plan | None, task: Task, where: Locations, inputs: dict[str, Path], tracker: MemoryTracker,
-              preset: str | None, keep_work: bool) -> None:
-    if task.kind == "split":
-        pieces = [Piece(**{**p, "path": str(where.output(p["path"]))}) for p in task.params["pieces"]]
-        with tracker.step(task.id):
-            split_stack(inputs[task.inputs[0]], pieces, tile_size=task.params["tile_size"])
-    elif task.kind == "project":
-        with tracker.step(task.id):
-            project_session([inputs[p] for p in task.inputs], where.output(task.outputs[0]),
-                            channel=task.params["channel"], factor=task.params["factor"])
-    elif task.kind == "register":
-        _register(task, where, tracker, preset, keep_work)
-    elif task.kind == "merge":
-        with tracker.step(task.id):
-            merge_pieces([inputs[p] for p in task.inputs], where.output(task.outputs[0]))
-    elif task.kind == "qc":
-        _qc(task, where, tracker)
-    elif task.kind == "report":
-        from slimreg.report import build_report
-
-        with tracker.step(task.id):
-            build_report(where.root, layout.report_page(where.root).parent, plan=plan)
-    else:
-        raise InputError(f"task {task.id} has an unknown kind {task.kind!r}.")
-
-
-def _register(task: Task, where: Locations, tracker: MemoryTracker, preset: str | None, keep_work: bool) -> None:
-    settings = registration_settings(task, preset)
-    _maybe_simulate_oom(task, settings)
-    params = task.params
-    units = [MovingUnit(name=u["name"], registration_image=where.input(u["registration_image"]),
-                        apply_to=[where.input(p) for p in u["apply_to"]],
-                        registered=[where.output(p) for p in u["registered"]], transform=where.output(u["transform"]),
-                        scale=int(u["scale"]),
-                        registered_projection=where.output(u["registered_projection"])
-                        if u["registered_projection"] else None) for u in params["units"]]
-    log = where.output(task.outputs[-1])
-    batch = register_units(where.input(params["reference"]), units, settings, log_dir=log.parent,
-                           reference_scale=int(params["reference_scale"]),
-                           reference_shape=tuple(params["reference_shape"]), tracker=tracker, keep_work=keep_work,
-                           log_name=log.name.removesuffix(".json"))
-    if batch.failed:
-        raise RegistrationError("; ".join(f"{r.stem}: {r.error}" for r in batch.failed))
-
-
-def _qc(task: Task, where: Locations, tracker: MemoryTracker) -> None:
-    from slimreg.qc import run_qc
-
-    params = task.params
-    png = where.output(task.outputs[0])
-
-    def optional(path: str | None) -> Path | None:
-        return where.input(path) if path else None
-
-    with tracker.step(task.id):
-        run_qc(where.input(params["reference"]), where.input(params["registered"]), png.parent,
-               original_path=where.input(params["original"]), transform_path=where.input(params["transform"]),
-               landmarks_reference=optional(params.get("landmarks_reference")),
-               landmarks_moving=optional(params.get("landmarks_moving")),
-               max_dim=params["max_dim"], stem=png.name.removesuffix(layout.QC_PNG_SUFFIX),
-               reference_scale=params.get("reference_scale", 1), moving_scale=params.get("moving_scale", 1),
-               sample=task.sample)
 
 
 def lower_preset_for_retry(task: Task, current: str | None) -> str | None:

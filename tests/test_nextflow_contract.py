@@ -23,8 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from check_nextflow_syntax import nextflow_files, parse_error  # noqa: E402
 
-KIND_TO_PROCESS = {"split": "SPLIT_STACK", "project": "PROJECT_SESSION", "register": "REGISTER",
-                   "merge": "MERGE_CHUNKS", "qc": "GENERATE_REGISTRATION_QC"}
+from slimreg.kinds import KINDS  # noqa: E402
+
+# the kinds run from a spec by their own process (the report reads the whole plan: REPORT runs `slimreg report`)
+KIND_TO_PROCESS = {name: kind.process for name, kind in KINDS.items() if name != "report"}
 TEST_PLAN_ARGS = "--engine feature --preset low --max-frames 5 --merge-chunks --tile-size 256"
 
 
@@ -76,6 +78,19 @@ def test_the_expected_processes_exist_with_stubs_and_meta() -> None:
         bin_calls = _commands(process["script"])
         assert len(bin_calls) == 2 and bin_calls[1].strip().startswith("slimreg versions"), name
         assert all(call.strip().startswith("slimreg ") for call in bin_calls), f"{name}: one entry point, `slimreg`"
+
+
+def test_the_subworkflow_routes_each_kind_of_the_registry_to_its_process() -> None:
+    """One registry of kinds (slimreg.kinds): the subworkflow branches on exactly those kinds, and each branch goes
+    to the kind's process, which runs the task from its spec."""
+    text = (ROOT / "subworkflows" / "local" / "registration" / "main.nf").read_text()
+    branches = dict(re.findall(r"^\s*(\w+): meta\.kind == '(\w+)'\s*$", text, re.M))
+    assert branches == {kind: kind for kind in KIND_TO_PROCESS}
+    for kind, process in KIND_TO_PROCESS.items():
+        assert re.search(rf"{process}\((?:\w+\.out\.ready|ch_tasks\.{kind}\b)", text) or \
+            re.search(rf"WAIT_FOR_\w+\(ch_tasks\.{kind},", text), f"{kind}: not wired to {process}"
+        assert "--spec task.json" in PROCESSES[process]["script"], process
+    assert "REPORT" in PROCESSES and KINDS["report"].process == "REPORT"
 
 
 def _commands(script: str) -> list[str]:

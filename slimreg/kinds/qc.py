@@ -1,0 +1,60 @@
+"""``qc``: one moving session's registered image against the reference: score, landmarks, overlay, verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from slimreg import layout
+from slimreg.estimate import PROCESS_BASE, QC_OVERHEAD, QC_PER_PX, SAFETY, working_pixels
+from slimreg.kinds.base import EstimateContext, Params, RunContext
+
+if TYPE_CHECKING:
+    from slimreg.plan import Task
+
+
+@dataclass(frozen=True)
+class QcParams(Params):
+    reference: str
+    registered: str
+    original: str  # the moving image before registration (QC also scores leaving it unregistered)
+    transform: str
+    max_dim: int
+    reference_scale: int
+    moving_scale: int
+    landmarks_reference: str | None
+    landmarks_moving: str | None
+
+
+class QcKind:
+    name = "qc"
+    process = "GENERATE_REGISTRATION_QC"
+    params = QcParams
+
+    def estimate(self, task: Task, ctx: EstimateContext) -> tuple[int, int]:
+        params = QcParams.from_json(task.params)
+        factor = params.reference_scale
+        pixels = working_pixels(ctx.info(params.reference), params.max_dim * factor) // (factor * factor)
+        return int(SAFETY * (PROCESS_BASE + QC_OVERHEAD + QC_PER_PX * pixels)), int(pixels * 3 * 2)
+
+    def run(self, task: Task, ctx: RunContext) -> None:
+        from slimreg.qc import run_qc
+
+        params = QcParams.from_json(task.params)
+        where = ctx.where
+        png = where.output(task.outputs[0])
+
+        def optional(path: str | None) -> Path | None:
+            return where.input(path) if path else None
+
+        with ctx.tracker.step(task.id):
+            run_qc(where.input(params.reference), where.input(params.registered), png.parent,
+                   original_path=where.input(params.original), transform_path=where.input(params.transform),
+                   landmarks_reference=optional(params.landmarks_reference),
+                   landmarks_moving=optional(params.landmarks_moving), max_dim=params.max_dim,
+                   stem=png.name.removesuffix(layout.QC_PNG_SUFFIX), reference_scale=params.reference_scale,
+                   moving_scale=params.moving_scale, sample=task.sample)
+
+
+KIND = QcKind()

@@ -1,0 +1,92 @@
+"""``register``: one batch (the sample's reference plus up to ``--batch-size`` moving sessions), each session's
+transform found on its registration image and applied, tile by tile, to every file of the session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from slimreg.errors import RegistrationError
+from slimreg.estimate import output_bytes, register_task_bytes
+from slimreg.kinds.base import EstimateContext, Params, RunContext
+from slimreg.register.settings import RegistrationSettings
+
+if TYPE_CHECKING:
+    from slimreg.plan import Task
+
+
+@dataclass(frozen=True)
+class RegisterUnit:
+    """One moving session: the image its transform is found on, and the files the transform is applied to."""
+
+    name: str
+    registration_image: str
+    scale: int  # the registration image's block-averaging factor (1: the image itself)
+    apply_to: list[str]
+    registered: list[str]  # one output per file of apply_to
+    transform: str
+    registered_projection: str | None  # sessions: the registered projection, for QC
+
+
+@dataclass(frozen=True)
+class RegisterParams(Params):
+    reference: str
+    reference_scale: int
+    reference_shape: list[int]  # level-0 (height, width) of the reference: the frame every output is written in
+    units: list[RegisterUnit]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RegisterParams:
+        return cls(data["reference"], int(data["reference_scale"]), list(data["reference_shape"]),
+                   [RegisterUnit(**u) for u in data["units"]])
+
+
+def registration_settings(task: Task, preset: str | None = None) -> RegistrationSettings:
+    """A register task's settings (it carries all of them), optionally moved to another preset (out-of-memory
+    retries)."""
+    values: dict[str, Any] = dict(task.settings)
+    settings = RegistrationSettings(**values)
+    if preset and preset != settings.preset:
+        settings = RegistrationSettings.from_preset(preset, **{k: v for k, v in values.items()
+                                                               if k not in ("preset", "processing_dim",
+                                                                            "non_rigid_dim", "micro_dim")})
+    return settings
+
+
+class RegisterKind:
+    name = "register"
+    process = "REGISTER"
+    params = RegisterParams
+
+    def estimate(self, task: Task, ctx: EstimateContext) -> tuple[int, int]:
+        params = RegisterParams.from_json(task.params)
+        settings = RegistrationSettings(**{**ctx.registration.to_json(), **task.settings})
+        units = [(ctx.info(u.registration_image), [ctx.info(p) for p in u.apply_to]) for u in params.units]
+        for unit, (_, targets) in zip(params.units, units, strict=True):
+            for path, target in zip(unit.registered, targets, strict=True):
+                ctx.produced[path] = target  # a registered copy has its source's header
+        disk = sum(output_bytes(t, settings.compression) for _, targets in units for t in targets)
+        return register_task_bytes(ctx.info(params.reference), units, settings), disk
+
+    def run(self, task: Task, ctx: RunContext) -> None:
+        from slimreg.register.batch import MovingUnit, register_units
+
+        params = RegisterParams.from_json(task.params)
+        settings = registration_settings(task, ctx.preset)
+        where = ctx.where
+        units = [MovingUnit(name=u.name, registration_image=where.input(u.registration_image),
+                            apply_to=[where.input(p) for p in u.apply_to],
+                            registered=[where.output(p) for p in u.registered], transform=where.output(u.transform),
+                            scale=u.scale,
+                            registered_projection=where.output(u.registered_projection)
+                            if u.registered_projection else None) for u in params.units]
+        log = where.output(task.outputs[-1])
+        batch = register_units(where.input(params.reference), units, settings, log_dir=log.parent,
+                               reference_scale=params.reference_scale,
+                               reference_shape=(params.reference_shape[0], params.reference_shape[1]),
+                               tracker=ctx.tracker, keep_work=ctx.keep_work, log_name=log.name.removesuffix(".json"))
+        if batch.failed:
+            raise RegistrationError("; ".join(f"{r.stem}: {r.error}" for r in batch.failed))
+
+
+KIND = RegisterKind()
