@@ -93,6 +93,19 @@ def test_the_subworkflow_routes_each_kind_of_the_registry_to_its_process() -> No
     assert "REPORT" in PROCESSES and KINDS["report"].process == "REPORT"
 
 
+def test_task_modules_differ_only_in_their_declared_outputs() -> None:
+    """The modules that run a task from its spec are one module under five names: the same inputs and the same
+    script; what each declares as output (and so publishes) and its resource label are what set them apart."""
+    def without_outputs(name: str) -> str:
+        text = Path(PROCESSES[name]["file"]).read_text()
+        text = re.sub(r"^\s*output:\s*$.*?^\s*when:\s*$", "", text, flags=re.S | re.M)
+        text = re.sub(r"^\s*stub:\s*$.*", "", text, flags=re.S | re.M)
+        return re.sub(r"process \w+ |label '\w+'", "", text)
+
+    bodies = {name: without_outputs(name) for name in KIND_TO_PROCESS.values()}
+    assert len(set(bodies.values())) == 1, "task modules differ beyond outputs, stub and label"
+
+
 def _commands(script: str) -> list[str]:
     """A script block's command lines, without the environment it exports (threads: task.cpus) and without the
     here-document that writes the task's spec."""
