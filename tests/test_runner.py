@@ -11,6 +11,7 @@ import pytest
 from slimreg.cli import main
 from slimreg.runner import run_job
 from slimreg.tasks import TEST_OOM_HOOK, TEST_SLEEP_HOOK
+from tests.conftest import sheet_of_samples
 
 FAST = {"engine": "feature", "preset": "low", "max_frames": 5, "mode": "serial"}  # mode is not under test
 
@@ -39,10 +40,7 @@ def test_merged_session_equals_unsplit_result(demo_sheet: Path, tmp_path: Path) 
     """Pieces of one session share one transform: merged pieces equal the registration of the whole files."""
     from slimreg.io import probe, read_region
 
-    # the calcium sample alone (the one with sessions): the other samples do not take part in what is compared
-    lines = demo_sheet.read_text().splitlines()
-    sheet = demo_sheet.parent / "calcium_only.csv"
-    sheet.write_text("\n".join([lines[0]] + [line for line in lines[1:] if line.startswith("calcium,")]) + "\n")
+    sheet = sheet_of_samples(demo_sheet, "calcium")  # the one with sessions: the others take no part here
     split = run_job(sheet, tmp_path / "split", merge_chunks=True, **FAST)
     whole = run_job(sheet, tmp_path / "whole", **{**FAST, "max_frames": None})
     assert split.ok and whole.ok
@@ -63,8 +61,8 @@ def test_merged_session_equals_unsplit_result(demo_sheet: Path, tmp_path: Path) 
 def test_oom_kill_is_retried_with_a_lower_preset(demo_sheet: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TEST_OOM_HOOK, "register-mif-b1:medium")
-    summary = run_job(demo_sheet, tmp_path / "out", engine="feature", preset="medium", max_frames=5,
-                      mode="subprocess")
+    summary = run_job(sheet_of_samples(demo_sheet, "mif"), tmp_path / "out", engine="feature", preset="medium",
+                      max_frames=5, mode="subprocess")
     assert summary.ok
     outcome = next(o for o in summary.outcomes if o.id == "register-mif-b1")
     assert outcome.attempts == 2 and outcome.presets == ["", "low"]
