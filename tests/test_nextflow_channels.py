@@ -181,3 +181,27 @@ def _groovy(value: object) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_groovy(v) for v in value) + "]"
     return json.dumps(value)
+
+
+@pytest.mark.skipif(groovy() is None, reason="groovy is not installed (.ci/system-packages installs Debian's)")
+def test_sources_are_mapped_back_to_files_and_an_unknown_one_stops_the_run() -> None:
+    """The subworkflow's own closure: each source the plan names (the sheet's text) becomes its staged file, in
+    the plan's order; a source the samplesheet does not name stops the run with a message, not a null path."""
+    text = SUBWORKFLOW.read_text()
+    closure = re.search(r"\.map (\{ id, meta, sources, spec, located ->.*?\n        \})", text, re.S).group(1)
+    script = "\n".join([
+        "import java.nio.file.*", "import groovy.json.JsonOutput",
+        "def error(String message) { throw new IllegalStateException(message) }",
+        f"def toTask = {closure}",
+        "def located = ['b.tif': Paths.get('/bucket/b.tif'), 's3://x/a.tif': Paths.get('/stage/a.tif')]",
+        "def task = toTask('t1', [id: 't1'], ['s3://x/a.tif', 'b.tif'], '{}', located)",
+        "def message = ''",
+        "try { toTask('t2', [id: 't2'], ['c.tif'], '{}', located) }",
+        "catch (IllegalStateException e) { message = e.message }",
+        "println JsonOutput.toJson([files: task[2].collect { it.toString() }, message: message])"])
+    result = subprocess.run([*groovy(), "-e", script], capture_output=True, text=True, env=_java_env(), timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["files"] == ["/stage/a.tif", "/bucket/b.tif"]
+    assert "Task t2 reads c.tif, which the samplesheet does not name" in out["message"]

@@ -43,7 +43,9 @@ workflow REGISTRATION {
         }
         .join(ch_specs)
         .combine(ch_located)
-        .map { id, meta, sources, spec, located -> [meta, spec, sources.collect { given -> located[given] }] }
+        .map { id, meta, sources, spec, located ->
+            [meta, spec, sources.collect { given -> located[given] ?: error("Task ${id} reads ${given}, which the samplesheet does not name: plan and samplesheet disagree (was the samplesheet changed during the run?)") }]
+        }
         .branch { meta, spec, sources ->
             split: meta.kind == 'split'
             project: meta.kind == 'project'
