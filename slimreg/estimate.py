@@ -37,7 +37,7 @@ from slimreg.io.probe import ImageInfo
 from slimreg.io.tiles import RENDER_BLOCK_PIXELS
 
 if TYPE_CHECKING:
-    from slimreg.plan import PlanSettings, Task
+    from slimreg.plan import Task
     from slimreg.register.settings import RegistrationSettings
 
 MB = 1024**2
@@ -128,8 +128,7 @@ def register_task_bytes(reference: ImageInfo, units: list[tuple[ImageInfo, list[
 IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".qptiff")
 
 
-def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, settings: PlanSettings,
-                        known: dict[str, ImageInfo] | None = None) -> None:
+def estimate_plan_tasks(tasks: list[Task], known: dict[str, ImageInfo] | None = None) -> None:
     """Fill ``peak_memory_bytes`` and ``disk_bytes`` of every task in place (headers only), in plan order.
 
     Each kind estimates its own tasks (slimreg.kinds); ``known`` holds headers the plan already read, keyed by
@@ -137,7 +136,7 @@ def estimate_plan_tasks(tasks: list[Task], registration: RegistrationSettings, s
     """
     from slimreg.kinds import EstimateContext, kind_named
 
-    ctx = EstimateContext(registration, settings, infos=dict(known or {}))
+    ctx = EstimateContext(infos=dict(known or {}))
     for task in tasks:
         task.peak_memory_bytes, task.disk_bytes = kind_named(task.kind, task.id).estimate(task, ctx)
         # reading any pixel decodes a whole tile or strip: a floor no preset lowers (large only for stripped files;

@@ -31,6 +31,7 @@ QC_JSON_SUFFIX = "_qc.json"
 REGISTER_LOG_SUFFIX = ".register.json"
 MEMORY_LOG_SUFFIX = ".memory.json"
 RUN_OUTCOMES = "run_outcomes.json"
+STAGED_SOURCES = "sources"  # where Nextflow stages a task's samplesheet files (stageAs: 'sources/*/*')
 TASK_SPECS = "task_specs"  # beside plan.json: one file per task, what that task alone needs (Plan.task_spec)
 REPORT_FILES = (f"{REPORT}/report.html", f"{REPORT}/metrics.csv", f"{REPORT}/slimreg_mqc.tsv")
 # outputs of earlier tasks (never samplesheet inputs): their headers are known from the plan, not probed

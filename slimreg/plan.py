@@ -196,7 +196,7 @@ def build_plan(sheet: Samplesheet, outdir: str | Path, registration: Registratio
     _link_dependencies(tasks)
     from slimreg.estimate import estimate_plan_tasks
 
-    estimate_plan_tasks(tasks, registration, settings, known=probed)
+    estimate_plan_tasks(tasks, known=probed)
     return Plan(samplesheet=str(sheet.path), outdir=str(outdir.resolve()), registration=registration.to_json(),
                 settings=asdict(settings), tasks=tasks, notes=notes)
 

@@ -18,6 +18,7 @@ import signal
 import time
 from pathlib import Path, PurePosixPath
 
+from slimreg import layout
 from slimreg.errors import InputError
 from slimreg.io.integrity import damaged_input_error, is_decode_error
 from slimreg.io.vips import pyvips
@@ -28,9 +29,6 @@ from slimreg.plan import Plan, Task
 
 TEST_OOM_HOOK = "SLIMREG_TEST_OOM_TASK"  # "<task id>:<preset>": simulate the kernel's OOM killer (tests only)
 TEST_SLEEP_HOOK = "SLIMREG_TEST_SLEEP_TASK"  # "<task id>:<seconds>": make a task hang (tests of timeouts)
-
-
-STAGED_SOURCES = "sources"  # where Nextflow stages a task's samplesheet files (stageAs: 'sources/*/*')
 
 
 def resolve(path: str, root: Path, must_exist: bool = False) -> Path:
@@ -51,10 +49,10 @@ def staged_source(task: Task, source: str, root: Path) -> Path:
     unique: the samplesheet check sees to it).
     """
     name = PurePosixPath(source).name
-    numbered = root / STAGED_SOURCES / str(task.sources.index(source) + 1) / name
+    numbered = root / layout.STAGED_SOURCES / str(task.sources.index(source) + 1) / name
     if numbered.exists():
         return numbered
-    same_name = sorted((root / STAGED_SOURCES).rglob(name)) if (root / STAGED_SOURCES).is_dir() else []
+    same_name = sorted((root / layout.STAGED_SOURCES).rglob(name)) if (root / layout.STAGED_SOURCES).is_dir() else []
     return same_name[0] if len(same_name) == 1 else numbered
 
 

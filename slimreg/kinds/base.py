@@ -18,8 +18,7 @@ from slimreg.io.probe import ImageInfo, probe
 
 if TYPE_CHECKING:
     from slimreg.memory import MemoryTracker
-    from slimreg.plan import Plan, PlanSettings, Task
-    from slimreg.register.settings import RegistrationSettings
+    from slimreg.plan import Plan, Task
     from slimreg.tasks import Locations
 
 P = TypeVar("P", bound="Params")
@@ -43,10 +42,11 @@ class NoParams(Params):
 
 @dataclass
 class EstimateContext:
-    """Headers known while estimating a plan in order: samplesheet files (probed once) and earlier tasks' outputs."""
+    """Headers known while estimating a plan in order: samplesheet files (probed once) and earlier tasks' outputs.
 
-    registration: RegistrationSettings
-    settings: PlanSettings
+    Settings are not here: each task carries its own (a register task all its registration settings, a QC task
+    its size), so a task's estimate depends on nothing outside it."""
+
     infos: dict[str, ImageInfo] = field(default_factory=dict)
     produced: dict[str, ImageInfo] = field(default_factory=dict)
 

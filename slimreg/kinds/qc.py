@@ -42,15 +42,15 @@ class QcKind:
         from slimreg.qc import run_qc
 
         params = QcParams.from_json(task.params)
-        where = ctx.where
-        png = where.output(task.outputs[0])
+        inputs = ctx.inputs  # every path in the params is one of the task's inputs, resolved once by execute()
+        png = ctx.where.output(task.outputs[0])
 
         def optional(path: str | None) -> Path | None:
-            return where.input(path) if path else None
+            return inputs[path] if path else None
 
         with ctx.tracker.step(task.id):
-            run_qc(where.input(params.reference), where.input(params.registered), png.parent,
-                   original_path=where.input(params.original), transform_path=where.input(params.transform),
+            run_qc(inputs[params.reference], inputs[params.registered], png.parent,
+                   original_path=inputs[params.original], transform_path=inputs[params.transform],
                    landmarks_reference=optional(params.landmarks_reference),
                    landmarks_moving=optional(params.landmarks_moving), max_dim=params.max_dim,
                    stem=png.name.removesuffix(layout.QC_PNG_SUFFIX), reference_scale=params.reference_scale,

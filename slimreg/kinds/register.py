@@ -60,7 +60,7 @@ class RegisterKind:
 
     def estimate(self, task: Task, ctx: EstimateContext) -> tuple[int, int]:
         params = RegisterParams.from_json(task.params)
-        settings = RegistrationSettings(**{**ctx.registration.to_json(), **task.settings})
+        settings = registration_settings(task)
         units = [(ctx.info(u.registration_image), [ctx.info(p) for p in u.apply_to]) for u in params.units]
         for unit, (_, targets) in zip(params.units, units, strict=True):
             for path, target in zip(unit.registered, targets, strict=True):
@@ -73,15 +73,15 @@ class RegisterKind:
 
         params = RegisterParams.from_json(task.params)
         settings = registration_settings(task, ctx.preset)
-        where = ctx.where
-        units = [MovingUnit(name=u.name, registration_image=where.input(u.registration_image),
-                            apply_to=[where.input(p) for p in u.apply_to],
+        where, inputs = ctx.where, ctx.inputs  # inputs: resolved once by execute()
+        units = [MovingUnit(name=u.name, registration_image=inputs[u.registration_image],
+                            apply_to=[inputs[p] for p in u.apply_to],
                             registered=[where.output(p) for p in u.registered], transform=where.output(u.transform),
                             scale=u.scale,
                             registered_projection=where.output(u.registered_projection)
                             if u.registered_projection else None) for u in params.units]
         log = where.output(task.outputs[-1])
-        batch = register_units(where.input(params.reference), units, settings, log_dir=log.parent,
+        batch = register_units(inputs[params.reference], units, settings, log_dir=log.parent,
                                reference_scale=params.reference_scale,
                                reference_shape=(params.reference_shape[0], params.reference_shape[1]),
                                tracker=ctx.tracker, keep_work=ctx.keep_work, log_name=log.name.removesuffix(".json"))
