@@ -53,8 +53,8 @@ def test_nonrigid_cases_beat_affine(demo_dir: Path, feature_results: dict[str, P
                                     moving: str) -> None:
     nonrigid = landmark_errors(demo_dir, reference, moving, feature_results["nonrigid"] / f"{moving}.transform.json")
     affine = landmark_errors(demo_dir, reference, moving, feature_results["affine"] / f"{moving}.transform.json")
-    # brightfield pairs get only a coarse field (smoothed over 8 % of the image): finer flow followed stain
-    # differences on real sections (docs/accuracy.md), so the demo's synthetic H&E warp is met to ~1.1 px, not 0.3
+    # the synthetic H&E warp is met less closely than the fluorescence one: its field comes from optical
+    # density and edges, which agree less closely than two fluorescence images do (docs/accuracy.md)
     assert np.median(nonrigid) <= (1.5 if reference.startswith("he") else 1.0)
     assert np.median(nonrigid) < np.median(affine)
     assert (feature_results["nonrigid"] / f"{moving}.displacement.npz").is_file()

@@ -6,13 +6,13 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    nuclear channel for fluorescence) and a tissue mask each (slimreg.register.preprocess).
 2. Candidates: leaving the image as it is, one similarity fit per feature detector (AKAZE, SIFT, BRISK,
    FAST + BoostDesc), and a detector-free rotation search (any angle, any offset; mirrored too with
-   ``allow_mirror``). Every plausible candidate is refined (affine or similarity, SimpleITK, edge maps) and
-   the best refined pose wins.
+   ``allow_mirror``). Every plausible candidate is refined (affine or similarity, SimpleITK, edge maps); the
+   best-scoring pose, refined or as it started, wins.
 3. The winner is polished at ``micro_dim`` (``processing_dim`` without micro) and kept only if it scores higher.
-4. Non-rigid: dense optical flow between the affinely placed pair at ``non_rigid_dim`` (on intensities and
-   on edge maps), smoothed on tissue over 8 % of the image (and 2 % when both images show one signal,
-   not two stains); kept only if it raises both the
-   edge score (by more than it varies between unrelated placements) and the mutual information.
+4. Non-rigid: dense optical flow between the affinely placed pair at ``non_rigid_dim``, estimated twice, on
+   intensities and on edge maps, each smoothed on tissue (over 2 % and 8 % of the image). A field is kept only
+   where the two estimates agree (the shared motion is at least twice their disagreement) and their mean raises
+   both the edge score and the mutual information.
 5. The result must be significant (it stands out from unrelated placements) and must beat the unregistered
    placement; otherwise the image fails with a message, and nothing is written for it.
 
@@ -22,7 +22,7 @@ Matrices: ``pull`` maps reference working px -> moving working px; level 0 by ``
 
 from __future__ import annotations
 
-import itertools
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -31,7 +31,7 @@ from scipy import ndimage
 from slimreg.errors import RegistrationError
 from slimreg.io.read import Downsampled, TiffImage
 from slimreg.metrics import mutual_information
-from slimreg.register.channel import OPTICAL_DENSITY, registration_image
+from slimreg.register.channel import registration_image
 from slimreg.register.initial import Candidate, feature_candidates, rotation_search
 from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
 from slimreg.register.preprocess import edge_map, frame_matrix, tissue_mask, to_uint8
@@ -41,11 +41,14 @@ from slimreg.register.similarity import AlignmentScorer, check_result
 from slimreg.transform import Displacement, Transform
 
 FLOW_GRID_FACTOR = 4
-# How far flow is smoothed, as a share of the image; each is a candidate, the edge score picks and mutual
-# information must agree. Brightfield sections differ in stain, and fine flow follows stain differences (shared
-# lung pair: 2 % smoothing made landmarks 1.5 px worse while raising the score), so they get only the coarse
-# field; one signal imaged twice (IF rounds, calcium frames that move 0-15 px locally) gets both.
-FLOW_SMOOTHING_FRACTIONS = {"one signal": (0.02, 0.08), "across stains": (0.08,)}
+# How far flow is smoothed, as a share of the image; each is a candidate (the edge score picks).
+FLOW_SMOOTHING_FRACTIONS = (0.02, 0.08)
+# A field is kept only where two flows estimated independently, one on intensities and one on edge maps,
+# agree. Each is the true motion t plus its own noise n: they differ by about sqrt(2) n and each is about
+# sqrt(t^2 + n^2) long, so a disagreement below sqrt(2/5) of their length means the shared motion is at least
+# twice the noise. Measured: the calcium frames (real motion) 0.30-0.54; every shared section pair across stains
+# 0.93-1.85, where each field made the landmarks worse (docs/accuracy.md).
+FLOW_AGREEMENT = float(np.sqrt(2 / 5))
 
 
 def to_working(level0: np.ndarray, reference: Downsampled, moving: Downsampled) -> np.ndarray:
@@ -98,14 +101,19 @@ class FeatureEngine:
         # (shared kidney pair: BRISK starts at 0.048 and refines to 0.306, AKAZE starts at 0.114 and stops at
         # 0.152; refining only the best three starts lost the true pose once the image was enlarged 20x)
         starts = [(scorer.score(mov.array, c.pull, mov_mask, ring=False).value, c) for c in plausible]
-        ranked = [c for value, c in sorted(starts, key=lambda item: -item[0]) if np.isfinite(value)]
+        ranked = [(value, c) for value, c in sorted(starts, key=lambda item: -item[0]) if np.isfinite(value)]
         identity_score = scorer.score(mov.array, unregistered, mov_mask)
         best, best_value, winner = unregistered, identity_score.value, "unregistered"
-        for candidate in ranked:
+        for start_value, candidate in ranked:
+            # the start stays in the running: refinement maximises its own metric at its own resolutions, and
+            # where the images also move locally it can end lower than it began (shared calcium frames: a start
+            # at 0.442 refined to 0.371)
+            if start_value > best_value:
+                best, best_value, winner = candidate.pull, start_value, candidate.name
             pull = refine_affine(ref.array, mov.array, ref_mask, candidate.pull, scorer.sigma,
                                  settings.transform_model)
             if plausibility_problem(to_level0(pull, ref, mov), expected, settings.allow_mirror) is not None:
-                pull = candidate.pull
+                continue
             value = scorer.score(mov.array, pull, mov_mask, ring=False).value
             if value > best_value:
                 best, best_value, winner = pull, value, candidate.name
@@ -154,30 +162,27 @@ class FeatureEngine:
         ref_mask = tissue_mask(ref.array)
         scorer = AlignmentScorer(ref.array, ref_mask)
         placed, placed_mask = scorer.place(mov.array, to_working(affine, ref, mov))
-        affine_score = scorer.score_placed(placed, placed_mask)
-        before = affine_score.value
-        # a field must raise the score by more than the score varies between unrelated placements (one ring sd):
-        # smaller gains are what any flow finds in noise (shared lung pair: +0.001-0.011, landmarks 1 px worse)
-        needed = before + (affine_score.ring_std if np.isfinite(affine_score.ring_std) else 0.0)
+        before = scorer.score_placed(placed, placed_mask, ring=False).value
         information_before = mutual_information(ref.array, placed, ref_mask | placed_mask)
         height, width = ref.array.shape
         grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
-        best_flow, best_value = None, needed
-        region = ref_mask | placed_mask
-        pairs = ((ref.array, placed), (_unit(edge_map(ref.array, scorer.sigma)), _unit(edge_map(placed, scorer.sigma))))
-        kind = "across stains" if reference_channel == OPTICAL_DENSITY else "one signal"
-        for (source, target), smoothing in itertools.product(pairs, FLOW_SMOOTHING_FRACTIONS[kind]):
-            flow = _regularise(_flow(source, target), region, smoothing)
+        candidates = field_candidates(ref.array, placed, ref_mask | placed_mask, scorer.sigma)
+        best_flow, best_value = None, before
+        for candidate in candidates:
+            if not candidate.disagreement < FLOW_AGREEMENT:
+                continue
+            flow = candidate.flow
             unwarped = cv2.remap(placed, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR)
             unwarped_mask = cv2.remap(placed_mask.astype(np.uint8), grid_x + flow[..., 0], grid_y + flow[..., 1],
                                       cv2.INTER_NEAREST) > 0
             value = scorer.score_placed(unwarped, unwarped_mask, ring=False).value
-            # the flow was fitted on intensities or edges; mutual information is a second, independent witness
+            # agreeing flows must still raise both the edge score and, as an independent witness, mutual information
             information = mutual_information(ref.array, unwarped, ref_mask | unwarped_mask)
             if value > best_value and information > information_before:
                 best_flow, best_value = flow, value
-        stats = {"non_rigid_edge_correlation_before": before,
-                 "non_rigid_edge_correlation_after": best_value if best_flow is not None else before}
+        stats = {"non_rigid_edge_correlation_before": before, "non_rigid_edge_correlation_after": best_value,
+                 **{f"non_rigid_flow_disagreement_{c.smoothing}": c.disagreement
+                    for c in candidates if np.isfinite(c.disagreement)}}
         if best_flow is None:
             return None, {**stats, "non_rigid_used": 0.0}
         factor = FLOW_GRID_FACTOR if min(height, width) >= 16 * FLOW_GRID_FACTOR else 1
@@ -186,6 +191,28 @@ class FeatureEngine:
         displacement = Displacement(blocks[..., 0] * ref.scale, blocks[..., 1] * ref.scale, spacing=ref.scale * factor)
         return displacement, {**stats, "non_rigid_used": 1.0,
                               "max_displacement_px": float(np.hypot(displacement.dx, displacement.dy).max())}
+
+
+@dataclass(frozen=True)
+class FieldCandidate:
+    """A smoothed field (working px, reference grid) and how far its two estimates disagreed."""
+
+    smoothing: float
+    disagreement: float
+    flow: np.ndarray
+
+
+def field_candidates(reference: np.ndarray, placed: np.ndarray, region: np.ndarray,
+                     sigma: float) -> list[FieldCandidate]:
+    """Flow estimated on intensities and on edge maps, smoothed at each fraction; each candidate is their mean."""
+    from_intensities = _flow(reference, placed)
+    from_edges = _flow(_unit(edge_map(reference, sigma)), _unit(edge_map(placed, sigma)))
+    candidates = []
+    for smoothing in FLOW_SMOOTHING_FRACTIONS:
+        first, second = _regularise(from_intensities, region, smoothing), _regularise(from_edges, region, smoothing)
+        # two witnesses of one motion: their mean halves the noise
+        candidates.append(FieldCandidate(smoothing, _disagreement(first, second, region), (first + second) / 2))
+    return candidates
 
 
 def _unit(image: np.ndarray) -> np.ndarray:
@@ -198,6 +225,13 @@ def _flow(reference: np.ndarray, placed: np.ndarray) -> np.ndarray:
     dis.setFinestScale(0)
     dis.setVariationalRefinementIterations(10)
     return dis.calc(to_uint8(reference), to_uint8(placed), None)
+
+
+def _disagreement(first: np.ndarray, second: np.ndarray, region: np.ndarray) -> float:
+    """Median distance between two flows over ``region``, as a share of their median length (NaN if no motion)."""
+    difference = np.median(np.hypot(*(first - second)[region].T)) if region.any() else float("nan")
+    length = np.median((np.hypot(*first[region].T) + np.hypot(*second[region].T)) / 2) if region.any() else 0.0
+    return float(difference / length) if length > 0 else float("nan")
 
 
 def _regularise(flow: np.ndarray, tissue: np.ndarray, smoothing: float) -> np.ndarray:
