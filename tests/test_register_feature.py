@@ -53,8 +53,8 @@ def test_nonrigid_cases_beat_affine(demo_dir: Path, feature_results: dict[str, P
                                     moving: str) -> None:
     nonrigid = landmark_errors(demo_dir, reference, moving, feature_results["nonrigid"] / f"{moving}.transform.json")
     affine = landmark_errors(demo_dir, reference, moving, feature_results["affine"] / f"{moving}.transform.json")
-    # the synthetic H&E warp is met less closely than the fluorescence one: its field comes from optical
-    # density and edges, which agree less closely than two fluorescence images do (docs/accuracy.md)
+    # the synthetic H&E warp is met less closely than the fluorescence one (bounds as measured before the
+    # flow-agreement rule, which both pairs pass)
     assert np.median(nonrigid) <= (1.5 if reference.startswith("he") else 1.0)
     assert np.median(nonrigid) < np.median(affine)
     assert (feature_results["nonrigid"] / f"{moving}.displacement.npz").is_file()

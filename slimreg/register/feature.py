@@ -47,7 +47,7 @@ FLOW_SMOOTHING_FRACTIONS = (0.02, 0.08)
 # agree. Each is the true motion t plus its own noise n: they differ by about sqrt(2) n and each is about
 # sqrt(t^2 + n^2) long, so a disagreement below sqrt(2/5) of their length means the shared motion is at least
 # twice the noise. Measured: the calcium frames (real motion) 0.30-0.54; every shared section pair across stains
-# 0.93-1.85, where each field made the landmarks worse (docs/accuracy.md).
+# 1.03-1.85, where each field made the landmarks worse (benchmarks/flow_agreement.py, docs/accuracy.md).
 FLOW_AGREEMENT = float(np.sqrt(2 / 5))
 
 
@@ -210,7 +210,7 @@ def field_candidates(reference: np.ndarray, placed: np.ndarray, region: np.ndarr
     candidates = []
     for smoothing in FLOW_SMOOTHING_FRACTIONS:
         first, second = _regularise(from_intensities, region, smoothing), _regularise(from_edges, region, smoothing)
-        # two witnesses of one motion: their mean halves the noise
+        # two witnesses of one motion: their mean carries the motion with sqrt(2) less noise than either
         candidates.append(FieldCandidate(smoothing, _disagreement(first, second, region), (first + second) / 2))
     return candidates
 
