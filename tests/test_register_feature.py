@@ -94,3 +94,28 @@ def test_missing_registration_channel_is_named(demo_dir: Path, tmp_path: Path) -
     assert batch.failed and "has no channel 'CD3'" in batch.failed[0].error
     assert "mif_round1.ome.tif" in batch.failed[0].error
     assert not list(tmp_path.glob("mif_round1*"))
+
+
+def test_flow_is_trusted_only_where_two_estimates_agree() -> None:
+    """A real smooth motion is found alike from intensities and from edges; what two unrelated images give is not."""
+    from scipy import ndimage
+
+    from slimreg.register.feature import FLOW_AGREEMENT, field_candidates
+
+    rng = np.random.default_rng(7)
+    size = 256
+    texture = ndimage.gaussian_filter(rng.random((size, size)), 3).astype(np.float32)
+    texture = (texture - texture.min()) / (texture.max() - texture.min())
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    # a bulge of up to 4 px, as tissue moves between frames
+    bulge = 4 * np.exp(-((xx - 128) ** 2 + (yy - 128) ** 2) / (2 * 50.0**2)).astype(np.float32)
+    moved = ndimage.map_coordinates(texture, [yy - bulge, xx - bulge], order=1, mode="reflect").astype(np.float32)
+    region = np.ones((size, size), bool)
+    sigma = 2.0
+    for candidate in field_candidates(texture, moved, region, sigma):
+        assert candidate.disagreement < FLOW_AGREEMENT, candidate.smoothing
+        # the kept field points back along the bulge (placed(p + flow(p)) = reference(p))
+        assert candidate.flow[128, 128, 0] == pytest.approx(bulge[128, 128], abs=1.0)
+    unrelated = ndimage.gaussian_filter(rng.random((size, size)), 3).astype(np.float32)
+    unrelated = (unrelated - unrelated.min()) / (unrelated.max() - unrelated.min())
+    assert all(c.disagreement > FLOW_AGREEMENT for c in field_candidates(texture, unrelated, region, sigma))
