@@ -27,10 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.realdata import calcium_frames, convert_if_rounds, landmark_errors, section_pairs
 from slimreg.io.read import TiffImage
 from slimreg.register import feature
-from slimreg.register.channel import choose_channel, registration_image
-from slimreg.register.preprocess import tissue_mask
+from slimreg.register.channel import choose_channel
 from slimreg.register.settings import RegistrationSettings
-from slimreg.register.similarity import AlignmentScorer
 from slimreg.transform import Displacement, Transform
 
 SETTINGS = RegistrationSettings.from_preset("medium", engine="feature", non_rigid=False)
@@ -41,13 +39,10 @@ def affine_and_fields(reference: Path, moving: Path) -> tuple[Transform, list[tu
     ref_image, mov_image = TiffImage(reference), TiffImage(moving)
     ref_channel, mov_channel = choose_channel(ref_image.info, None), choose_channel(mov_image.info, None)
     affine = feature.FeatureEngine().register_pair(ref_image, mov_image, ref_channel, mov_channel, SETTINGS)
-    ref = registration_image(ref_image, ref_channel, SETTINGS.non_rigid_dim)
-    mov = registration_image(mov_image, mov_channel, SETTINGS.non_rigid_dim)
-    ref_mask = tissue_mask(ref.array)
-    scorer = AlignmentScorer(ref.array, ref_mask)
-    placed, placed_mask = scorer.place(mov.array, feature.to_working(affine.affine, ref, mov))
+    ref, scorer, placed, placed_mask = feature.placed_for_flow(ref_image, mov_image, ref_channel, mov_channel,
+                                                               affine.affine, SETTINGS.non_rigid_dim)
     fields = []
-    for candidate in feature.field_candidates(ref.array, placed, ref_mask | placed_mask, scorer.sigma):
+    for candidate in feature.field_candidates(scorer, placed, scorer.mask | placed_mask):
         displacement = Displacement(candidate.flow[..., 0] * ref.scale, candidate.flow[..., 1] * ref.scale,
                                     spacing=ref.scale)
         fields.append((candidate.smoothing, candidate.disagreement,

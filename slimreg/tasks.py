@@ -49,10 +49,11 @@ def staged_source(task: Task, source: str, root: Path) -> Path:
     unique: the samplesheet check sees to it).
     """
     name = PurePosixPath(source).name
-    numbered = root / layout.STAGED_SOURCES / str(task.sources.index(source) + 1) / name
+    staged = root / layout.STAGED_SOURCES
+    numbered = staged / str(task.sources.index(source) + 1) / name
     if numbered.exists():
         return numbered
-    same_name = sorted((root / layout.STAGED_SOURCES).rglob(name)) if (root / layout.STAGED_SOURCES).is_dir() else []
+    same_name = sorted(staged.rglob(name)) if staged.is_dir() else []
     return same_name[0] if len(same_name) == 1 else numbered
 
 

@@ -101,21 +101,25 @@ def test_flow_is_trusted_only_where_two_estimates_agree() -> None:
     from scipy import ndimage
 
     from slimreg.register.feature import FLOW_AGREEMENT, field_candidates
+    from slimreg.register.similarity import AlignmentScorer
 
     rng = np.random.default_rng(7)
     size = 256
-    texture = ndimage.gaussian_filter(rng.random((size, size)), 3).astype(np.float32)
-    texture = (texture - texture.min()) / (texture.max() - texture.min())
+
+    def random_texture() -> np.ndarray:
+        smooth = ndimage.gaussian_filter(rng.random((size, size)), 3).astype(np.float32)
+        return (smooth - smooth.min()) / (smooth.max() - smooth.min())
+
+    texture = random_texture()
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     # a bulge of up to 4 px, as tissue moves between frames
     bulge = 4 * np.exp(-((xx - 128) ** 2 + (yy - 128) ** 2) / (2 * 50.0**2)).astype(np.float32)
     moved = ndimage.map_coordinates(texture, [yy - bulge, xx - bulge], order=1, mode="reflect").astype(np.float32)
     region = np.ones((size, size), bool)
-    sigma = 2.0
-    for candidate in field_candidates(texture, moved, region, sigma):
+    scorer = AlignmentScorer(texture, region)
+    for candidate in field_candidates(scorer, moved, region):
         assert candidate.disagreement < FLOW_AGREEMENT, candidate.smoothing
         # the kept field points back along the bulge (placed(p + flow(p)) = reference(p))
         assert candidate.flow[128, 128, 0] == pytest.approx(bulge[128, 128], abs=1.0)
-    unrelated = ndimage.gaussian_filter(rng.random((size, size)), 3).astype(np.float32)
-    unrelated = (unrelated - unrelated.min()) / (unrelated.max() - unrelated.min())
-    assert all(c.disagreement > FLOW_AGREEMENT for c in field_candidates(texture, unrelated, region, sigma))
+    unrelated = random_texture()
+    assert all(c.disagreement > FLOW_AGREEMENT for c in field_candidates(scorer, unrelated, region))

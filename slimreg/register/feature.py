@@ -157,16 +157,14 @@ class FeatureEngine:
                    moving_channel: int | str, affine: np.ndarray,
                    settings: RegistrationSettings) -> tuple[Displacement | None, dict[str, float]]:
         """Smooth displacement (reference frame) from optical flow on the affinely placed pair, if it helps."""
-        ref = registration_image(reference, reference_channel, settings.non_rigid_dim)
-        mov = registration_image(moving, moving_channel, settings.non_rigid_dim)
-        ref_mask = tissue_mask(ref.array)
-        scorer = AlignmentScorer(ref.array, ref_mask)
-        placed, placed_mask = scorer.place(mov.array, to_working(affine, ref, mov))
+        ref, scorer, placed, placed_mask = placed_for_flow(reference, moving, reference_channel, moving_channel,
+                                                           affine, settings.non_rigid_dim)
+        ref_mask = scorer.mask
         before = scorer.score_placed(placed, placed_mask, ring=False).value
         information_before = mutual_information(ref.array, placed, ref_mask | placed_mask)
         height, width = ref.array.shape
         grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
-        candidates = field_candidates(ref.array, placed, ref_mask | placed_mask, scorer.sigma)
+        candidates = field_candidates(scorer, placed, ref_mask | placed_mask)
         best_flow, best_value = None, before
         for candidate in candidates:
             if not candidate.disagreement < FLOW_AGREEMENT:
@@ -202,11 +200,21 @@ class FieldCandidate:
     flow: np.ndarray
 
 
-def field_candidates(reference: np.ndarray, placed: np.ndarray, region: np.ndarray,
-                     sigma: float) -> list[FieldCandidate]:
+def placed_for_flow(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
+                    moving_channel: int | str, affine: np.ndarray,
+                    dim: int) -> tuple[Downsampled, AlignmentScorer, np.ndarray, np.ndarray]:
+    """The reference at ``dim``, its scorer, and the moving image and its mask placed on it by ``affine``."""
+    ref = registration_image(reference, reference_channel, dim)
+    mov = registration_image(moving, moving_channel, dim)
+    scorer = AlignmentScorer(ref.array, tissue_mask(ref.array))
+    placed, placed_mask = scorer.place(mov.array, to_working(affine, ref, mov))
+    return ref, scorer, placed, placed_mask
+
+
+def field_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.ndarray) -> list[FieldCandidate]:
     """Flow estimated on intensities and on edge maps, smoothed at each fraction; each candidate is their mean."""
-    from_intensities = _flow(reference, placed)
-    from_edges = _flow(_unit(edge_map(reference, sigma)), _unit(edge_map(placed, sigma)))
+    from_intensities = _flow(scorer.reference, placed)
+    from_edges = _flow(_unit(scorer.edges), _unit(edge_map(placed, scorer.sigma)))  # the scorer holds the reference's
     candidates = []
     for smoothing in FLOW_SMOOTHING_FRACTIONS:
         first, second = _regularise(from_intensities, region, smoothing), _regularise(from_edges, region, smoothing)
