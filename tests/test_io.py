@@ -104,6 +104,23 @@ def test_read_downsampled_is_exact_block_mean(tmp_path: Path) -> None:
     assert np.allclose(result.to_level0(result.from_level0(np.array([[10.0, 20.0]]))), [[10.0, 20.0]])
 
 
+def test_a_downsampled_region_maps_back_to_where_it_was_read(tmp_path: Path) -> None:
+    """Registration reads only the tissue's box: its pixels and its coordinate mapping must both be exact."""
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 4000, (1000, 1500)).astype(np.uint16)
+    path = write_array(data, tmp_path / "a.ome.tif", channel_names=["a"], tile_size=128)
+    image = open_image(path)
+    box = image.downsampled(100, channel=0, region=(703, 401, 300, 200))
+    assert box.scale == 3 and box.origin == (703.0, 401.0)
+    h, w = box.array.shape
+    expected = data[401: 401 + 3 * h, 703: 703 + 3 * w].reshape(h, 3, w, 3).astype(float).mean(axis=(1, 3))
+    assert np.abs(box.array.astype(float) - expected).max() <= 1.0
+    # box pixel (0, 0) averages level-0 pixels 703..705 x 401..403: its centre is (704, 402)
+    assert np.allclose(box.to_level0(np.array([[0.0, 0.0]])), [[704.0, 402.0]])
+    assert np.allclose(box.level0_matrix() @ [5.0, 7.0, 1.0], [*box.to_level0(np.array([[5.0, 7.0]]))[0], 1.0])
+    assert np.allclose(box.from_level0(box.to_level0(np.array([[10.0, 20.0]]))), [[10.0, 20.0]])
+
+
 def test_read_downsampled_streams_a_stripped_level0(tmp_path: Path) -> None:
     path = tmp_path / "big.tif"
     tifffile.memmap(path, shape=(12000, 20000), dtype="uint8")  # 240 MB, stripped, no pyramid

@@ -27,14 +27,21 @@ class Downsampled:
 
     array: np.ndarray
     scale: float  # level-0 pixels per downsampled pixel, the same along x and y
+    origin: tuple[float, float] = (0.0, 0.0)  # level-0 (x, y) of the copy's top-left corner (a cropped copy)
 
     def to_level0(self, xy: np.ndarray) -> np.ndarray:
         """Map downsampled pixel coordinates (N x 2, x then y) to level-0 coordinates."""
-        return (np.asarray(xy, dtype=np.float64) + 0.5) * self.scale - 0.5
+        return (np.asarray(xy, dtype=np.float64) + 0.5) * self.scale - 0.5 + np.asarray(self.origin)
 
     def from_level0(self, xy: np.ndarray) -> np.ndarray:
         """Map level-0 coordinates (N x 2) to downsampled pixel coordinates."""
-        return (np.asarray(xy, dtype=np.float64) + 0.5) / self.scale - 0.5
+        return (np.asarray(xy, dtype=np.float64) - np.asarray(self.origin) + 0.5) / self.scale - 0.5
+
+    def level0_matrix(self) -> np.ndarray:
+        """The 3x3 matrix of :meth:`to_level0` (downsampled px -> level-0 px)."""
+        offset = (self.scale - 1.0) / 2.0
+        return np.array([[self.scale, 0, offset + self.origin[0]], [0, self.scale, offset + self.origin[1]],
+                         [0, 0, 1.0]])
 
 
 class TiffImage:
@@ -110,31 +117,42 @@ class TiffImage:
             raise InputError(f"region {x},{y} {width}x{height} lies outside the image.", self.info.path)
         return to_numpy(image.crop(x0, y0, x1 - x0, y1 - y0))
 
-    def downsampled(self, max_dim: int, channel: int | None = 0, frame: int = 0) -> Downsampled:
-        """A copy whose long side is at most ``max_dim``, built from the best pyramid level by block averaging."""
+    def downsampled(self, max_dim: int, channel: int | None = 0, frame: int = 0,
+                    region: tuple[int, int, int, int] | None = None) -> Downsampled:
+        """A copy whose long side is at most ``max_dim``, built from the best pyramid level by block averaging.
+
+        ``region`` (level-0 x, y, width, height) reads only that rectangle, so working pixels can be spent on
+        tissue rather than on the glass around it; the copy's ``origin`` says where it starts."""
         if max_dim < 1:
             raise InputError(f"max_dim must be at least 1, got {max_dim}.", self.info.path)
+        x, y, width, height = region or (0, 0, self.info.width, self.info.height)
         # Among exact (integer-scale) levels and integer block factors, keep the largest result that fits:
         # the smallest level that fits could lose up to half the requested resolution (1250 -> 625 px).
-        best_level, best_size, best_scale = 0, -1, 1.0
+        best_level, best_size, best_scale, best_box = 0, -1, 1.0, (0, 0, 1, 1)
         for level in range(len(self.info.levels)):
             scale = self.level_scale(level)
             if scale != int(scale):
                 continue  # an inexact level would blur the coordinate mapping; skip it
-            long_level = max(self.info.levels[level])
+            level_height, level_width = self.info.levels[level]
+            x0, y0 = max(0, int(x // scale)), max(0, int(y // scale))
+            x1 = min(level_width, math.ceil((x + width) / scale))
+            y1 = min(level_height, math.ceil((y + height) / scale))
+            long_level = max(x1 - x0, y1 - y0)
             size = long_level // max(1, math.ceil(long_level / max_dim))
             if size > best_size or (size == best_size and scale > best_scale):
-                best_level, best_size, best_scale = level, size, scale
+                best_level, best_size, best_scale, best_box = level, size, scale, (x0, y0, x1 - x0, y1 - y0)
         image = self.plane(best_level, channel, frame)
-        factor = max(1, math.ceil(max(image.width, image.height) / max_dim))
-        if factor > 1:
-            width, height = (image.width // factor) * factor, (image.height // factor) * factor
-            image = image.crop(0, 0, width, height).shrink(factor, factor)
+        x0, y0, box_width, box_height = best_box
+        factor = max(1, math.ceil(max(box_width, box_height) / max_dim))
+        if factor > 1 or best_box != (0, 0, image.width, image.height):
+            image = image.crop(x0, y0, (box_width // factor) * factor, (box_height // factor) * factor)
+            if factor > 1:
+                image = image.shrink(factor, factor)
         array = to_numpy(image)
         dtype = np.dtype(self.info.dtype)
         if array.dtype != dtype and factor > 1 and np.issubdtype(dtype, np.integer):
             array = np.clip(np.rint(array), np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
-        return Downsampled(array=array, scale=best_scale * factor)
+        return Downsampled(array=array, scale=best_scale * factor, origin=(x0 * best_scale, y0 * best_scale))
 
 
 def open_image(path: str | Path, access: str = "random") -> TiffImage:

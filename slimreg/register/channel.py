@@ -36,15 +36,17 @@ def choose_channel(info: ImageInfo, requested: str | None) -> int | str:
     return 0
 
 
-def registration_image(image: TiffImage, channel: int | str, max_dim: int, frame: int = 0) -> Downsampled:
-    """The registration channel at most ``max_dim`` px on its long side, as float32 scaled to about 0..1."""
+def registration_image(image: TiffImage, channel: int | str, max_dim: int, frame: int = 0,
+                       region: tuple[int, int, int, int] | None = None) -> Downsampled:
+    """The registration channel (of ``region``, level-0 x, y, width, height, if given) at most ``max_dim`` px on
+    its long side, as float32 scaled to about 0..1."""
     if channel == OPTICAL_DENSITY:
-        rgb = image.downsampled(max_dim, channel=None, frame=frame)
+        rgb = image.downsampled(max_dim, channel=None, frame=frame, region=region)
         density = -np.log((rgb.array[..., :3].astype(np.float32) + 1.0) / 256.0).sum(axis=2)
-        return Downsampled(normalise(density), rgb.scale)
+        return Downsampled(normalise(density), rgb.scale, rgb.origin)
     assert isinstance(channel, int)
-    small = image.downsampled(max_dim, channel=channel, frame=frame)
-    return Downsampled(normalise(small.array.astype(np.float32)), small.scale)
+    small = image.downsampled(max_dim, channel=channel, frame=frame, region=region)
+    return Downsampled(normalise(small.array.astype(np.float32)), small.scale, small.origin)
 
 
 def normalise(array: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    placement; otherwise the image fails with a message, and nothing is written for it.
 
 Every array is at a working size set by the preset, so memory does not depend on the image's size.
-Matrices: ``pull`` maps reference working px -> moving working px; level 0 by ``frame_matrix``.
+Matrices: ``pull`` maps reference working px -> moving working px; level 0 by ``Downsampled.level0_matrix``.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from slimreg.metrics import mutual_information
 from slimreg.register.channel import registration_image
 from slimreg.register.initial import Candidate, feature_candidates, rotation_search
 from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
-from slimreg.register.preprocess import edge_map, frame_matrix, tissue_mask, to_uint8
+from slimreg.register.preprocess import edge_map, tissue_mask, to_uint8
 from slimreg.register.refine import refine_affine
 from slimreg.register.settings import RegistrationSettings
-from slimreg.register.similarity import AlignmentScorer, check_result
+from slimreg.register.similarity import AlignmentScorer, check_result, finite_or_worst
+from slimreg.register.tissue_crop import tissue_image
 from slimreg.transform import Displacement, Transform
 
 FLOW_GRID_FACTOR = 4
@@ -53,12 +54,12 @@ FLOW_AGREEMENT = float(np.sqrt(2 / 5))
 
 def to_working(level0: np.ndarray, reference: Downsampled, moving: Downsampled) -> np.ndarray:
     """A level-0 pull matrix in working frames."""
-    return np.linalg.inv(frame_matrix(moving.scale)) @ level0 @ frame_matrix(reference.scale)
+    return np.linalg.inv(moving.level0_matrix()) @ level0 @ reference.level0_matrix()
 
 
 def to_level0(pull: np.ndarray, reference: Downsampled, moving: Downsampled) -> np.ndarray:
     """A working-frame pull matrix at level 0."""
-    return frame_matrix(moving.scale) @ pull @ np.linalg.inv(frame_matrix(reference.scale))
+    return moving.level0_matrix() @ pull @ np.linalg.inv(reference.level0_matrix())
 
 
 def corner_distance(pull: np.ndarray, other: np.ndarray, shape: tuple[int, int]) -> float:
@@ -77,8 +78,8 @@ class FeatureEngine:
                       moving_channel: int | str, settings: RegistrationSettings) -> Transform:
         path = moving.info.path
         search_dim = max(64, settings.processing_dim // 2)
-        ref = registration_image(reference, reference_channel, search_dim)
-        mov = registration_image(moving, moving_channel, search_dim)
+        ref = tissue_image(reference, reference_channel, search_dim)
+        mov = tissue_image(moving, moving_channel, search_dim)
         ref_mask, mov_mask = tissue_mask(ref.array), tissue_mask(mov.array)
         if not ref_mask.any():
             raise RegistrationError("the reference shows no tissue in its registration channel (blank or "
@@ -103,7 +104,8 @@ class FeatureEngine:
         starts = [(scorer.score(mov.array, c.pull, mov_mask, ring=False).value, c) for c in plausible]
         ranked = [(value, c) for value, c in sorted(starts, key=lambda item: -item[0]) if np.isfinite(value)]
         identity_score = scorer.score(mov.array, unregistered, mov_mask)
-        best, best_value, winner = unregistered, identity_score.value, "unregistered"
+        # no tissue in common where the image lies (a section far off on its slide) scores nan: anything beats it
+        best, best_value, winner = unregistered, finite_or_worst(identity_score.value), "unregistered"
         for start_value, candidate in ranked:
             # the start stays in the running: refinement maximises its own metric at its own resolutions, and
             # where the images also move locally it can end lower than it began (shared calcium frames: a start
@@ -138,13 +140,13 @@ class FeatureEngine:
     def _polish(reference: TiffImage, moving: TiffImage, reference_channel: int | str, moving_channel: int | str,
                 affine: np.ndarray, settings: RegistrationSettings, expected: float) -> np.ndarray:
         """Refine the affine at the finest working size; keep it only if the score there improves."""
-        ref = registration_image(reference, reference_channel, settings.micro_dim)
-        mov = registration_image(moving, moving_channel, settings.micro_dim)
+        ref = tissue_image(reference, reference_channel, settings.micro_dim)
+        mov = tissue_image(moving, moving_channel, settings.micro_dim)
         ref_mask = tissue_mask(ref.array)
         scorer = AlignmentScorer(ref.array, ref_mask)
         start = to_working(affine, ref, mov)
         pull = refine_affine(ref.array, mov.array, ref_mask, start, scorer.sigma, settings.transform_model,
-                             iterations=100, shrink_factors=(2, 1), sampling=0.25)
+                             iterations=100, shrink_factors=(2, 1), sampling=0.25, edge_scales=(1.0,))
         polished = to_level0(pull, ref, mov)
         if plausibility_problem(polished, expected, settings.allow_mirror) is not None:
             return affine

@@ -53,8 +53,3 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     """A 0..1 float image as 8-bit (what OpenCV's detectors and flow expect)."""
     return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
-
-def frame_matrix(scale: float) -> np.ndarray:
-    """3x3 matrix mapping a downsampled frame of ``scale`` to level-0 pixels (centre rule)."""
-    offset = (scale - 1.0) / 2.0
-    return np.array([[scale, 0, offset], [0, scale, offset], [0, 0, 1.0]])

@@ -101,6 +101,11 @@ class AlignmentScorer:
         return self.score_placed(placed, placed_mask, ring=ring)
 
 
+def finite_or_worst(value: float) -> float:
+    """A score to compare with: nan (no tissue in common, nothing to correlate) ranks below every real score."""
+    return value if np.isfinite(value) else -np.inf
+
+
 def judge(result: Score, unregistered: Score, moved_px: float) -> str | None:
     """Why a registration result must not be kept, or None: it must stand out from unrelated placements and,
     unless it leaves the image where it was, beat leaving it there."""
@@ -108,7 +113,7 @@ def judge(result: Score, unregistered: Score, moved_px: float) -> str | None:
         return (f"no alignment found that stands out from unrelated placements (edge correlation {result.value:.3f}, "
                 f"{result.significance:.1f} sd above shifted copies; {MIN_SIGNIFICANCE:.0f} needed): the image "
                 "probably shows other tissue, or its registration channel has no matching structure")
-    if moved_px > IDENTITY_TOLERANCE_PX and not result.value > unregistered.value:
+    if moved_px > IDENTITY_TOLERANCE_PX and not result.value > finite_or_worst(unregistered.value):
         return (f"registration did not beat leaving the image as it is (edge correlation {result.value:.3f} vs "
                 f"{unregistered.value:.3f} unregistered)")
     return None
