@@ -10,36 +10,59 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from slimreg.register.preprocess import edge_map
 
 SHRINK_FACTORS = (4, 2, 1)
+EDGE_SCALES = (2.0, 1.0)  # edge smoothing, coarse to fine, in multiples of the working sigma
 
 
 def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
                   sigma: float, model: str = "affine", iterations: int = 200,
-                  shrink_factors: tuple[int, ...] = SHRINK_FACTORS, sampling: float = 1.0) -> np.ndarray:
+                  shrink_factors: tuple[int, ...] = SHRINK_FACTORS, sampling: float = 1.0,
+                  edge_scales: tuple[float, ...] = EDGE_SCALES) -> np.ndarray:
     """The pull matrix (reference working px -> moving working px) after refinement from ``pull``.
 
-    A pose that is already close (the polish at the finest size) needs neither the coarsest level nor every
-    pixel: ``shrink_factors`` (2, 1) and ``sampling`` 0.25 make it several times faster.
+    Edges are correlated coarse to fine (``edge_scales`` times ``sigma``): edges smoothed more overlap from
+    further away, so a start several percent off in scale still converges (measured: the shared kidney pair
+    turned 90 degrees, three of its starts reach the optimum this way and none with ``sigma`` alone).
+    A pose that is already close (the polish at the finest size) needs neither the coarse edges, the coarsest
+    level nor every pixel: ``edge_scales`` (1,), ``shrink_factors`` (2, 1) and ``sampling`` 0.25 make it several
+    times faster.
     """
+    for factor in edge_scales:
+        pull = _refine_at(reference, moving, reference_mask, pull, sigma * factor, model, iterations,
+                          shrink_factors, sampling)
+    return pull
+
+
+def _refine_at(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
+               sigma: float, model: str, iterations: int, shrink_factors: tuple[int, ...],
+               sampling: float) -> np.ndarray:
+    """One multi-resolution SimpleITK run on edge maps of one smoothing ``sigma``."""
     fixed = sitk.GetImageFromArray(edge_map(reference, sigma))
     moved = sitk.GetImageFromArray(edge_map(moving, sigma))
+    # rotate and scale about the reference tissue's centre, not the image corner: about the corner, every
+    # change of the matrix also moves the tissue far away, and the optimiser trades the two off badly
+    centre = np.array(ndimage.center_of_mass(reference_mask))[::-1] if reference_mask.any() else np.zeros(2)
+    linear = pull[:2, :2]
+    translation = (pull[:2, 2] + linear @ centre - centre).tolist()
     if model == "similarity":
         transform: sitk.Transform = sitk.Similarity2DTransform()
-        linear = pull[:2, :2]
         scale = float(np.sqrt(abs(np.linalg.det(linear))))
         transform.SetScale(scale)
         transform.SetAngle(float(np.arctan2(linear[1, 0], linear[0, 0])))
-        transform.SetTranslation(pull[:2, 2].tolist())
+        transform.SetCenter(centre.tolist())
+        transform.SetTranslation(translation)
         if np.linalg.det(linear) < 0:  # a mirrored pose: similarity cannot hold it, refine it as affine
-            return refine_affine(reference, moving, reference_mask, pull, sigma, "affine", iterations,
-                                 shrink_factors, sampling)
+            return _refine_at(reference, moving, reference_mask, pull, sigma, "affine", iterations,
+                              shrink_factors, sampling)
     else:
         transform = sitk.AffineTransform(2)
-        transform.SetMatrix(pull[:2, :2].ravel().tolist())
-        transform.SetTranslation(pull[:2, 2].tolist())
+        transform.SetMatrix(linear.ravel().tolist())
+        transform.SetCenter(centre.tolist())
+        transform.SetTranslation(translation)
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsCorrelation()
     method.SetMetricFixedMask(sitk.GetImageFromArray(reference_mask.astype(np.uint8)))
