@@ -110,6 +110,7 @@ def rotation_search(reference: np.ndarray, moving: np.ndarray, reference_mask: n
     ref_mask_fft = np.fft.rfft2(reference_mask.astype(np.float64), padded)
     min_overlap = 0.25 * reference_mask.sum()
     found: list[tuple[float, Candidate]] = []
+    outlines: list[tuple[float, Candidate]] = []
     for mirrored in (False, True) if mirror else (False,):
         for degrees in np.arange(0.0, 360.0, step_deg):
             angle = np.radians(degrees)
@@ -126,14 +127,25 @@ def rotation_search(reference: np.ndarray, moving: np.ndarray, reference_mask: n
             centred = np.where(valid, placed - placed[valid].mean(), 0.0)
             correlation = np.fft.irfft2(ref_fft * np.conj(np.fft.rfft2(centred, padded)), padded)
             overlap = np.fft.irfft2(ref_mask_fft * np.conj(np.fft.rfft2(valid.astype(np.float64), padded)), padded)
+            label = f"{degrees:.0f} deg{' mirrored' if mirrored else ''}"
+            # the shift that overlaps the two tissue outlines best (intersection over union): serial sections
+            # share their outline whatever the stain shows inside it
+            union = reference_mask.sum() + valid.sum() - overlap
+            iy, ix = np.unravel_index(int(np.argmax(overlap / np.maximum(union, 1.0))), overlap.shape)
+            outlines.append((float(overlap[iy, ix] / max(union[iy, ix], 1.0)),
+                             Candidate(f"outline search {label}", _shifted(pull, iy, ix, height, width))))
             correlation /= np.maximum(overlap, min_overlap)
             iy, ix = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
-            dy, dx = (iy if iy < height else iy - 2 * height), (ix if ix < width else ix - 2 * width)
-            shifted = pull @ np.array([[1.0, 0, -dx], [0, 1, -dy], [0, 0, 1]])
-            label = f"rotation search {degrees:.0f} deg{' mirrored' if mirrored else ''}"
-            found.append((float(correlation[iy, ix]), Candidate(label, shifted)))
-    found.sort(key=lambda item: -item[0])
-    return _distinct([c for _, c in found], keep)
+            found.append((float(correlation[iy, ix]), Candidate(f"rotation search {label}",
+                                                                _shifted(pull, iy, ix, height, width))))
+    return [*_distinct([c for _, c in sorted(found, key=lambda item: -item[0])], keep),
+            *_distinct([c for _, c in sorted(outlines, key=lambda item: -item[0])], keep)]
+
+
+def _shifted(pull: np.ndarray, iy: int, ix: int, height: int, width: int) -> np.ndarray:
+    """``pull`` moved by the FFT shift at (iy, ix) of a (2 height, 2 width) padded correlation."""
+    dy, dx = (iy if iy < height else iy - 2 * height), (ix if ix < width else ix - 2 * width)
+    return pull @ np.array([[1.0, 0, -dx], [0, 1, -dy], [0, 0, 1]])
 
 
 def _distinct(candidates: list[Candidate], keep: int) -> list[Candidate]:
