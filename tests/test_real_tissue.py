@@ -24,6 +24,7 @@ from benchmarks.realdata import (
     reference_diagonal,
     section_pairs,
 )
+from benchmarks.robustness import variant_pair
 from slimreg.errors import RegistrationError
 from slimreg.io import write_array
 from slimreg.io.read import TiffImage
@@ -93,6 +94,21 @@ def test_rotated_and_mirrored_sections_register_as_well_as_upright(
     upright = np.median(landmark_errors(results[name], pair))
     assert np.median(landmark_errors(None, turned)) > 200  # the copy starts far from the answer
     assert np.median(landmark_errors(register(pair.reference, path, settings), turned)) < upright + 1.5
+
+
+@pytest.mark.parametrize("variant", ["on-slide", "half", "rotated"])
+def test_sections_register_as_well_on_a_glass_slide_at_half_size_and_turned_a_quarter(
+        pairs: dict[str, SectionPair], results: dict[str, Transform], tmp_path: Path, variant: str) -> None:
+    """How unseen slides differ (benchmarks/robustness.py): mostly glass around the section (its working image
+    is then cut to the tissue, and where it lies unregistered no tissue overlaps), a lower pyramid level, a
+    quarter turn (the coarse edges and the outline search find it). Errors are compared at full size."""
+    name = "kidney_HE <- kidney_PanCK"
+    pair = pairs[name]
+    changed = variant_pair(pair, variant, tmp_path)
+    upright = np.median(landmark_errors(results[name], pair))
+    size = TiffImage(changed.reference).info.width / TiffImage(pair.reference).info.width
+    after = np.median(landmark_errors(register(changed.reference, changed.moving), changed)) / size
+    assert after < upright + 1.5
 
 
 def test_a_mirrored_section_is_refused_without_the_flag(pairs: dict[str, SectionPair], tmp_path: Path) -> None:

@@ -1,0 +1,168 @@
+"""Registration on the real section pairs changed the way unseen slides differ: does every engine still register?
+
+    .venv/bin/python benchmarks/robustness.py [--engines feature valis valis-plain] [--variants ...]
+
+The maintainers check slimreg on real sections it has never seen. Two shared pairs cannot stand in for them, but
+the ways slides differ from one another can be applied to those pairs, with the landmarks carried along exactly:
+
+- ``half``: both images at half size (a lower pyramid level, or a 10x scan next to a 20x one);
+- ``on-slide``: the moving section placed off-centre on a blank slide three times its size (whole-slide scans
+  are mostly glass);
+- ``partial``: the moving section cut to its left 70 % (a torn section, a partial scan);
+- ``faded``: the moving stain at 40 % of its optical density (a weak or faded stain);
+- ``uneven``: the moving image under a strong illumination gradient and a colour cast (scanner differences);
+- ``grey``: the moving image as one grey channel;
+- ``rotated``: the moving section turned 90 degrees (slides are placed either way up);
+- ``pen``: a thick pen line and a dark label patch on the moving slide, off the tissue.
+
+Each variant is registered in a fresh process (``slimreg register`` as a user runs it; VALIS used plainly as in
+benchmarks/accuracy.py) and scored with the landmarks: median error after, against the unregistered placement's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.accuracy import _fmt, _status, run_engine
+from benchmarks.realdata import SectionPair, available, landmark_errors, reference_diagonal, section_pairs
+
+Image = np.ndarray
+Points = np.ndarray
+Change = Callable[[Image, Points], tuple[Image, Points]]
+
+
+def _affine(image: Image, points: Points, matrix: np.ndarray, size: tuple[int, int]) -> tuple[Image, Points]:
+    """Push ``image`` through a 2x3 matrix (pixel-centre coordinates) onto a white canvas of ``size``."""
+    import cv2
+
+    moved = cv2.warpAffine(image, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                           borderValue=(255, 255, 255))
+    return moved, points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def on_slide(image: Image, points: Points) -> tuple[Image, Points]:
+    height, width = image.shape[:2]
+    return _affine(image, points, np.array([[1.0, 0, 1.6 * width], [0, 1.0, 0.4 * height]]), (3 * width, 3 * height))
+
+
+def partial(image: Image, points: Points) -> tuple[Image, Points]:
+    return image[:, : int(0.7 * image.shape[1])].copy(), points
+
+
+def faded(image: Image, points: Points) -> tuple[Image, Points]:
+    density = -np.log((image.astype(float) + 1) / 256)
+    return np.clip(256 * np.exp(-0.4 * density) - 1, 0, 255).astype(np.uint8), points
+
+
+def uneven(image: Image, points: Points) -> tuple[Image, Points]:
+    ramp = np.linspace(0.55, 1.0, image.shape[1])[None, :, None] * np.array([1.0, 0.93, 0.8])
+    return np.clip(image * ramp + np.array([20, 10, 0]), 0, 255).astype(np.uint8), points
+
+
+def grey(image: Image, points: Points) -> tuple[Image, Points]:
+    import cv2
+
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), points
+
+
+def rotated(image: Image, points: Points) -> tuple[Image, Points]:
+    height = image.shape[0]
+    return np.ascontiguousarray(np.rot90(image, -1)), np.stack([height - 1 - points[:, 1], points[:, 0]], axis=1)
+
+
+def pen(image: Image, points: Points) -> tuple[Image, Points]:
+    import cv2
+
+    height, width = image.shape[:2]
+    canvas, moved = _affine(image, points, np.array([[1.0, 0, 0.5 * width], [0, 1.0, 0.25 * height]]),
+                            (2 * width, int(1.5 * height)))
+    canvas = canvas.copy()
+    cv2.line(canvas, (int(0.1 * width), int(0.1 * height)), (int(0.3 * width), int(1.3 * height)), (20, 30, 90),
+             max(3, width // 60))
+    cv2.rectangle(canvas, (int(1.7 * width), int(0.02 * height)), (int(1.95 * width), int(0.2 * height)),
+                  (40, 40, 40), -1)
+    return canvas, moved
+
+
+MOVING_CHANGES: dict[str, Change] = {"on-slide": on_slide, "partial": partial, "faded": faded, "uneven": uneven,
+                                     "grey": grey, "rotated": rotated, "pen": pen}
+VARIANTS = ("half", *MOVING_CHANGES)
+
+
+def _read(path: Path) -> Image:
+    import tifffile
+
+    return np.asarray(tifffile.imread(path))
+
+
+def _write(image: Image, target: Path) -> Path:
+    from slimreg.io import write_array
+
+    write_array(image, target, is_rgb=image.ndim == 3)
+    return target
+
+
+def _halved(image: Image, points: Points) -> tuple[Image, Points]:
+    import cv2
+
+    small = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    return small, (points + 0.5) * (small.shape[1] / image.shape[1]) - 0.5
+
+
+def variant_pair(pair: SectionPair, variant: str, workdir: Path) -> SectionPair:
+    """``pair`` changed by ``variant``, written as OME-TIFF, landmarks carried along."""
+    stem = pair.name.replace(" <- ", "__")
+    moving, moving_points = MOVING_CHANGES.get(variant, _halved)(_read(pair.moving), pair.moving_landmarks)
+    reference, reference_points = pair.reference, pair.reference_landmarks
+    if variant == "half":
+        halved, reference_points = _halved(_read(pair.reference), pair.reference_landmarks)
+        reference = _write(halved, workdir / f"{stem}_{variant}_reference.ome.tif")
+    return SectionPair(f"{pair.name} [{variant}]", reference, _write(moving, workdir / f"{stem}_{variant}.ome.tif"),
+                       reference_points, moving_points)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", nargs="+", default=["feature"], choices=["feature", "valis", "valis-plain"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/slimreg-bench-robustness"))
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    if not available():
+        print("the shared real data is not here; set SLIMREG_SHARED_DATA to its folder", file=sys.stderr)
+        return 2
+    (args.workdir / "images").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    rows = ["| pair (reference <- moving) [variant] | engine | median before px | median after px | rTRE after | "
+            "wall s | peak MB | result |", "|---|---|---|---|---|---|---|---|"]
+    for pair in section_pairs(args.workdir / "sections"):
+        for variant in args.variants:
+            changed = variant_pair(pair, variant, args.workdir / "images")
+            before = np.median(landmark_errors(None, changed))
+            for engine in args.engines:
+                name = f"{changed.moving.name.split('.')[0]}"
+                measured, point_map = run_engine(engine, changed.reference, changed.moving,
+                                                 changed.reference_landmarks, args.workdir / "runs" / engine / name,
+                                                 args.timeout)
+                after = float(np.median(landmark_errors(point_map, changed))) if point_map else float("nan")
+                verdict = _status(measured) if point_map is None else (
+                    "registered" if after < before else "WORSE than unregistered")
+                rows.append(f"| {changed.name} | {engine} | {_fmt(before)} | {_fmt(after, 2)} | "
+                            f"{_fmt(after / reference_diagonal(changed), 4)} | {_fmt(measured['seconds'], 0)} | "
+                            f"{_fmt(measured['peak_mb'], 0)} | {verdict} |")
+                print(rows[-1], file=sys.stderr, flush=True)
+    print("\n".join(rows))
+    print(f"\n(total {time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
