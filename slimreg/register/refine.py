@@ -31,21 +31,21 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     level nor every pixel: ``edge_scales`` (1,), ``shrink_factors`` (2, 1) and ``sampling`` 0.25 make it several
     times faster.
     """
+    # rotate and scale about the reference tissue's centre, not the image corner: about the corner, every
+    # change of the matrix also moves the tissue far away, and the optimiser trades the two off badly
+    centre = np.array(ndimage.center_of_mass(reference_mask))[::-1] if reference_mask.any() else np.zeros(2)
     for factor in edge_scales:
-        pull = _refine_at(reference, moving, reference_mask, pull, sigma * factor, model, iterations,
+        pull = _refine_at(reference, moving, reference_mask, pull, centre, sigma * factor, model, iterations,
                           shrink_factors, sampling)
     return pull
 
 
 def _refine_at(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
-               sigma: float, model: str, iterations: int, shrink_factors: tuple[int, ...],
+               centre: np.ndarray, sigma: float, model: str, iterations: int, shrink_factors: tuple[int, ...],
                sampling: float) -> np.ndarray:
-    """One multi-resolution SimpleITK run on edge maps of one smoothing ``sigma``."""
+    """One multi-resolution SimpleITK run on edge maps of one smoothing ``sigma``, rotating about ``centre``."""
     fixed = sitk.GetImageFromArray(edge_map(reference, sigma))
     moved = sitk.GetImageFromArray(edge_map(moving, sigma))
-    # rotate and scale about the reference tissue's centre, not the image corner: about the corner, every
-    # change of the matrix also moves the tissue far away, and the optimiser trades the two off badly
-    centre = np.array(ndimage.center_of_mass(reference_mask))[::-1] if reference_mask.any() else np.zeros(2)
     linear = pull[:2, :2]
     translation = (pull[:2, 2] + linear @ centre - centre).tolist()
     if model == "similarity":
@@ -56,7 +56,7 @@ def _refine_at(reference: np.ndarray, moving: np.ndarray, reference_mask: np.nda
         transform.SetCenter(centre.tolist())
         transform.SetTranslation(translation)
         if np.linalg.det(linear) < 0:  # a mirrored pose: similarity cannot hold it, refine it as affine
-            return _refine_at(reference, moving, reference_mask, pull, sigma, "affine", iterations,
+            return _refine_at(reference, moving, reference_mask, pull, centre, sigma, "affine", iterations,
                               shrink_factors, sampling)
     else:
         transform = sitk.AffineTransform(2)

@@ -21,24 +21,25 @@ from slimreg.register.preprocess import tissue_mask
 MARGIN_FRACTION = 0.05  # of the box's own size, on each side: registration needs the tissue's outline
 
 
-def tissue_box(image: TiffImage, channel: int | str, max_dim: int) -> tuple[int, int, int, int] | None:
-    """Level-0 (x, y, width, height) around the tissue, or None when reading the whole image loses nothing."""
-    thumbnail = registration_image(image, channel, max_dim)
-    mask = tissue_mask(thumbnail.array)
+def tissue_box(whole: Downsampled, width: int, height: int, max_dim: int) -> tuple[int, int, int, int] | None:
+    """Level-0 (x, y, width, height) around the tissue of ``whole`` (the image of ``width`` x ``height`` level-0
+    px read whole at ``max_dim``), or None when reading the whole image loses nothing."""
+    mask = tissue_mask(whole.array)
     if not mask.any():
         return None
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    corners = thumbnail.to_level0(np.array([[cols[0] - 0.5, rows[0] - 0.5], [cols[-1] + 0.5, rows[-1] + 0.5]]))
+    corners = whole.to_level0(np.array([[cols[0] - 0.5, rows[0] - 0.5], [cols[-1] + 0.5, rows[-1] + 0.5]]))
     margin = MARGIN_FRACTION * (corners[1] - corners[0])
     (x0, y0), (x1, y1) = np.floor(corners[0] - margin), np.ceil(corners[1] + margin)
     x0, y0 = max(0, int(x0)), max(0, int(y0))
-    x1, y1 = min(image.info.width, int(x1)), min(image.info.height, int(y1))
-    whole_factor = math.ceil(max(image.info.width, image.info.height) / max_dim)
-    if math.ceil(max(x1 - x0, y1 - y0) / max_dim) >= whole_factor:
+    x1, y1 = min(width, int(x1)), min(height, int(y1))
+    if math.ceil(max(x1 - x0, y1 - y0) / max_dim) >= math.ceil(max(width, height) / max_dim):
         return None
     return x0, y0, x1 - x0, y1 - y0
 
 
 def tissue_image(image: TiffImage, channel: int | str, max_dim: int) -> Downsampled:
     """The registration image of the tissue's box (see :func:`tissue_box`) at most ``max_dim`` px a side."""
-    return registration_image(image, channel, max_dim, region=tissue_box(image, channel, max_dim))
+    whole = registration_image(image, channel, max_dim)
+    box = tissue_box(whole, image.info.width, image.info.height, max_dim)
+    return whole if box is None else registration_image(image, channel, max_dim, region=box)
