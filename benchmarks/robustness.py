@@ -133,6 +133,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", nargs="+", default=["feature"], choices=["feature", "valis", "valis-plain"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--references", nargs="+", default=None,
+                        help="only pairs with these references (e.g. kidney_HE lung-lesion_HE); default: every pair "
+                             "both ways")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/slimreg-bench-robustness"))
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
@@ -144,11 +147,13 @@ def main() -> int:
     rows = ["| pair (reference <- moving) [variant] | engine | median before px | median after px | rTRE after | "
             "wall s | peak MB | result |", "|---|---|---|---|---|---|---|---|"]
     for pair in section_pairs(args.workdir / "sections"):
+        if args.references and pair.reference.name.split(".")[0] not in args.references:
+            continue
         for variant in args.variants:
             changed = variant_pair(pair, variant, args.workdir / "images")
             before = np.median(landmark_errors(None, changed))
             for engine in args.engines:
-                name = f"{changed.moving.name.split('.')[0]}"
+                name = changed.moving.name.split(".")[0]
                 measured, point_map = run_engine(engine, changed.reference, changed.moving,
                                                  changed.reference_landmarks, args.workdir / "runs" / engine / name,
                                                  args.timeout)

@@ -3,10 +3,12 @@
 Steps, every one scored with the same stain-robust measure (slimreg.register.similarity) before it is kept:
 
 1. Working images at half ``processing_dim``: a stain-agnostic grey (optical density for brightfield, the
-   nuclear channel for fluorescence) and a tissue mask each (slimreg.register.preprocess).
+   nuclear channel for fluorescence) and a tissue mask each (slimreg.register.preprocess), of the tissue's box
+   where the slide around it is mostly glass (slimreg.register.tissue_crop).
 2. Candidates: leaving the image as it is, one similarity fit per feature detector (AKAZE, SIFT, BRISK,
    FAST + BoostDesc), and a detector-free rotation search (any angle, any offset; mirrored too with
-   ``allow_mirror``). Every plausible candidate is refined (affine or similarity, SimpleITK, edge maps); the
+   ``allow_mirror``) that proposes the best edge correlations and the best overlaps of the tissue outlines.
+   Every plausible candidate is refined (affine or similarity, SimpleITK, edge maps coarse to fine); the
    best-scoring pose, refined or as it started, wins.
 3. The winner is polished at ``micro_dim`` (``processing_dim`` without micro) and kept only if it scores higher.
 4. Non-rigid: dense optical flow between the affinely placed pair at ``non_rigid_dim``, estimated twice, on

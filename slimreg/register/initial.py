@@ -3,10 +3,10 @@
 No single detector survives every stain pair (measured on the shared real pairs, docs/accuracy.md: SIFT
 finds the kidney pair but not the lung pair, ORB neither), so every detector below proposes a similarity
 fit, and a search that needs no features at all proposes more: the moving tissue's centroid is put on the
-reference's, every rotation is tried, and FFT cross-correlation of edge maps finds the best shift for
-each (any offset, any angle). The caller scores all candidates with one stain-robust measure and refines
-the best few. All matrices here are pull maps between working frames: reference working px -> moving
-working px.
+reference's, every rotation is tried, and for each FFT cross-correlation finds the shift that correlates
+the edge maps best and the shift that overlaps the tissue outlines best (any offset, any angle). The caller
+scores all candidates with one stain-robust measure and refines every plausible one. All matrices here are
+pull maps between working frames: reference working px -> moving working px.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def _describe(detector: object | None, descriptor: object, image: np.ndarray,
 def rotation_search(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray,
                     moving_mask: np.ndarray, sigma: float, mirror: bool = False, keep: int = 3,
                     step_deg: float = ROTATION_STEP_DEG) -> list[Candidate]:
-    """Centroid-to-centroid, every rotation, the best FFT shift for each; the ``keep`` best by correlation.
+    """Centroid-to-centroid, every rotation, the best FFT shifts for each: the ``keep`` best by edge correlation
+    and the ``keep`` best by outline overlap (intersection over union of the tissue masks).
 
     The moving image is scaled by the square root of the tissue areas' ratio, so sections imaged at
     another magnification start at the right size.
