@@ -50,18 +50,19 @@ def tissue_mask(grey: np.ndarray) -> np.ndarray:
 
 
 def _background_threshold(smooth: np.ndarray) -> float:
-    """Where background ends: half of Otsu's threshold, or the lowest of three Otsu classes if that is lower.
+    """Where background ends: half of Otsu's threshold, unless ink has taken Otsu's split over.
 
-    Two classes split off whatever is darkest: on a slide with ink or a label that is the ink, and tissue falls
-    below the threshold (measured: a pen line and a label beside a shared section left 4-6 % of the image as
-    tissue, where the three-class boundary finds 19-25 %). The lowest boundary of three classes (background,
-    tissue, ink) stays between background and tissue; on slides without ink it lies above half of Otsu's,
-    which then holds as before."""
+    Two classes split off whatever is darkest. On a slide with a pen line or a label that is the ink, and most
+    of the tissue falls below the threshold (measured: a pen line and a label beside a shared section left 4-6 %
+    of the image as tissue, where the lowest boundary of three Otsu classes, background / tissue / ink, finds
+    19-25 %). So when half of Otsu's threshold keeps less than half of what the three-class boundary keeps, the
+    three-class boundary is used; on slides without ink the two agree closely and Otsu's split stands."""
     half_otsu = float(filters.threshold_otsu(smooth)) * 0.5
     try:
-        return min(half_otsu, float(filters.threshold_multiotsu(smooth, classes=3)[0]))
+        lowest = float(filters.threshold_multiotsu(smooth, classes=3)[0])
     except ValueError:  # too few distinct values for three classes
         return half_otsu
+    return lowest if (smooth > half_otsu).sum() < 0.5 * (smooth > lowest).sum() else half_otsu
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
