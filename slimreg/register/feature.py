@@ -50,7 +50,7 @@ FLOW_SMOOTHING_FRACTIONS = (0.02, 0.08)
 # agree. Each is the true motion t plus its own noise n: they differ by about sqrt(2) n and each is about
 # sqrt(t^2 + n^2) long, so a disagreement below sqrt(2/5) of their length means the shared motion is at least
 # twice the noise. Measured: the calcium frames (real motion) 0.30-0.54; every shared section pair across stains
-# 1.00-1.79, where no field made the landmarks better (benchmarks/flow_agreement.py, docs/accuracy.md).
+# 1.07-1.77, where every field made the landmarks worse (benchmarks/flow_agreement.py, docs/accuracy.md).
 FLOW_AGREEMENT = float(np.sqrt(2 / 5))
 
 
