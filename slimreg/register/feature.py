@@ -80,9 +80,8 @@ class FeatureEngine:
                       moving_channel: int | str, settings: RegistrationSettings) -> Transform:
         path = moving.info.path
         search_dim = max(64, settings.processing_dim // 2)
-        ref = tissue_image(reference, reference_channel, search_dim)
-        mov = tissue_image(moving, moving_channel, search_dim)
-        ref_mask, mov_mask = tissue_mask(ref.array), tissue_mask(mov.array)
+        ref, ref_mask = tissue_image(reference, reference_channel, search_dim)
+        mov, mov_mask = tissue_image(moving, moving_channel, search_dim)
         if not ref_mask.any():
             raise RegistrationError("the reference shows no tissue in its registration channel (blank or "
                                     "saturated), so nothing can be registered onto it.", reference.info.path,
@@ -142,9 +141,8 @@ class FeatureEngine:
     def _polish(reference: TiffImage, moving: TiffImage, reference_channel: int | str, moving_channel: int | str,
                 affine: np.ndarray, settings: RegistrationSettings, expected: float) -> np.ndarray:
         """Refine the affine at the finest working size; keep it only if the score there improves."""
-        ref = tissue_image(reference, reference_channel, settings.micro_dim)
-        mov = tissue_image(moving, moving_channel, settings.micro_dim)
-        ref_mask = tissue_mask(ref.array)
+        ref, ref_mask = tissue_image(reference, reference_channel, settings.micro_dim)
+        mov, mov_mask = tissue_image(moving, moving_channel, settings.micro_dim)
         scorer = AlignmentScorer(ref.array, ref_mask)
         start = to_working(affine, ref, mov)
         pull = refine_affine(ref.array, mov.array, ref_mask, start, scorer.sigma, settings.transform_model,
@@ -152,7 +150,6 @@ class FeatureEngine:
         polished = to_level0(pull, ref, mov)
         if plausibility_problem(polished, expected, settings.allow_mirror) is not None:
             return affine
-        mov_mask = tissue_mask(mov.array)
         before = scorer.score(mov.array, start, mov_mask, ring=False).value
         after = scorer.score(mov.array, pull, mov_mask, ring=False).value
         return polished if after > before else affine

@@ -21,10 +21,10 @@ from slimreg.register.preprocess import tissue_mask
 MARGIN_FRACTION = 0.05  # of the box's own size, on each side: registration needs the tissue's outline
 
 
-def tissue_box(whole: Downsampled, width: int, height: int, max_dim: int) -> tuple[int, int, int, int] | None:
-    """Level-0 (x, y, width, height) around the tissue of ``whole`` (the image of ``width`` x ``height`` level-0
-    px read whole at ``max_dim``), or None when reading the whole image loses nothing."""
-    mask = tissue_mask(whole.array)
+def tissue_box(whole: Downsampled, mask: np.ndarray, width: int, height: int,
+               max_dim: int) -> tuple[int, int, int, int] | None:
+    """Level-0 (x, y, width, height) around ``mask``, the tissue of ``whole`` (the image of ``width`` x ``height``
+    level-0 px read whole at ``max_dim``), or None when reading the whole image loses nothing."""
     if not mask.any():
         return None
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -38,8 +38,13 @@ def tissue_box(whole: Downsampled, width: int, height: int, max_dim: int) -> tup
     return x0, y0, x1 - x0, y1 - y0
 
 
-def tissue_image(image: TiffImage, channel: int | str, max_dim: int) -> Downsampled:
-    """The registration image of the tissue's box (see :func:`tissue_box`) at most ``max_dim`` px a side."""
+def tissue_image(image: TiffImage, channel: int | str, max_dim: int) -> tuple[Downsampled, np.ndarray]:
+    """The registration image of the tissue's box (see :func:`tissue_box`) at most ``max_dim`` px a side, and its
+    tissue mask (the whole image's, already at hand, when there is no box to cut)."""
     whole = registration_image(image, channel, max_dim)
-    box = tissue_box(whole, image.info.width, image.info.height, max_dim)
-    return whole if box is None else registration_image(image, channel, max_dim, region=box)
+    mask = tissue_mask(whole.array)
+    box = tissue_box(whole, mask, image.info.width, image.info.height, max_dim)
+    if box is None:
+        return whole, mask
+    cropped = registration_image(image, channel, max_dim, region=box)
+    return cropped, tissue_mask(cropped.array)
