@@ -1,0 +1,52 @@
+"""The benchmarks' own arithmetic: the affine floor they print and the landmarks they carry through a variant.
+
+A benchmark whose reference numbers are wrong misleads every decision taken from it, so these are checked
+exactly, on points and images made here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.realdata import SectionPair, landmark_affine_fit
+from benchmarks.robustness import _bend, warped
+
+
+def _pair(reference: np.ndarray, moving: np.ndarray) -> SectionPair:
+    return SectionPair("test", Path("reference.ome.tif"), Path("moving.ome.tif"), reference, moving)
+
+
+def test_the_affine_fit_reproduces_an_exact_affine_and_shrugs_off_one_outlier() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0, 500, (40, 2))
+    matrix = np.array([[1.05, 0.2, 30.0], [-0.15, 0.95, -12.0]])
+    moving = reference @ matrix[:, :2].T + matrix[:, 2]
+    for least_distances in (False, True):
+        assert np.abs(landmark_affine_fit(_pair(reference, moving), least_distances) - moving).max() < 1e-6
+    moving[0] += 200.0  # one landmark misplaced: least distances should keep the others exact, least squares not
+    squares, distances = (np.hypot(*(landmark_affine_fit(_pair(reference, moving), flag) - moving).T)
+                          for flag in (False, True))
+    assert np.median(distances) < 0.05 < np.median(squares)
+
+
+def test_the_warped_variant_carries_each_landmark_to_where_its_pixel_went() -> None:
+    height, width = 120, 160
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.dstack([(xx * 1.5) % 256, (yy * 2.0) % 256, (xx + yy) % 256]).astype(np.uint8)
+    points = np.array([[20.0, 30.0], [80.0, 60.0], [140.0, 100.0], [5.5, 110.25]])
+    bent, carried = warped(image, points)
+    # the bent image shows, at pixel q, the original pixel q + d(q); a landmark must land on the q where that is it
+    dx, dy = _bend((height, width), carried[:, 0], carried[:, 1])
+    assert np.abs(carried + np.stack([dx, dy], axis=1) - points).max() < 1e-6
+    assert np.hypot(*(carried - points).T).max() > 0.5  # the bend moved them
+    qx, qy = 100, 40  # and the image agrees: pixel (100, 40) of the bent image came from (100, 40) + d
+    sx, sy = _bend((height, width), np.array([qx]), np.array([qy]))
+    source = (qx + sx[0], qy + sy[0])
+    x0, y0 = int(np.floor(source[0])), int(np.floor(source[1]))
+    fx, fy = source[0] - x0, source[1] - y0
+    patch = image[y0 : y0 + 2, x0 : x0 + 2].astype(float)
+    expected = (patch[0, 0] * (1 - fx) * (1 - fy) + patch[0, 1] * fx * (1 - fy) + patch[1, 0] * (1 - fx) * fy
+                + patch[1, 1] * fx * fy)
+    assert np.abs(bent[qy, qx].astype(float) - expected).max() <= 1.0
