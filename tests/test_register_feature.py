@@ -123,3 +123,29 @@ def test_flow_is_trusted_only_where_two_estimates_agree() -> None:
         assert candidate.flow[128, 128, 0] == pytest.approx(bulge[128, 128], abs=1.0)
     unrelated = random_texture()
     assert all(c.disagreement > FLOW_AGREEMENT for c in field_candidates(scorer, unrelated, region))
+
+
+def test_a_single_flow_is_trusted_only_when_its_motion_is_resolvable() -> None:
+    """A bend of a few edge sigmas is kept as a candidate and found; sub-sigma motion is not (it cannot be told
+    from noise by edge measures)."""
+    from scipy import ndimage
+
+    from slimreg.register.feature import deformation_candidate
+    from slimreg.register.similarity import AlignmentScorer
+
+    rng = np.random.default_rng(11)
+    size = 256
+    smooth = ndimage.gaussian_filter(rng.random((size, size)), 3).astype(np.float32)
+    texture = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    region = np.ones((size, size), bool)
+    scorer = AlignmentScorer(texture, region)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for amplitude, resolvable in ((3.0, True), (0.3, False)):
+        # the placed image shows, at p, the reference at p - bend(p); the field must point back along it
+        bend_x = amplitude * np.sin(2 * np.pi * yy / size)
+        placed = ndimage.map_coordinates(texture, [yy, xx - bend_x], order=1, mode="reflect").astype(np.float32)
+        candidate = deformation_candidate(scorer, placed, region)
+        assert candidate.admissible is resolvable, (amplitude, candidate.motion)
+        if resolvable:
+            inner = (slice(32, -32), slice(32, -32))
+            assert np.median(np.abs(candidate.flow[..., 0][inner] - bend_x[inner])) < 0.5

@@ -11,10 +11,12 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    Every plausible candidate is refined (affine or similarity, SimpleITK, edge maps coarse to fine); the
    best-scoring pose, refined or as it started, wins.
 3. The winner is polished at ``micro_dim`` (``processing_dim`` without micro) and kept only if it scores higher.
-4. Non-rigid: dense optical flow between the affinely placed pair at ``non_rigid_dim``, estimated twice, on
-   intensities and on edge maps, each smoothed on tissue (over 2 % and 8 % of the image). A field is kept only
-   where the two estimates agree (the shared motion is at least twice their disagreement) and their mean raises
-   both the edge score and the mutual information.
+4. Non-rigid: dense optical flow between the affinely placed pair at ``non_rigid_dim``, smoothed on tissue (over
+   2 % and 8 % of the image). Candidates: DIS flow estimated twice, on intensities and on edge maps, tried only
+   where the two estimates agree (the shared motion is at least twice their disagreement); and DeepFlow on
+   intensities, tried only where the motion it finds is resolvable (its median over tissue is at least one
+   edge-smoothing sigma: a bent section stained differently). A candidate is kept only if it raises both the edge
+   score and the mutual information; the highest edge score wins.
 5. The result must be significant (it stands out from unrelated placements) and must beat the unregistered
    placement; otherwise the image fails with a message, and nothing is written for it.
 
@@ -36,7 +38,7 @@ from slimreg.metrics import mutual_information
 from slimreg.register.channel import registration_image
 from slimreg.register.initial import Candidate, feature_candidates, rotation_search
 from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
-from slimreg.register.preprocess import edge_map, tissue_mask, to_uint8
+from slimreg.register.preprocess import edge_map, local_contrast, tissue_mask, to_uint8
 from slimreg.register.refine import refine_affine
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import AlignmentScorer, check_result, finite_or_worst
@@ -52,6 +54,14 @@ FLOW_SMOOTHING_FRACTIONS = (0.02, 0.08)
 # twice the noise. Measured: the calcium frames (real motion) 0.30-0.54; every shared section pair across stains
 # 1.07-1.77, where every field made the landmarks worse (benchmarks/flow_agreement.py, docs/accuracy.md).
 FLOW_AGREEMENT = float(np.sqrt(2 / 5))
+# Differently stained sections give no second estimate to agree with (DIS on edges fits other structure than DIS
+# on intensities), yet sections do bend. DeepFlow (VALIS' flow) on local contrast, smoothed on tissue, is tried
+# when the motion it finds is resolvable: its median over tissue is at least one edge-smoothing sigma, the blur of
+# the structures every measure here compares; finer motion cannot be told from noise by them. Measured
+# (docs/accuracy.md, "Deformed sections"): on the shared pairs as they are, and under uneven light, the median
+# motion is 0.20-0.99 sigma; on the bent variant it is 0.90-3.89 sigma, and the three fields above one sigma take
+# those directions from 15.7 / 9.5 / 9.0 px to 5.4 / 5.1 / 7.1 px.
+RESOLVABLE_MOTION_SIGMAS = 1.0
 
 
 def to_working(level0: np.ndarray, reference: Downsampled, moving: Downsampled) -> np.ndarray:
@@ -156,7 +166,7 @@ class FeatureEngine:
 
     def _non_rigid(self, reference: TiffImage, moving: TiffImage, reference_channel: int | str,
                    moving_channel: int | str, affine: np.ndarray,
-                   settings: RegistrationSettings) -> tuple[Displacement | None, dict[str, float]]:
+                   settings: RegistrationSettings) -> tuple[Displacement | None, dict[str, float | str]]:
         """Smooth displacement (reference frame) from optical flow on the affinely placed pair, if it helps."""
         ref, scorer, placed, placed_mask = placed_for_flow(reference, moving, reference_channel, moving_channel,
                                                            affine, settings.non_rigid_dim)
@@ -165,10 +175,11 @@ class FeatureEngine:
         information_before = mutual_information(ref.array, placed, ref_mask | placed_mask)
         height, width = ref.array.shape
         grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
-        candidates = field_candidates(scorer, placed, ref_mask | placed_mask)
-        best_flow, best_value = None, before
+        deformation = deformation_candidate(scorer, placed, ref_mask | placed_mask)
+        candidates = [*field_candidates(scorer, placed, ref_mask | placed_mask), deformation]
+        best_flow, best_value, chosen = None, before, ""
         for candidate in candidates:
-            if not candidate.disagreement < FLOW_AGREEMENT:
+            if not candidate.admissible:
                 continue
             flow = candidate.flow
             unwarped = cv2.remap(placed, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR)
@@ -178,12 +189,15 @@ class FeatureEngine:
             # agreeing flows must still raise both the edge score and, as an independent witness, mutual information
             information = mutual_information(ref.array, unwarped, ref_mask | unwarped_mask)
             if value > best_value and information > information_before:
-                best_flow, best_value = flow, value
-        stats = {"non_rigid_edge_correlation_before": before, "non_rigid_edge_correlation_after": best_value,
-                 **{f"non_rigid_flow_disagreement_{c.smoothing}": c.disagreement
-                    for c in candidates if np.isfinite(c.disagreement)}}
+                best_flow, best_value, chosen = flow, value, candidate.source
+        stats: dict[str, float | str] = {
+            "non_rigid_edge_correlation_before": before, "non_rigid_edge_correlation_after": best_value,
+            **{f"non_rigid_flow_disagreement_{c.smoothing}": c.disagreement
+               for c in candidates if np.isfinite(c.disagreement)},
+            "non_rigid_deepflow_motion_sigmas": deformation.motion}
         if best_flow is None:
             return None, {**stats, "non_rigid_used": 0.0}
+        stats["non_rigid_field"] = chosen
         factor = FLOW_GRID_FACTOR if min(height, width) >= 16 * FLOW_GRID_FACTOR else 1
         gh, gw = height // factor, width // factor
         blocks = best_flow[: gh * factor, : gw * factor].reshape(gh, factor, gw, factor, 2).mean(axis=(1, 3))
@@ -194,11 +208,25 @@ class FeatureEngine:
 
 @dataclass(frozen=True)
 class FieldCandidate:
-    """A smoothed field (working px, reference grid) and how far its two estimates disagreed."""
+    """A smoothed field (working px, reference grid) and the evidence that it is motion, not noise: how far its
+    two estimates disagreed (``AGREEING``), or, for a single estimate (``DEEPFLOW``), its median motion over
+    tissue in edge-smoothing sigmas."""
 
     smoothing: float
     disagreement: float
     flow: np.ndarray
+    motion: float = float("nan")
+    source: str = "agreeing flows"
+
+    @property
+    def admissible(self) -> bool:
+        """Whether the field may be tried at all (it must then still raise the edge score and mutual information)."""
+        if self.source == DEEPFLOW:
+            return self.motion >= RESOLVABLE_MOTION_SIGMAS
+        return self.disagreement < FLOW_AGREEMENT
+
+
+DEEPFLOW = "deepflow"
 
 
 def placed_for_flow(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
@@ -222,6 +250,17 @@ def field_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.nda
         # two witnesses of one motion: their mean carries the motion with sqrt(2) less noise than either
         candidates.append(FieldCandidate(smoothing, _disagreement(first, second, region), (first + second) / 2))
     return candidates
+
+
+def deformation_candidate(scorer: AlignmentScorer, placed: np.ndarray, region: np.ndarray) -> FieldCandidate:
+    """DeepFlow on local contrast (slimreg.register.preprocess.local_contrast), smoothed on tissue at the finer
+    fraction; admissible where its motion is resolvable (``RESOLVABLE_MOTION_SIGMAS``)."""
+    deep = cv2.optflow.createOptFlow_DeepFlow()
+    smoothing = FLOW_SMOOTHING_FRACTIONS[0]
+    reference, moved = (to_uint8(local_contrast(image, scorer.sigma)) for image in (scorer.reference, placed))
+    flow = _regularise(deep.calc(reference, moved, None), region, smoothing)
+    motion = float(np.median(np.hypot(*flow[region].T)) / scorer.sigma) if region.any() else 0.0
+    return FieldCandidate(smoothing, float("nan"), flow, motion, DEEPFLOW)
 
 
 def _unit(image: np.ndarray) -> np.ndarray:
