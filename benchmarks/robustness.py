@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.accuracy import _fmt, _status, run_engine
+from benchmarks.accuracy import PointMap, _fmt, _status, run_engine
 from benchmarks.realdata import (
     SectionPair,
     available,
@@ -190,8 +190,8 @@ def main() -> int:
         for variant in args.variants:
             changed = variant_pair(pair, variant, args.workdir / "images")
             before = np.median(landmark_errors(None, changed))
-            floor = np.median(np.hypot(*(landmark_affine_fit(changed, least_distances=True)
-                                         - changed.moving_landmarks).T))
+            floor = np.median(landmark_errors(PointMap(mapped=landmark_affine_fit(changed, least_distances=True)),
+                                              changed))
             for engine in args.engines:
                 name = changed.moving.name.split(".")[0]
                 measured, point_map = run_engine(engine, changed.reference, changed.moving,

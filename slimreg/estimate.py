@@ -7,8 +7,9 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
 - Feature engine, per moving image (one at a time): candidates from four detectors and a rotation search at
   half ``processing_dim`` (``SIFT_PER_PX`` per pixel of ``processing_dim``, both images, a bound for the smaller
   images actually used), then SimpleITK refinement at ``micro_dim`` (``ECC_PER_PX``, the same arrays as the ECC
-  step it replaced), then DIS optical flow at ``non_rigid_dim`` (as SIFT). The stages run one after another, so
-  the pair costs the largest of them plus ``PAIR_OVERHEAD``.
+  step it replaced), then DIS and DeepFlow optical flow at ``non_rigid_dim`` (as SIFT, 255 B per pixel of one
+  image; DeepFlow alone measured about 220). The stages run one after another, so the pair costs the largest of
+  them plus ``PAIR_OVERHEAD``.
 - VALIS engine, per moving image: a two-image VALIS run, dominated by a constant (``VALIS_PAIR_BASE``; measured
   2.2-2.7 GB whatever the image size) plus ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
   (``VALIS_IMPORT``, measured 1.17 GB).

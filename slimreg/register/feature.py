@@ -14,7 +14,7 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
 4. Non-rigid: dense optical flow between the affinely placed pair at ``non_rigid_dim``, smoothed on tissue (over
    2 % and 8 % of the image). Candidates: DIS flow estimated twice, on intensities and on edge maps, tried only
    where the two estimates agree (the shared motion is at least twice their disagreement); and DeepFlow on
-   intensities, tried only where the motion it finds is resolvable (its median over tissue is at least one
+   local contrast, tried only where the motion it finds is resolvable (its median over tissue is at least one
    edge-smoothing sigma: a bent section stained differently). A candidate is kept only if it raises both the edge
    score and the mutual information; the highest edge score wins.
 5. The result must be significant (it stands out from unrelated placements) and must beat the unregistered
@@ -186,7 +186,8 @@ class FeatureEngine:
             unwarped_mask = cv2.remap(placed_mask.astype(np.uint8), grid_x + flow[..., 0], grid_y + flow[..., 1],
                                       cv2.INTER_NEAREST) > 0
             value = scorer.score_placed(unwarped, unwarped_mask, ring=False).value
-            # agreeing flows must still raise both the edge score and, as an independent witness, mutual information
+            # an admissible field must still raise both the edge score and, as an independent witness, mutual
+            # information
             information = mutual_information(ref.array, unwarped, ref_mask | unwarped_mask)
             if value > best_value and information > information_before:
                 best_flow, best_value, chosen = flow, value, candidate.source
@@ -206,6 +207,10 @@ class FeatureEngine:
                               "max_displacement_px": float(np.hypot(displacement.dx, displacement.dy).max())}
 
 
+AGREEING = "agreeing flows"
+DEEPFLOW = "deepflow"
+
+
 @dataclass(frozen=True)
 class FieldCandidate:
     """A smoothed field (working px, reference grid) and the evidence that it is motion, not noise: how far its
@@ -216,7 +221,7 @@ class FieldCandidate:
     disagreement: float
     flow: np.ndarray
     motion: float = float("nan")
-    source: str = "agreeing flows"
+    source: str = AGREEING
 
     @property
     def admissible(self) -> bool:
@@ -224,9 +229,6 @@ class FieldCandidate:
         if self.source == DEEPFLOW:
             return self.motion >= RESOLVABLE_MOTION_SIGMAS
         return self.disagreement < FLOW_AGREEMENT
-
-
-DEEPFLOW = "deepflow"
 
 
 def placed_for_flow(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
