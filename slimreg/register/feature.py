@@ -171,12 +171,13 @@ class FeatureEngine:
         ref, scorer, placed, placed_mask = placed_for_flow(reference, moving, reference_channel, moving_channel,
                                                            affine, settings.non_rigid_dim)
         ref_mask = scorer.mask
+        region = ref_mask | placed_mask  # tissue of either image: where the fields are estimated and judged
         before = scorer.score_placed(placed, placed_mask, ring=False).value
-        information_before = mutual_information(ref.array, placed, ref_mask | placed_mask)
+        information_before = mutual_information(ref.array, placed, region)
         height, width = ref.array.shape
         grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
-        deformation = deformation_candidate(scorer, placed, ref_mask | placed_mask)
-        candidates = [*field_candidates(scorer, placed, ref_mask | placed_mask), deformation]
+        deformation = deformation_candidate(scorer, placed, region)
+        candidates = [*field_candidates(scorer, placed, region), deformation]
         best_flow, best_value, chosen = None, before, ""
         for candidate in candidates:
             if not candidate.admissible:
