@@ -16,7 +16,10 @@ the ways slides differ from one another can be applied to those pairs, with the 
 - ``pen``: a thick pen line and a dark label patch on the moving slide, off the tissue;
 - ``warped``: the moving section bent smoothly (up to 1 % of its long side; locally sheared by up to about 9 %),
   as a section stretches or creases when it is laid on the slide: what no affine can follow, and a non-rigid step
-  should.
+  should;
+- ``torn``: the moving section cut in two, the piece right of the cut moved away (by 5 % of the long side) and
+  turned by 3 degrees, as a section tears, or separate pieces (lobes, biopsy cores) float apart when they are
+  laid on the slide: one affine cannot follow both pieces.
 
 Each variant is registered in a fresh process (``slimreg register`` as a user runs it; VALIS used plainly as in
 benchmarks/accuracy.py) and scored with the landmarks: median error after, against the unregistered placement's.
@@ -129,8 +132,41 @@ def warped(image: Image, points: Points) -> tuple[Image, Points]:
     return moved, new
 
 
+TORN_CUT = 0.55  # of the width: where the section is cut
+TORN_SHIFT = 0.05  # of the long side: how far the right piece moves (right and a third of that down)
+TORN_TURN_DEG = 3.0  # how far it turns, about the middle of the cut
+
+
+def torn(image: Image, points: Points) -> tuple[Image, Points]:
+    """The right piece moved rigidly on a canvas grown to hold it; the glass colour (the brightest percentile of
+    each channel) fills where it was."""
+    import cv2
+
+    height, width = image.shape[:2]
+    cut = int(TORN_CUT * width)
+    glass = np.percentile(image.reshape(-1, image.shape[2]), 99, axis=0).astype(np.uint8)
+    shift = TORN_SHIFT * max(height, width)
+    turn = cv2.getRotationMatrix2D((float(cut), height / 2), -TORN_TURN_DEG, 1.0)
+    turn[:, 2] += (shift, shift / 3)
+    size = (width + int(2 * shift), height + int(2 * shift))
+    canvas = np.empty((size[1], size[0], 3), np.uint8)
+    canvas[:] = glass
+    canvas[:height, :cut] = image[:, :cut]
+    right = np.ascontiguousarray(image[:, cut:])
+    piece_matrix = turn.copy()
+    piece_matrix[:, 2] += turn[:, 0] * cut  # the piece's own x starts at the cut
+    moved = cv2.warpAffine(right, piece_matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                           borderValue=(0, 0, 0))
+    inside = cv2.warpAffine(np.full(right.shape[:2], 255, np.uint8), piece_matrix, size, flags=cv2.INTER_NEAREST)
+    canvas[inside > 0] = moved[inside > 0]
+    carried = points.astype(float).copy()
+    on_right = carried[:, 0] >= cut - 0.5
+    carried[on_right] = carried[on_right] @ turn[:, :2].T + turn[:, 2]
+    return canvas, carried
+
+
 MOVING_CHANGES: dict[str, Change] = {"on-slide": on_slide, "partial": partial, "faded": faded, "uneven": uneven,
-                                     "grey": grey, "rotated": rotated, "pen": pen, "warped": warped}
+                                     "grey": grey, "rotated": rotated, "pen": pen, "warped": warped, "torn": torn}
 VARIANTS = ("half", *MOVING_CHANGES)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.realdata import SectionPair, landmark_affine_fit
-from benchmarks.robustness import _bend, warped
+from benchmarks.robustness import TORN_CUT, _bend, torn, warped
 
 
 def _pair(reference: np.ndarray, moving: np.ndarray) -> SectionPair:
@@ -50,3 +50,18 @@ def test_the_warped_variant_carries_each_landmark_to_where_its_pixel_went() -> N
     expected = (patch[0, 0] * (1 - fx) * (1 - fy) + patch[0, 1] * fx * (1 - fy) + patch[1, 0] * (1 - fx) * fy
                 + patch[1, 1] * fx * fy)
     assert np.abs(bent[qy, qx].astype(float) - expected).max() <= 1.0
+
+
+def test_the_torn_variant_moves_the_right_piece_and_carries_its_landmarks() -> None:
+    height, width = 100, 200
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.dstack([xx * 1.2, yy * 2.0, np.full_like(xx, 60)]).astype(np.uint8)  # smooth: sampling is exact
+    points = np.array([[20.0, 30.0], [150.0, 50.0], [180.0, 80.0], [60.0, 70.0]])
+    out, carried = torn(image, points)
+    for (x, y), (qx, qy) in zip(points, carried, strict=True):
+        expected = image[int(y), int(x)].astype(int)
+        seen = out[round(qy), round(qx)].astype(int)
+        assert np.abs(seen - expected).max() <= 3, (x, y)
+    left = points[:, 0] < TORN_CUT * width
+    assert np.array_equal(carried[left], points[left])  # the left piece stays
+    assert np.hypot(*(carried[~left] - points[~left]).T).min() > 5  # the right one moved

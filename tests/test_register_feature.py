@@ -149,3 +149,38 @@ def test_a_single_flow_is_trusted_only_when_its_motion_is_resolvable() -> None:
         if resolvable:
             inner = (slice(32, -32), slice(32, -32))
             assert np.median(np.abs(candidate.flow[..., 0][inner] - bend_x[inner])) < 0.5
+
+
+def test_pieces_that_moved_apart_each_get_their_own_correction() -> None:
+    """Two pieces of tissue, one moved by (6, 4) px after the affine: the field moves that piece back and leaves the
+    other where it is; one piece alone, or pieces that did not move, give no field."""
+    from scipy import ndimage
+
+    from slimreg.register.pieces import piece_field
+    from slimreg.register.similarity import AlignmentScorer
+
+    rng = np.random.default_rng(5)
+    height, width = 260, 340
+    smooth = ndimage.gaussian_filter(rng.random((height, width)), 2.5).astype(np.float32)
+    texture = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    left, right = np.zeros((height, width), bool), np.zeros((height, width), bool)
+    left[40:220, 30:150] = True
+    right[40:220, 190:310] = True
+    reference = np.where(left | right, texture, 0).astype(np.float32)
+    shift_x, shift_y = 6, 4
+    moved_right = np.roll(right, (shift_y, shift_x), axis=(0, 1))
+    placed = np.where(left, texture, 0) + np.roll(np.where(right, texture, 0), (shift_y, shift_x), axis=(0, 1))
+    scorer = AlignmentScorer(reference, left | right)
+    found = piece_field(scorer, placed.astype(np.float32), left | moved_right, 1.0, "affine")
+    assert found is not None
+    flow, motion = found
+    inner_right, inner_left = ndimage.binary_erosion(right, iterations=8), ndimage.binary_erosion(left, iterations=8)
+    # placed(p + flow(p)) = reference(p): the right piece is pulled from (6, 4) px further on
+    assert np.median(flow[inner_right, 0]) == pytest.approx(shift_x, abs=0.5)
+    assert np.median(flow[inner_right, 1]) == pytest.approx(shift_y, abs=0.5)
+    assert np.abs(flow[inner_left]).max() < 0.5
+    assert motion == pytest.approx(np.hypot(shift_x, shift_y) / scorer.sigma, rel=0.15)
+    assert piece_field(scorer, reference, left | right, 1.0, "affine") is None  # nothing moved
+    assert piece_field(AlignmentScorer(np.where(left, texture, 0).astype(np.float32), left),
+                       np.roll(np.where(left, texture, 0), (4, 6), axis=(0, 1)).astype(np.float32),
+                       np.roll(left, (4, 6), axis=(0, 1)), 1.0, "affine") is None  # one piece: the affine's job

@@ -15,8 +15,9 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    2 % and 8 % of the image). Candidates: DIS flow estimated twice, on intensities and on edge maps, tried only
    where the two estimates agree (the shared motion is at least twice their disagreement); and DeepFlow on
    local contrast, tried only where the motion it finds is resolvable (its median over tissue is at least one
-   edge-smoothing sigma: a bent section stained differently). A candidate is kept only if it raises both the edge
-   score and the mutual information; the highest edge score wins.
+   edge-smoothing sigma: a bent section stained differently); and, where the moving tissue lies in separate pieces,
+   one correction per piece (slimreg.register.pieces: a torn section, lobes, fragments that moved apart). A
+   candidate is kept only if it raises both the edge score and the mutual information; the highest edge score wins.
 5. The result must be significant (it stands out from unrelated placements) and must beat the unregistered
    placement; otherwise the image fails with a message, and nothing is written for it.
 
@@ -37,6 +38,7 @@ from slimreg.io.read import Downsampled, TiffImage
 from slimreg.metrics import mutual_information
 from slimreg.register.channel import registration_image
 from slimreg.register.initial import Candidate, feature_candidates, rotation_search
+from slimreg.register.pieces import piece_field
 from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
 from slimreg.register.preprocess import edge_map, local_contrast, tissue_mask, to_uint8
 from slimreg.register.refine import refine_affine
@@ -177,7 +179,8 @@ class FeatureEngine:
         height, width = ref.array.shape
         grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
         deformation = deformation_candidate(scorer, placed, region)
-        candidates = [*field_candidates(scorer, placed, region), deformation]
+        candidates = [*field_candidates(scorer, placed, region), deformation,
+                      *piece_candidates(scorer, placed, placed_mask, settings.transform_model)]
         best_flow, best_value, chosen = None, before, ""
         for candidate in candidates:
             if not candidate.admissible:
@@ -196,7 +199,8 @@ class FeatureEngine:
             "non_rigid_edge_correlation_before": before, "non_rigid_edge_correlation_after": best_value,
             **{f"non_rigid_flow_disagreement_{c.smoothing}": c.disagreement
                for c in candidates if np.isfinite(c.disagreement)},
-            "non_rigid_deepflow_motion_sigmas": deformation.motion}
+            "non_rigid_deepflow_motion_sigmas": deformation.motion,
+            **{f"non_rigid_{c.source}_motion_sigmas": c.motion for c in candidates if c.source == PIECES}}
         if best_flow is None:
             return None, {**stats, "non_rigid_used": 0.0}
         stats["non_rigid_field"] = chosen
@@ -210,6 +214,7 @@ class FeatureEngine:
 
 AGREEING = "agreeing flows"
 DEEPFLOW = "deepflow"
+PIECES = "pieces"
 
 
 @dataclass(frozen=True)
@@ -227,7 +232,7 @@ class FieldCandidate:
     @property
     def admissible(self) -> bool:
         """Whether the field may be tried at all (it must then still raise the edge score and mutual information)."""
-        if self.source == DEEPFLOW:
+        if self.source in (DEEPFLOW, PIECES):
             return self.motion >= RESOLVABLE_MOTION_SIGMAS
         return self.disagreement < FLOW_AGREEMENT
 
@@ -264,6 +269,16 @@ def deformation_candidate(scorer: AlignmentScorer, placed: np.ndarray, region: n
     flow = _regularise(deep.calc(reference, moved, None), region, smoothing)
     motion = float(np.median(np.hypot(*flow[region].T)) / scorer.sigma) if region.any() else 0.0
     return FieldCandidate(smoothing, float("nan"), flow, motion, DEEPFLOW)
+
+
+def piece_candidates(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.ndarray,
+                     model: str) -> list[FieldCandidate]:
+    """One correction per piece of the moving tissue (slimreg.register.pieces), where there are pieces."""
+    found = piece_field(scorer, placed, placed_mask, RESOLVABLE_MOTION_SIGMAS, model)
+    if found is None:
+        return []
+    flow, motion = found
+    return [FieldCandidate(float("nan"), float("nan"), flow, motion, PIECES)]
 
 
 def _unit(image: np.ndarray) -> np.ndarray:
