@@ -1,17 +1,18 @@
-"""Pieces of tissue that moved on their own: one rigid correction per piece, as one more non-rigid candidate.
+"""Pieces of tissue that moved on their own: one correction per piece, as one more non-rigid candidate.
 
 A section tears, or separate pieces (lung lobes, biopsy cores, fragments of a resection) float apart when they
 are laid on the slide. One affine then fits one piece, or a compromise between them, and a smooth flow field
 cannot follow the step between pieces that moved a few percent of the image apart.
 
 Each piece of the moving tissue, as the affine places it (a connected component of its tissue mask, large enough
-to be placed on its own), is refined alone, from the affine, against the reference tissue within reach of it
-(edge correlation, slimreg.register.refine; similarity model: a piece moves and turns on the slide, it does not
-shear). A piece keeps its correction only if the correction is resolvable (its median motion is at least one
-edge-smoothing sigma, the rule the DeepFlow field follows) and raises the edge correlation around the piece;
-the others stay where the affine put them. The corrections become one displacement field: exact inside each
-piece as it lands, filled between pieces from the nearest ones. Like every field, the result must then raise
-both the edge score and mutual information of the whole pair to be kept (slimreg.register.feature).
+to be placed on its own), is refined alone (edge correlation, slimreg.register.refine, the engine's transform
+model) against the reference tissue nearer to it than to any other piece, from where the affine left it and from
+one fit per feature detector. A piece keeps its correction only if the correction is resolvable (its median motion
+is at least one edge-smoothing sigma, the rule the DeepFlow field follows), and raises both the edge correlation
+around the piece and the piece's significance over unrelated placements; the others stay where the affine put
+them. The corrections become one displacement field: exact inside each piece as it lands, filled between pieces
+from the nearest ones. Like every field, the result must then raise both the edge score and mutual information of
+the whole pair to be kept (slimreg.register.feature).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from slimreg.register.initial import feature_candidates
 from slimreg.register.plausibility import plausibility_problem
 from slimreg.register.preprocess import edge_map
 from slimreg.register.refine import refine_affine
-from slimreg.register.similarity import MIN_RING_FRACTION, RING_DIRECTIONS, AlignmentScorer
+from slimreg.register.similarity import MIN_RING_FRACTION, AlignmentScorer, Score
 
 REFINE_SAMPLING = 0.25  # share of pixels each piece's refinement samples: pieces are many, and each is large
 
@@ -63,10 +64,13 @@ def piece_field(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.nda
         piece, around = labels == label, scorer.mask & (nearest == index)
         alone = np.where(piece, placed, 0.0)
         starts = [np.eye(3), *(c.pull for c in feature_candidates(scorer.reference, alone, around, piece))]
-        corrections.append(_correction(scorer, placed, piece, around, starts, model, resolvable_sigmas))
+        corrections.append(_correction(scorer, alone.astype(np.float32), piece, around, starts, model,
+                                       resolvable_sigmas))
     if all(np.allclose(c, np.eye(3)) for c in corrections):
         return None
     flow, support, motions = _assemble(labels, pieces, corrections)
+    if not motions:  # the pieces that moved left the frame
+        return None
     return _fill_between(flow, support, scorer.sigma), float(np.median(motions)) / scorer.sigma
 
 
@@ -107,9 +111,10 @@ def _assemble(labels: np.ndarray, pieces: list[int],
     return flow, support, motions
 
 
-def _correction(scorer: AlignmentScorer, placed: np.ndarray, piece: np.ndarray, around: np.ndarray,
+def _correction(scorer: AlignmentScorer, alone: np.ndarray, piece: np.ndarray, around: np.ndarray,
                 starts: list[np.ndarray], model: str, resolvable_sigmas: float) -> np.ndarray:
-    """The piece's own pull correction (reference working px -> placed px), or identity.
+    """The pull correction (reference working px -> placed px) of ``piece``, the only tissue left in ``alone``, or
+    identity.
 
     ``starts``: identity and one similarity fit per feature detector matching the piece alone to the reference (a
     piece can have moved further than refinement alone reaches). Each is refined; among the plausible, resolvable
@@ -118,7 +123,6 @@ def _correction(scorer: AlignmentScorer, placed: np.ndarray, piece: np.ndarray, 
     left it (``_significance``)."""
     if not around.any():
         return np.eye(3)
-    alone = np.where(piece, placed, 0.0).astype(np.float32)
     best, best_value = np.eye(3), _correlation(scorer, alone, piece, around, np.eye(3))[0]
     ys, xs = np.nonzero(piece)
     points = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64)
@@ -161,16 +165,8 @@ def _significance(scorer: AlignmentScorer, alone: np.ndarray, piece: np.ndarray,
     seven moved closer to the landmarks and raised their significance; the one that stayed far off (61.5 -> 46.5
     px) lowered it (2.58 -> 1.82)."""
     value, edges, landed = _correlation(scorer, alone, piece, around, correction)
-    unrelated = []
-    for k in range(RING_DIRECTIONS):
-        angle = 2 * np.pi * k / RING_DIRECTIONS
-        shift = (round(scorer.ring_radius * np.sin(angle)), round(scorer.ring_radius * np.cos(angle)))
-        unrelated.append(ncc(scorer.edges, np.roll(edges, shift, axis=(0, 1)),
-                             around | np.roll(landed, shift, axis=(0, 1))))
-    finite = np.array([v for v in unrelated if np.isfinite(v)])
-    if finite.size < 2:
-        return float("-inf")
-    return float((value - finite.mean()) / max(finite.std(), 1e-3))
+    significance = Score(value, *scorer.ring(edges, landed, around), 0.0).significance
+    return significance if np.isfinite(significance) else float("-inf")
 
 
 def _fill_between(flow: np.ndarray, support: np.ndarray, sigma: float) -> np.ndarray:

@@ -84,16 +84,22 @@ class AlignmentScorer:
         overlap = float((self.mask & placed_mask).sum() / max(1, self.mask.sum()))
         if not ring:
             return Score(value, float("nan"), float("nan"), overlap)
+        return Score(value, *self.ring(edges, placed_mask, self.mask), overlap)
+
+    def ring(self, edges: np.ndarray, placed_mask: np.ndarray, base: np.ndarray) -> tuple[float, float]:
+        """Mean and standard deviation of the edge correlation of ``edges`` (on the reference grid) shifted by the
+        ring of far offsets, each over ``base`` and the shifted ``placed_mask``: the score of unrelated structure
+        (NaN where fewer than two shifts can be scored)."""
         ring_values = []
         for k in range(RING_DIRECTIONS):
             angle = 2 * np.pi * k / RING_DIRECTIONS
             shift = (round(self.ring_radius * np.sin(angle)), round(self.ring_radius * np.cos(angle)))
             shifted, shifted_mask = np.roll(edges, shift, axis=(0, 1)), np.roll(placed_mask, shift, axis=(0, 1))
-            ring_values.append(ncc(self.edges, shifted, self.mask | shifted_mask))
+            ring_values.append(ncc(self.edges, shifted, base | shifted_mask))
         finite = np.array([v for v in ring_values if np.isfinite(v)])
         if finite.size < 2:
-            return Score(value, float("nan"), float("nan"), overlap)
-        return Score(value, float(finite.mean()), float(finite.std()), overlap)
+            return float("nan"), float("nan")
+        return float(finite.mean()), float(finite.std())
 
     def score(self, moving: np.ndarray, pull: np.ndarray, moving_mask: np.ndarray | None = None,
               ring: bool = True) -> Score:
