@@ -10,8 +10,9 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
   step it replaced), then DIS and DeepFlow optical flow at ``non_rigid_dim`` (as SIFT, 255 B per pixel of one
   image; DeepFlow alone measured about 220), and, where the moving tissue lies in pieces, the detectors and a
   refinement on one piece at a time at the same size (measured within the same bound: a torn real pair peaks at
-  301-393 MB for the whole `slimreg register`, estimated 342-435 MB). The stages run one after another, so the
-  pair costs the largest of them plus ``PAIR_OVERHEAD``.
+  301-393 MB for the whole `slimreg register`, estimated 342-435 MB; enlarged 20x at the high preset, 1107 MB
+  against 1208 MB). The stages run one after another, so the pair costs the largest of them plus
+  ``PAIR_OVERHEAD``.
 - VALIS engine, per moving image: a two-image VALIS run, dominated by a constant (``VALIS_PAIR_BASE``; measured
   2.2-2.7 GB whatever the image size) plus ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
   (``VALIS_IMPORT``, measured 1.17 GB).
