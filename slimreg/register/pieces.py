@@ -62,10 +62,9 @@ def piece_field(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.nda
         # each piece is fitted to the reference tissue nearer to it than to any other piece as the affine placed
         # them: tissue that belongs to another piece would pull it off (it is empty in this piece's image)
         piece, around = labels == label, scorer.mask & (nearest == index)
-        alone = np.where(piece, placed, 0.0)
+        alone = np.where(piece, placed, 0.0).astype(np.float32)
         starts = [np.eye(3), *(c.pull for c in feature_candidates(scorer.reference, alone, around, piece))]
-        corrections.append(_correction(scorer, alone.astype(np.float32), piece, around, starts, model,
-                                       resolvable_sigmas))
+        corrections.append(_correction(scorer, alone, piece, around, starts, model, resolvable_sigmas))
     if all(np.allclose(c, np.eye(3)) for c in corrections):
         return None
     flow, support, motions = _assemble(labels, pieces, corrections)
@@ -97,14 +96,14 @@ def _assemble(labels: np.ndarray, pieces: list[int],
     """Each piece's correction as flow where the piece lands (the first piece keeps a pixel two would share), the
     pixels covered, and the median motion (working px) of each piece that moved."""
     height, width = labels.shape
-    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
     flow = np.zeros((height, width, 2), np.float32)
     support = np.zeros((height, width), bool)
     motions = []
     for label, correction in zip(pieces, corrections, strict=True):
         landed = _landed(labels == label, correction) & ~support
-        flow[landed, 0] = (correction[0, 0] * grid_x + correction[0, 1] * grid_y + correction[0, 2] - grid_x)[landed]
-        flow[landed, 1] = (correction[1, 0] * grid_x + correction[1, 1] * grid_y + correction[1, 2] - grid_y)[landed]
+        ys, xs = (axis.astype(np.float32) for axis in np.nonzero(landed))  # only where the piece lands
+        flow[landed, 0] = correction[0, 0] * xs + correction[0, 1] * ys + correction[0, 2] - xs
+        flow[landed, 1] = correction[1, 0] * xs + correction[1, 1] * ys + correction[1, 2] - ys
         support |= landed
         if landed.any() and not np.allclose(correction, np.eye(3)):
             motions.append(float(np.median(np.hypot(flow[landed, 0], flow[landed, 1]))))
@@ -123,7 +122,8 @@ def _correction(scorer: AlignmentScorer, alone: np.ndarray, piece: np.ndarray, a
     left it (``_significance``)."""
     if not around.any():
         return np.eye(3)
-    best, best_value = np.eye(3), _correlation(scorer, alone, piece, around, np.eye(3))[0]
+    identity = np.eye(3)
+    best, best_value = identity, _correlation(scorer, alone, piece, around, identity)[0]
     ys, xs = np.nonzero(piece)
     points = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64)
     for start in starts:
@@ -137,7 +137,8 @@ def _correction(scorer: AlignmentScorer, alone: np.ndarray, piece: np.ndarray, a
         value = _correlation(scorer, alone, piece, around, correction)[0]
         if value > best_value:
             best, best_value = correction, value
-    if _significance(scorer, alone, piece, around, best) <= _significance(scorer, alone, piece, around, np.eye(3)):
+    if best is identity or (_significance(scorer, alone, piece, around, best)
+                            <= _significance(scorer, alone, piece, around, identity)):
         return np.eye(3)
     return best
 
