@@ -8,11 +8,11 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
   half ``processing_dim`` (``SIFT_PER_PX`` per pixel of ``processing_dim``, both images, a bound for the smaller
   images actually used), then SimpleITK refinement at ``micro_dim`` (``ECC_PER_PX``, the same arrays as the ECC
   step it replaced), then DIS and DeepFlow optical flow at ``non_rigid_dim`` (as SIFT, 255 B per pixel of one
-  image; DeepFlow alone measured about 220), and, where the moving tissue lies in pieces, the detectors and a
-  refinement on one piece at a time at the same size (measured within the same bound: a torn real pair peaks at
-  301-393 MB for the whole `slimreg register`, estimated 342-435 MB; enlarged 20x at the high preset, 1107 MB
-  against 1208 MB). The stages run one after another, so the pair costs the largest of them plus
-  ``PAIR_OVERHEAD``.
+  image; DeepFlow alone measured about 220), and, where the moving tissue lies in pieces, a shift search, the
+  detectors and a refinement on one piece at a time at the same size (the search runs on a grid half an edge sigma
+  apart: a few MB. Measured within the same bound: a torn real pair peaks at 305-396 MB for the whole
+  `slimreg register`, estimated 342-435 MB; enlarged 20x at the high preset, 1128 MB against 1208 MB). The
+  stages run one after another, so the pair costs the largest of them plus ``PAIR_OVERHEAD``.
 - VALIS engine, per moving image: a two-image VALIS run, dominated by a constant (``VALIS_PAIR_BASE``; measured
   2.2-2.7 GB whatever the image size) plus ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
   (``VALIS_IMPORT``, measured 1.17 GB).

@@ -125,16 +125,17 @@ def test_a_bent_section_is_followed_by_a_field_not_only_an_affine(pairs: dict[st
 
 
 def test_a_torn_section_gets_one_correction_per_piece(pairs: dict[str, SectionPair], tmp_path: Path) -> None:
-    """The moving section cut in two and the right piece moved away and turned (benchmarks/robustness.py ``torn``):
-    one affine fits the left piece and leaves the right one far off (11.43 px), each piece's own correction brings
-    both in (5.44 px measured; VALIS used plainly 6.11)."""
-    forward = pairs["kidney_HE <- kidney_PanCK"]
-    pair = SectionPair("kidney_PanCK <- kidney_HE", forward.moving, forward.reference, forward.moving_landmarks,
-                       forward.reference_landmarks)
+    """The moving section cut in two and the right piece moved away and turned (benchmarks/robustness.py ``torn``),
+    on the lung pair whose moved piece neither refinement nor the feature detectors find: one affine leaves 20.51 px
+    (the affine fitted to the landmarks 11.98), the per-piece step without the shift search 15.80, with it 6.09
+    measured (VALIS used plainly 27.37)."""
+    forward = pairs["lung-lesion_HE <- lung-lesion_proSPC"]
+    pair = SectionPair("lung-lesion_proSPC <- lung-lesion_HE", forward.moving, forward.reference,
+                       forward.moving_landmarks, forward.reference_landmarks)
     torn_pair = variant_pair(pair, "torn", tmp_path)
     transform = register(torn_pair.reference, torn_pair.moving)
     assert transform.metadata["quality"]["non_rigid_field"] == "pieces"
-    assert np.median(landmark_errors(transform, torn_pair)) < 7.0
+    assert np.median(landmark_errors(transform, torn_pair)) < 8.0
 
 
 def test_a_mirrored_section_is_refused_without_the_flag(pairs: dict[str, SectionPair], tmp_path: Path) -> None:

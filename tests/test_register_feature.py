@@ -154,6 +154,38 @@ def test_a_single_flow_is_trusted_only_when_its_motion_is_resolvable() -> None:
             assert np.median(np.abs(candidate.flow[..., 0][inner] - bend_x[inner])) < 0.5
 
 
+def test_a_piece_moved_far_is_found_by_the_shift_search() -> None:
+    """A piece moved 56 px (the image is 800 px wide, so the search runs on a grid of 2 px): the shift search
+    finds it to within one grid step, wherever the affine left it, and the piece's correction then lands it."""
+    from scipy import ndimage
+
+    from slimreg.register.pieces import piece_field, shift_start
+    from slimreg.register.similarity import AlignmentScorer
+
+    rng = np.random.default_rng(7)
+    height, width = 600, 800
+    smooth = ndimage.gaussian_filter(rng.random((height, width)), 3.0).astype(np.float32)
+    texture = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    left, right = np.zeros((height, width), bool), np.zeros((height, width), bool)
+    left[60:540, 40:330] = True
+    right[60:500, 420:740] = True
+    reference = np.where(left | right, texture, 0).astype(np.float32)
+    shift_x, shift_y = -40, 40
+    moved_right = np.roll(right, (shift_y, shift_x), axis=(0, 1))
+    alone = np.roll(np.where(right, texture, 0), (shift_y, shift_x), axis=(0, 1)).astype(np.float32)
+    scorer = AlignmentScorer(reference, left | right)
+    step = max(1, round(scorer.sigma / 2))
+    assert step == 2
+    start = shift_start(scorer, alone, moved_right)
+    assert np.allclose(start[:2, :2], np.eye(2)) and np.abs(start[:2, 2] - (shift_x, shift_y)).max() <= step
+    placed = (np.where(left, texture, 0) + alone).astype(np.float32)
+    found = piece_field(scorer, placed, left | moved_right, 1.0, "affine")
+    assert found is not None
+    inner = ndimage.binary_erosion(right, iterations=10)
+    assert np.median(found[0][inner, 0]) == pytest.approx(shift_x, abs=0.5)
+    assert np.median(found[0][inner, 1]) == pytest.approx(shift_y, abs=0.5)
+
+
 def test_pieces_that_moved_apart_each_get_their_own_correction() -> None:
     """Two pieces of tissue, one moved by (6, 4) px after the affine: the field moves that piece back and leaves the
     other where it is; one piece alone, or pieces that did not move, give no field."""

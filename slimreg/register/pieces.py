@@ -6,8 +6,9 @@ cannot follow the step between pieces that moved a few percent of the image apar
 
 Each piece of the moving tissue, as the affine places it (a connected component of its tissue mask, large enough
 to be placed on its own), is refined alone (edge correlation, slimreg.register.refine, the engine's transform
-model) against the reference tissue nearer to it than to any other piece, from where the affine left it and from
-one fit per feature detector. A piece keeps its correction only if the correction is resolvable (its median motion
+model) against the reference tissue nearer to it than to any other piece, from where the affine left it, from the
+shift that lays its edges best on the reference's (searched over every shift), and from one fit per feature
+detector. A piece keeps its correction only if the correction is resolvable (its median motion
 is at least one edge-smoothing sigma, the rule the DeepFlow field follows), and raises both the edge correlation
 around the piece and the piece's significance over unrelated placements; the others stay where the affine put
 them. The corrections become one displacement field: exact inside each piece as it lands, filled between pieces
@@ -63,7 +64,8 @@ def piece_field(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.nda
         # them: tissue that belongs to another piece would pull it off (it is empty in this piece's image)
         piece, around = labels == label, scorer.mask & (nearest == index)
         alone = np.where(piece, placed, 0.0).astype(np.float32)
-        starts = [np.eye(3), *(c.pull for c in feature_candidates(scorer.reference, alone, around, piece))]
+        starts = [np.eye(3), shift_start(scorer, alone, piece),
+                  *(c.pull for c in feature_candidates(scorer.reference, alone, around, piece))]
         corrections.append(_correction(scorer, alone, piece, around, starts, model, resolvable_sigmas))
     if all(np.allclose(c, np.eye(3)) for c in corrections):
         return None
@@ -71,6 +73,41 @@ def piece_field(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.nda
     if not motions:  # the pieces that moved left the frame
         return None
     return _fill_between(flow, support, scorer.sigma), float(np.median(motions)) / scorer.sigma
+
+
+def shift_start(scorer: AlignmentScorer, alone: np.ndarray, piece: np.ndarray) -> np.ndarray:
+    """The translation (a pull correction) that lays the piece's edges best on the reference's, over every shift
+    that keeps at least half of the piece's extent in the frame: a start that needs neither features nor a start
+    near the answer, as the best whole-image methods search thousands of shifts (ANCHORS.md: UPENN, AGH).
+
+    A piece can move further than refinement reaches and hold too few distinct features for a detector: the torn
+    lung proSPC <- H&E pair's moved piece was found by neither (15.80 px), and is by this search (6.09 px). The
+    whole reference is searched, not only the tissue nearest the piece: where the affine put the piece says little
+    about where it belongs (searching the nearest tissue alone: 15.31 px). The search runs on a grid half an edge
+    sigma apart: the edges are smoothed by that sigma, refinement then takes the start the rest of the way, and
+    the cost stays a few MB at any working size (on the four torn pairs the same medians as the full grid; a grid a
+    whole sigma apart lost one, 5.44 instead of 4.87 px). The correlation is the cosine of the edge maps under the
+    piece's footprint (``cv2.matchTemplate``, TM_CCORR_NORMED with a mask)."""
+    step = max(1, round(scorer.sigma / 2))
+    ys, xs = np.nonzero(piece)
+    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+
+    def on_grid(image: np.ndarray) -> np.ndarray:
+        image = image.astype(np.float32)
+        if step == 1:
+            return image
+        size = (max(1, image.shape[1] // step), max(1, image.shape[0] // step))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    template = on_grid(edge_map(alone, scorer.sigma)[top:bottom, left:right])  # the piece's outline is an edge too
+    footprint = on_grid(piece[top:bottom, left:right])
+    pad_y, pad_x = template.shape[0] // 2, template.shape[1] // 2
+    search = cv2.copyMakeBorder(on_grid(scorer.edges), pad_y, pad_y, pad_x, pad_x, cv2.BORDER_CONSTANT, value=0)
+    match = cv2.matchTemplate(search, template, cv2.TM_CCORR_NORMED, mask=footprint)
+    match[~np.isfinite(match)] = -1.0
+    row, column = np.unravel_index(int(np.argmax(match)), match.shape)
+    shift_x, shift_y = left - (column - pad_x) * step, top - (row - pad_y) * step
+    return np.array([[1.0, 0.0, shift_x], [0.0, 1.0, shift_y], [0.0, 0.0, 1.0]])
 
 
 def _nearest_piece(labels: np.ndarray, pieces: list[int]) -> np.ndarray:
