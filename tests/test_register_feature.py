@@ -154,31 +154,41 @@ def test_a_single_flow_is_trusted_only_when_its_motion_is_resolvable() -> None:
             assert np.median(np.abs(candidate.flow[..., 0][inner] - bend_x[inner])) < 0.5
 
 
+def _two_pieces(height: int, width: int, left_box: tuple[slice, slice], right_box: tuple[slice, slice],
+                shift: tuple[int, int], seed: int, smoothing: float) -> tuple[np.ndarray, ...]:
+    """Two pieces of one smooth random texture: the reference with both where they belong, and the placed image
+    with the right piece moved by ``shift`` (x, y) px. Returns the reference, both pieces' masks, the right piece
+    alone as placed, its mask as placed, and the placed image."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.random((height, width)), smoothing).astype(np.float32)
+    texture = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    left, right = np.zeros((height, width), bool), np.zeros((height, width), bool)
+    left[left_box], right[right_box] = True, True
+    reference = np.where(left | right, texture, 0).astype(np.float32)
+    moved_right = np.roll(right, shift[::-1], axis=(0, 1))
+    alone = np.roll(np.where(right, texture, 0), shift[::-1], axis=(0, 1)).astype(np.float32)
+    placed = (np.where(left, texture, 0) + alone).astype(np.float32)
+    return reference, left, right, alone, moved_right, placed
+
+
 def test_a_piece_moved_far_is_found_by_the_shift_search() -> None:
     """A piece moved 56 px (the image is 800 px wide, so the search runs on a grid of 2 px): the shift search
-    finds it to within one grid step, wherever the affine left it, and the piece's correction then lands it."""
+    finds it to within one grid step, and the piece's correction then lands it exactly."""
     from scipy import ndimage
 
     from slimreg.register.pieces import piece_field, shift_start
     from slimreg.register.similarity import AlignmentScorer
 
-    rng = np.random.default_rng(7)
-    height, width = 600, 800
-    smooth = ndimage.gaussian_filter(rng.random((height, width)), 3.0).astype(np.float32)
-    texture = (smooth - smooth.min()) / (smooth.max() - smooth.min())
-    left, right = np.zeros((height, width), bool), np.zeros((height, width), bool)
-    left[60:540, 40:330] = True
-    right[60:500, 420:740] = True
-    reference = np.where(left | right, texture, 0).astype(np.float32)
     shift_x, shift_y = -40, 40
-    moved_right = np.roll(right, (shift_y, shift_x), axis=(0, 1))
-    alone = np.roll(np.where(right, texture, 0), (shift_y, shift_x), axis=(0, 1)).astype(np.float32)
+    reference, left, right, alone, moved_right, placed = _two_pieces(
+        600, 800, np.s_[60:540, 40:330], np.s_[60:500, 420:740], (shift_x, shift_y), seed=7, smoothing=3.0)
     scorer = AlignmentScorer(reference, left | right)
     step = max(1, round(scorer.sigma / 2))
     assert step == 2
     start = shift_start(scorer, alone, moved_right)
     assert np.allclose(start[:2, :2], np.eye(2)) and np.abs(start[:2, 2] - (shift_x, shift_y)).max() <= step
-    placed = (np.where(left, texture, 0) + alone).astype(np.float32)
     found = piece_field(scorer, placed, left | moved_right, 1.0, "affine")
     assert found is not None
     inner = ndimage.binary_erosion(right, iterations=10)
@@ -194,19 +204,11 @@ def test_pieces_that_moved_apart_each_get_their_own_correction() -> None:
     from slimreg.register.pieces import piece_field
     from slimreg.register.similarity import AlignmentScorer
 
-    rng = np.random.default_rng(5)
-    height, width = 260, 340
-    smooth = ndimage.gaussian_filter(rng.random((height, width)), 2.5).astype(np.float32)
-    texture = (smooth - smooth.min()) / (smooth.max() - smooth.min())
-    left, right = np.zeros((height, width), bool), np.zeros((height, width), bool)
-    left[40:220, 30:150] = True
-    right[40:220, 190:310] = True
-    reference = np.where(left | right, texture, 0).astype(np.float32)
     shift_x, shift_y = 6, 4
-    moved_right = np.roll(right, (shift_y, shift_x), axis=(0, 1))
-    placed = np.where(left, texture, 0) + np.roll(np.where(right, texture, 0), (shift_y, shift_x), axis=(0, 1))
+    reference, left, right, _, moved_right, placed = _two_pieces(
+        260, 340, np.s_[40:220, 30:150], np.s_[40:220, 190:310], (shift_x, shift_y), seed=5, smoothing=2.5)
     scorer = AlignmentScorer(reference, left | right)
-    found = piece_field(scorer, placed.astype(np.float32), left | moved_right, 1.0, "affine")
+    found = piece_field(scorer, placed, left | moved_right, 1.0, "affine")
     assert found is not None
     flow, motion = found
     inner_right, inner_left = ndimage.binary_erosion(right, iterations=8), ndimage.binary_erosion(left, iterations=8)
@@ -216,6 +218,6 @@ def test_pieces_that_moved_apart_each_get_their_own_correction() -> None:
     assert np.abs(flow[inner_left]).max() < 0.5
     assert motion == pytest.approx(np.hypot(shift_x, shift_y) / scorer.sigma, rel=0.15)
     assert piece_field(scorer, reference, left | right, 1.0, "affine") is None  # nothing moved
-    assert piece_field(AlignmentScorer(np.where(left, texture, 0).astype(np.float32), left),
-                       np.roll(np.where(left, texture, 0), (4, 6), axis=(0, 1)).astype(np.float32),
+    assert piece_field(AlignmentScorer(np.where(left, reference, 0).astype(np.float32), left),
+                       np.roll(np.where(left, reference, 0), (4, 6), axis=(0, 1)).astype(np.float32),
                        np.roll(left, (4, 6), axis=(0, 1)), 1.0, "affine") is None  # one piece: the affine's job
