@@ -8,12 +8,12 @@ Each piece of the moving tissue, as the affine places it (a connected component 
 to be placed on its own), is refined alone (edge correlation, slimreg.register.refine, the engine's transform
 model) against the reference tissue nearer to it than to any other piece, from where the affine left it, from the
 shift that lays its edges best on the reference's (searched over every shift), and from one fit per feature
-detector. A piece keeps its correction only if the correction is resolvable (its median motion
-is at least one edge-smoothing sigma, the rule the DeepFlow field follows), and raises both the edge correlation
-around the piece and the piece's significance over unrelated placements; the others stay where the affine put
-them. The corrections become one displacement field: exact inside each piece as it lands, filled between pieces
-from the nearest ones. Like every field, the result must then raise both the edge score and mutual information of
-the whole pair to be kept (slimreg.register.feature).
+detector. A piece keeps its correction only if the correction is resolvable (its median motion is at least one
+edge-smoothing sigma, the rule the DeepFlow field follows), and raises both the edge correlation around the piece
+and the piece's significance over unrelated placements; the others stay where the affine put them. The
+corrections become one displacement field: exact inside each piece as it lands, filled between pieces from the
+nearest ones. Like every field, the result must then raise both the edge score and mutual information of the
+whole pair to be kept (slimreg.register.feature).
 """
 
 from __future__ import annotations
@@ -152,11 +152,11 @@ def _correction(scorer: AlignmentScorer, alone: np.ndarray, piece: np.ndarray, a
     """The pull correction (reference working px -> placed px) of ``piece``, the only tissue left in ``alone``, or
     identity.
 
-    ``starts``: identity and one similarity fit per feature detector matching the piece alone to the reference (a
-    piece can have moved further than refinement alone reaches). Each is refined; among the plausible, resolvable
-    results the highest edge correlation with the reference tissue ``around`` the piece wins (as for the whole
-    image), and it is kept only if it also stands out further from unrelated placements than the piece as the affine
-    left it (``_significance``)."""
+    ``starts``: identity, the shift search's translation (``shift_start``) and one similarity fit per feature
+    detector matching the piece alone to the reference (a piece can have moved further than refinement alone
+    reaches). Each is refined; among the plausible, resolvable results the highest edge correlation with the
+    reference tissue ``around`` the piece wins (as for the whole image), and it is kept only if it also stands out
+    further from unrelated placements than the piece as the affine left it (``_significance``)."""
     if not around.any():
         return np.eye(3)
     identity = np.eye(3)
