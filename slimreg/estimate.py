@@ -4,15 +4,16 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
 
 - Every task starts from a process baseline (Python, numpy, libvips, OpenCV imported), ``PROCESS_BASE``.
   The valis engine adds torch, kornia and VALIS (``VALIS_IMPORT``).
-- Feature engine, per moving image (one at a time): candidates from four detectors and a rotation search at
-  half ``processing_dim`` (``SIFT_PER_PX`` per pixel of ``processing_dim``, both images, a bound for the smaller
-  images actually used), then SimpleITK refinement at ``micro_dim`` (``ECC_PER_PX``, the same arrays as the ECC
-  step it replaced), then DIS and DeepFlow optical flow at ``non_rigid_dim`` (as SIFT, 255 B per pixel of one
+- Feature engine, per moving image (one at a time): candidates from four detectors and a rotation search at half
+  ``processing_dim`` (``SIFT_PER_PX`` per pixel of ``processing_dim``, both images, a bound for the smaller images
+  actually used), then SimpleITK refinement at ``micro_dim`` (``ECC_PER_PX``: the arrays of the ECC step it replaced,
+  plus the zeros around the moving edge map that let refinement count tissue carried off the image, measured 17 B/px;
+  docs/memory-model.md), then DIS and DeepFlow optical flow at ``non_rigid_dim`` (as SIFT, 255 B per pixel of one
   image; DeepFlow alone measured about 220), and, where the moving tissue lies in pieces, a shift search, the
   detectors and a refinement on one piece at a time at the same size (the search runs on a grid half an edge sigma
-  apart: a few MB. Measured within the same bound: a torn real pair peaks at 305-396 MB for the whole
-  `slimreg register`, estimated 342-435 MB; enlarged 20x at the high preset, 1128 MB against 1208 MB). The
-  stages run one after another, so the pair costs the largest of them plus ``PAIR_OVERHEAD``.
+  apart: a few MB. Measured within the same bound: a torn real pair peaks at 302-394 MB for the whole `slimreg
+  register`, estimated 362-435 MB; enlarged 20x at the high preset, 1069 MB against 1402 MB). The stages run one after
+  another, so the pair costs the largest of them plus ``PAIR_OVERHEAD``.
 - VALIS engine, per moving image: a two-image VALIS run, dominated by a constant (``VALIS_PAIR_BASE``; measured
   2.2-2.7 GB whatever the image size) plus ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
   (``VALIS_IMPORT``, measured 1.17 GB).
@@ -53,7 +54,7 @@ VALIS_PER_PX = 60
 # whole `slimreg register` of a real 1164 x 787 RGB pair peaks at 253 MB, of a 891 x 735 pair at 368 MB)
 PAIR_OVERHEAD = 150 * MB
 SIFT_PER_PX = 255
-ECC_PER_PX = 100
+ECC_PER_PX = 120
 WRITE_BASE = 12 * MB
 WRITE_PER_TILE_BYTE = 4
 WRITE_PER_BLOCK_BYTE = 2

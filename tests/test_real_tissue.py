@@ -38,8 +38,11 @@ from slimreg.warp import warp_file
 pytestmark = pytest.mark.skipif(not available(), reason="the shared real data (../shared/data) is not here")
 
 SETTINGS = RegistrationSettings.from_preset("medium", engine="feature")
-# median landmark error bound per pair (px): measured 3.62 (kidney) and 5.55 (lung), VALIS plainly 3.78 / 5.56
+# median landmark error bound per pair (px): measured 3.64 (kidney) and 5.58 (lung), VALIS plainly 3.78 / 5.56
 BOUNDS = {"kidney_HE <- kidney_PanCK": 4.5, "lung-lesion_HE <- lung-lesion_proSPC": 7.5}
+# VALIS used plainly on the same pairs (benchmarks/accuracy.py, docs/accuracy.md, median px): the project's target is
+# to be no worse. The light engine is held to it within 2 %, room for numeric differences between machines.
+VALIS_PLAINLY = {"kidney_HE <- kidney_PanCK": 3.78, "lung-lesion_HE <- lung-lesion_proSPC": 5.56}
 
 
 def register(reference: Path, moving: Path, settings: RegistrationSettings = SETTINGS) -> Transform:
@@ -65,6 +68,14 @@ def test_feature_engine_registers_real_sections(pairs: dict[str, SectionPair], r
     before, after = np.median(landmark_errors(None, pair)), np.median(landmark_errors(results[name], pair))
     assert after < BOUNDS[name] < before / 4
     assert after / reference_diagonal(pair) < 0.015
+
+
+@pytest.mark.parametrize("name", list(VALIS_PLAINLY))
+def test_feature_engine_is_as_accurate_as_valis_used_plainly(pairs: dict[str, SectionPair],
+                                                             results: dict[str, Transform], name: str) -> None:
+    # lung: 5.73 px while refinement dropped the reference tissue a pose carries off the moving image, 5.58 now
+    after = np.median(landmark_errors(results[name], pairs[name]))
+    assert after < 1.02 * VALIS_PLAINLY[name], after
 
 
 def _rotated_copy(pair: SectionPair, folder: Path, degrees: float, mirror: bool) -> tuple[Path, np.ndarray]:
