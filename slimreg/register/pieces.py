@@ -166,7 +166,7 @@ def _correction(scorer: AlignmentScorer, alone: np.ndarray, piece: np.ndarray, a
     for start in starts:
         # ``alone`` is the placed image cut to the reference frame: beyond it the piece was cut off by the placing,
         # not known to be empty, so samples that leave it are dropped (slimreg.register.refine); counting them as
-        # empty there too lost 0.7-4.2 px on three of the four torn directions (docs/accuracy.md)
+        # empty there too lost 0.1-4.4 px in all four torn directions (docs/accuracy.md)
         correction = refine_affine(scorer.reference, alone, around, start, scorer.sigma, model,
                                    sampling=REFINE_SAMPLING, outside=0.0)
         if plausibility_problem(correction) is not None:
