@@ -8,8 +8,9 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
 2. Candidates: leaving the image as it is, one similarity fit per feature detector (AKAZE, SIFT, BRISK,
    FAST + BoostDesc), and a detector-free rotation search (any angle, any offset; mirrored too with
    ``allow_mirror``) that proposes the best edge correlations and the best overlaps of the tissue outlines.
-   Every plausible candidate is refined (affine or similarity, SimpleITK, edge maps coarse to fine); the
-   best-scoring pose, refined or as it started, wins.
+   Every plausible candidate is refined (affine or similarity, SimpleITK, edge maps coarse to fine) two ways,
+   counting the reference tissue carried off the moving image at every level and at the finest only
+   (slimreg.register.refine); the best-scoring pose, refined either way or as it started, wins.
 3. The winner is polished at ``micro_dim`` (``processing_dim`` without micro) and kept only if it scores higher.
 4. Non-rigid: dense optical flow between the affinely placed pair at ``non_rigid_dim``, smoothed on tissue (over
    2 % and 8 % of the image). Candidates: DIS flow estimated twice, on intensities and on edge maps, tried only
@@ -41,7 +42,7 @@ from slimreg.register.initial import Candidate, feature_candidates, rotation_sea
 from slimreg.register.pieces import piece_field
 from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
 from slimreg.register.preprocess import edge_map, local_contrast, tissue_mask, to_uint8
-from slimreg.register.refine import refine_affine
+from slimreg.register.refine import refine_affine, refine_both_ways
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import AlignmentScorer, check_result, finite_or_worst
 from slimreg.register.tissue_crop import tissue_image
@@ -125,13 +126,13 @@ class FeatureEngine:
             # at 0.442 refined to 0.371)
             if start_value > best_value:
                 best, best_value, winner = candidate.pull, start_value, candidate.name
-            pull = refine_affine(ref.array, mov.array, ref_mask, candidate.pull, scorer.sigma,
-                                 settings.transform_model)
-            if plausibility_problem(to_level0(pull, ref, mov), expected, settings.allow_mirror) is not None:
-                continue
-            value = scorer.score(mov.array, pull, mov_mask, ring=False).value
-            if value > best_value:
-                best, best_value, winner = pull, value, candidate.name
+            for pull in refine_both_ways(ref.array, mov.array, ref_mask, candidate.pull, scorer.sigma,
+                                         settings.transform_model):
+                if plausibility_problem(to_level0(pull, ref, mov), expected, settings.allow_mirror) is not None:
+                    continue
+                value = scorer.score(mov.array, pull, mov_mask, ring=False).value
+                if value > best_value:
+                    best, best_value, winner = pull, value, candidate.name
         # the ring of shifted copies (significance) is needed for the winner only
         best_score = identity_score if best is unregistered else scorer.score(mov.array, best, mov_mask)
         affine = to_level0(best, ref, mov)

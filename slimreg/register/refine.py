@@ -11,6 +11,12 @@ metric that drops those samples lets a pose gain by pushing tissue it cannot mat
 that runs off its image (the shared lung pair's does, on two sides) then settles off the landmarks. Counting them
 took the lung pair from 5.73 / 6.13 to 5.58 / 5.75 px and the kidney pair from 3.64 / 4.30 to 3.64 / 4.31
 (docs/accuracy.md).
+
+Those zeros can also mislead the coarsest levels, where edges are blurred over several pixels: where moving tissue
+runs into its image's border (a section cut off by the scan), a start at the landmarks' own affine on the partial
+kidney pair drifted to a squashed pose 21.5 px off (edge score 0.199 -> 0.139) with zeros at every level, and
+stayed at 4.5 px (0.206) with zeros at the finest level only. Neither schedule is right everywhere (the shared lung
+pair is better with zeros throughout), so ``refine_both_ways`` runs both and the caller's score picks.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ OUTSIDE_FRACTION = 0.1
 def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
                   sigma: float, model: str = "affine", iterations: int = 200,
                   shrink_factors: tuple[int, ...] = SHRINK_FACTORS, sampling: float = 1.0,
-                  edge_scales: tuple[float, ...] = EDGE_SCALES, outside: float = OUTSIDE_FRACTION) -> np.ndarray:
+                  edge_scales: tuple[float, ...] = EDGE_SCALES, outside: float = OUTSIDE_FRACTION,
+                  outside_at_coarse_levels: bool = True) -> np.ndarray:
     """The pull matrix (reference working px -> moving working px) after refinement from ``pull``.
 
     Edges are correlated coarse to fine (``edge_scales`` times ``sigma``): edges smoothed more overlap from
@@ -42,15 +49,28 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     turned 90 degrees, three of its starts reach the optimum this way and none with ``sigma`` alone).
     A pose that is already close (the polish at the finest size) needs neither the coarse edges, the coarsest
     level nor every pixel: ``edge_scales`` (1,), ``shrink_factors`` (2, 1) and ``sampling`` 0.25 make it several
-    times faster.
+    times faster. With ``outside_at_coarse_levels`` False, the zeros beyond the moving image (``outside``) are
+    added at the finest level only (module docstring).
     """
     # rotate and scale about the reference tissue's centre, not the image corner: about the corner, every
     # change of the matrix also moves the tissue far away, and the optimiser trades the two off badly
     centre = np.array(ndimage.center_of_mass(reference_mask))[::-1] if reference_mask.any() else np.zeros(2)
+    schedule = [(tuple(shrink_factors), outside)]
+    if not outside_at_coarse_levels and outside and len(shrink_factors) > 1:
+        schedule = [(tuple(shrink_factors[:-1]), 0.0), (tuple(shrink_factors[-1:]), outside)]
     for factor in edge_scales:
-        pull = _refine_at(reference, moving, reference_mask, pull, centre, sigma * factor, model, iterations,
-                          shrink_factors, sampling, outside)
+        for shrink, border in schedule:
+            pull = _refine_at(reference, moving, reference_mask, pull, centre, sigma * factor, model, iterations,
+                              shrink, sampling, border)
     return pull
+
+
+def refine_both_ways(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
+                     sigma: float, model: str = "affine") -> list[np.ndarray]:
+    """``pull`` refined with zeros beyond the moving image at every level, and at the finest level only: two
+    candidates for the caller's score to choose between (module docstring)."""
+    return [refine_affine(reference, moving, reference_mask, pull, sigma, model, outside_at_coarse_levels=coarse)
+            for coarse in (True, False)]
 
 
 def _refine_at(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
