@@ -59,9 +59,10 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     if not outside_at_coarse_levels and outside and len(shrink_factors) > 1:
         schedule = [(tuple(shrink_factors[:-1]), 0.0), (tuple(shrink_factors[-1:]), outside)]
     for factor in edge_scales:
+        # each smoothing's edge maps once, whichever levels of the schedule use them
+        edges = (edge_map(reference, sigma * factor), edge_map(moving, sigma * factor))
         for shrink, border in schedule:
-            pull = _refine_at(reference, moving, reference_mask, pull, centre, sigma * factor, model, iterations,
-                              shrink, sampling, border)
+            pull = _refine_at(*edges, reference_mask, pull, centre, model, iterations, shrink, sampling, border)
     return pull
 
 
@@ -73,19 +74,21 @@ def refine_both_ways(reference: np.ndarray, moving: np.ndarray, reference_mask: 
             for coarse in (True, False)]
 
 
-def _refine_at(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
-               centre: np.ndarray, sigma: float, model: str, iterations: int, shrink_factors: tuple[int, ...],
-               sampling: float, outside: float) -> np.ndarray:
-    """One multi-resolution SimpleITK run on edge maps of one smoothing ``sigma``, rotating about ``centre``."""
-    fixed = sitk.GetImageFromArray(edge_map(reference, sigma))
-    moving_edges = edge_map(moving, sigma)
-    border = math.ceil(outside * max(moving.shape))  # zeros around the moving edges (module docstring)
+def _refine_at(reference_edges: np.ndarray, moving_edges: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
+               centre: np.ndarray, model: str, iterations: int, shrink_factors: tuple[int, ...], sampling: float,
+               outside: float) -> np.ndarray:
+    """One multi-resolution SimpleITK run on the two images' edge maps (of one smoothing), rotating about
+    ``centre``."""
+    fixed = sitk.GetImageFromArray(reference_edges)
+    border = math.ceil(outside * max(moving_edges.shape))  # zeros around the moving edges (module docstring)
     if border:
         moving_edges = np.pad(moving_edges, border)
     moved = sitk.GetImageFromArray(moving_edges)
     moved.SetOrigin((-float(border), -float(border)))  # the moving image's own pixels keep their coordinates
     linear = pull[:2, :2]
     translation = (pull[:2, 2] + linear @ centre - centre).tolist()
+    if model == "similarity" and np.linalg.det(linear) < 0:  # a mirrored pose: similarity cannot hold it, affine can
+        model = "affine"
     if model == "similarity":
         transform: sitk.Transform = sitk.Similarity2DTransform()
         scale = float(np.sqrt(abs(np.linalg.det(linear))))
@@ -93,9 +96,6 @@ def _refine_at(reference: np.ndarray, moving: np.ndarray, reference_mask: np.nda
         transform.SetAngle(float(np.arctan2(linear[1, 0], linear[0, 0])))
         transform.SetCenter(centre.tolist())
         transform.SetTranslation(translation)
-        if np.linalg.det(linear) < 0:  # a mirrored pose: similarity cannot hold it, refine it as affine
-            return _refine_at(reference, moving, reference_mask, pull, centre, sigma, "affine", iterations,
-                              shrink_factors, sampling, outside)
     else:
         transform = sitk.AffineTransform(2)
         transform.SetMatrix(linear.ravel().tolist())
