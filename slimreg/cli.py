@@ -336,7 +336,8 @@ def run_qc(args: argparse.Namespace) -> int:
     from slimreg.qc import QcThresholds
     from slimreg.qc import run_qc as qc
 
-    thresholds = QcThresholds(min_significance=args.min_significance, min_coverage=args.min_coverage,
+    thresholds = QcThresholds(min_significance=args.min_significance, min_shared_tissue=args.min_shared_tissue,
+                              min_coverage=args.min_coverage,
                               max_landmark_rtre=args.max_landmark_rtre, max_landmark_error_px=args.max_landmark_error)
     result = qc(args.reference, args.registered, args.outdir, original_path=args.original,
                 transform_path=args.transform, landmarks_reference=args.landmarks_reference,
@@ -360,6 +361,8 @@ def _qc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel", help="channel to compare (default as for registration)")
     parser.add_argument("--min-significance", type=float, default=4.0,
                         help="sd above unrelated placements the registered image must stand (default 4)")
+    parser.add_argument("--min-shared-tissue", type=float, default=0.5,
+                        help="share of the smaller tissue that must lie on the other's (default 0.5)")
     parser.add_argument("--min-coverage", type=float, default=0.8)
     parser.add_argument("--max-landmark-rtre", type=float, default=0.015,
                         help="median landmark error / reference diagonal (default 0.015)")

@@ -27,6 +27,7 @@ from slimreg.register.channel import OPTICAL_DENSITY, choose_channel, registrati
 from slimreg.register.preprocess import tissue_mask
 from slimreg.register.similarity import (
     IDENTITY_TOLERANCE_PX,
+    MIN_SHARED_TISSUE,
     MIN_SIGNIFICANCE,
     AlignmentScorer,
     moved_distance,
@@ -42,12 +43,14 @@ class QcThresholds:
     """When a registration is called a failure (each can be set on the command line).
 
     The image measure is the registration engines' own (slimreg.register.similarity): the registered image must
-    stand ``min_significance`` sd above unrelated placements and, if it moved, beat the unregistered placement.
+    stand ``min_significance`` sd above unrelated placements, keep more than ``min_shared_tissue`` of the smaller
+    tissue on the other's and, if it moved, beat the unregistered placement.
     Landmarks, where given, must improve and end below ``max_landmark_rtre`` of the reference's diagonal (the
     ANHIR measure; 1.5 % is this project's target for serial sections), or ``max_landmark_error_px`` if set.
     """
 
     min_significance: float = MIN_SIGNIFICANCE
+    min_shared_tissue: float = MIN_SHARED_TISSUE
     min_coverage: float = 0.8
     max_landmark_rtre: float = 0.015
     max_landmark_error_px: float | None = None
@@ -208,6 +211,10 @@ def verdict(metrics: dict[str, Any], thresholds: QcThresholds) -> tuple[str, lis
     elif not significance >= thresholds.min_significance:
         reasons.append(f"the registered image does not stand out from unrelated placements (edge correlation "
                        f"{after:.3f}, {significance:.1f} sd; {thresholds.min_significance:.0f} needed)")
+    elif not metrics.get("tissue_shared_after", float("nan")) > thresholds.min_shared_tissue:
+        reasons.append(f"the registered image leaves most of the tissue on the other image's glass (only "
+                       f"{metrics.get('tissue_shared_after', float('nan')):.0%} of the smaller tissue lies on the "
+                       f"other's; more than {thresholds.min_shared_tissue:.0%} needed)")
     elif before is not None and np.isfinite(before) and after <= before and \
             metrics.get("moved_px", np.inf) > IDENTITY_TOLERANCE_PX:
         reasons.append(f"registration is not better than leaving the image as it was (edge correlation {after:.3f} "

@@ -193,10 +193,15 @@ def test_a_mirrored_section_is_refused_without_the_flag(pairs: dict[str, Section
 
 
 def test_other_tissue_blank_and_saturated_images_fail_clearly(pairs: dict[str, SectionPair], tmp_path: Path) -> None:
+    """A section of the other organ, onto each reference of each stain. Kidney H&E onto the lung proSPC reference
+    once passed: its best pose stood 5.4 sd above shifted copies, with 58 % of its tissue on the lung slide's glass
+    (similarity.MIN_SHARED_TISSUE)."""
     kidney, lung = pairs["kidney_HE <- kidney_PanCK"], pairs["lung-lesion_HE <- lung-lesion_proSPC"]
-    with pytest.raises(RegistrationError, match=r"stands out|did not beat") as wrong:
-        register(kidney.reference, lung.moving)
-    assert "lung-lesion_proSPC" in str(wrong.value) and "Fix:" in str(wrong.value)
+    for reference, moving in ((kidney.reference, lung.moving), (lung.reference, kidney.moving),
+                              (kidney.moving, lung.reference), (lung.moving, kidney.reference)):
+        with pytest.raises(RegistrationError, match=r"stands out|did not beat|other image's glass") as wrong:
+            register(reference, moving)
+        assert moving.name.split(".")[0] in str(wrong.value) and "Fix:" in str(wrong.value)
     for value in (255, 0):
         flat = write_array(np.full((600, 800, 3), value, np.uint8), tmp_path / f"flat{value}.ome.tif", is_rgb=True)
         with pytest.raises(RegistrationError, match="no tissue"):
@@ -231,6 +236,27 @@ def test_qc_verdict_agrees_with_landmarks(pairs: dict[str, SectionPair], results
     assert verdicts["wrong"].status == "fail"
     # the image measure alone (no landmarks) already says so
     assert not any("landmark" in r for r in verdicts["wrong"].reasons[:1])
+
+
+def test_qc_fails_a_section_of_other_tissue_placed_where_it_scores_best(pairs: dict[str, SectionPair],
+                                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                         ) -> None:
+    """QC judges by the engines' rule, shared tissue included: kidney H&E, placed onto the lung proSPC reference at
+    the pose the light engine scores best (its judgement switched off to get that pose), stands out from shifted
+    copies but leaves most of its tissue on the lung slide's glass, and QC says so without landmarks."""
+    import slimreg.register.feature as feature
+
+    kidney, lung = pairs["kidney_HE <- kidney_PanCK"], pairs["lung-lesion_HE <- lung-lesion_proSPC"]
+    monkeypatch.setattr(feature, "check_result", lambda *args, **kwargs: None)
+    other = register(lung.moving, kidney.reference, RegistrationSettings.from_preset(
+        "medium", engine="feature", non_rigid=False, micro=False))
+    other.save(tmp_path / "other.transform.json")
+    warp_file(TiffImage(kidney.reference), other, tmp_path / "other.ome.tif", reference_shape=other.reference_shape,
+              pixel_size_um=None)
+    result = run_qc(lung.moving, tmp_path / "other.ome.tif", tmp_path / "qc", original_path=kidney.reference,
+                    transform_path=tmp_path / "other.transform.json", max_dim=1024)
+    assert result.status == "fail"
+    assert any("glass" in reason for reason in result.reasons), result.reasons
 
 
 def test_if_rounds_and_calcium_frames_register(tmp_path: Path) -> None:

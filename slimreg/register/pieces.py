@@ -206,7 +206,7 @@ def _significance(scorer: AlignmentScorer, alone: np.ndarray, piece: np.ndarray,
     seven moved closer to the landmarks and raised their significance; the one that stayed far off (61.5 -> 46.5
     px) lowered it (2.58 -> 1.82)."""
     value, edges, landed = _correlation(scorer, alone, piece, around, correction)
-    significance = Score(value, *scorer.ring(edges, landed, around), 0.0).significance
+    significance = Score(value, *scorer.ring(edges, landed, around), overlap=0.0).significance
     return significance if np.isfinite(significance) else float("-inf")
 
 
