@@ -19,8 +19,10 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    edge-smoothing sigma: a bent section stained differently); and, where the moving tissue lies in separate pieces,
    one correction per piece (slimreg.register.pieces: a torn section, lobes, fragments that moved apart). A
    candidate is kept only if it raises both the edge score and the mutual information; the highest edge score wins.
-5. The result must be significant (it stands out from unrelated placements) and must beat the unregistered
-   placement; otherwise the image fails with a message, and nothing is written for it.
+5. The result must be significant (it stands out from unrelated placements), keep most of the smaller tissue on
+   the other's, beat the best pose the same search finds for the moving image's mirror image (without
+   ``allow_mirror``), and beat the unregistered placement (slimreg.register.similarity); otherwise the image
+   fails with a message, and nothing is written for it. The affine is judged before the polish.
 
 Every array is at a working size set by the preset, so memory does not depend on the image's size.
 Matrices: ``pull`` maps reference working px -> moving working px; level 0 by ``Downsampled.level0_matrix``.
@@ -44,7 +46,7 @@ from slimreg.register.plausibility import check_plausible, expected_scale, plaus
 from slimreg.register.preprocess import edge_map, local_contrast, tissue_mask, to_uint8
 from slimreg.register.refine import refine_affine, refine_both_ways
 from slimreg.register.settings import RegistrationSettings
-from slimreg.register.similarity import AlignmentScorer, check_result, finite_or_worst
+from slimreg.register.similarity import AlignmentScorer, check_result, finite_or_worst, mirror_problem, refuse
 from slimreg.register.tissue_crop import tissue_image
 from slimreg.transform import Displacement, Transform
 
@@ -84,6 +86,69 @@ def corner_distance(pull: np.ndarray, other: np.ndarray, shape: tuple[int, int])
     return float(np.abs((corners @ pull.T - corners @ other.T)[:, :2]).max())
 
 
+def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_mask: np.ndarray,
+              settings: RegistrationSettings, expected: float) -> tuple[np.ndarray, str]:
+    """The best-scoring pose (working pull matrix) among the unregistered placement, every candidate and every
+    candidate refined both ways, and the name of the candidate it came from (module docstring, step 2)."""
+    ref_mask = scorer.mask
+    unregistered = to_working(np.eye(3), ref, mov)
+    candidates = [Candidate("unregistered", unregistered)]
+    for mirror in (False, True) if settings.allow_mirror else (False,):
+        candidates.extend(feature_candidates(ref.array, mov.array, ref_mask, mov_mask, mirror=mirror))
+    candidates.extend(rotation_search(ref.array, mov.array, ref_mask, mov_mask, scorer.sigma,
+                                      mirror=settings.allow_mirror))
+    plausible = [c for c in candidates
+                 if plausibility_problem(to_level0(c.pull, ref, mov), expected, settings.allow_mirror) is None]
+    # every plausible candidate is refined: a start's score does not predict where refinement takes it
+    # (shared kidney pair: BRISK starts at 0.048 and refines to 0.306, AKAZE starts at 0.114 and stops at
+    # 0.152; refining only the best three starts lost the true pose once the image was enlarged 20x)
+    starts = [(scorer.score(mov.array, c.pull, mov_mask, ring=False).value, c) for c in plausible]
+    ranked = [(value, c) for value, c in sorted(starts, key=lambda item: -item[0]) if np.isfinite(value)]
+    # no tissue in common where the image lies (a section far off on its slide) scores nan: anything beats it
+    best, winner = unregistered, "unregistered"
+    best_value = finite_or_worst(scorer.score(mov.array, unregistered, mov_mask, ring=False).value)
+    for start_value, candidate in ranked:
+        # the start stays in the running: refinement maximises its own metric at its own resolutions, and
+        # where the images also move locally it can end lower than it began (shared calcium frames: a start
+        # at 0.442 refined to 0.371)
+        if start_value > best_value:
+            best, best_value, winner = candidate.pull, start_value, candidate.name
+        for pull in refine_both_ways(ref.array, mov.array, ref_mask, candidate.pull, scorer.sigma,
+                                     settings.transform_model):
+            if plausibility_problem(to_level0(pull, ref, mov), expected, settings.allow_mirror) is not None:
+                continue
+            value = scorer.score(mov.array, pull, mov_mask, ring=False).value
+            if value > best_value:
+                best, best_value, winner = pull, value, candidate.name
+    return best, winner
+
+
+def mirror_decoy(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_mask: np.ndarray,
+                 settings: RegistrationSettings, expected: float) -> float:
+    """The edge correlation of the best pose the same search finds for the moving image's mirror image: what an
+    image of the same kind that does not belong there reaches with the same effort (slimreg.register.similarity,
+    "The mirror decoy"). Only without ``allow_mirror``, where no mirrored pose can be the answer."""
+    flipped = Downsampled(np.ascontiguousarray(mov.array[:, ::-1]), mov.scale, mov.origin)
+    flipped_mask = np.ascontiguousarray(mov_mask[:, ::-1])
+    pose, _ = best_pose(scorer, ref, flipped, flipped_mask, settings, expected)
+    return finite_or_worst(scorer.score(flipped.array, pose, flipped_mask, ring=False).value)
+
+
+
+def check_against_mirror(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
+                         moving_channel: int | str, settings: RegistrationSettings, affine: np.ndarray) -> float:
+    """The mirror-decoy rule for a level-0 affine found elsewhere (VALIS'), in the light engine's search frames,
+    where the decoy is searched; raises the clear failure, or returns the mirror image's best edge correlation."""
+    search_dim = max(64, settings.processing_dim // 2)
+    ref, ref_mask = tissue_image(reference, reference_channel, search_dim)
+    mov, mov_mask = tissue_image(moving, moving_channel, search_dim)
+    scorer = AlignmentScorer(ref.array, ref_mask)
+    mirror = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected_scale(reference, moving))
+    problem = mirror_problem(scorer.score(mov.array, to_working(affine, ref, mov), mov_mask), mirror)
+    if problem is not None:
+        refuse(problem, moving.info.path)
+    return mirror
+
 class FeatureEngine:
     """Candidates -> scored -> refined -> judged; see the module docstring."""
 
@@ -104,41 +169,21 @@ class FeatureEngine:
                                     "check the image, or choose another --channel.")
         scorer = AlignmentScorer(ref.array, ref_mask)
         unregistered = to_working(np.eye(3), ref, mov)
-        candidates = [Candidate("unregistered", unregistered)]
-        for mirror in (False, True) if settings.allow_mirror else (False,):
-            candidates.extend(feature_candidates(ref.array, mov.array, ref_mask, mov_mask, mirror=mirror))
-        candidates.extend(rotation_search(ref.array, mov.array, ref_mask, mov_mask, scorer.sigma,
-                                          mirror=settings.allow_mirror))
         expected = expected_scale(reference, moving)
-        plausible = [c for c in candidates
-                     if plausibility_problem(to_level0(c.pull, ref, mov), expected, settings.allow_mirror) is None]
-        # every plausible candidate is refined: a start's score does not predict where refinement takes it
-        # (shared kidney pair: BRISK starts at 0.048 and refines to 0.306, AKAZE starts at 0.114 and stops at
-        # 0.152; refining only the best three starts lost the true pose once the image was enlarged 20x)
-        starts = [(scorer.score(mov.array, c.pull, mov_mask, ring=False).value, c) for c in plausible]
-        ranked = [(value, c) for value, c in sorted(starts, key=lambda item: -item[0]) if np.isfinite(value)]
         identity_score = scorer.score(mov.array, unregistered, mov_mask)
-        # no tissue in common where the image lies (a section far off on its slide) scores nan: anything beats it
-        best, best_value, winner = unregistered, finite_or_worst(identity_score.value), "unregistered"
-        for start_value, candidate in ranked:
-            # the start stays in the running: refinement maximises its own metric at its own resolutions, and
-            # where the images also move locally it can end lower than it began (shared calcium frames: a start
-            # at 0.442 refined to 0.371)
-            if start_value > best_value:
-                best, best_value, winner = candidate.pull, start_value, candidate.name
-            for pull in refine_both_ways(ref.array, mov.array, ref_mask, candidate.pull, scorer.sigma,
-                                         settings.transform_model):
-                if plausibility_problem(to_level0(pull, ref, mov), expected, settings.allow_mirror) is not None:
-                    continue
-                value = scorer.score(mov.array, pull, mov_mask, ring=False).value
-                if value > best_value:
-                    best, best_value, winner = pull, value, candidate.name
+        best, winner = best_pose(scorer, ref, mov, mov_mask, settings, expected)
         # the ring of shifted copies (significance) is needed for the winner only
-        best_score = identity_score if best is unregistered else scorer.score(mov.array, best, mov_mask)
+        unmoved = np.array_equal(best, unregistered)
+        best_score = identity_score if unmoved else scorer.score(mov.array, best, mov_mask)
         affine = to_level0(best, ref, mov)
         stats: dict[str, float | str] = {"initial": winner, **identity_score.to_json("unregistered_"),
                                          **best_score.to_json("affine_")}
-        check_result(best_score, identity_score, corner_distance(best, unregistered, ref.array.shape), path)
+        moved = corner_distance(best, unregistered, ref.array.shape)
+        check_result(best_score, identity_score, moved, path)
+        if not settings.allow_mirror:  # the search again, for the mirror image: only for a result worth keeping
+            mirror = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected)
+            stats["mirror_edge_correlation"] = mirror
+            check_result(best_score, identity_score, moved, path, mirror)
         if settings.micro and max(reference.info.width, reference.info.height) > search_dim:
             affine = self._polish(reference, moving, reference_channel, moving_channel, affine, settings, expected)
         check_plausible(affine, path, expected, settings.allow_mirror)

@@ -17,6 +17,14 @@ The ring cannot tell this: the winner is the best of many refined poses, and a s
 fitted to stand out from fixed shifted copies of itself (kidney H&E onto the lung proSPC reference: 5.4 sd, with
 58 % of its tissue on the reference's glass). A result must keep more than half of the smaller tissue on the
 other's; the right poses of the shared pairs keep 0.89-1.0 under every robustness variant (docs/accuracy.md).
+
+The mirror decoy: neither rule sees the effort that found the pose. The winner is the best of many refined poses,
+so its null is not one placement but the best that the same search finds for an image of the same kind that
+does not belong there. The moving image's own mirror image is that image: the same stains, structures and
+outline statistics, and no pose of it matches the reference's structure (without ``--allow-mirror``). A result
+must beat the mirror image's best pose by more than the ring's noise (one sd). Measured (docs/accuracy.md):
+right poses of the shared pairs beat it by 1.4-10 sd under the robustness variants; the other-tissue poses that
+passed both rules above by -2.4 to 0.4 sd.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from slimreg.transform import Transform
 
 MIN_SIGNIFICANCE = 4.0
 MIN_SHARED_TISSUE = 0.5  # most of the smaller tissue must lie on the other's: the same tissue, not a neighbour
+MIN_MIRROR_MARGIN_SD = 1.0  # the pose must beat its mirror image's best pose by more than the ring's noise
 IDENTITY_TOLERANCE_PX = 1.0  # a pose within this many working px of the unregistered one *is* unregistered
 RING_DIRECTIONS = 8
 RING_SIGMAS = 8.0  # ring radius in edge-smoothing sigmas: smoothed edges this far apart do not overlap
@@ -123,9 +132,10 @@ def finite_or_worst(value: float) -> float:
     return value if np.isfinite(value) else -np.inf
 
 
-def judge(result: Score, unregistered: Score, moved_px: float) -> str | None:
+def judge(result: Score, unregistered: Score, moved_px: float, mirror: float | None = None) -> str | None:
     """Why a registration result must not be kept, or None: it must stand out from unrelated placements, keep most
-    of the smaller tissue on the other's and, unless it leaves the image where it was, beat leaving it there."""
+    of the smaller tissue on the other's, beat the best pose of its own mirror image (``mirror``, its edge
+    correlation, where that search was run) and, unless it leaves the image where it was, beat leaving it there."""
     if not result.significance >= MIN_SIGNIFICANCE:
         return (f"no alignment found that stands out from unrelated placements (edge correlation {result.value:.3f}, "
                 f"{result.significance:.1f} sd above shifted copies; {MIN_SIGNIFICANCE:.0f} needed): the image "
@@ -134,18 +144,40 @@ def judge(result: Score, unregistered: Score, moved_px: float) -> str | None:
         return (f"the best alignment found leaves most of the tissue on the other image's glass (only "
                 f"{result.shared:.0%} of the smaller tissue lies on the other's; more than {MIN_SHARED_TISSUE:.0%} "
                 "needed): the image probably shows other tissue")
+    problem = mirror_problem(result, mirror)
+    if problem is not None:
+        return problem
     if moved_px > IDENTITY_TOLERANCE_PX and not result.value > finite_or_worst(unregistered.value):
         return (f"registration did not beat leaving the image as it is (edge correlation {result.value:.3f} vs "
                 f"{unregistered.value:.3f} unregistered)")
     return None
 
 
-def check_result(result: Score, unregistered: Score, moved_px: float, path: str) -> None:
+def mirror_problem(result: Score, mirror: float | None) -> str | None:
+    """Why a result that fits no better than the moving image's mirror image can must not be kept, or None."""
+    if mirror is None or not np.isfinite(mirror):
+        return None
+    noise = result.ring_std if np.isfinite(result.ring_std) else 0.0
+    if result.value - mirror > MIN_MIRROR_MARGIN_SD * noise:
+        return None
+    return (f"the best alignment fits the reference no better than the image's own mirror image does (edge "
+            f"correlation {result.value:.3f} against {mirror:.3f}; a margin of {MIN_MIRROR_MARGIN_SD:.0f} noise sd, "
+            f"{noise:.3f}, needed): what fits is the tissue's outline, not its structure; the image probably shows "
+            "other tissue (sections mounted face down: --allow-mirror)")
+
+
+def check_result(result: Score, unregistered: Score, moved_px: float, path: str, mirror: float | None = None
+                 ) -> None:
     """Raise the clear failure :func:`judge` describes (the image gets no output)."""
-    problem = judge(result, unregistered, moved_px)
+    problem = judge(result, unregistered, moved_px, mirror)
     if problem is not None:
-        raise RegistrationError(f"{problem}; refusing to write it.", path,
-                                "check that this image belongs to the sample, or choose another --channel.")
+        refuse(problem, path)
+
+
+def refuse(problem: str, path: str) -> None:
+    """The clear failure for a result that must not be kept (the image gets no output)."""
+    raise RegistrationError(f"{problem}; refusing to write it.", path,
+                            "check that this image belongs to the sample, or choose another --channel.")
 
 
 def place_through(reference: Downsampled, moving: Downsampled, transform: Transform) -> np.ndarray:

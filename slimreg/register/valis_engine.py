@@ -35,7 +35,7 @@ from slimreg.estimate import pair_bytes
 from slimreg.io.read import TiffImage
 from slimreg.register.bounded import run_within_budget
 from slimreg.register.channel import OPTICAL_DENSITY, registration_image
-from slimreg.register.feature import FeatureEngine
+from slimreg.register.feature import FeatureEngine, check_against_mirror
 from slimreg.register.plausibility import check_plausible, expected_scale
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import check_result, moved_distance, score_transform
@@ -190,12 +190,16 @@ class ValisEngine:
     @staticmethod
     def _judge(reference: TiffImage, moving: TiffImage, reference_channel: int | str, moving_channel: int | str,
                transform: Transform, settings: RegistrationSettings) -> None:
-        """The light engine's rule: keep VALIS' result only if it is significant and beats not registering."""
+        """The light engine's rule: keep VALIS' result only if it is significant, keeps most of the smaller tissue on
+        the other's, beats the best pose of the moving image's mirror image and beats not registering."""
         ref = registration_image(reference, reference_channel, max(64, settings.processing_dim // 2))
         mov = registration_image(moving, moving_channel, max(64, settings.processing_dim // 2))
         result, unregistered = score_transform(ref, mov, transform)
         transform.metadata["quality"].update({**result.to_json(), **unregistered.to_json("unregistered_")})
         check_result(result, unregistered, moved_distance(transform, ref), moving.info.path)
+        if not settings.allow_mirror:
+            transform.metadata["quality"]["mirror_edge_correlation"] = check_against_mirror(
+                reference, moving, reference_channel, moving_channel, settings, transform.affine)
 
     def _micro(self, registrar: Any, processors: dict[str, Any], ref_link: Path, mov_link: Path,
                reference: TiffImage, moving: TiffImage, reference_channel: int | str, moving_channel: int | str,
