@@ -46,7 +46,14 @@ from slimreg.register.plausibility import check_plausible, expected_scale, plaus
 from slimreg.register.preprocess import edge_map, local_contrast, tissue_mask, to_uint8
 from slimreg.register.refine import refine_affine, refine_both_ways
 from slimreg.register.settings import RegistrationSettings
-from slimreg.register.similarity import AlignmentScorer, check_result, finite_or_worst, mirror_problem, refuse
+from slimreg.register.similarity import (
+    AlignmentScorer,
+    check_result,
+    finite_or_worst,
+    mirror_problem,
+    place_through,
+    refuse,
+)
 from slimreg.register.tissue_crop import tissue_image
 from slimreg.transform import Displacement, Transform
 
@@ -136,15 +143,20 @@ def mirror_decoy(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mo
 
 
 def check_against_mirror(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
-                         moving_channel: int | str, settings: RegistrationSettings, affine: np.ndarray) -> float:
-    """The mirror-decoy rule for a level-0 affine found elsewhere (VALIS'), in the light engine's search frames,
-    where the decoy is searched; raises the clear failure, or returns the mirror image's best edge correlation."""
+                         moving_channel: int | str, settings: RegistrationSettings, transform: Transform) -> float:
+    """The mirror-decoy rule for a result found elsewhere (VALIS'), in the light engine's search frames, where the
+    decoy is searched; raises the clear failure, or returns the mirror image's best edge correlation.
+
+    The whole transform is placed, field included: VALIS' affine is its rigid step alone, which on the shared kidney
+    pair is 10.3 px off and scored 0.058 there, against 0.096 for the mirror image, refusing a 3.76 px result."""
     search_dim = max(64, settings.processing_dim // 2)
     ref, ref_mask = tissue_image(reference, reference_channel, search_dim)
     mov, mov_mask = tissue_image(moving, moving_channel, search_dim)
     scorer = AlignmentScorer(ref.array, ref_mask)
     mirror = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected_scale(reference, moving))
-    problem = mirror_problem(scorer.score(mov.array, to_working(affine, ref, mov), mov_mask), mirror)
+    placed = place_through(ref, mov, transform)
+    placed_mask = place_through(ref, Downsampled(mov_mask.astype(np.float32), mov.scale, mov.origin), transform) > 0.5
+    problem = mirror_problem(scorer.score_placed(placed, placed_mask), mirror)
     if problem is not None:
         refuse(problem, moving.info.path)
     return mirror
