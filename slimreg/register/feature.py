@@ -94,9 +94,12 @@ def corner_distance(pull: np.ndarray, other: np.ndarray, shape: tuple[int, int])
 
 
 def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_mask: np.ndarray,
-              settings: RegistrationSettings, expected: float) -> tuple[np.ndarray, str]:
+              settings: RegistrationSettings, expected: float,
+              unregistered_value: float | None = None) -> tuple[np.ndarray, str, float]:
     """The best-scoring pose (working pull matrix) among the unregistered placement, every candidate and every
-    candidate refined both ways, and the name of the candidate it came from (module docstring, step 2)."""
+    candidate refined both ways, the name of the candidate it came from (module docstring, step 2) and its edge
+    correlation (-inf where no pose shares tissue). ``unregistered_value``: the unregistered placement's edge
+    correlation where the caller has scored it already."""
     ref_mask = scorer.mask
     unregistered = to_working(np.eye(3), ref, mov)
     candidates = [Candidate("unregistered", unregistered)]
@@ -113,7 +116,9 @@ def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_m
     ranked = [(value, c) for value, c in sorted(starts, key=lambda item: -item[0]) if np.isfinite(value)]
     # no tissue in common where the image lies (a section far off on its slide) scores nan: anything beats it
     best, winner = unregistered, "unregistered"
-    best_value = finite_or_worst(scorer.score(mov.array, unregistered, mov_mask, ring=False).value)
+    if unregistered_value is None:
+        unregistered_value = scorer.score(mov.array, unregistered, mov_mask, ring=False).value
+    best_value = finite_or_worst(unregistered_value)
     for start_value, candidate in ranked:
         # the start stays in the running: refinement maximises its own metric at its own resolutions, and
         # where the images also move locally it can end lower than it began (shared calcium frames: a start
@@ -127,7 +132,7 @@ def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_m
             value = scorer.score(mov.array, pull, mov_mask, ring=False).value
             if value > best_value:
                 best, best_value, winner = pull, value, candidate.name
-    return best, winner
+    return best, winner, best_value
 
 
 def mirror_decoy(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_mask: np.ndarray,
@@ -137,9 +142,7 @@ def mirror_decoy(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mo
     "The mirror decoy"). Only without ``allow_mirror``, where no mirrored pose can be the answer."""
     flipped = Downsampled(np.ascontiguousarray(mov.array[:, ::-1]), mov.scale, mov.origin)
     flipped_mask = np.ascontiguousarray(mov_mask[:, ::-1])
-    pose, _ = best_pose(scorer, ref, flipped, flipped_mask, settings, expected)
-    return finite_or_worst(scorer.score(flipped.array, pose, flipped_mask, ring=False).value)
-
+    return best_pose(scorer, ref, flipped, flipped_mask, settings, expected)[2]
 
 
 def check_against_mirror(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
@@ -160,6 +163,7 @@ def check_against_mirror(reference: TiffImage, moving: TiffImage, reference_chan
     if problem is not None:
         refuse(problem, moving.info.path)
     return mirror
+
 
 class FeatureEngine:
     """Candidates -> scored -> refined -> judged; see the module docstring."""
@@ -183,7 +187,7 @@ class FeatureEngine:
         unregistered = to_working(np.eye(3), ref, mov)
         expected = expected_scale(reference, moving)
         identity_score = scorer.score(mov.array, unregistered, mov_mask)
-        best, winner = best_pose(scorer, ref, mov, mov_mask, settings, expected)
+        best, winner, _ = best_pose(scorer, ref, mov, mov_mask, settings, expected, identity_score.value)
         # the ring of shifted copies (significance) is needed for the winner only
         unmoved = np.array_equal(best, unregistered)
         best_score = identity_score if unmoved else scorer.score(mov.array, best, mov_mask)
