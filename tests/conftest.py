@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.realdata import SectionPair, section_pairs
 from slimreg.demo import make_demo_data
 
 DEMO_SIZE = 768
+# `slimreg run` options for tests of the runner's plumbing: the light engine at its lowest preset, sessions cut into
+# pieces of five frames, tasks in one process (the mode is not what those tests are about)
+FAST = {"engine": "feature", "preset": "low", "max_frames": 5, "mode": "serial"}
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +37,17 @@ def sheet_of_samples(demo_sheet: Path, *samples: str) -> Path:
     assert kept, f"the demo has no sample {samples}"
     sheet.write_text("\n".join([lines[0], *kept]) + "\n")
     return sheet
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SectionPair]:
+    """The shared real section pairs (../shared/data/real-sections), one direction each, as OME-TIFF with landmarks."""
+    return {p.name: p for p in section_pairs(tmp_path_factory.mktemp("real"), both_directions=False)}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Test files with a slow test first, each file keeping its own order. pytest-xdist hands out whole files in
+    collection order (pyproject: ``--dist loadfile --no-loadscope-reorder``), so the long files start at once and the
+    short ones fill the end: no worker is left running a long file alone that happened to come last."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

@@ -103,6 +103,7 @@ print(process_high_water_bytes())
 """
 
 
+@pytest.mark.slow
 def test_split_memory_does_not_grow_with_frames(tmp_path: Path) -> None:
     peaks = {}
     for count in (100, 500):  # 2 pieces of 50 frames, then 10

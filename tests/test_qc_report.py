@@ -18,6 +18,8 @@ from slimreg.register.settings import RegistrationSettings
 from slimreg.report import build_report
 from slimreg.transform import Transform, similarity_matrix
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def registered(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

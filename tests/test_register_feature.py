@@ -15,6 +15,8 @@ from slimreg.register.settings import RegistrationSettings
 from slimreg.transform import Transform
 from tests.conftest import DEMO_SIZE
 
+pytestmark = pytest.mark.slow
+
 
 def landmark_errors(demo_dir: Path, reference: str, moving: str, transform_path: Path,
                     affine_only: bool = False) -> np.ndarray:

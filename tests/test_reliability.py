@@ -207,6 +207,7 @@ def tifffile_tiled(path: Path, pixels: np.ndarray) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_run_with_a_damaged_tile_fails_that_image_and_names_file_and_tile(tmp_path: Path) -> None:
     from slimreg.demo import make_demo_data
     from slimreg.runner import run_job
@@ -437,6 +438,7 @@ def test_a_task_past_its_budget_is_stopped_by_slimreg_and_retried_lower(tmp_path
     assert "register-mif-b1: retrying with preset low" in log
 
 
+@pytest.mark.slow
 def test_peaks_are_labelled_by_where_they_were_measured(tmp_path: Path) -> None:
     import json
 

@@ -134,6 +134,7 @@ def _stage_sources(spec_path: Path, workdir: Path, files: dict[str, Path]) -> No
         shutil.copyfile(files[source], target)
 
 
+@pytest.mark.slow
 def test_a_task_runs_from_its_spec_with_only_its_staged_files(demo_dir: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     prefix = "s3://lab-bucket/run/"
