@@ -20,7 +20,7 @@ from slimreg.io.read import TiffImage
 from slimreg.qc import run_qc
 from slimreg.register.channel import OPTICAL_DENSITY
 from slimreg.register.feature import to_level0, to_working
-from slimreg.register.refine import refine_both_ways
+from slimreg.register.refine import refine_both_ways, tissue_at_border
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import AlignmentScorer
 from slimreg.register.tissue_crop import tissue_image
@@ -111,8 +111,10 @@ def test_refinement_of_a_cut_section_offers_a_pose_near_its_landmarks_and_the_sc
     """The moving section cut to its left 70 % (benchmarks/robustness.py ``partial``), its tissue running into the
     image's border: from the affine fitted to the landmarks (3.5 px), refinement with zeros beyond the moving image at
     every level drifted to a squashed pose 21.5 px off; with them at the finest level only it stayed at 4.5 px.
-    The edge score, which picks between the two, must prefer the pose near the landmarks."""
-    cut = variant_pair(pairs["kidney_HE <- kidney_PanCK"], "partial", tmp_path)
+    The edge score, which picks between the two, must prefer the pose near the landmarks. The uncut section's tissue
+    stays clear of its image's border, where both schedules see the same images: it is refined one way only."""
+    whole = pairs["kidney_HE <- kidney_PanCK"]
+    cut = variant_pair(whole, "partial", tmp_path)
     search_dim = SETTINGS.processing_dim // 2
     ref, ref_mask = tissue_image(TiffImage(cut.reference), OPTICAL_DENSITY, search_dim)
     mov, mov_mask = tissue_image(TiffImage(cut.moving), OPTICAL_DENSITY, search_dim)
@@ -125,7 +127,11 @@ def test_refinement_of_a_cut_section_offers_a_pose_near_its_landmarks_and_the_sc
         mapped = design @ to_level0(pull, ref, mov)[:2].T
         return float(np.median(np.hypot(*(mapped - cut.moving_landmarks).T)))
 
-    poses = refine_both_ways(ref.array, mov.array, ref_mask, start, scorer.sigma)
+    poses = refine_both_ways(ref.array, mov.array, ref_mask, start, scorer.sigma, moving_mask=mov_mask)
+    assert len(poses) == 2
+    uncut, uncut_mask = tissue_image(TiffImage(whole.moving), OPTICAL_DENSITY, search_dim)
+    assert tissue_at_border(mov_mask, scorer.sigma) and not tissue_at_border(uncut_mask, scorer.sigma)
+    assert len(refine_both_ways(ref.array, uncut.array, ref_mask, start, scorer.sigma, moving_mask=uncut_mask)) == 1
     preferred = max(poses, key=lambda pull: scorer.score(mov.array, pull, mov_mask, ring=False).value)
     assert error(start) < 4.0
     assert error(preferred) < 6.0, [error(pull) for pull in poses]

@@ -8,9 +8,10 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
 2. Candidates: leaving the image as it is, one similarity fit per feature detector (AKAZE, SIFT, BRISK,
    FAST + BoostDesc), and a detector-free rotation search (any angle, any offset; mirrored too with
    ``allow_mirror``) that proposes the best edge correlations and the best overlaps of the tissue outlines.
-   Every plausible candidate is refined (affine or similarity, SimpleITK, edge maps coarse to fine) two ways,
-   counting the reference tissue carried off the moving image at every level and at the finest only
-   (slimreg.register.refine); the best-scoring pose, refined either way or as it started, wins.
+   Every plausible candidate is refined (affine or similarity, SimpleITK, edge maps coarse to fine),
+   counting the reference tissue carried off the moving image at every level, and also at the finest only where
+   the moving tissue reaches its image's border (slimreg.register.refine); the best-scoring pose, refined either
+   way or as it started, wins.
 3. The winner is polished at ``micro_dim`` (``processing_dim`` without micro) and kept only if it scores higher.
 4. Non-rigid: dense optical flow between the affinely placed pair at ``non_rigid_dim``, smoothed on tissue (over
    2 % and 8 % of the image). Candidates: DIS flow estimated twice, on intensities and on edge maps, tried only
@@ -126,7 +127,7 @@ def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_m
         if start_value > best_value:
             best, best_value, winner = candidate.pull, start_value, candidate.name
         for pull in refine_both_ways(ref.array, mov.array, ref_mask, candidate.pull, scorer.sigma,
-                                     settings.transform_model):
+                                     settings.transform_model, mov_mask):
             if plausibility_problem(to_level0(pull, ref, mov), expected, settings.allow_mirror) is not None:
                 continue
             value = scorer.score(mov.array, pull, mov_mask, ring=False).value

@@ -16,7 +16,10 @@ Those zeros can also mislead the coarsest levels, where edges are blurred over s
 runs into its image's border (a section cut off by the scan), a start at the landmarks' own affine on the partial
 kidney pair drifted to a squashed pose 21.5 px off (edge score 0.199 -> 0.139) with zeros at every level, and
 stayed at 4.5 px (0.206) with zeros at the finest level only. Neither schedule is right everywhere (the shared lung
-pair is better with zeros throughout), so ``refine_both_ways`` runs both and the caller's score picks.
+pair is better with zeros throughout), so ``refine_both_ways`` runs both and the caller's score picks, where the
+moving tissue reaches its image's border. Where it does not, the zeros meet glass, which has no edges either, and
+one schedule is enough: on the shared kidney H&E <- PanCK pair (tissue clear of the border) both reached the same
+poses, and skipping the second halves the refinement there (docs/accuracy.md, "Two refinement schedules").
 """
 
 from __future__ import annotations
@@ -67,11 +70,21 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
 
 
 def refine_both_ways(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
-                     sigma: float, model: str = "affine") -> list[np.ndarray]:
+                     sigma: float, model: str = "affine", moving_mask: np.ndarray | None = None) -> list[np.ndarray]:
     """``pull`` refined with zeros beyond the moving image at every level, and at the finest level only: two
-    candidates for the caller's score to choose between (module docstring)."""
+    candidates for the caller's score to choose between (module docstring). Given ``moving_mask``, the second only
+    where its tissue reaches the image's border (``tissue_at_border``): elsewhere the zeros lie against glass."""
+    schedules = (True, False) if moving_mask is None or tissue_at_border(moving_mask, sigma) else (True,)
     return [refine_affine(reference, moving, reference_mask, pull, sigma, model, outside_at_coarse_levels=coarse)
-            for coarse in (True, False)]
+            for coarse in schedules]
+
+
+def tissue_at_border(mask: np.ndarray, sigma: float) -> bool:
+    """Whether tissue lies within two edge-smoothing sigmas of the image's border, where the zeros beyond the image
+    meet its edges. Where it does not, the zeros meet glass, which has no edges either, and the two schedules of
+    ``refine_both_ways`` see the same images."""
+    width = max(1, math.ceil(2 * sigma))
+    return bool(mask[:width].any() or mask[-width:].any() or mask[:, :width].any() or mask[:, -width:].any())
 
 
 def _refine_at(reference_edges: np.ndarray, moving_edges: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
