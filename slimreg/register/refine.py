@@ -81,8 +81,9 @@ def refine_both_ways(reference: np.ndarray, moving: np.ndarray, reference_mask: 
 
 def tissue_at_border(mask: np.ndarray, sigma: float) -> bool:
     """Whether tissue lies within two edge-smoothing sigmas of the image's border, where the zeros beyond the image
-    meet its edges. Where it does not, the zeros meet glass, which has no edges either, and the two schedules of
-    ``refine_both_ways`` see the same images."""
+    meet its edges. Where it does not, the zeros meet glass, which has no edges either: the two schedules of
+    ``refine_both_ways`` then differ only in whether reference samples beyond the image count as zeros or are
+    dropped at the coarse levels, which on the shared pair did not move any pose (docs/accuracy.md)."""
     width = max(1, math.ceil(2 * sigma))
     return bool(mask[:width].any() or mask[-width:].any() or mask[:, :width].any() or mask[:, -width:].any())
 
