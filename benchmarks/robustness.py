@@ -17,6 +17,10 @@ the ways slides differ from one another can be applied to those pairs, with the 
 - ``warped``: the moving section bent smoothly (up to 1 % of its long side; locally sheared by up to about 9 %),
   as a section stretches or creases when it is laid on the slide: what no affine can follow, and a non-rigid step
   should;
+- ``symmetric``: both sections made bilaterally symmetric (the moving one first placed on the reference by its
+  landmarks' affine, then the left half of each mirrored onto its right, landmarks mirrored too) and the moving one
+  turned by 30 degrees, like coronal brain or transverse spinal-cord sections: the moving image's mirror image is
+  the same tissue, so a search for it fits as well as the right pose does;
 - ``torn``: the moving section cut in two, the piece right of the cut moved away (by 5 % of the long side) and
   turned by 3 degrees, as a section tears, or separate pieces (lobes, biopsy cores) float apart when they are
   laid on the slide: one affine cannot follow both pieces.
@@ -167,7 +171,7 @@ def torn(image: Image, points: Points) -> tuple[Image, Points]:
 
 MOVING_CHANGES: dict[str, Change] = {"on-slide": on_slide, "partial": partial, "faded": faded, "uneven": uneven,
                                      "grey": grey, "rotated": rotated, "pen": pen, "warped": warped, "torn": torn}
-VARIANTS = ("half", *MOVING_CHANGES)
+VARIANTS = ("half", *MOVING_CHANGES, "symmetric")
 
 
 def _read(path: Path) -> Image:
@@ -190,8 +194,43 @@ def _halved(image: Image, points: Points) -> tuple[Image, Points]:
     return small, (points + 0.5) * (small.shape[1] / image.shape[1]) - 0.5
 
 
+def symmetric_pair(pair: SectionPair, workdir: Path) -> SectionPair:
+    """Both sections made bilaterally symmetric about the reference landmarks' mean x, the moving one turned 30
+    degrees (module docstring). The moving section is first placed on the reference by the affine fitted to the
+    landmarks (moving px -> reference px), so both are mirrored about the same line of tissue; its landmarks are
+    carried by that affine, so the error left by the fit stays in them as it stays in the unchanged pair."""
+    import cv2
+
+    stem = pair.name.replace(" <- ", "__")
+    reference = _read(pair.reference)
+    height, width = reference.shape[:2]
+    design = np.hstack([pair.moving_landmarks, np.ones((len(pair.moving_landmarks), 1))])
+    onto_reference, *_ = np.linalg.lstsq(design, pair.reference_landmarks, rcond=None)
+    placed, placed_points = _affine(_read(pair.moving), pair.moving_landmarks, onto_reference.T, (width, height))
+    axis = round(float(pair.reference_landmarks[:, 0].mean()))
+    keep = (pair.reference_landmarks[:, 0] < axis - 0.5) & (placed_points[:, 0] < axis - 0.5)
+
+    def mirrored(image: Image, points: Points) -> tuple[Image, Points]:
+        left = image[:, :axis]
+        reflected = np.stack([2 * axis - 1 - points[keep, 0], points[keep, 1]], axis=1)
+        return np.ascontiguousarray(np.concatenate([left, left[:, ::-1]], axis=1)), np.vstack([points[keep],
+                                                                                              reflected])
+
+    symmetric_reference, reference_points = mirrored(reference, pair.reference_landmarks)
+    symmetric_moving, moving_points = mirrored(placed, placed_points)
+    side = int(np.ceil(np.hypot(2 * axis, height)))  # the turned section whole, on white around it
+    turn = cv2.getRotationMatrix2D((axis - 0.5, (height - 1) / 2), 30.0, 1.0)
+    turn[:, 2] += ((side - 1) / 2 - (axis - 0.5), (side - 1) / 2 - (height - 1) / 2)
+    moving, moving_points = _affine(symmetric_moving, moving_points, turn, (side, side))
+    return SectionPair(f"{pair.name} [symmetric]",
+                       _write(symmetric_reference, workdir / f"{stem}_symmetric_reference.ome.tif"),
+                       _write(moving, workdir / f"{stem}_symmetric.ome.tif"), reference_points, moving_points)
+
+
 def variant_pair(pair: SectionPair, variant: str, workdir: Path) -> SectionPair:
     """``pair`` changed by ``variant``, written as OME-TIFF, landmarks carried along."""
+    if variant == "symmetric":
+        return symmetric_pair(pair, workdir)
     stem = pair.name.replace(" <- ", "__")
     moving, moving_points = MOVING_CHANGES.get(variant, _halved)(_read(pair.moving), pair.moving_landmarks)
     reference, reference_points = pair.reference, pair.reference_landmarks

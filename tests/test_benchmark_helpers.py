@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.realdata import SectionPair, landmark_affine_fit
-from benchmarks.robustness import TORN_CUT, _bend, torn, warped
+from benchmarks.robustness import TORN_CUT, _bend, symmetric_pair, torn, warped
 
 
 def _pair(reference: np.ndarray, moving: np.ndarray) -> SectionPair:
@@ -65,3 +65,29 @@ def test_the_torn_variant_moves_the_right_piece_and_carries_its_landmarks() -> N
     left = points[:, 0] < TORN_CUT * width
     assert np.array_equal(carried[left], points[left])  # the left piece stays
     assert np.hypot(*(carried[~left] - points[~left]).T).min() > 5  # the right one moved
+
+
+def test_the_symmetric_variant_carries_every_landmark_mirrored_ones_included(tmp_path: Path) -> None:
+    """A smooth image and a shifted copy of it with exact landmarks: after the variant each reference landmark and
+    its moving landmark must show the same pixel, on both halves, and the reference must be its own mirror image."""
+    from slimreg.io import write_array
+
+    height, width = 120, 200
+    yy, xx = np.mgrid[0:height + 20, 0:width + 20]
+    texture = np.dstack([xx * 1.1, yy * 1.7, np.full_like(xx, 90)]).astype(np.uint8)  # smooth: sampling is exact
+    reference, moving = texture[:height, :width], texture[12:12 + height, 7:7 + width]  # moving = reference - (7, 12)
+    points = np.array([[30.0, 20.0], [60.0, 90.0], [110.0, 40.0], [150.0, 70.0], [45.0, 55.0], [90.0, 100.0]])
+    pair = SectionPair("a <- b", write_array(reference, tmp_path / "a.ome.tif", is_rgb=True),
+                       write_array(moving, tmp_path / "b.ome.tif", is_rgb=True), points, points - (7.0, 12.0))
+    changed = symmetric_pair(pair, tmp_path)
+    import tifffile
+
+    ref_out, mov_out = tifffile.imread(changed.reference), tifffile.imread(changed.moving)
+    assert np.array_equal(ref_out, ref_out[:, ::-1])
+    axis = ref_out.shape[1] // 2
+    on_left = changed.reference_landmarks[:, 0] < axis
+    assert on_left.sum() == (~on_left).sum() >= 3  # the landmarks left of the axis and their mirror images
+    for (x, y), (qx, qy) in zip(changed.reference_landmarks, changed.moving_landmarks, strict=True):
+        seen = mov_out[round(qy), round(qx)].astype(int)
+        expected = ref_out[round(y), round(x)].astype(int)
+        assert np.abs(seen - expected).max() <= 4, (x, y)

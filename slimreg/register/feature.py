@@ -22,8 +22,9 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    candidate is kept only if it raises both the edge score and the mutual information; the highest edge score wins.
 5. The result must be significant (it stands out from unrelated placements), keep most of the smaller tissue on
    the other's, beat the best pose the same search finds for the moving image's mirror image (without
-   ``allow_mirror``), and beat the unregistered placement (slimreg.register.similarity); otherwise the image
-   fails with a message, and nothing is written for it. The affine is judged before the polish.
+   ``allow_mirror``; unless the image is its own mirror image, slimreg.register.symmetry), and beat the
+   unregistered placement (slimreg.register.similarity); otherwise the image fails with a message, and nothing
+   is written for it. The affine is judged before the polish.
 
 Every array is at a working size set by the preset, so memory does not depend on the image's size.
 Matrices: ``pull`` maps reference working px -> moving working px; level 0 by ``Downsampled.level0_matrix``.
@@ -48,13 +49,16 @@ from slimreg.register.preprocess import edge_map, local_contrast, tissue_mask, t
 from slimreg.register.refine import refine_affine, refine_both_ways
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import (
+    MIN_SIGNIFICANCE,
     AlignmentScorer,
+    Score,
     check_result,
     finite_or_worst,
     mirror_problem,
     place_through,
     refuse,
 )
+from slimreg.register.symmetry import self_symmetry
 from slimreg.register.tissue_crop import tissue_image
 from slimreg.transform import Displacement, Transform
 
@@ -137,19 +141,36 @@ def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_m
 
 
 def mirror_decoy(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_mask: np.ndarray,
-                 settings: RegistrationSettings, expected: float) -> float:
+                 settings: RegistrationSettings, expected: float) -> tuple[float, np.ndarray]:
     """The edge correlation of the best pose the same search finds for the moving image's mirror image: what an
     image of the same kind that does not belong there reaches with the same effort (slimreg.register.similarity,
-    "The mirror decoy"). Only without ``allow_mirror``, where no mirrored pose can be the answer."""
+    "The mirror decoy"), and that pose (reference working px -> the flipped image's). Only without
+    ``allow_mirror``, where no mirrored pose can be the answer."""
     flipped = Downsampled(np.ascontiguousarray(mov.array[:, ::-1]), mov.scale, mov.origin)
     flipped_mask = np.ascontiguousarray(mov_mask[:, ::-1])
-    return best_pose(scorer, ref, flipped, flipped_mask, settings, expected)[2]
+    pull, _, value = best_pose(scorer, ref, flipped, flipped_mask, settings, expected)
+    return value, pull
+
+
+def mirror_null(result: Score, mirror: float, decoy_pull: np.ndarray, result_pull: np.ndarray,
+                mov: Downsampled, mov_mask: np.ndarray, stats: dict[str, float | str]) -> float | None:
+    """The mirror image's best edge correlation as the null the result must beat, or None where the decoy is this
+    same tissue: the result fits no better than the decoy and the moving image matches itself inside its tissue
+    through the reflection the two poses imply (bilaterally symmetric tissue; slimreg.register.symmetry)."""
+    stats["mirror_edge_correlation"] = mirror
+    if mirror_problem(result, mirror) is None:
+        return mirror
+    symmetry = self_symmetry(mov.array, mov_mask, result_pull, decoy_pull)
+    stats["mirror_self_symmetry_significance"] = symmetry.significance
+    return None if symmetry.significance >= MIN_SIGNIFICANCE else mirror
 
 
 def check_against_mirror(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
-                         moving_channel: int | str, settings: RegistrationSettings, transform: Transform) -> float:
+                         moving_channel: int | str, settings: RegistrationSettings, transform: Transform
+                         ) -> dict[str, float | str]:
     """The mirror-decoy rule for a result found elsewhere (VALIS'), in the light engine's search frames, where the
-    decoy is searched; raises the clear failure, or returns the mirror image's best edge correlation.
+    decoy is searched; raises the clear failure, or returns what was measured (the mirror image's best edge
+    correlation and, where the decoy fitted as well, the moving image's self-symmetry).
 
     The whole transform is placed, field included: VALIS' affine is its rigid step alone, which on the shared kidney
     pair is 10.3 px off and scored 0.058 there, against 0.096 for the mirror image, refusing a 3.76 px result."""
@@ -157,13 +178,16 @@ def check_against_mirror(reference: TiffImage, moving: TiffImage, reference_chan
     ref, ref_mask = tissue_image(reference, reference_channel, search_dim)
     mov, mov_mask = tissue_image(moving, moving_channel, search_dim)
     scorer = AlignmentScorer(ref.array, ref_mask)
-    mirror = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected_scale(reference, moving))
+    mirror, decoy_pull = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected_scale(reference, moving))
     placed = place_through(ref, mov, transform)
     placed_mask = place_through(ref, Downsampled(mov_mask.astype(np.float32), mov.scale, mov.origin), transform) > 0.5
-    problem = mirror_problem(scorer.score_placed(placed, placed_mask), mirror)
+    stats: dict[str, float | str] = {}
+    null = mirror_null(scorer.score_placed(placed, placed_mask), mirror, decoy_pull,
+                       to_working(transform.affine, ref, mov), mov, mov_mask, stats)
+    problem = mirror_problem(scorer.score_placed(placed, placed_mask), null)
     if problem is not None:
         refuse(problem, moving.info.path)
-    return mirror
+    return stats
 
 
 class FeatureEngine:
@@ -198,9 +222,9 @@ class FeatureEngine:
         moved = corner_distance(best, unregistered, ref.array.shape)
         check_result(best_score, identity_score, moved, path)
         if not settings.allow_mirror:  # the search again, for the mirror image: only for a result worth keeping
-            mirror = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected)
-            stats["mirror_edge_correlation"] = mirror
-            check_result(best_score, identity_score, moved, path, mirror)
+            mirror, decoy_pull = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected)
+            check_result(best_score, identity_score, moved, path,
+                         mirror_null(best_score, mirror, decoy_pull, best, mov, mov_mask, stats))
         if settings.micro and max(reference.info.width, reference.info.height) > search_dim:
             affine = self._polish(reference, moving, reference_channel, moving_channel, affine, settings, expected)
         check_plausible(affine, path, expected, settings.allow_mirror)

@@ -24,7 +24,9 @@ does not belong there. The moving image's own mirror image is that image: the sa
 outline statistics, and no pose of it matches the reference's structure (without ``--allow-mirror``). A result
 must beat the mirror image's best pose by more than the ring's noise (one sd). Measured (docs/accuracy.md):
 right poses of the shared pairs beat it by 1.4-10 sd under the robustness variants; the other-tissue poses that
-passed both rules above by -2.4 to 0.4 sd.
+passed both rules above by -2.4 to 0.4 sd. Bilaterally symmetric tissue is its own mirror image, so there the decoy
+is no stranger and no null; the engines set it aside where the image matches itself through the reflection the two
+poses imply (slimreg.register.symmetry).
 """
 
 from __future__ import annotations

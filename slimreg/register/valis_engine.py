@@ -198,8 +198,8 @@ class ValisEngine:
         transform.metadata["quality"].update({**result.to_json(), **unregistered.to_json("unregistered_")})
         check_result(result, unregistered, moved_distance(transform, ref), moving.info.path)
         if not settings.allow_mirror:
-            transform.metadata["quality"]["mirror_edge_correlation"] = check_against_mirror(
-                reference, moving, reference_channel, moving_channel, settings, transform)
+            transform.metadata["quality"].update(check_against_mirror(
+                reference, moving, reference_channel, moving_channel, settings, transform))
 
     def _micro(self, registrar: Any, processors: dict[str, Any], ref_link: Path, mov_link: Path,
                reference: TiffImage, moving: TiffImage, reference_channel: int | str, moving_channel: int | str,
