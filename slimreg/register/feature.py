@@ -182,9 +182,9 @@ def check_against_mirror(reference: TiffImage, moving: TiffImage, reference_chan
     placed = place_through(ref, mov, transform)
     placed_mask = place_through(ref, Downsampled(mov_mask.astype(np.float32), mov.scale, mov.origin), transform) > 0.5
     stats: dict[str, float | str] = {}
-    null = mirror_null(scorer.score_placed(placed, placed_mask), mirror, decoy_pull,
-                       to_working(transform.affine, ref, mov), mov, mov_mask, stats)
-    problem = mirror_problem(scorer.score_placed(placed, placed_mask), null)
+    result = scorer.score_placed(placed, placed_mask)
+    null = mirror_null(result, mirror, decoy_pull, to_working(transform.affine, ref, mov), mov, mov_mask, stats)
+    problem = mirror_problem(result, null)
     if problem is not None:
         refuse(problem, moving.info.path)
     return stats
