@@ -110,8 +110,12 @@ def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_m
     candidates = [Candidate("unregistered", unregistered)]
     for mirror in (False, True) if settings.allow_mirror else (False,):
         candidates.extend(feature_candidates(ref.array, mov.array, ref_mask, mov_mask, mirror=mirror))
+    # tissue masks found at different working resolutions differ in area by more than the tissue does (porous
+    # tissue fills in at the coarser one): there the scale the pixel sizes imply is searched too
+    resolutions_differ = not np.isclose(ref.scale, mov.scale, rtol=0.01)
     candidates.extend(rotation_search(ref.array, mov.array, ref_mask, mov_mask, scorer.sigma,
-                                      mirror=settings.allow_mirror))
+                                      mirror=settings.allow_mirror,
+                                      expected_scale=expected * ref.scale / mov.scale if resolutions_differ else None))
     plausible = [c for c in candidates
                  if plausibility_problem(to_level0(c.pull, ref, mov), expected, settings.allow_mirror) is None]
     # every plausible candidate is refined: a start's score does not predict where refinement takes it

@@ -21,6 +21,9 @@ from scipy import ndimage
 from slimreg.register.preprocess import edge_map, to_uint8
 
 ROTATION_STEP_DEG = 6.0  # search step; refinement absorbs half a step (3 degrees) easily
+# Two scale estimates within this share of each other agree: half a rotation step moves the tissue's edge by
+# sin(3 degrees), about 5 % of its radius, and a scale 5 % off moves it as far, which refinement absorbs alike.
+SCALE_AGREEMENT = float(np.sin(np.radians(ROTATION_STEP_DEG / 2)))
 RATIO_TEST = 0.9  # Lowe's ratio: loose, because RANSAC sorts out the rest
 MIN_INLIERS = 6
 
@@ -90,20 +93,39 @@ def _describe(detector: object | None, descriptor: object, image: np.ndarray,
 
 def rotation_search(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray,
                     moving_mask: np.ndarray, sigma: float, mirror: bool = False, keep: int = 3,
-                    step_deg: float = ROTATION_STEP_DEG) -> list[Candidate]:
+                    step_deg: float = ROTATION_STEP_DEG, expected_scale: float | None = None) -> list[Candidate]:
     """Centroid-to-centroid, every rotation, the best FFT shifts for each: the ``keep`` best by edge correlation
     and the ``keep`` best by outline overlap (intersection over union of the tissue masks).
 
     The moving image is scaled by the square root of the tissue areas' ratio, so sections imaged at
-    another magnification start at the right size.
+    another magnification start at the right size. ``expected_scale`` (moving working px per reference working px,
+    as the pixel sizes imply; the caller passes it where the two masks were found at different resolutions) is
+    searched too where the two disagree by more than ``SCALE_AGREEMENT``: a tissue mask's area depends on the
+    resolution it is found at where tissue is porous (a symmetric lung section read at 2/3 of its partner's
+    resolution: area ratio 0.764, pixel sizes 0.667, the right pose 0.663), and pixel sizes can be missing or
+    wrong, so neither estimate is trusted alone.
     """
     if not reference_mask.any() or not moving_mask.any():
         return []
+    area_scale = float(np.sqrt(moving_mask.sum() / reference_mask.sum()))
+    scales = [area_scale]
+    if expected_scale is not None and abs(np.log(expected_scale / area_scale)) > np.log(1 + SCALE_AGREEMENT):
+        scales.append(expected_scale)
+    found: list[Candidate] = []
+    for scale in scales:  # the second scale's best of each kind only: each start costs two refinements
+        found.extend(_rotation_search_at(reference, moving, reference_mask, moving_mask, sigma, scale, mirror,
+                                         keep if scale == area_scale else 1, step_deg))
+    return found
+
+
+def _rotation_search_at(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray,
+                        moving_mask: np.ndarray, sigma: float, scale: float, mirror: bool, keep: int,
+                        step_deg: float) -> list[Candidate]:
+    """``rotation_search`` with the moving image at one ``scale``."""
     ref_edges = edge_map(reference, sigma) * reference_mask
     mov_edges = edge_map(moving, sigma)
     centre_ref = np.array(ndimage.center_of_mass(reference_mask))[::-1]
     centre_mov = np.array(ndimage.center_of_mass(moving_mask))[::-1]
-    scale = float(np.sqrt(moving_mask.sum() / reference_mask.sum()))
     height, width = reference.shape
     padded = (2 * height, 2 * width)
     ref_centred = np.where(reference_mask, ref_edges - ref_edges[reference_mask].mean(), 0.0)

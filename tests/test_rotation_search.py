@@ -1,0 +1,36 @@
+"""The rotation search's scales (slimreg.register.initial): the tissue areas' ratio always, and the scale the pixel
+sizes imply too where the two disagree, since a mask's area depends on the resolution it was found at."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from slimreg.register.initial import SCALE_AGREEMENT, rotation_search
+
+
+def _images() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A textured ellipse and the same at 2/3 of its resolution (moving working px per reference px: 0.667)."""
+    rng = np.random.default_rng(3)
+    texture = cv2.GaussianBlur(rng.random((300, 360)).astype(np.float32), (0, 0), 3.0)
+    mask = np.zeros((300, 360), np.uint8)
+    cv2.ellipse(mask, (170, 150), (120, 80), 20, 0, 360, 1, -1)
+    reference = texture * mask
+    moving = cv2.resize(reference, (240, 200), interpolation=cv2.INTER_AREA)
+    return reference, moving, mask > 0, cv2.resize(mask, (240, 200), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def _scales(candidates: list) -> list[float]:
+    return [float(np.sqrt(abs(np.linalg.det(c.pull[:2, :2])))) for c in candidates]
+
+
+def test_a_disagreeing_pixel_size_scale_is_searched_too_and_an_agreeing_one_adds_nothing() -> None:
+    reference, moving, reference_mask, moving_mask = _images()
+    area_only = rotation_search(reference, moving, reference_mask, moving_mask, sigma=3.0)
+    assert np.allclose(_scales(area_only), 0.667, atol=0.02)  # the areas' ratio: right here
+    agreeing = rotation_search(reference, moving, reference_mask, moving_mask, sigma=3.0,
+                               expected_scale=0.667 * (1 + SCALE_AGREEMENT / 2))
+    assert len(agreeing) == len(area_only)
+    disagreeing = rotation_search(reference, moving, reference_mask, moving_mask, sigma=3.0, expected_scale=0.8)
+    extra = _scales(disagreeing)[len(area_only):]
+    assert len(extra) == 2 and np.allclose(extra, 0.8)  # the best of each kind at the second scale
