@@ -47,3 +47,19 @@ def test_the_flip_map_is_its_own_inverse() -> None:
     flip = flipped_to_moving(37)
     assert np.allclose(flip @ flip, np.eye(3))
     assert np.allclose(flip @ [0, 5, 1], [36, 5, 1])
+
+
+def test_the_affine_through_a_whole_transform_is_its_affine_where_it_has_no_field() -> None:
+    """The valis engine derives the implied reflection from the affine that follows VALIS' whole transform; with no
+    field that must be the transform's own affine, in working px."""
+    from slimreg.io.read import Downsampled
+    from slimreg.register.feature import affine_through, to_working
+    from slimreg.transform import Transform
+
+    ref = Downsampled(np.zeros((60, 80), np.float32), 4.0, (10.0, 0.0))
+    mov = Downsampled(np.zeros((50, 70), np.float32), 5.0)
+    affine = np.array([[0.9, -0.2, 30.0], [0.25, 1.05, -12.0], [0.0, 0.0, 1.0]])
+    mask = np.zeros((60, 80), bool)
+    mask[10:50, 15:70] = True
+    assert np.allclose(affine_through(Transform(affine, None), ref, mov, mask), to_working(affine, ref, mov),
+                       atol=1e-9)
