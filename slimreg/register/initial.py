@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from slimreg.register.preprocess import edge_map, to_uint8
+from slimreg.register.preprocess import edge_map, pull_onto, to_uint8
 
 ROTATION_STEP_DEG = 6.0  # search step; refinement absorbs half a step (3 degrees) easily
 # Two scale estimates within this share of each other agree: half a rotation step moves the tissue's edge by
@@ -111,26 +111,46 @@ def rotation_search(reference: np.ndarray, moving: np.ndarray, reference_mask: n
     scales = [area_scale]
     if expected_scale is not None and abs(np.log(expected_scale / area_scale)) > np.log(1 + SCALE_AGREEMENT):
         scales.append(expected_scale)
+    frames = _SearchFrames.of(reference_mask, edge_map(reference, sigma), edge_map(moving, sigma), moving_mask)
     found: list[Candidate] = []
     for scale in scales:  # the second scale's best of each kind only: each start costs two refinements
-        found.extend(_rotation_search_at(reference, moving, reference_mask, moving_mask, sigma, scale, mirror,
-                                         keep if scale == area_scale else 1, step_deg))
+        found.extend(_rotation_search_at(frames, scale, mirror, keep if scale == area_scale else 1, step_deg))
     return found
 
 
-def _rotation_search_at(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray,
-                        moving_mask: np.ndarray, sigma: float, scale: float, mirror: bool, keep: int,
+@dataclass(frozen=True)
+class _SearchFrames:
+    """What every rotation and scale of one search shares: the reference's padded FFTs, the moving edge map and
+    mask, and both tissues' centroids."""
+
+    shape: tuple[int, int]
+    padded: tuple[int, int]
+    reference_mask: np.ndarray
+    reference_fft: np.ndarray
+    reference_mask_fft: np.ndarray
+    moving_edges: np.ndarray
+    moving_mask: np.ndarray
+    centre_reference: np.ndarray
+    centre_moving: np.ndarray
+
+    @classmethod
+    def of(cls, reference_mask: np.ndarray, reference_edges: np.ndarray, moving_edges: np.ndarray,
+           moving_mask: np.ndarray) -> _SearchFrames:
+        height, width = reference_mask.shape
+        padded = (2 * height, 2 * width)
+        masked = reference_edges * reference_mask
+        centred = np.where(reference_mask, masked - masked[reference_mask].mean(), 0.0)
+        return cls((height, width), padded, reference_mask, np.fft.rfft2(centred, padded),
+                   np.fft.rfft2(reference_mask.astype(np.float64), padded), moving_edges, moving_mask,
+                   np.array(ndimage.center_of_mass(reference_mask))[::-1],
+                   np.array(ndimage.center_of_mass(moving_mask))[::-1])
+
+
+def _rotation_search_at(frames: _SearchFrames, scale: float, mirror: bool, keep: int,
                         step_deg: float) -> list[Candidate]:
     """``rotation_search`` with the moving image at one ``scale``."""
-    ref_edges = edge_map(reference, sigma) * reference_mask
-    mov_edges = edge_map(moving, sigma)
-    centre_ref = np.array(ndimage.center_of_mass(reference_mask))[::-1]
-    centre_mov = np.array(ndimage.center_of_mass(moving_mask))[::-1]
-    height, width = reference.shape
-    padded = (2 * height, 2 * width)
-    ref_centred = np.where(reference_mask, ref_edges - ref_edges[reference_mask].mean(), 0.0)
-    ref_fft = np.fft.rfft2(ref_centred, padded)
-    ref_mask_fft = np.fft.rfft2(reference_mask.astype(np.float64), padded)
+    height, width = frames.shape
+    reference_mask, padded = frames.reference_mask, frames.padded
     min_overlap = 0.25 * reference_mask.sum()
     found: list[tuple[float, Candidate]] = []
     outlines: list[tuple[float, Candidate]] = []
@@ -141,15 +161,14 @@ def _rotation_search_at(reference: np.ndarray, moving: np.ndarray, reference_mas
             if mirrored:
                 linear = linear @ np.diag([-1.0, 1.0])
             pull = np.eye(3)
-            pull[:2, :2], pull[:2, 2] = linear, centre_mov - linear @ centre_ref
-            placed = cv2.warpAffine(mov_edges, pull[:2], (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-            valid = cv2.warpAffine(moving_mask.astype(np.uint8), pull[:2], (width, height),
-                                   flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
+            pull[:2, :2], pull[:2, 2] = linear, frames.centre_moving - linear @ frames.centre_reference
+            placed, valid = pull_onto(frames.moving_edges, frames.moving_mask, pull, frames.shape)
             if not valid.any():
                 continue
             centred = np.where(valid, placed - placed[valid].mean(), 0.0)
-            correlation = np.fft.irfft2(ref_fft * np.conj(np.fft.rfft2(centred, padded)), padded)
-            overlap = np.fft.irfft2(ref_mask_fft * np.conj(np.fft.rfft2(valid.astype(np.float64), padded)), padded)
+            correlation = np.fft.irfft2(frames.reference_fft * np.conj(np.fft.rfft2(centred, padded)), padded)
+            overlap = np.fft.irfft2(frames.reference_mask_fft * np.conj(np.fft.rfft2(valid.astype(np.float64),
+                                                                                      padded)), padded)
             label = f"{degrees:.0f} deg{' mirrored' if mirrored else ''}"
             # the shift that overlaps the two tissue outlines best (intersection over union): serial sections
             # share their outline whatever the stain shows inside it

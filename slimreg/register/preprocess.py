@@ -10,6 +10,7 @@ full resolution read downsampled.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy import ndimage
 from skimage import filters
@@ -26,6 +27,20 @@ def edge_sigma(shape: tuple[int, ...]) -> float:
 def edge_map(grey: np.ndarray, sigma: float) -> np.ndarray:
     """Smoothed gradient magnitude: where structures begin and end, whatever the stain's contrast."""
     return ndimage.gaussian_gradient_magnitude(grey.astype(np.float32), sigma)
+
+
+def pull_onto(image: np.ndarray, mask: np.ndarray, pull: np.ndarray, shape: tuple[int, ...]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (bilinear) and its ``mask`` (nearest) on a grid of ``shape`` through a 3x3 pull matrix (grid px
+    -> image px), zero outside the image: how every measure here places one working image on another's grid."""
+    height, width = shape[:2]
+    matrix = pull[:2].astype(np.float64)
+    placed = cv2.warpAffine(image.astype(np.float32), matrix, (width, height),
+                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=0)
+    placed_mask = cv2.warpAffine(mask.astype(np.uint8), matrix, (width, height),
+                                 flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0) > 0
+    return placed, placed_mask
 
 
 def tissue_mask(grey: np.ndarray) -> np.ndarray:

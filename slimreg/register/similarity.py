@@ -33,14 +33,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from scipy import ndimage
 
 from slimreg.errors import RegistrationError
 from slimreg.io.read import Downsampled
 from slimreg.metrics import ncc
-from slimreg.register.preprocess import edge_map, edge_sigma, tissue_mask
+from slimreg.register.preprocess import edge_map, edge_sigma, pull_onto, tissue_mask
 from slimreg.transform import Transform
 
 MIN_SIGNIFICANCE = 4.0
@@ -87,14 +86,8 @@ class AlignmentScorer:
     def place(self, moving: np.ndarray, pull: np.ndarray, moving_mask: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
         """The moving image and its tissue mask on the reference grid through a 3x3 working-px pull matrix."""
-        height, width = self.shape
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        placed = cv2.warpAffine(moving.astype(np.float32), pull[:2].astype(np.float64), (width, height),
-                                flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         mask = tissue_mask(moving) if moving_mask is None else moving_mask
-        placed_mask = cv2.warpAffine(mask.astype(np.uint8), pull[:2].astype(np.float64), (width, height),
-                                     flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0) > 0
-        return placed, placed_mask
+        return pull_onto(moving, mask, pull, self.shape)
 
     def score_placed(self, placed: np.ndarray, placed_mask: np.ndarray, ring: bool = True) -> Score:
         """Score an image already on the reference grid (QC reads registered images this way)."""

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from slimreg.metrics import ncc
-from slimreg.register.preprocess import edge_map, edge_sigma
+from slimreg.register.preprocess import edge_map, edge_sigma, pull_onto
 from slimreg.register.similarity import MIN_RING_FRACTION, RING_SIGMAS, Score
 
 NULL_AXES = 12  # reflections about axes turned by multiples of 180/12 degrees: 11 unrelated ones
@@ -77,11 +77,7 @@ def _reflected_correlation(edges: np.ndarray, inside: np.ndarray, reflection: np
     the reflection takes it to), over tissue inside the outline whose image is also inside, moved at least
     ``min_move`` px."""
     height, width = edges.shape
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    reflected = cv2.warpAffine(edges, reflection[:2].astype(np.float64), (width, height), flags=flags,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    reflected_inside = cv2.warpAffine(inside, reflection[:2].astype(np.float64), (width, height),
-                                      flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0) > 0
+    reflected, reflected_inside = pull_onto(edges, inside, reflection, edges.shape)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     moved = np.hypot(reflection[0, 0] * xx + reflection[0, 1] * yy + reflection[0, 2] - xx,
                      reflection[1, 0] * xx + reflection[1, 1] * yy + reflection[1, 2] - yy)
