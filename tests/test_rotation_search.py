@@ -34,3 +34,18 @@ def test_a_disagreeing_pixel_size_scale_is_searched_too_and_an_agreeing_one_adds
     disagreeing = rotation_search(reference, moving, reference_mask, moving_mask, sigma=3.0, expected_scale=0.8)
     extra = _scales(disagreeing)[len(area_only):]
     assert len(extra) == 2 and np.allclose(extra, 0.8)  # the best of each kind at the second scale
+
+
+def test_the_fft_shift_is_found_in_every_direction_on_a_grid_whose_padding_is_not_twice_its_size() -> None:
+    """The search pads its FFTs to a length that factors well (97 x 113 px: 200 x 232, not 194 x 226), so shifts
+    past the middle of the padded grid must be read as negative; read against twice the grid, these starts land
+    6 and 14 px off."""
+    rng = np.random.default_rng(5)
+    reference = cv2.GaussianBlur(rng.random((97, 113)).astype(np.float32), (0, 0), 2.0)
+    tissue = np.ones(reference.shape, bool)  # tissue fills the frame: centroids agree, the FFT finds the shift
+    for dx, dy in ((-7, 5), (6, -4)):
+        moving = np.roll(reference, (dy, dx), axis=(0, 1))
+        found = rotation_search(reference, moving, tissue, tissue, sigma=1.5)
+        upright = next(c for c in found if c.name == "rotation search 0 deg")
+        point = np.array([50.0, 45.0, 1.0])
+        assert np.allclose((upright.pull @ point)[:2], point[:2] + np.array([dx, dy]), atol=0.5)

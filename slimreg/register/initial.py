@@ -11,12 +11,13 @@ pull maps between working frames: reference working px -> moving working px.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage
+from scipy import fft, ndimage
 
 from slimreg.register.preprocess import edge_map, pull_onto, to_uint8
 
@@ -137,11 +138,13 @@ class _SearchFrames:
     def of(cls, reference_mask: np.ndarray, reference_edges: np.ndarray, moving_edges: np.ndarray,
            moving_mask: np.ndarray) -> _SearchFrames:
         height, width = reference_mask.shape
-        padded = (2 * height, 2 * width)
+        # at least twice the grid, so that no shift wraps around, and of a length the FFT factors well: a
+        # 970 px side padded to 1940 = 2^2 * 5 * 97 is several times slower than 1944 = 2^3 * 3^5
+        padded = (fft.next_fast_len(2 * height, real=True), fft.next_fast_len(2 * width, real=True))
         masked = reference_edges * reference_mask
         centred = np.where(reference_mask, masked - masked[reference_mask].mean(), 0.0)
-        return cls((height, width), padded, reference_mask, np.fft.rfft2(centred, padded),
-                   np.fft.rfft2(reference_mask.astype(np.float64), padded), moving_edges, moving_mask,
+        return cls((height, width), padded, reference_mask, _rfft2(centred, padded),
+                   _rfft2(reference_mask.astype(np.float64), padded), moving_edges, moving_mask,
                    np.array(ndimage.center_of_mass(reference_mask))[::-1],
                    np.array(ndimage.center_of_mass(moving_mask))[::-1])
 
@@ -149,7 +152,6 @@ class _SearchFrames:
 def _rotation_search_at(frames: _SearchFrames, scale: float, mirror: bool, keep: int,
                         step_deg: float) -> list[Candidate]:
     """``rotation_search`` with the moving image at one ``scale``."""
-    height, width = frames.shape
     reference_mask, padded = frames.reference_mask, frames.padded
     min_overlap = 0.25 * reference_mask.sum()
     found: list[tuple[float, Candidate]] = []
@@ -166,28 +168,44 @@ def _rotation_search_at(frames: _SearchFrames, scale: float, mirror: bool, keep:
             if not valid.any():
                 continue
             centred = np.where(valid, placed - placed[valid].mean(), 0.0)
-            correlation = np.fft.irfft2(frames.reference_fft * np.conj(np.fft.rfft2(centred, padded)), padded)
-            overlap = np.fft.irfft2(frames.reference_mask_fft * np.conj(np.fft.rfft2(valid.astype(np.float64),
-                                                                                      padded)), padded)
+            correlation = _irfft2(frames.reference_fft * np.conj(_rfft2(centred, padded)), padded)
+            # a count of tissue pixels: rounded, so that equal overlaps tie exactly and the first wins, whatever
+            # rounding the FFT (its length, its threads) leaves
+            overlap = np.rint(_irfft2(frames.reference_mask_fft * np.conj(_rfft2(valid.astype(np.float64), padded)),
+                                      padded))
             label = f"{degrees:.0f} deg{' mirrored' if mirrored else ''}"
             # the shift that overlaps the two tissue outlines best (intersection over union): serial sections
             # share their outline whatever the stain shows inside it
             union = reference_mask.sum() + valid.sum() - overlap
             iy, ix = np.unravel_index(int(np.argmax(overlap / np.maximum(union, 1.0))), overlap.shape)
             outlines.append((float(overlap[iy, ix] / max(union[iy, ix], 1.0)),
-                             Candidate(f"outline search {label}", _shifted(pull, iy, ix, height, width))))
+                             Candidate(f"outline search {label}", _shifted(pull, iy, ix, padded))))
             correlation /= np.maximum(overlap, min_overlap)
             iy, ix = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
             found.append((float(correlation[iy, ix]), Candidate(f"rotation search {label}",
-                                                                _shifted(pull, iy, ix, height, width))))
+                                                                _shifted(pull, iy, ix, padded))))
     return [*_distinct([c for _, c in sorted(found, key=lambda item: -item[0])], keep),
             *_distinct([c for _, c in sorted(outlines, key=lambda item: -item[0])], keep)]
 
 
-def _shifted(pull: np.ndarray, iy: int, ix: int, height: int, width: int) -> np.ndarray:
-    """``pull`` moved by the FFT shift at (iy, ix) of a (2 height, 2 width) padded correlation."""
-    dy, dx = (iy if iy < height else iy - 2 * height), (ix if ix < width else ix - 2 * width)
+def _shifted(pull: np.ndarray, iy: int, ix: int, padded: tuple[int, int]) -> np.ndarray:
+    """``pull`` moved by the FFT shift at (iy, ix) of a correlation padded to ``padded`` (at least twice the grid:
+    indices past the middle are negative shifts)."""
+    dy, dx = (iy if iy < padded[0] // 2 else iy - padded[0]), (ix if ix < padded[1] // 2 else ix - padded[1])
     return pull @ np.array([[1.0, 0, -dx], [0, 1, -dy], [0, 0, 1]])
+
+
+def _rfft2(image: np.ndarray, padded: tuple[int, int]) -> np.ndarray:
+    return fft.rfft2(image, padded, workers=_cpus())
+
+
+def _irfft2(spectrum: np.ndarray, padded: tuple[int, int]) -> np.ndarray:
+    return fft.irfft2(spectrum, padded, workers=_cpus())
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (a SLURM or container allotment, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _distinct(candidates: list[Candidate], keep: int) -> list[Candidate]:
