@@ -133,6 +133,7 @@ class _SearchFrames:
     moving_mask: np.ndarray
     centre_reference: np.ndarray
     centre_moving: np.ndarray
+    workers: int  # FFT threads: the CPUs this process may run on, asked once per search
 
     @classmethod
     def of(cls, reference_mask: np.ndarray, reference_edges: np.ndarray, moving_edges: np.ndarray,
@@ -143,10 +144,16 @@ class _SearchFrames:
         padded = (fft.next_fast_len(2 * height, real=True), fft.next_fast_len(2 * width, real=True))
         masked = reference_edges * reference_mask
         centred = np.where(reference_mask, masked - masked[reference_mask].mean(), 0.0)
-        return cls((height, width), padded, reference_mask, _rfft2(centred, padded),
-                   _rfft2(reference_mask.astype(np.float64), padded), moving_edges, moving_mask,
+        workers = _cpus()
+        return cls((height, width), padded, reference_mask, fft.rfft2(centred, padded, workers=workers),
+                   fft.rfft2(reference_mask.astype(np.float64), padded, workers=workers), moving_edges, moving_mask,
                    np.array(ndimage.center_of_mass(reference_mask))[::-1],
-                   np.array(ndimage.center_of_mass(moving_mask))[::-1])
+                   np.array(ndimage.center_of_mass(moving_mask))[::-1], workers)
+
+    def correlate(self, spectrum: np.ndarray, placed: np.ndarray) -> np.ndarray:
+        """Cross-correlation, at every shift, of a reference spectrum with an image placed on the grid."""
+        moving_spectrum = fft.rfft2(placed, self.padded, workers=self.workers)
+        return fft.irfft2(spectrum * np.conj(moving_spectrum), self.padded, workers=self.workers)
 
 
 def _rotation_search_at(frames: _SearchFrames, scale: float, mirror: bool, keep: int,
@@ -168,11 +175,10 @@ def _rotation_search_at(frames: _SearchFrames, scale: float, mirror: bool, keep:
             if not valid.any():
                 continue
             centred = np.where(valid, placed - placed[valid].mean(), 0.0)
-            correlation = _irfft2(frames.reference_fft * np.conj(_rfft2(centred, padded)), padded)
+            correlation = frames.correlate(frames.reference_fft, centred)
             # a count of tissue pixels: rounded, so that equal overlaps tie exactly and the first wins, whatever
             # rounding the FFT (its length, its threads) leaves
-            overlap = np.rint(_irfft2(frames.reference_mask_fft * np.conj(_rfft2(valid.astype(np.float64), padded)),
-                                      padded))
+            overlap = np.rint(frames.correlate(frames.reference_mask_fft, valid.astype(np.float64)))
             label = f"{degrees:.0f} deg{' mirrored' if mirrored else ''}"
             # the shift that overlaps the two tissue outlines best (intersection over union): serial sections
             # share their outline whatever the stain shows inside it
@@ -193,14 +199,6 @@ def _shifted(pull: np.ndarray, iy: int, ix: int, padded: tuple[int, int]) -> np.
     indices past the middle are negative shifts)."""
     dy, dx = (iy if iy < padded[0] // 2 else iy - padded[0]), (ix if ix < padded[1] // 2 else ix - padded[1])
     return pull @ np.array([[1.0, 0, -dx], [0, 1, -dy], [0, 0, 1]])
-
-
-def _rfft2(image: np.ndarray, padded: tuple[int, int]) -> np.ndarray:
-    return fft.rfft2(image, padded, workers=_cpus())
-
-
-def _irfft2(spectrum: np.ndarray, padded: tuple[int, int]) -> np.ndarray:
-    return fft.irfft2(spectrum, padded, workers=_cpus())
 
 
 def _cpus() -> int:
