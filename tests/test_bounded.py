@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -37,3 +39,10 @@ def test_outgrowing_the_budget_stops_the_step_with_a_message() -> None:
 def test_the_child_s_own_error_is_raised_as_it_was() -> None:
     with pytest.raises(RegistrationError, match="no luck"):
         run_within_budget(fail_clearly, (), 2000 * MB, "test step", "image.tif")
+
+
+def test_a_child_that_dies_without_answering_is_a_clear_failure() -> None:
+    # the OOM killer or a crash in native code ends the child without a word: its end of the pipe closes
+    with pytest.raises(RegistrationError, match=r"ended without a result \(exit status 3\)") as caught:
+        run_within_budget(os._exit, (3,), 2000 * MB, "test step", "image.tif")
+    assert "image.tif" in str(caught.value) and "Fix:" in str(caught.value)

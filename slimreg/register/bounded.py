@@ -59,11 +59,14 @@ def run_within_budget(function: Callable[..., Any], args: tuple[Any, ...], budge
     try:
         while True:
             if receiver.poll(POLL_SECONDS):
-                status, payload = receiver.recv()
-                break
+                try:
+                    status, payload = receiver.recv()
+                    break
+                except EOFError:  # the child's end closed with nothing sent: it died (killed, crashed, exited)
+                    process.join()
+                    raise _ended_without_result(what, path, process.exitcode) from None
             if not process.is_alive():
-                raise RegistrationError(f"{what} ended without a result (exit status {process.exitcode}).", path,
-                                        "look for an out-of-memory kill in the system log, or try --engine feature.")
+                raise _ended_without_result(what, path, process.exitcode)
             rss = tree_rss(process.pid)
             peak = max(peak, rss)
             if rss > budget_bytes:
@@ -79,3 +82,10 @@ def run_within_budget(function: Callable[..., Any], args: tuple[Any, ...], budge
     if status == "error":
         raise payload
     return payload, peak
+
+
+def _ended_without_result(what: str, path: str, exit_status: int | None) -> RegistrationError:
+    """A child that ended without answering: killed (a negative status names the signal, -9 the OOM killer's),
+    crashed in native code, or exited."""
+    return RegistrationError(f"{what} ended without a result (exit status {exit_status}).", path,
+                             "look for an out-of-memory kill in the system log, or try --engine feature.")
