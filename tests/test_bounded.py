@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
+import psutil
 import pytest
 
 from slimreg.errors import RegistrationError
@@ -46,3 +50,21 @@ def test_a_child_that_dies_without_answering_is_a_clear_failure() -> None:
     with pytest.raises(RegistrationError, match=r"ended without a result \(exit status 3\)") as caught:
         run_within_budget(os._exit, (3,), 2000 * MB, "test step", "image.tif")
     assert "image.tif" in str(caught.value) and "Fix:" in str(caught.value)
+
+
+def test_the_attempt_ends_with_the_process_that_started_it() -> None:
+    # a task killed by its scheduler must not leave a VALIS child running on (and holding memory) as an orphan
+    starter = subprocess.Popen([sys.executable, "-c", "import time\nfrom slimreg.register.bounded import "
+                                "run_within_budget\nrun_within_budget(time.sleep, (120,), 2**31, 'test step', 'x')"])
+    try:
+        deadline = time.monotonic() + 60
+        while not psutil.Process(starter.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        started = psutil.Process(starter.pid).children()
+        assert started, "no attempt was started"
+        starter.kill()
+        starter.wait()
+        _, alive = psutil.wait_procs(started, timeout=10)
+        assert not alive, "the attempt outlived the process that started it"
+    finally:
+        starter.kill()

@@ -9,7 +9,11 @@ the image fails with a message naming the budget. A fresh process also returns t
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -18,16 +22,35 @@ import psutil
 from slimreg.errors import RegistrationError
 
 POLL_SECONDS = 0.2
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 GB = 1024**3
 
 
-def _child(connection: Any, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _child(connection: Any, function: Callable[..., Any], args: tuple[Any, ...], parent: int) -> None:
+    _end_with_parent(parent)
     try:
         connection.send(("ok", function(*args)))
     except BaseException as error:
         connection.send(("error", error))
     finally:
         connection.close()
+
+
+def _end_with_parent(parent: int) -> None:
+    """Ask Linux to kill this process when the process that started it dies (prctl PR_SET_PDEATHSIG).
+
+    A scheduler that kills a task (SLURM's scancel, Nextflow on a failed sibling, a user's kill) signals the task's
+    process; without this, an attempt it had started runs on as an orphan, holding gigabytes that nobody watches.
+    Elsewhere than Linux this does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os._exit(1)
 
 
 def tree_rss(pid: int) -> int:
@@ -52,7 +75,7 @@ def run_within_budget(function: Callable[..., Any], args: tuple[Any, ...], budge
     RegistrationError naming the budget if it outgrew ``budget_bytes`` (it is killed first)."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, function, args), daemon=True)
+    process = context.Process(target=_child, args=(sender, function, args, os.getpid()), daemon=True)
     process.start()
     sender.close()
     peak = 0
