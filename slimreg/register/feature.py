@@ -19,7 +19,9 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    local contrast, tried only where the motion it finds is resolvable (its median over tissue is at least one
    edge-smoothing sigma: a bent section stained differently); and, where the moving tissue lies in separate pieces,
    one correction per piece (slimreg.register.pieces: a torn section, lobes, fragments that moved apart). A
-   candidate is kept only if it raises both the edge score and the mutual information; the highest edge score wins.
+   candidate is kept only if it raises both the edge score and the mutual information; the highest edge score wins,
+   except that the same DeepFlow smoothed only at one edge sigma must beat every smoother field clearly (by two
+   noise sd): it has the more freedom to fit noise.
 5. The result must be significant (it stands out from unrelated placements), keep most of the smaller tissue on
    the other's, beat the best pose the same search finds for the moving image's mirror image (without
    ``allow_mirror``; unless the image is its own mirror image, slimreg.register.symmetry), and beat the
@@ -53,6 +55,7 @@ from slimreg.register.similarity import (
     AlignmentScorer,
     Score,
     check_result,
+    clearly_higher,
     finite_or_worst,
     mirror_problem,
     place_through,
@@ -280,14 +283,17 @@ class FeatureEngine:
                                                            affine, settings.non_rigid_dim)
         ref_mask = scorer.mask
         region = ref_mask | placed_mask  # tissue of either image: where the fields are estimated and judged
-        before = scorer.score_placed(placed, placed_mask, ring=False).value
+        # with its ring: a finer field must beat the smoother ones by more than that noise
+        placed_score = scorer.score_placed(placed, placed_mask)
+        before = placed_score.value
         information_before = mutual_information(ref.array, placed, region)
         height, width = ref.array.shape
         grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
-        deformation = deformation_candidate(scorer, placed, region)
+        deformation, finer = deformation_candidates(scorer, placed, region)
+        # the finer field last, so that it is weighed against every smoother one
         candidates = [*field_candidates(scorer, placed, region), deformation,
-                      *piece_candidates(scorer, placed, placed_mask, settings.transform_model)]
-        best_flow, best_value, chosen = None, before, ""
+                      *piece_candidates(scorer, placed, placed_mask, settings.transform_model), finer]
+        best_flow, best_value, best_candidate = None, before, None
         for candidate in candidates:
             if not candidate.admissible:
                 continue
@@ -299,17 +305,20 @@ class FeatureEngine:
             # an admissible field must still raise both the edge score and, as an independent witness, mutual
             # information
             information = mutual_information(ref.array, unwarped, ref_mask | unwarped_mask)
-            if value > best_value and information > information_before:
-                best_flow, best_value, chosen = flow, value, candidate.source
+            gain = (clearly_higher(value, best_value, placed_score.ring_std) if candidate is finer
+                    else value > best_value)
+            if gain and information > information_before:
+                best_flow, best_value, best_candidate = flow, value, candidate
         stats: dict[str, float | str] = {
             "non_rigid_edge_correlation_before": before, "non_rigid_edge_correlation_after": best_value,
             **{f"non_rigid_flow_disagreement_{c.smoothing}": c.disagreement
                for c in candidates if np.isfinite(c.disagreement)},
             "non_rigid_deepflow_motion_sigmas": deformation.motion,
             **{f"non_rigid_{c.source}_motion_sigmas": c.motion for c in candidates if c.source == PIECES}}
-        if best_flow is None:
+        if best_flow is None or best_candidate is None:
             return None, {**stats, "non_rigid_used": 0.0}
-        stats["non_rigid_field"] = chosen
+        stats["non_rigid_field"] = best_candidate.source
+        stats["non_rigid_field_smoothing"] = best_candidate.smoothing
         factor = FLOW_GRID_FACTOR if min(height, width) >= 16 * FLOW_GRID_FACTOR else 1
         gh, gw = height // factor, width // factor
         blocks = best_flow[: gh * factor, : gw * factor].reshape(gh, factor, gw, factor, 2).mean(axis=(1, 3))
@@ -366,15 +375,28 @@ def field_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.nda
     return candidates
 
 
-def deformation_candidate(scorer: AlignmentScorer, placed: np.ndarray, region: np.ndarray) -> FieldCandidate:
+def deformation_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.ndarray
+                           ) -> tuple[FieldCandidate, FieldCandidate]:
     """DeepFlow on local contrast (slimreg.register.preprocess.local_contrast), smoothed on tissue at the finer
-    fraction; admissible where its motion is resolvable (``RESOLVABLE_MOTION_SIGMAS``)."""
+    fraction, and the same flow smoothed at one edge sigma; both admissible where the motion of the first is
+    resolvable (``RESOLVABLE_MOTION_SIGMAS``). The caller keeps the second only where it scores clearly higher
+    than every smoother field (``slimreg.register.similarity.clearly_higher``): it has the more freedom to fit
+    noise.
+
+    Pieces of a section can move apart by more than a field smoothed over 2 % of the image follows. On VALIS'
+    example IHC series that field takes slide 5 from 0.22 to 0.34 edge correlation, DeepFlow smoothed at one edge
+    sigma to 0.44 (4.5 noise sd more), and DeepFlow as VALIS uses it, unsmoothed, to 0.48. One edge sigma is the
+    finest scale the measures compare, so no field is left finer than what can judge it (docs/accuracy.md,
+    "Deformed sections")."""
     deep = cv2.optflow.createOptFlow_DeepFlow()
-    smoothing = FLOW_SMOOTHING_FRACTIONS[0]
     reference, moved = (to_uint8(local_contrast(image, scorer.sigma)) for image in (scorer.reference, placed))
-    flow = _regularise(deep.calc(reference, moved, None), region, smoothing)
+    raw = deep.calc(reference, moved, None)
+    smoothing = FLOW_SMOOTHING_FRACTIONS[0]
+    flow = _regularise(raw, region, smoothing)
     motion = float(np.median(np.hypot(*flow[region].T)) / scorer.sigma) if region.any() else 0.0
-    return FieldCandidate(smoothing, float("nan"), flow, motion, DEEPFLOW)
+    finest = scorer.sigma / max(placed.shape[:2])
+    return (FieldCandidate(smoothing, float("nan"), flow, motion, DEEPFLOW),
+            FieldCandidate(finest, float("nan"), _regularise(raw, region, finest), motion, DEEPFLOW))
 
 
 def piece_candidates(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.ndarray,

@@ -45,6 +45,10 @@ from slimreg.transform import Transform
 MIN_SIGNIFICANCE = 4.0
 MIN_SHARED_TISSUE = 0.5  # most of the smaller tissue must lie on the other's: the same tissue, not a neighbour
 MIN_MIRROR_MARGIN_SD = 1.0  # the pose must beat its mirror image's best pose by more than the ring's noise
+# "clearly higher": by more than this many standard deviations of the score between unrelated placements (the
+# ring), a gap unrelated placements reach about 2 % of the time. Where one result has to earn its place over another
+# (the light engine's over VALIS'; a finer field over smoother ones), smaller gaps are noise.
+CLEAR_GAIN_SD = 2.0
 IDENTITY_TOLERANCE_PX = 1.0  # a pose within this many working px of the unregistered one *is* unregistered
 RING_DIRECTIONS = 8
 RING_SIGMAS = 8.0  # ring radius in edge-smoothing sigmas: smoothed edges this far apart do not overlap
@@ -206,3 +210,9 @@ def score_transform(reference: Downsampled, moving: Downsampled, transform: Tran
                                     candidate) > 0.5
         scores.append(scorer.score_placed(placed, placed_mask))
     return scores[0], scores[1]
+
+
+def clearly_higher(value: float, other: float, noise: float) -> bool:
+    """Whether ``value`` beats ``other`` by more than ``CLEAR_GAIN_SD`` ring standard deviations (``noise``; a
+    non-finite noise counts as none)."""
+    return value > other + CLEAR_GAIN_SD * (noise if np.isfinite(noise) else 0.0)

@@ -13,11 +13,11 @@ Each moving image is registered with the reference on its own (a two-image VALIS
 result never depends on which batch it lands in, and memory is that of two images at the preset's size.
 
 VALIS' result is one candidate, not the verdict: the light engine registers the same pair (seconds, no torch) and
-replaces VALIS' result when the stain-robust edge score rates it clearly higher (``SWITCH_MARGIN_SD``). Measured
-(docs/accuracy.md): on the shared lung pair with proSPC as reference, VALIS, used plainly or by this engine, lands
-42 px off (rTRE 0.036) while the light engine lands 6 px off, and the score tells them apart (0.183 vs 0.241, 3.7
-noise sd); on the other pairs VALIS is kept. A user who asks for VALIS gets VALIS unless the measure every result
-is judged by shows it clearly worse.
+replaces VALIS' result when the stain-robust edge score rates it clearly higher
+(``slimreg.register.similarity.CLEAR_GAIN_SD``). Measured (docs/accuracy.md): on the shared lung pair with proSPC
+as reference, VALIS, used plainly or by this engine, lands 42 px off (rTRE 0.036) while the light engine lands 6 px
+off, and the score tells them apart (0.183 vs 0.241, 3.7 noise sd); on the other pairs VALIS is kept. A user who
+asks for VALIS gets VALIS unless the measure every result is judged by shows it clearly worse.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from slimreg.register.channel import OPTICAL_DENSITY, registration_image
 from slimreg.register.feature import FeatureEngine, check_against_mirror
 from slimreg.register.plausibility import check_plausible, expected_scale
 from slimreg.register.settings import RegistrationSettings
-from slimreg.register.similarity import check_result, moved_distance, score_transform
+from slimreg.register.similarity import check_result, clearly_higher, moved_distance, score_transform
 from slimreg.register.valis_offline import deep_weights_available, import_valis, no_network, weights_dir
 from slimreg.transform import Displacement, Transform
 
@@ -49,11 +49,10 @@ MEMORY_BUDGET_FACTOR = 2.0  # a VALIS attempt may use twice its estimate before 
 # 5.64 / 6.27, every 2 px 3.76 / 4.36 / 5.58 / 6.27, every pixel 3.75 / 4.36 / 5.56 / 6.27.
 MAX_GRID_NODES_PER_SIDE = 512
 MIN_DISPLACEMENT_PX = 0.01  # below this everywhere, a field is dropped as numerically zero
-# the light engine's result replaces VALIS' only if it scores higher by more than this many standard deviations
-# of the score between unrelated placements (the ring): a gap unrelated placements reach about 2 % of the time.
-# Smaller gaps are noise, and the user asked for VALIS. Measured: lung proSPC <- HE 3.7 sd (VALIS 42 px off,
-# light 6 px: switched); calcium frames +1.5 and -0.9 sd (kept; VALIS' maps are the more self-consistent there).
-SWITCH_MARGIN_SD = 2.0
+# the light engine's result replaces VALIS' only if it scores clearly higher (slimreg.register.similarity,
+# ``CLEAR_GAIN_SD``). Smaller gaps are noise, and the user asked for VALIS. Measured: lung proSPC <- HE 3.7 sd
+# (VALIS 42 px off, light 6 px: switched); calcium frames +1.5 and -0.9 sd (kept; VALIS' maps are the more
+# self-consistent there).
 
 
 class ValisEngine:
@@ -109,7 +108,7 @@ class ValisEngine:
         noise = valis_score.ring_std if np.isfinite(valis_score.ring_std) else 0.0
         scores = {"valis_edge_correlation": valis_score.value, "light_engine_edge_correlation": light_score,
                   "edge_correlation_noise_sd": noise}
-        if light_score > valis_score.value + SWITCH_MARGIN_SD * noise:
+        if clearly_higher(light_score, valis_score.value, noise):
             self.log(f"{moving.path.name}: the light engine's result scores clearly higher than VALIS' "
                      f"({light_score:.3f} vs {valis_score.value:.3f} edge correlation, noise sd {noise:.3f}); "
                      "keeping it")
