@@ -293,7 +293,8 @@ class FeatureEngine:
         # the finer field last, so that it is weighed against every smoother one
         candidates = [*field_candidates(scorer, placed, region), deformation,
                       *piece_candidates(scorer, placed, placed_mask, settings.transform_model), finer]
-        best_flow, best_value, best_candidate = None, before, None
+        best: FieldCandidate | None = None
+        best_value = before
         for candidate in candidates:
             if not candidate.admissible:
                 continue
@@ -308,20 +309,20 @@ class FeatureEngine:
             gain = (clearly_higher(value, best_value, placed_score.ring_std) if candidate is finer
                     else value > best_value)
             if gain and information > information_before:
-                best_flow, best_value, best_candidate = flow, value, candidate
+                best, best_value = candidate, value
         stats: dict[str, float | str] = {
             "non_rigid_edge_correlation_before": before, "non_rigid_edge_correlation_after": best_value,
             **{f"non_rigid_flow_disagreement_{c.smoothing}": c.disagreement
                for c in candidates if np.isfinite(c.disagreement)},
             "non_rigid_deepflow_motion_sigmas": deformation.motion,
             **{f"non_rigid_{c.source}_motion_sigmas": c.motion for c in candidates if c.source == PIECES}}
-        if best_flow is None or best_candidate is None:
+        if best is None:
             return None, {**stats, "non_rigid_used": 0.0}
-        stats["non_rigid_field"] = best_candidate.source
-        stats["non_rigid_field_smoothing"] = best_candidate.smoothing
+        stats["non_rigid_field"] = best.source
+        stats["non_rigid_field_smoothing"] = best.smoothing
         factor = FLOW_GRID_FACTOR if min(height, width) >= 16 * FLOW_GRID_FACTOR else 1
         gh, gw = height // factor, width // factor
-        blocks = best_flow[: gh * factor, : gw * factor].reshape(gh, factor, gw, factor, 2).mean(axis=(1, 3))
+        blocks = best.flow[: gh * factor, : gw * factor].reshape(gh, factor, gw, factor, 2).mean(axis=(1, 3))
         displacement = Displacement(blocks[..., 0] * ref.scale, blocks[..., 1] * ref.scale, spacing=ref.scale * factor)
         return displacement, {**stats, "non_rigid_used": 1.0,
                               "max_displacement_px": float(np.hypot(displacement.dx, displacement.dy).max())}
@@ -384,8 +385,9 @@ def deformation_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: 
     noise.
 
     Pieces of a section can move apart by more than a field smoothed over 2 % of the image follows. On VALIS'
-    example IHC series that field takes slide 5 from 0.22 to 0.34 edge correlation, DeepFlow smoothed at one edge
-    sigma to 0.44 (4.5 noise sd more), and DeepFlow as VALIS uses it, unsmoothed, to 0.48. One edge sigma is the
+    example IHC series the smoother fields take slide 5 onto slide 1 from 0.22 to at most 0.37 edge correlation,
+    DeepFlow smoothed at one edge sigma to 0.44 (4.5 noise sd more), and DeepFlow as VALIS uses it, unsmoothed, to
+    0.48. One edge sigma is the
     finest scale the measures compare, so no field is left finer than what can judge it (docs/accuracy.md,
     "Deformed sections")."""
     deep = cv2.optflow.createOptFlow_DeepFlow()
