@@ -49,10 +49,6 @@ MEMORY_BUDGET_FACTOR = 2.0  # a VALIS attempt may use twice its estimate before 
 # 5.64 / 6.27, every 2 px 3.76 / 4.36 / 5.58 / 6.27, every pixel 3.75 / 4.36 / 5.56 / 6.27.
 MAX_GRID_NODES_PER_SIDE = 512
 MIN_DISPLACEMENT_PX = 0.01  # below this everywhere, a field is dropped as numerically zero
-# the light engine's result replaces VALIS' only if it scores clearly higher (slimreg.register.similarity,
-# ``CLEAR_GAIN_SD``). Smaller gaps are noise, and the user asked for VALIS. Measured: lung proSPC <- HE 3.7 sd
-# (VALIS 42 px off, light 6 px: switched); calcium frames +1.5 and -0.9 sd (kept; VALIS' maps are the more
-# self-consistent there).
 
 
 class ValisEngine:
@@ -108,6 +104,8 @@ class ValisEngine:
         noise = valis_score.ring_std if np.isfinite(valis_score.ring_std) else 0.0
         scores = {"valis_edge_correlation": valis_score.value, "light_engine_edge_correlation": light_score,
                   "edge_correlation_noise_sd": noise}
+        # smaller gaps are noise, and the user asked for VALIS. Measured: lung proSPC <- HE 3.7 sd (VALIS 42 px off,
+        # light 6 px: switched); calcium frames +1.5 and -0.9 sd (kept; VALIS' maps are the more self-consistent)
         if clearly_higher(light_score, valis_score.value, noise):
             self.log(f"{moving.path.name}: the light engine's result scores clearly higher than VALIS' "
                      f"({light_score:.3f} vs {valis_score.value:.3f} edge correlation, noise sd {noise:.3f}); "
