@@ -135,7 +135,7 @@ def test_a_single_flow_is_trusted_only_when_its_motion_is_resolvable() -> None:
     from noise by edge measures)."""
     from scipy import ndimage
 
-    from slimreg.register.feature import deformation_candidate
+    from slimreg.register.feature import deformation_candidates
     from slimreg.register.similarity import AlignmentScorer
 
     rng = np.random.default_rng(11)
@@ -149,11 +149,14 @@ def test_a_single_flow_is_trusted_only_when_its_motion_is_resolvable() -> None:
         # the placed image shows, at p, the reference at p - bend(p); the field must point back along it
         bend_x = amplitude * np.sin(2 * np.pi * yy / size)
         placed = ndimage.map_coordinates(texture, [yy, xx - bend_x], order=1, mode="reflect").astype(np.float32)
-        candidate = deformation_candidate(scorer, placed, region)
-        assert candidate.admissible is resolvable, (amplitude, candidate.motion)
+        candidate, finer = deformation_candidates(scorer, placed, region)
+        # the finer smoothing of the same flow stands or falls with it
+        assert candidate.admissible is resolvable and finer.admissible is resolvable, (amplitude, candidate.motion)
+        assert finer.smoothing < candidate.smoothing
         if resolvable:
             inner = (slice(32, -32), slice(32, -32))
-            assert np.median(np.abs(candidate.flow[..., 0][inner] - bend_x[inner])) < 0.5
+            for field in (candidate, finer):
+                assert np.median(np.abs(field.flow[..., 0][inner] - bend_x[inner])) < 0.5
 
 
 def _two_pieces(height: int, width: int, left_box: tuple[slice, slice], right_box: tuple[slice, slice],
