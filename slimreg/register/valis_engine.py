@@ -43,11 +43,11 @@ from slimreg.register.valis_offline import deep_weights_available, import_valis,
 from slimreg.transform import Displacement, Transform
 
 MEMORY_BUDGET_FACTOR = 2.0  # a VALIS attempt may use twice its estimate before it is stopped
-# VALIS' maps are sampled at every processed pixel (up to this many a side: VALIS' processed size at the medium
-# preset), so interpolating between nodes adds nothing measurable. Measured on the shared section pairs (median
-# landmark px, VALIS used plainly 3.78 / 4.38 / 5.56 / 42.12): a node every 8 processed px gave 3.80 / 4.27 /
-# 5.64 / 6.27, every 2 px 3.76 / 4.36 / 5.58 / 6.27, every pixel 3.75 / 4.36 / 5.56 / 6.27.
-MAX_GRID_NODES_PER_SIDE = 512
+# VALIS' maps are sampled at every processed pixel, up to this many a side (a field of 1024 x 1024 nodes is 8 MB).
+# Measured on the shared section pairs (median landmark px, VALIS used plainly 3.78 / 4.38 / 5.56 / 42.12): a node
+# every 8 processed px gave 3.80 / 4.27 / 5.64 / 6.27, every 2 px 3.76 / 4.36 / 5.58 / 6.27, every pixel 3.75 / 4.36 /
+# 5.56 / 6.27. Capped at 512 a side, the lung pair's 890 px were sampled every 1.7 px: 5.57, behind VALIS used plainly.
+MAX_GRID_NODES_PER_SIDE = 1024
 MIN_DISPLACEMENT_PX = 0.01  # below this everywhere, a field is dropped as numerically zero
 
 
