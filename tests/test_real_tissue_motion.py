@@ -63,9 +63,10 @@ def test_if_rounds_and_calcium_frames_register(tmp_path: Path) -> None:
     forward, backward = register(frames[0], frames[1]), register(frames[1], frames[0])
     grid = np.stack(np.meshgrid(np.arange(40, 500, 40), np.arange(40, 380, 40)), axis=-1).reshape(-1, 2).astype(float)
     # the frames move locally by 0-15 px: both directions must find a field, and the two fields, estimated
-    # independently, must undo each other (measured: 1.1 px apart, where each moves the tissue by 4-5 px;
-    # fields of noise that size would be about 6 px apart)
+    # independently, must undo each other. Measured: each moves the tissue by 4-5 px; fields of noise that size
+    # would be about 6 px apart; flows estimated one way only left the two maps 1.1 px apart, flows estimated both
+    # ways and averaged (feature._both_ways) about 0.5 px, as VALIS' maps (0.47 in benchmarks/accuracy.py)
     assert [t.metadata["quality"]["non_rigid_used"] for t in (forward, backward)] == [1.0, 1.0]
     inconsistency = np.median(np.hypot(*(backward.pull(forward.pull(grid)) - grid).T))
     moved = np.median(np.hypot(*forward.displacement.at(grid).T))
-    assert inconsistency < 2.0 and moved > 2 * inconsistency, (inconsistency, moved)
+    assert inconsistency < 0.75 and moved > 4 * inconsistency, (inconsistency, moved)
