@@ -375,14 +375,15 @@ def field_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.nda
     # the scorer holds the reference's edges
     pairs = ((scorer.reference, placed), (_unit(scorer.edges), _unit(edge_map(placed, scorer.sigma))))
     forward = [_flow(reference, moved) for reference, moved in pairs]
-    averaged = [_both_ways(flow, _flow(moved, reference))
-                for flow, (reference, moved) in zip(forward, pairs, strict=True)]
+    disagreements = [_disagreement(*(_regularise(flow, region, smoothing) for flow in forward), region)
+                     for smoothing in FLOW_SMOOTHING_FRACTIONS]
+    # one flow at a time: the step's peak memory stays near that of one-way flows
+    averaged = [_both_ways(forward.pop(0), _flow(moved, reference)) for reference, moved in pairs]
     candidates = []
-    for smoothing in FLOW_SMOOTHING_FRACTIONS:
-        first, second = (_regularise(flow, region, smoothing) for flow in forward)
-        fields = [_regularise(flow, region, smoothing) for flow in averaged]
+    for smoothing, disagreement in zip(FLOW_SMOOTHING_FRACTIONS, disagreements, strict=True):
+        first, second = (_regularise(flow, region, smoothing) for flow in averaged)
         # two witnesses of one motion: their mean carries the motion with sqrt(2) less noise than either
-        candidates.append(FieldCandidate(smoothing, _disagreement(first, second, region), (fields[0] + fields[1]) / 2))
+        candidates.append(FieldCandidate(smoothing, disagreement, (first + second) / 2))
     return candidates
 
 
