@@ -35,7 +35,7 @@ Matrices: ``pull`` maps reference working px -> moving working px; level 0 by ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -369,22 +369,29 @@ def field_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.nda
     """Flow estimated on intensities and on edge maps, smoothed at each fraction; each candidate is their mean.
 
     Whether the two agree is judged on the flows from the reference to the placed image, the estimates
-    ``FLOW_AGREEMENT`` was measured on; the field itself averages each with the flow estimated the other way
-    (``_both_ways``). Judged on the averaged flows instead, the bent lung proSPC <- H&E pair, whose one-way flows
+    ``FLOW_AGREEMENT`` was measured on. Where they agree, the field averages each with the flow estimated the other
+    way (``_both_ways``); a candidate that may not be tried keeps the one-way mean, for reports only, and costs no
+    flows the other way. Judged on the averaged flows instead, the bent lung proSPC <- H&E pair, whose one-way flows
     agree just inside the limit (0.630, 0.622), fell outside it (0.732, 0.673) and lost its field (5.94 -> 7.05 px)."""
     # the scorer holds the reference's edges
     pairs = ((scorer.reference, placed), (_unit(scorer.edges), _unit(edge_map(placed, scorer.sigma))))
     forward = [_flow(reference, moved) for reference, moved in pairs]
-    disagreements = [_disagreement(*(_regularise(flow, region, smoothing) for flow in forward), region)
-                     for smoothing in FLOW_SMOOTHING_FRACTIONS]
+    candidates = []
+    for smoothing in FLOW_SMOOTHING_FRACTIONS:
+        first, second = (_regularise(flow, region, smoothing) for flow in forward)
+        # two witnesses of one motion: their mean carries the motion with sqrt(2) less noise than either
+        candidates.append(FieldCandidate(smoothing, _disagreement(first, second, region), (first + second) / 2))
+    if not any(candidate.admissible for candidate in candidates):
+        return candidates
     # one flow at a time: the step's peak memory stays near that of one-way flows
     averaged = [_both_ways(forward.pop(0), _flow(moved, reference)) for reference, moved in pairs]
-    candidates = []
-    for smoothing, disagreement in zip(FLOW_SMOOTHING_FRACTIONS, disagreements, strict=True):
-        first, second = (_regularise(flow, region, smoothing) for flow in averaged)
-        # two witnesses of one motion: their mean carries the motion with sqrt(2) less noise than either
-        candidates.append(FieldCandidate(smoothing, disagreement, (first + second) / 2))
-    return candidates
+    both_ways = []
+    for candidate in candidates:
+        if candidate.admissible:
+            first, second = (_regularise(flow, region, candidate.smoothing) for flow in averaged)
+            candidate = replace(candidate, flow=(first + second) / 2)
+        both_ways.append(candidate)
+    return both_ways
 
 
 def deformation_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.ndarray
