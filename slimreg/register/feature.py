@@ -405,9 +405,8 @@ def deformation_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: 
     Pieces of a section can move apart by more than a field smoothed over 2 % of the image follows. On VALIS'
     example IHC series the smoother fields take slide 5 onto slide 1 from 0.22 to at most 0.37 edge correlation,
     DeepFlow smoothed at one edge sigma to 0.44 (4.5 noise sd more), and DeepFlow as VALIS uses it, unsmoothed, to
-    0.48. One edge sigma is the
-    finest scale the measures compare, so no field is left finer than what can judge it (docs/accuracy.md,
-    "Deformed sections")."""
+    0.48. One edge sigma is the finest scale the measures compare, so no field is left finer than what can judge it
+    (docs/accuracy.md, "Deformed sections")."""
     deep = cv2.optflow.createOptFlow_DeepFlow()
     reference, moved = (to_uint8(local_contrast(image, scorer.sigma)) for image in (scorer.reference, placed))
     raw = deep.calc(reference, moved, None)
