@@ -105,7 +105,7 @@ class ValisEngine:
         scores = {"valis_edge_correlation": valis_score.value, "light_engine_edge_correlation": light_score,
                   "edge_correlation_noise_sd": noise}
         # smaller gaps are noise, and the user asked for VALIS. Measured: lung proSPC <- HE 3.7 sd (VALIS 42 px off,
-        # light 6 px: switched); calcium frames +1.5 and -0.9 sd (kept; VALIS' maps are the more self-consistent)
+        # light 6 px: switched); calcium frames +1.3 and -1.3 sd (kept; both engines' maps equally self-consistent)
         if clearly_higher(light_score, valis_score.value, noise):
             self.log(f"{moving.path.name}: the light engine's result scores clearly higher than VALIS' "
                      f"({light_score:.3f} vs {valis_score.value:.3f} edge correlation, noise sd {noise:.3f}); "
