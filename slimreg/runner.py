@@ -62,6 +62,7 @@ BUDGET_MARGIN = 2.0
 WATCH_INTERVAL_S = 0.25  # how often each running task's process tree is measured
 # how a serial-mode task's peak is labelled: it is the run's process RSS, which holds what earlier tasks loaded
 SHARED_PROCESS = "shared process"
+SUMMARY_MESSAGE_CHARS = 4000  # a batch's message names every failed image with its fix (about 300 chars each)
 
 
 @dataclass
@@ -384,9 +385,9 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
                         finished(outcome)
                 else:
                     outcome.status = "failed"
-                    own_lines = [line for line in _tail(task_log_path(root, task_id)).splitlines()
-                                 if not line.startswith("=== attempt ")]
-                    outcome.message = _last_line("\n".join(own_lines)) or f"exit status {code}"
+                    task_log = task_log_path(root, task_id)
+                    own_lines = [line for line in _tail(task_log).splitlines() if not line.startswith("=== attempt ")]
+                    outcome.message = _last_line("\n".join(own_lines), task_log) or f"exit status {code}"
                     finished(outcome)
             if not progressed:
                 time.sleep(0.05)
@@ -498,9 +499,16 @@ def _tail(path: Path, size: int = 16384) -> str:
         return ""
 
 
-def _last_line(text: str) -> str:
+def _last_line(text: str, log: Path, limit: int = SUMMARY_MESSAGE_CHARS) -> str:
+    """A failed task's last message, for the summary; one that is too long (a traceback's last line, a batch of
+    many failed images) is cut at a word and names ``log``, the task's log, which has all of it."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:500] if lines else ""
+    if not lines:
+        return ""
+    line = lines[-1]
+    if len(line) <= limit:
+        return line
+    return f"{line[:limit].rsplit(' ', 1)[0]} ... (cut here; all of it is in {log})"
 
 
 def print_summary(summary: RunSummary, stream: Any = None) -> None:
