@@ -455,3 +455,20 @@ def test_peaks_are_labelled_by_where_they_were_measured(tmp_path: Path) -> None:
         logs = [json.loads(p.read_text()) for p in (out / "pipeline_info" / "tasks").glob("*.memory.json")]
         assert logs and {log["measured_in"] for log in logs} == {label}
         assert (label == "shared process") == ("(shared process)" in (out / "report" / "report.html").read_text())
+
+
+def test_a_failed_batch_names_every_image_and_its_fix_in_the_summary(tmp_path: Path) -> None:
+    """A batch's message joins its failed images (about 300 characters each); the summary shows them whole, and
+    cuts only a runaway line, at a word, naming the log that has all of it."""
+    from slimreg.runner import _last_line
+
+    log = tmp_path / "register-s-b1.log"
+    failures = [f"img{i}: /data/img{i}.ome.tif: shows no tissue in its registration channel (blank or saturated). "
+                "Fix: check the image, or choose another --channel." + " detail" * 20 for i in range(4)]
+    message = "slimreg run-task: error: " + "; ".join(failures)
+    assert len(message) > 500
+    assert _last_line(f"=== attempt 1\n{message}\n", log) == message
+    runaway = "word " * 2000
+    cut = _last_line(runaway, log)
+    assert cut.endswith(f"... (cut here; all of it is in {log})")
+    assert cut.startswith("word word") and "wor ..." not in cut and len(cut) < len(runaway)

@@ -81,20 +81,3 @@ def test_bad_run_parameters(demo_sheet: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(["run", "--input", str(demo_sheet), "--outdir", str(tmp_path), "--batch-size", "0"]) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
-
-
-def test_a_failed_batch_names_every_image_and_its_fix_in_the_summary(tmp_path: Path) -> None:
-    """A batch's message joins its failed images (about 300 characters each); the summary shows them whole, and
-    cuts only a runaway line, at a word, naming the log that has all of it."""
-    from slimreg.runner import _last_line
-
-    log = tmp_path / "register-s-b1.log"
-    failures = [f"img{i}: /data/img{i}.ome.tif: shows no tissue in its registration channel (blank or saturated). "
-                "Fix: check the image, or choose another --channel." + " detail" * 20 for i in range(4)]
-    message = "slimreg run-task: error: " + "; ".join(failures)
-    assert len(message) > 500
-    assert _last_line(f"=== attempt 1\n{message}\n", log) == message
-    runaway = "word " * 2000
-    cut = _last_line(runaway, log)
-    assert cut.endswith(f"... (cut here; all of it is in {log})")
-    assert cut.startswith("word word") and "wor ..." not in cut and len(cut) < len(runaway)
