@@ -104,7 +104,7 @@ class ValisEngine:
         noise = valis_score.ring_std if np.isfinite(valis_score.ring_std) else 0.0
         scores = {"valis_edge_correlation": valis_score.value, "light_engine_edge_correlation": light_score,
                   "edge_correlation_noise_sd": noise}
-        # smaller gaps are noise, and the user asked for VALIS. Measured: lung proSPC <- HE 3.7 sd (VALIS 42 px off,
+        # smaller gaps are noise, and the user asked for VALIS. Measured: lung proSPC <- HE 3.3 sd (VALIS 42 px off,
         # light 6 px: switched); calcium frames +1.3 and -1.3 sd (kept; both engines' maps equally self-consistent)
         if clearly_higher(light_score, valis_score.value, noise):
             self.log(f"{moving.path.name}: the light engine's result scores clearly higher than VALIS' "
