@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from slimreg.guard import refuse_if_input
+
 PARTIAL_MARKER = ".partial-"
 
 
@@ -30,9 +32,11 @@ def temporary_sibling(final_path: Path) -> Path:
 def atomic_output(final_path: str | Path) -> Iterator[Path]:
     """Yield a temporary path; rename it to ``final_path`` only if the block completes.
 
-    On any exception the temporary file is removed and ``final_path`` is left untouched.
+    On any exception the temporary file is removed and ``final_path`` is left untouched. An output that would
+    replace an input of the command now running is refused before anything is written (slimreg.guard).
     """
     final_path = Path(final_path)
+    refuse_if_input(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(final_path)
     try:
@@ -59,6 +63,11 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     ``NaN`` is not JSON and other tools (MultiQC, browsers, jq) refuse the file."""
     return write_text_atomic(path, json.dumps(_finite(data), indent=2, sort_keys=True, default=str,
                                               allow_nan=False) + "\n")
+
+
+def finite_for_json(value: Any) -> Any:
+    """``value`` with every NaN or infinity (numpy's too) replaced by None, so that it dumps as valid JSON."""
+    return _finite(value)
 
 
 def _finite(value: Any) -> Any:

@@ -35,10 +35,12 @@ def command(name: str, help_text: str) -> Callable[[Callable[[argparse.ArgumentP
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from slimreg.atomic import finite_for_json
     from slimreg.io.probe import probe
 
     results = [probe(path).to_json() for path in args.images]
-    print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    # valid JSON whatever a header holds: a non-finite number prints as null, never as NaN or Infinity
+    print(json.dumps(finite_for_json(results[0] if len(results) == 1 else results), indent=2, allow_nan=False))
     return 0
 
 
@@ -120,8 +122,10 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
 
 
 def registration_settings(args: argparse.Namespace):
+    from slimreg.io.write import require_writable_compression
     from slimreg.register.settings import RegistrationSettings
 
+    require_writable_compression(args.compression)  # before any work, not when the first output is written
     return RegistrationSettings.from_preset(
         args.preset, engine=args.engine, channel=args.channel, non_rigid=args.non_rigid, micro=args.micro,
         processing_dim=args.processing_dim, non_rigid_dim=args.non_rigid_dim, micro_dim=args.micro_dim,
@@ -134,6 +138,7 @@ def run_register(args: argparse.Namespace) -> int:
     from slimreg.register.batch import register_images
 
     settings = registration_settings(args)
+    _refuse_register_outputs_over_inputs(args)
     with MemoryTracker(debug=args.memory_debug) as tracker:
         batch = register_images(args.reference, args.moving, args.outdir, settings, tracker=tracker,
                                keep_work=args.keep_work, include_reference=args.include_reference)
@@ -144,6 +149,23 @@ def run_register(args: argparse.Namespace) -> int:
         else:
             print(f"FAILED {result.stem}: {result.error}", file=sys.stderr)
     return 1 if batch.failed else 0
+
+
+def _refuse_register_outputs_over_inputs(args: argparse.Namespace) -> None:
+    """`register` names its outputs after its inputs (``<outdir>/<stem>.ome.tif``): with --outdir the folder of a
+    moving ``.ome.tif`` the output would replace the image, so refuse that before registering anything."""
+    from slimreg.guard import refuse_outputs_over_inputs
+    from slimreg.register.batch import units_for_images
+    from slimreg.samplesheet import image_stem
+
+    images = [args.reference, *args.moving] if args.include_reference else list(args.moving)
+    units = units_for_images(images, args.outdir)
+    log = args.outdir / f"{image_stem(args.reference)}.register"
+    outputs = [p for unit in units for p in (*unit.registered, unit.transform)]
+    outputs += [log.with_name(log.name + ".json"), log.with_name(log.name + ".memory.json")]
+    refuse_outputs_over_inputs(outputs, [args.reference, *args.moving],
+                               fix="choose an --outdir other than the images' folder (for example a new, empty "
+                                   "folder): registered images are named after their originals.")
 
 
 @command("register", "register moving images onto a reference and write registered OME-TIFFs")
@@ -178,12 +200,13 @@ def _build_plan(args: argparse.Namespace):
         from slimreg.io.header import read_headers
 
         headers = read_headers(args.headers)
+    registration = registration_settings(args)  # an option this machine cannot honour fails before any reading
     sheet = read_samplesheet(args.input, headers=headers)
     settings = PlanSettings(batch_size=args.batch_size, max_frames=args.max_frames, max_chunk_gb=args.max_chunk_gb,
                             merge_chunks=args.merge_chunks, qc_max_dim=args.qc_max_dim,
                             workers=getattr(args, "workers", 1))
     settings.validate()
-    return build_plan(sheet, args.outdir, registration_settings(args), settings)
+    return build_plan(sheet, args.outdir, registration, settings)
 
 
 def _writable_outdir(path: Path) -> Path:
@@ -450,12 +473,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# options that name files a command reads; whatever the command, its outputs never replace them (slimreg.guard)
+INPUT_OPTIONS = ("reference", "moving", "registered", "original", "transform", "landmarks_reference",
+                 "landmarks_moving", "plan", "spec", "file", "input", "samplesheet", "images")
+
+
+def command_inputs(args: argparse.Namespace) -> list[Path]:
+    """The files a command was given to read (see INPUT_OPTIONS)."""
+    found: list[Path] = []
+    for name in INPUT_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, Path):
+            found.append(value)
+        elif isinstance(value, list):
+            found += [v for v in value if isinstance(v, Path)]
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = COMMANDS[args.command][1]
     try:
-        return handler(args)
+        from slimreg.guard import protecting
+
+        with protecting(command_inputs(args)):  # no output of this command may replace one of these
+            return handler(args)
     except SlimregError as error:
         if args.debug:
             raise

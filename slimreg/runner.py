@@ -35,6 +35,8 @@ import psutil
 from slimreg import layout
 from slimreg.atomic import remove_partials, write_json_atomic, write_text_atomic
 from slimreg.errors import ParameterError, SlimregError, os_error_message
+from slimreg.guard import open_append, protecting, refuse_links
+from slimreg.io.write import require_writable_compression
 from slimreg.lock import OutputFolderLock
 from slimreg.memory import MemoryTracker, release_memory, tree_rss
 from slimreg.options import (
@@ -94,10 +96,10 @@ class RunSummary:
 class RunLog:
     """Plain log lines into pipeline_info/run.log (and onto stderr when no progress bar is shown)."""
 
-    def __init__(self, path: Path, echo: bool):
+    def __init__(self, path: Path, echo: bool, root: Path | None = None):
         self.path, self.echo = path, echo
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        # appended in place, so never through a link planted there (slimreg.guard); closed in close()
+        self.handle = open_append(path, root)
 
     def __call__(self, text: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
@@ -200,6 +202,7 @@ def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGI
     if timeout_per_task is not None and mode == "serial":
         raise ParameterError("--timeout-per-task needs a task in its own process.",
                              fix="add --mode subprocess (or parallel).")
+    require_writable_compression(compression)  # before any work, not when the first image is written
     sheet = read_samplesheet(input)
     root = Path(outdir).resolve()
     registration = RegistrationSettings.from_preset(
@@ -209,7 +212,9 @@ def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGI
                                  merge_chunks=merge_chunks, qc_max_dim=qc_max_dim, workers=workers)
     plan = build_plan(sheet, root, registration, plan_settings)
     inputs = refuse_outputs_over_inputs(plan, sheet, root)
-    with OutputFolderLock(root):  # before anything is written or cleaned up there
+    # nothing slimreg writes, plan files and logs included, may land on the samplesheet or a file it names
+    with protecting({Path(input), *inputs}), OutputFolderLock(root):  # before anything is written there
+        refuse_links([layout.info_dir(root) / "run.log", *(task_log_path(root, t.id) for t in plan.tasks)], root)
         info_dir = layout.info_dir(root)
         info_dir.mkdir(parents=True, exist_ok=True)
         run_preflight(plan, root, workers=workers if mode == "parallel" else 1, force=force, write_to=info_dir)
@@ -217,7 +222,7 @@ def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGI
         write_text_atomic(info_dir / "versions.yml", versions_yaml("SLIMREG_RUN"))
         removed = remove_partials(root, protected=inputs)
         show_bar = sys.stderr.isatty() if progress is None else progress
-        log = RunLog(info_dir / "run.log", echo=not show_bar)
+        log = RunLog(info_dir / "run.log", echo=not show_bar, root=root)
         if removed:
             log(f"removed {len(removed)} partial file(s) left by an interrupted run")
         for note in plan.notes:
@@ -427,9 +432,7 @@ def _start(plan_path: Path, task: Task, root: Path, preset: str | None,
            outcome: TaskOutcome) -> tuple[subprocess.Popen[bytes], float, TaskOutcome, str | None]:
     outcome.attempts += 1
     outcome.presets.append(preset or "")
-    log_path = task_log_path(root, task.id)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as stderr:
+    with open_append(task_log_path(root, task.id), root, binary=True) as stderr:
         stderr.write(f"=== attempt {outcome.attempts} (preset {preset or 'as planned'})\n".encode())
         stderr.flush()
         process = subprocess.Popen(_subprocess_command(plan_path, task, root, preset), stdout=subprocess.DEVNULL,
@@ -453,8 +456,8 @@ def _run_in_process(plan: Plan, task: Task, root: Path, tracker: MemoryTracker |
         outcome.message = os_error_message(error)
     except Exception as error:  # a defect in slimreg: recorded for this task, the other tasks go on
         trace = task_log_path(root, task.id)
-        trace.parent.mkdir(parents=True, exist_ok=True)
-        trace.write_text(traceback.format_exc())
+        with open_append(trace, root) as handle:
+            handle.write(traceback.format_exc())
         outcome.message = (f"internal error {type(error).__name__}: {error} (traceback in {trace}; please report "
                            "it with that file)")
     finally:

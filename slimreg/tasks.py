@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from slimreg import layout
 from slimreg.errors import InputError
+from slimreg.guard import protecting, refuse_outputs_over_inputs
 from slimreg.io.integrity import damaged_input_error, is_decode_error
 from slimreg.io.vips import pyvips
 from slimreg.kinds import RunContext, kind_named
@@ -113,7 +114,11 @@ def execute(plan: Plan | None, task: Task, root: Path, *, tracker: MemoryTracker
     kind = kind_named(task.kind, task.id)
     _maybe_simulate_oom(task, preset or task.settings.get("preset"))
     try:
-        kind.run(task, RunContext(where, inputs, tracker, preset=preset, keep_work=keep_work, plan=plan))
+        refuse_outputs_over_inputs([where.output(p) for p in task.outputs], inputs.values(),
+                                   fix=f"give task {task.id} a --root (work folder) that holds none of its inputs "
+                                       "at its output paths.")
+        with protecting(inputs.values()):  # and nothing the task writes besides its outputs either
+            kind.run(task, RunContext(where, inputs, tracker, preset=preset, keep_work=keep_work, plan=plan))
     except pyvips.Error as error:
         # a tile that cannot be decompressed fails the read (slimreg.io.read opens with fail_on="warning");
         # name the damaged file and tile rather than print libvips' bare message

@@ -472,3 +472,152 @@ def test_a_failed_batch_names_every_image_and_its_fix_in_the_summary(tmp_path: P
     cut = _last_line(runaway, log)
     assert cut.endswith(f"... (cut here; all of it is in {log})")
     assert cut.startswith("word word") and "wor ..." not in cut and len(cut) < len(runaway)
+
+
+# Issue 41: a second round of hostile and careless use. Each test failed on the code before its fix.
+
+def _tiny_pair(folder: Path) -> tuple[Path, Path]:
+    """A reference and a moving image of 64 px (noise): enough for every check made before registration."""
+    rng = np.random.default_rng(0)
+    reference = write_array(rng.integers(0, 255, (64, 64), dtype=np.uint8), folder / "ref.ome.tif",
+                            channel_names=["DAPI"])
+    moving = write_array(rng.integers(0, 255, (64, 64), dtype=np.uint8), folder / "mov.ome.tif",
+                         channel_names=["DAPI"])
+    return reference, moving
+
+
+@pytest.mark.parametrize("command", ["register", "register --include-reference", "probe"])
+def test_an_output_never_replaces_an_input_in_any_command(tmp_path: Path, command: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`register --outdir` the moving image's own folder used to replace the image with its registered copy, exit
+    0; `probe --out` the image itself replaced it with JSON. Now refused before any work, the input untouched."""
+    from slimreg.cli import main
+
+    reference, moving = _tiny_pair(tmp_path / "data")
+    victim = reference if "include-reference" in command else moving
+    before = victim.read_bytes()
+    if command == "probe":
+        argv = ["probe", "--file", str(victim), "--out", str(victim)]
+    else:
+        argv = ["register", "--reference", str(reference), "--moving", str(moving), "--outdir", str(victim.parent),
+                *command.split()[1:]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{victim}: is an input of this command: writing an output there would replace it." in err
+    assert "Fix: choose" in err and "Traceback" not in err
+    assert victim.read_bytes() == before
+
+
+def test_no_slimreg_writer_replaces_a_protected_input(tmp_path: Path) -> None:
+    """The rule sits in the one place every output goes through (slimreg.atomic), also through a link to it."""
+    from slimreg.atomic import write_text_atomic
+    from slimreg.guard import protecting
+
+    victim = tmp_path / "sheet.csv"
+    victim.write_text("sample,image,reference\n")
+    (tmp_path / "link.csv").symlink_to(victim)
+    with protecting([victim]):
+        for target in (victim, tmp_path / "link.csv"):
+            with pytest.raises(InputError, match="is an input of this command"):
+                write_text_atomic(target, "plan")
+        write_text_atomic(tmp_path / "other.csv", "fine")
+    write_text_atomic(tmp_path / "link.csv", "after the command, the link may be replaced")
+    assert victim.read_text() == "sample,image,reference\n"
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hard link"])
+def test_a_planted_lock_file_is_refused_and_its_target_kept(tmp_path: Path, planted: str) -> None:
+    """`.slimreg.lock` as a link to another file used to empty that file (opened through the link, truncated)."""
+    from slimreg.lock import LOCK_NAME, OutputFolderLock
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("a file elsewhere\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    if planted == "symlink":
+        (out / LOCK_NAME).symlink_to(victim)
+    else:
+        (out / LOCK_NAME).hardlink_to(victim)
+    expected = "is a symbolic link" if planted == "symlink" else r"has 2 names \(hard links\)"
+    with pytest.raises(InputError, match=expected), OutputFolderLock(out):
+        pass
+    assert victim.read_text() == "a file elsewhere\n"
+
+
+def test_the_lock_file_is_never_truncated(tmp_path: Path) -> None:
+    """The holder line is written over a fixed width and blanked at the end; no call truncates the file."""
+    import os
+
+    from slimreg.lock import LOCK_NAME, OutputFolderLock
+
+    truncated: list[int] = []
+    real = os.ftruncate
+
+    def spy(fd: int, length: int) -> None:
+        truncated.append(length)
+        real(fd, length)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "ftruncate", spy)
+        with OutputFolderLock(tmp_path):
+            assert (tmp_path / LOCK_NAME).read_text().startswith(f"pid {os.getpid()} ")
+        assert (tmp_path / LOCK_NAME).read_text().strip() == ""
+    assert truncated == [] and (tmp_path / LOCK_NAME).stat().st_size > 0
+
+
+@pytest.mark.parametrize("planted", ["pipeline_info/run.log", "pipeline_info/tasks/register-s-b1.log",
+                                     "pipeline_info/tasks"])
+def test_links_planted_in_the_output_folder_are_not_written_through(tmp_path: Path, planted: str,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """run.log and a task's log (or the folder holding them) as links used to make slimreg append outside the
+    output folder; now the run is refused before any work, naming the link."""
+    from slimreg.cli import main
+
+    reference, moving = _tiny_pair(tmp_path / "data")
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"sample,image,reference\ns,{reference},true\ns,{moving},false\n")
+    out = tmp_path / "out"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    victim = outside / "victim.log"
+    victim.write_text("untouched\n")
+    link = out / planted
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside if planted.endswith("tasks") else victim)
+    assert main(["run", "--input", str(sheet), "--outdir", str(out), "--mode", "serial"]) == 2
+    err = capsys.readouterr().err
+    assert f"{link}: is a symbolic link" in err and "Fix: remove the link" in err
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.log"]
+    assert victim.read_text() == "untouched\n"
+    assert not (out / "registered").exists()
+
+
+@pytest.mark.parametrize("command", ["register", "plan", "run"])
+def test_a_compression_this_libvips_cannot_write_is_refused_before_any_work(
+        tmp_path: Path, command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """zstd (which pyvips-binary's libvips lacks) used to be found when the first registered image was written,
+    minutes into a run; now `register`, `plan` and `run` refuse it when they read their options."""
+    import slimreg.io.write as write
+    import slimreg.register.batch as batch
+    from slimreg.cli import main
+
+    monkeypatch.setattr(write, "compression_supported", lambda compression: compression != "zstd")
+
+    def registration_started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("registration started")
+
+    monkeypatch.setattr(batch, "register_images", registration_started)
+    reference, moving = _tiny_pair(tmp_path / "data")
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"sample,image,reference\ns,{reference},true\ns,{moving},false\n")
+    out = tmp_path / "out"
+    if command == "register":
+        argv = ["register", "--reference", str(reference), "--moving", str(moving), "--outdir", str(out)]
+    else:
+        argv = [command, "--input", str(sheet), "--outdir", str(out)] + (["--mode", "serial"] if command == "run"
+                                                                          else [])
+    assert main([*argv, "--compression", "zstd"]) == 2
+    err = capsys.readouterr().err
+    assert "--compression zstd: this libvips build" in err and "cannot write zstd-compressed TIFF" in err
+    assert "Fix: use --compression deflate (the default) or lzw." in err
+    assert not out.exists()

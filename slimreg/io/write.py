@@ -85,6 +85,17 @@ def compression_supported(compression: str) -> bool:
     return True
 
 
+def require_writable_compression(compression: str) -> None:
+    """Refuse a --compression this libvips cannot write (pyvips-binary has no zstd) when the options are read,
+    before any work: otherwise it is found when the first registered image is written, minutes into a run."""
+    if compression not in COMPRESSIONS:
+        raise ParameterError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}.")
+    if not compression_supported(compression):
+        raise ParameterError(f"--compression {compression}: this libvips build (libvips "
+                             f"{pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)}) cannot write "
+                             f"{compression}-compressed TIFF.", fix="use --compression deflate (the default) or lzw.")
+
+
 PlaneSource = pyvips.Image | Callable[[], pyvips.Image]
 
 
@@ -98,11 +109,7 @@ def write_planes(planes: Sequence[PlaneSource], path: str | Path, meta: OmeMetad
     renders, which keeps file-reading pipelines from accumulating buffers over a large image.
     """
     path = Path(path)
-    if compression not in COMPRESSIONS:
-        raise ParameterError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}.")
-    if not compression_supported(compression):
-        raise ParameterError(f"this libvips build cannot write {compression}-compressed TIFF.",
-                             fix="use --compression deflate (the default) or lzw.")
+    require_writable_compression(compression)
     if compression == "jpeg" and not (meta.is_rgb and meta.dtype == "uint8"):
         raise ParameterError("jpeg compression is only for 8-bit RGB images (it is lossy).",
                              fix="use deflate or zstd for fluorescence images.")
