@@ -25,10 +25,17 @@ def read_landmarks(path: str | Path) -> np.ndarray:
     """Read an ``x,y`` CSV of level-0 pixel positions as an N x 2 array."""
     path = Path(path)
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle))
     except FileNotFoundError as error:
         raise InputError("landmarks file not found.", path, "check the samplesheet's landmarks column.") from error
+    except UnicodeDecodeError as error:  # an image or a Latin-1 export given as landmarks
+        raise InputError(f"is not a UTF-8 text file (byte 0x{error.object[error.start]:02x} at byte "
+                         f"{error.start}), so not a landmarks CSV.", path, "give a CSV with header x,y and one "
+                         "point per line, saved as UTF-8 (or plain ASCII) text.") from error
+    except csv.Error as error:
+        raise InputError(f"is not a readable CSV ({error}).", path, "give a CSV with header x,y and one point per "
+                         "line.") from error
     if not rows or not {"x", "y"} <= set(rows[0]):
         raise InputError("landmarks CSV needs a header with columns x and y and at least one row.", path,
                          "write it as 'x,y' followed by one point per line.")

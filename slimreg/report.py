@@ -183,6 +183,13 @@ def _memory_svg(rows: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def _tsv_field(value: Any) -> str:
+    """One field of the MultiQC table: a tab or line break inside it would shift every column after it (or start a
+    new row), so every character that is not printable is written as its escape (a tab as \\t, NUL as \\x00).
+    Validation refuses such names already; this keeps a table written from older results whole."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(value))
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "" if not np.isfinite(value) else f"{value:.3f}"
@@ -209,7 +216,8 @@ def build_report(results: str | Path, outdir: str | Path, plan: Plan | None = No
     mqc = ["# id: 'slimreg'", "# section_name: 'slimreg registration QC'",
            "# description: 'Normalised cross-correlation, mutual information, coverage and landmark error "
            "before and after registration.'", "# plot_type: 'table'", "\t".join(["Sample", "status", *COLUMNS])]
-    mqc += ["\t".join([f"{r['sample']}_{r['name']}", r["status"], *[str(r["metrics"].get(c, "")) for c in COLUMNS]])
+    mqc += ["\t".join(_tsv_field(v) for v in [f"{r['sample']}_{r['name']}", r["status"],
+                                              *[r["metrics"].get(c, "") for c in COLUMNS]])
             for r in records]
     write_text_atomic(outdir / "slimreg_mqc.tsv", "\n".join(mqc) + "\n")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import re
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,11 @@ MIN_SIDE_PX = 16
 # compressed one, and a cap that keeps an uncompressed one small beside a task's working memory
 MAX_COMPRESSED_SEGMENT_BYTES = 50 * 1024**2
 MAX_SEGMENT_BYTES = 256 * 1024**2
+# most file systems' limit on one file name (ext4, XFS, Btrfs, ZFS, APFS: 255 bytes)
+MAX_FILE_NAME_BYTES = 255
+# what slimreg adds to a name it writes under a temporary name: "." + ".partial-" + pid (7 digits at most) + "-"
+# + 8 hex digits, and the tile writer's ".tiles" (slimreg.atomic.temporary_sibling)
+TEMPORARY_NAME_EXTRA = 1 + 9 + 7 + 1 + 8 + 6
 TRUE_WORDS = {"true", "yes", "1", "y", "t"}
 FALSE_WORDS = {"false", "no", "0", "n", "f", ""}
 
@@ -124,7 +130,8 @@ def read_samplesheet(path: str | Path, probe_images: bool = True,
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise InputError("samplesheet is not UTF-8 text.", path, "save it as a plain CSV file.") from error
-    lines = [line for line in text.splitlines() if line.strip()]
+    # line ends kept: a line break inside a quoted value stays in it (and is refused), not silently dropped
+    lines = [line for line in text.splitlines(keepends=True) if line.strip()]
     if not lines:
         raise InputError("samplesheet is empty.", path, "add a header line 'sample,image,reference,session,"
                          "landmarks' and one line per image.")
@@ -155,6 +162,13 @@ def read_samplesheet(path: str | Path, probe_images: bool = True,
         sample, image_text = record.get("sample", ""), record.get("image", "")
         if not sample:
             problems.append(f"row {number}: 'sample' is empty")
+        controls = _control_character_problems(number, record)
+        if controls:
+            problems += controls
+            continue  # such a name or path cannot be looked at further (a NUL byte cannot even name a file)
+        too_long = _name_length_problem(number, sample, record.get("session", ""), image_stem(image_text))
+        if too_long:
+            problems.append(too_long)
         if any(c in sample for c in "/\\ ") or sample.startswith("."):
             problems.append(f"row {number}: sample name {sample!r} must not contain spaces or slashes")
         reference_text = record.get("reference", "").lower()
@@ -220,6 +234,53 @@ def read_samplesheet(path: str | Path, probe_images: bool = True,
     if problems:
         _raise(path, problems)
     return Samplesheet(path=path, rows=tuple(rows), infos=infos)
+
+
+def _control_character_problems(number: int, record: dict[str, str]) -> list[str]:
+    """Tabs, newlines, NUL and other control characters in a name or path, one message per row.
+
+    Names become file names and columns of tab-separated tables (a tab in a sample name shifted every column after
+    it in slimreg_mqc.tsv); a NUL byte cannot be part of a file name at all (it used to end in a traceback).
+    """
+    found = []
+    for column in ("sample", "session", "image", "landmarks"):
+        text = record.get(column, "")
+        bad = sorted({c for c in text if unicodedata.category(c) == "Cc"})
+        if bad:
+            shown = ", ".join(repr(c) for c in bad)
+            found.append(f"{column} {text!r} contains control character(s) {shown}")
+    if not found:
+        return []
+    return [f"row {number}: {'; '.join(found)}: names and paths must be printable text (letters, digits, '_', "
+            "'-', '.'); retype them without tabs, line breaks or NUL bytes"]
+
+
+def _name_length_problem(number: int, sample: str, session: str, stem: str) -> str | None:
+    """A name that would make a file name past the file system's limit, found here and not by a task.
+
+    The longest names slimreg writes for a row: a task's records (``project-<sample>-<session>.memory.json``),
+    a session's registered projection (``<session>.projection.registered.ome.tif``) and a split stack's pieces
+    (``<image>_b<n>.ome.tif``), each first under a temporary name (TEMPORARY_NAME_EXTRA more bytes).
+    """
+    session = session or stem
+    candidates = [safe_id(f"project-{sample}-{session}") + ".memory.json",
+                  safe_id(f"split-{sample}-{stem}") + ".memory.json",
+                  f"{session}.projection.registered.ome.tif", f"{stem}_b99999.ome.tif", sample]
+    longest = max(candidates, key=lambda name: len(name.encode()))
+    size = len(longest.encode()) + TEMPORARY_NAME_EXTRA
+    if size <= MAX_FILE_NAME_BYTES:
+        return None
+    names = f"sample {_shortened(sample)} ({len(sample.encode())} bytes)"
+    names += f", session {_shortened(session)}" if session != stem else f", image {_shortened(stem)}"
+    names += f" ({len(session.encode())} bytes)"
+    return (f"row {number}: names too long: {names} make file names of up to {size} bytes, past the "
+            f"{MAX_FILE_NAME_BYTES}-byte limit on one file name; shorten them by at least "
+            f"{size - MAX_FILE_NAME_BYTES} bytes")
+
+
+def _shortened(text: str, keep: int = 24) -> str:
+    """A long name as its start and end, for a message that must stay one readable line."""
+    return repr(text) if len(text) <= 2 * keep else repr(f"{text[:keep]}...{text[-keep:]}")
 
 
 def _image_problems(info: ImageInfo, name: str) -> list[str]:

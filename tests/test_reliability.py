@@ -621,3 +621,79 @@ def test_a_compression_this_libvips_cannot_write_is_refused_before_any_work(
     assert "--compression zstd: this libvips build" in err and "cannot write zstd-compressed TIFF" in err
     assert "Fix: use --compression deflate (the default) or lzw." in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("column", "text"), [("sample", "tumour\t1"), ("sample", "tumour\x001"),
+                                              ("session", "s\n1"), ("sample", "tumour\x7f1")])
+def test_control_characters_in_names_are_refused_naming_the_row(tmp_path: Path, column: str, text: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A tab in a sample name used to pass validation and shift every column after it in slimreg_mqc.tsv; a NUL
+    byte passed too and ended in a traceback (exit 1) when it reached a file name."""
+    import csv
+
+    from slimreg.cli import main
+
+    reference, moving = _tiny_pair(tmp_path)
+    sheet = tmp_path / "sheet.csv"
+    with sheet.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sample", "image", "reference", "session"])
+        writer.writerow(["s" if column == "session" else text, reference.name, "true", ""])
+        writer.writerow(["s" if column == "session" else text, moving.name, "false",
+                         text if column == "session" else ""])
+    assert main(["validate", str(sheet)]) == 2
+    err = capsys.readouterr().err
+    row = "row 3" if column == "session" else "row 2"
+    assert f"  - {row}: {column} {text!r} contains control character(s)" in err
+    assert "Traceback" not in err and err.startswith("slimreg validate: error: ")
+
+
+def test_the_multiqc_table_keeps_its_columns_whatever_a_name_holds(tmp_path: Path) -> None:
+    """Defence behind validation: results written before it (or by hand) with a tab or newline in a name."""
+    from slimreg.report import build_report
+
+    log = tmp_path / "results" / "transforms" / "a\tb" / "register-a-b1.register.json"
+    log.parent.mkdir(parents=True)
+    log.write_text(json.dumps({"images": [{"image": "x.ome.tif", "stem": "x\ny", "status": "failed",
+                                           "error": "no tissue"}]}))
+    build_report(tmp_path / "results", tmp_path / "report")
+    lines = (tmp_path / "report" / "slimreg_mqc.tsv").read_text().splitlines()
+    table = [line for line in lines if not line.startswith("#")]
+    assert len(table) == 2 and len({line.count("\t") for line in table}) == 1
+    assert table[1].startswith("a\\tb_x\\ny\tfailed")
+
+
+@pytest.mark.parametrize("content", [b"II*\x00\x08\x00\x00\x00\xff\xfe", b"x,y\n1,2\n3,4 \xb5m\n"],
+                         ids=["a TIFF", "a Latin-1 byte"])
+def test_a_landmarks_file_that_is_not_utf8_gets_one_message_and_exit_2(tmp_path: Path, content: bytes,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """It used to end in a UnicodeDecodeError traceback, exit 1."""
+    from slimreg.cli import main
+
+    reference, moving = _tiny_pair(tmp_path)
+    (tmp_path / "ref.csv").write_text("x,y\n1,2\n3,4\n")
+    (tmp_path / "mov.csv").write_bytes(content)
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"sample,image,reference,landmarks\ns,{reference.name},true,ref.csv\n"
+                     f"s,{moving.name},false,mov.csv\n")
+    assert main(["validate", str(sheet)]) == 2
+    err = capsys.readouterr().err
+    assert f"row 3: {tmp_path / 'mov.csv'}: is not a UTF-8 text file" in err
+    assert "Fix: give a CSV with header x,y" in err and "Traceback" not in err
+
+
+def test_a_name_too_long_for_a_file_name_is_refused_up_front_with_the_limit(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A 300-character sample name used to pass validation and fail later, on an internal file name."""
+    from slimreg.cli import main
+
+    reference, moving = _tiny_pair(tmp_path)
+    sheet = tmp_path / "sheet.csv"
+    for sample, refused in (("s" * 300, True), ("s" * 150, False)):
+        sheet.write_text(f"sample,image,reference\n{sample},{reference.name},true\n{sample},{moving.name},false\n")
+        assert main(["validate", str(sheet)]) == (2 if refused else 0)
+        err = capsys.readouterr().err
+        assert ("past the 255-byte limit on one file name; shorten them by at least" in err) == refused
+    sheet.write_text(f"sample,image,reference\n{'s' * 300},{reference.name},true\n{'s' * 300},{moving.name},false\n")
+    assert main(["run", "--input", str(sheet), "--outdir", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
