@@ -697,3 +697,62 @@ def test_a_name_too_long_for_a_file_name_is_refused_up_front_with_the_limit(tmp_
     sheet.write_text(f"sample,image,reference\n{'s' * 300},{reference.name},true\n{'s' * 300},{moving.name},false\n")
     assert main(["run", "--input", str(sheet), "--outdir", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def _stack_with_pixel_size(path: Path, case: str) -> Path:
+    """12 frames of 64 px whose header holds the pixel size ``case`` describes (an OME value, or N dpi)."""
+    frames = np.random.default_rng(2).integers(0, 4000, (12, 64, 64), dtype=np.uint16)
+    if case.endswith("dpi"):  # what a TIFF converted from a JPEG or a screenshot carries
+        dpi = float(case.removesuffix(" dpi"))
+        tifffile.imwrite(path, frames, resolution=(dpi, dpi), resolutionunit="INCH", metadata={"axes": "TYX"})
+    else:
+        size = float(case.removeprefix("PhysicalSizeX "))
+        tifffile.imwrite(path, frames, metadata={"axes": "TYX", "PhysicalSizeX": size, "PhysicalSizeY": size})
+    return path
+
+
+@pytest.mark.parametrize("case", ["PhysicalSizeX 0", "PhysicalSizeX nan", "PhysicalSizeX -0.5", "PhysicalSizeX inf",
+                                  "72 dpi", "96 dpi", "150 dpi", "300 dpi"])
+def test_pixel_sizes_no_microscope_has_are_unknown_with_one_warning(tmp_path: Path, case: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """0, NaN, negative or infinite OME sizes used to pass validation, then crash projections (ZeroDivisionError,
+    "cannot convert NaN to integer ratio") and print NaN in `slimreg info`; 72 dpi read as 353 um/px and was
+    written into outputs' OME metadata. Now: unknown, one warning per file, and no pixel size in outputs."""
+    from slimreg.cli import main
+    from slimreg.plan import PlanSettings, build_plan
+    from slimreg.register.settings import RegistrationSettings
+    from slimreg.tasks import execute
+
+    reference = _stack_with_pixel_size(tmp_path / "ref.ome.tif" if "Physical" in case else tmp_path / "ref.tif", case)
+    moving = _stack_with_pixel_size(tmp_path / "mov.ome.tif" if "Physical" in case else tmp_path / "mov.tif", case)
+    for _ in range(2):  # read twice here, and once more by `info`
+        assert probe(reference).pixel_size_um is None
+    assert main(["info", str(reference)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["pixel_size_um"] is None
+    assert captured.err.count(f"slimreg: warning: {reference}: ") == 1  # once, however often it is read
+    assert "is treated as unknown" in captured.err
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"sample,image,reference\ns,{reference.name},true\ns,{moving.name},false\n")
+    assert main(["validate", str(sheet)]) == 0
+    plan = build_plan(read_samplesheet(sheet), tmp_path / "out", RegistrationSettings.from_preset("low"),
+                      PlanSettings())
+    projections = [t for t in plan.tasks if t.kind == "project"]
+    assert len(projections) == 2
+    for task in projections:
+        execute(plan, task, tmp_path / "out")
+        with tifffile.TiffFile(tmp_path / "out" / task.outputs[0]) as written:
+            assert written.is_ome and "PhysicalSize" not in written.ome_metadata
+
+
+def test_microscope_pixel_sizes_are_kept_in_any_unit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The check sets aside screen resolutions and impossible values only: 0.5 um/px written in pixels per inch
+    (50800 dpi) or per centimetre, or in OME, is read as it is, without a word."""
+    data = np.zeros((64, 64), np.uint16)
+    tifffile.imwrite(tmp_path / "inch.tif", data, resolution=(50800, 50800), resolutionunit="INCH")
+    tifffile.imwrite(tmp_path / "cm.tif", data, resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    write_array(data, tmp_path / "ome.ome.tif", pixel_size_um=(0.325, 0.325))
+    assert probe(tmp_path / "inch.tif").pixel_size_um == pytest.approx((0.5, 0.5))
+    assert probe(tmp_path / "cm.tif").pixel_size_um == pytest.approx((0.5, 0.5))
+    assert probe(tmp_path / "ome.ome.tif").pixel_size_um == pytest.approx((0.325, 0.325))
+    assert "warning" not in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import sys
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,16 @@ UNIT_TO_MICROMETRE = {
     "m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0,
     "nm": 1e-3, "Å": 1e-4, "pm": 1e-6,
 }
+
+
+# A pixel size is the microscope's only if it is a finite number above zero and below a millimetre per pixel
+# ("1 pixel per centimetre", the placeholder ImageJ and others write, reads as 10000 um/px; libvips' default
+# 1 pixel per millimetre as 1000 um/px).
+MAX_PIXEL_SIZE_UM = 1000.0
+# Resolutions in pixels per inch up to this are a screen's or a printer's (72, 96, 150, 300 dpi: a TIFF converted
+# from a JPEG carries 72 dpi, which reads as 353 um/px), never a microscope's (0.5 um/px is 50800 dpi).
+MAX_SCREEN_DPI = 1200.0
+_warned: set[tuple[str, str]] = set()  # (file, reason): each unusable pixel size is told once per process
 
 
 @dataclass(frozen=True)
@@ -184,7 +195,11 @@ def _probe_open(path: Path, tif: tifffile.TiffFile) -> ImageInfo:
     if names is None:
         names = ["R", "G", "B", "A"][:channels] if is_rgb else [f"C{i}" for i in range(channels)]
     # libvips writes a 1 px/mm resolution tag by default, so in OME files only the OME-XML is trusted
-    pixel_size = ome_pixel_size if tif.is_ome else _tiff_pixel_size(tif, keyframe)
+    if tif.is_ome:
+        pixel_size = usable_pixel_size(ome_pixel_size, path, "its OME PhysicalSizeX/Y")
+    else:
+        found, origin, dpi = _tiff_pixel_size(tif, keyframe)
+        pixel_size = usable_pixel_size(found, path, origin, dpi)
 
     tile = (int(keyframe.tilelength), int(keyframe.tilewidth)) if keyframe.is_tiled else None
     return ImageInfo(
@@ -260,35 +275,85 @@ def _ome_metadata(tif: tifffile.TiffFile) -> tuple[list[str], tuple[float, float
     if pixels.get("PhysicalSizeX"):
         unit_x = pixels.get("PhysicalSizeXUnit", "µm")
         unit_y = pixels.get("PhysicalSizeYUnit", unit_x)
-        sx = float(pixels.get("PhysicalSizeX")) * UNIT_TO_MICROMETRE.get(unit_x, 1.0)
-        sy = float(pixels.get("PhysicalSizeY", pixels.get("PhysicalSizeX"))) * UNIT_TO_MICROMETRE.get(unit_y, 1.0)
+        sx = _number(pixels.get("PhysicalSizeX")) * UNIT_TO_MICROMETRE.get(unit_x, 1.0)
+        sy = _number(pixels.get("PhysicalSizeY", pixels.get("PhysicalSizeX"))) * UNIT_TO_MICROMETRE.get(unit_y, 1.0)
         pixel_size = (sx, sy)
     return names, pixel_size
 
 
-def _tiff_pixel_size(tif: tifffile.TiffFile, page: Any) -> tuple[float, float] | None:
-    """Pixel size from ImageJ metadata or TIFF resolution tags, in micrometres."""
+def _number(text: str | None) -> float:
+    """A header's number; text that is not one reads as NaN, which usable_pixel_size then sets aside."""
+    try:
+        return float(text or "nan")
+    except ValueError:
+        return math.nan
+
+
+def _tiff_pixel_size(tif: tifffile.TiffFile, page: Any) -> tuple[tuple[float, float] | None, str, float | None]:
+    """Pixel size from ImageJ metadata or TIFF resolution tags, in micrometres, as found (checked by the
+    caller); with where it was found and, for a resolution in pixels per inch, that resolution."""
     if tif.is_imagej and tif.imagej_metadata:
         unit = tif.imagej_metadata.get("unit", "")
         factor = UNIT_TO_MICROMETRE.get(str(unit).replace("\\u00B5", "µ"))
         if factor is not None:
             try:
                 x_res, y_res = page.tags["XResolution"].value, page.tags["YResolution"].value
-                return (factor * x_res[1] / x_res[0], factor * y_res[1] / y_res[0])
-            except (KeyError, ZeroDivisionError, TypeError):
+                return (factor * _ratio(x_res), factor * _ratio(y_res)), f"its ImageJ resolution (unit {unit})", None
+            except (KeyError, TypeError):
                 pass
     try:
         x_res, y_res = page.tags["XResolution"].value, page.tags["YResolution"].value
         unit = page.tags["ResolutionUnit"].value
     except KeyError:
-        return None
+        return None, "", None
     per_unit = {tifffile.RESUNIT.CENTIMETER: 1e4, tifffile.RESUNIT.INCH: 25400.0}.get(unit)
-    if per_unit is None or not x_res[0] or not y_res[0]:
+    if per_unit is None:
+        return None, "", None
+    size = (per_unit * _ratio(x_res), per_unit * _ratio(y_res))
+    if unit == tifffile.RESUNIT.INCH:
+        dpi = max(_inverse_ratio(x_res), _inverse_ratio(y_res))
+        return size, f"its TIFF resolution ({dpi:g} pixels per inch)", dpi
+    return size, "its TIFF resolution (pixels per centimetre)", None
+
+
+def _ratio(resolution: tuple[int, int]) -> float:
+    """Units per pixel from a TIFF rational (pixels per unit); 0 pixels per unit reads as infinity."""
+    pixels, per = float(resolution[0]), float(resolution[1])
+    return per / pixels if pixels else math.inf
+
+
+def _inverse_ratio(resolution: tuple[int, int]) -> float:
+    return float(resolution[0]) / float(resolution[1]) if resolution[1] else math.inf
+
+
+def usable_pixel_size(size: tuple[float, float] | None, path: Path, origin: str,
+                      dpi: float | None = None) -> tuple[float, float] | None:
+    """``size`` if it can be a microscope's pixel size, else None (unknown) after one warning per file.
+
+    Every reader of pixel sizes (validation, the plan's scale checks, projections, the registered image's OME
+    metadata) takes them from here: 0, negative, NaN or infinite sizes used to crash projections and print NaN in
+    `slimreg info`; screen resolutions (72 dpi: 353 um/px) and placeholders (1 pixel per cm) were written into
+    registered images as if measured.
+    """
+    if size is None:
         return None
-    sx, sy = per_unit * x_res[1] / x_res[0], per_unit * y_res[1] / y_res[0]
-    if not (math.isfinite(sx) and math.isfinite(sy)) or sx <= 0 or sx > 1e4:
-        return None
-    return (sx, sy)
+    shown = " x ".join(f"{value:.4g}" for value in size)
+    if not all(math.isfinite(value) and value > 0 for value in size):
+        reason = f"{origin} gives {shown} um per pixel, which is not a pixel size"
+    elif dpi is not None and dpi <= MAX_SCREEN_DPI:
+        reason = (f"{origin} is a screen or print resolution ({shown} um per pixel), not a microscope's pixel size "
+                  "(a TIFF converted from a JPEG or a screenshot carries 72 or 96)")
+    elif max(size) >= MAX_PIXEL_SIZE_UM:
+        reason = (f"{origin} gives {shown} um per pixel, a placeholder (a millimetre or more per pixel), not a "
+                  "measurement")
+    else:
+        return size
+    if (str(path), reason) not in _warned:
+        _warned.add((str(path), reason))
+        print(f"slimreg: warning: {path}: {reason}; its pixel size is treated as unknown (registration works in "
+              "pixels; outputs carry no pixel size). Write the real one into the file's OME metadata if it is "
+              "known.", file=sys.stderr)
+    return None
 
 
 def _has_tiff_signature(path: Path) -> bool:
