@@ -9,6 +9,10 @@ exact truth.
 
 from __future__ import annotations
 
+import filecmp
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +137,13 @@ def _stack_planes(base: np.ndarray, frames: int, seed: int, transform: Transform
 
 
 def make_demo_data(outdir: str | Path, size: int = 1024, frames: int = 40, seed: int = 0) -> Path:
-    """Write the demo series and ``samplesheet.csv`` into ``outdir``; return the samplesheet path."""
+    """Write the demo series and ``samplesheet.csv`` into ``outdir``; return the samplesheet path.
+
+    Nothing of the user's is replaced: the series is made in a scratch folder inside ``outdir`` and moved into
+    place only if every file of the same name already there is exactly what would be written (the same demo made
+    again: running the quick start twice works); otherwise nothing is written and the files in the way are named.
+    A failure part way leaves nothing behind either.
+    """
     from slimreg.errors import ParameterError
 
     if size < 256:
@@ -142,6 +152,39 @@ def make_demo_data(outdir: str | Path, size: int = 1024, frames: int = 40, seed:
         raise ParameterError(f"--frames must be at least 2, got {frames}.")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".slimreg-work-", dir=outdir))  # a name slimreg's clean-up knows
+    try:
+        _write_demo(scratch, size, frames, seed)
+        made = sorted(scratch.iterdir())
+        _refuse_files_in_the_way(made, outdir)
+        for path in made:
+            os.replace(path, outdir / path.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return outdir / "samplesheet.csv"
+
+
+def _refuse_files_in_the_way(made: list[Path], outdir: Path) -> None:
+    """Refuse if ``outdir`` holds a file of a demo file's name with other contents (a samplesheet or landmarks
+    the user wrote or edited, an image of theirs): `demo-data` used to replace them silently."""
+    in_the_way = []
+    for path in made:
+        existing = outdir / path.name
+        if existing.is_symlink() or (existing.exists() and not (existing.is_file()
+                                                                and filecmp.cmp(existing, path, shallow=False))):
+            in_the_way.append(existing.name)
+    if in_the_way:
+        from slimreg.errors import InputError
+
+        shown = ", ".join(in_the_way[:6]) + (f" and {len(in_the_way) - 6} more" if len(in_the_way) > 6 else "")
+        raise InputError(f"already holds {len(in_the_way)} file(s) that demo-data would replace with other contents: "
+                         f"{shown}; nothing was written.", outdir,
+                         "pick an empty folder, or remove those files (the same demo, made again with the same "
+                         "--size, --frames and --seed, may be written over itself).")
+
+
+def _write_demo(outdir: Path, size: int, frames: int, seed: int) -> Path:
+    """Every file of the demo, written into ``outdir`` (see make_demo_data)."""
     base = _base_channels(seed)
     images: list[DemoImage] = []
     reference_points = _landmarks_on_reference(size)

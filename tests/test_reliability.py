@@ -756,3 +756,28 @@ def test_microscope_pixel_sizes_are_kept_in_any_unit(tmp_path: Path, capsys: pyt
     assert probe(tmp_path / "cm.tif").pixel_size_um == pytest.approx((0.5, 0.5))
     assert probe(tmp_path / "ome.ome.tif").pixel_size_um == pytest.approx((0.325, 0.325))
     assert "warning" not in capsys.readouterr().err
+
+
+def test_demo_data_never_replaces_a_users_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`demo-data DIR` used to overwrite samplesheet.csv and *.landmarks.csv there silently. Now it writes nothing
+    and names them; the same demo made again over itself is allowed (running the quick start twice works)."""
+    from slimreg.cli import main
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "samplesheet.csv").write_text("sample,image,reference\nmy,scan.ome.tif,true\n")
+    (folder / "mif_round0.landmarks.csv").write_text("x,y\n10,20\n")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert main(["demo-data", str(folder), "--size", "256", "--frames", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder}: already holds 2 file(s) that demo-data would replace" in err
+    assert "mif_round0.landmarks.csv, samplesheet.csv; nothing was written" in err and "pick an empty folder" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no image, no scratch folder either
+
+    again = tmp_path / "demo"
+    assert main(["demo-data", str(again), "--size", "256", "--frames", "4"]) == 0
+    first = {p.name: p.read_bytes() for p in again.iterdir()}
+    assert main(["demo-data", str(again), "--size", "256", "--frames", "4"]) == 0
+    assert {p.name: p.read_bytes() for p in again.iterdir()} == first
+    assert main(["demo-data", str(again), "--size", "256", "--frames", "6"]) == 2  # another demo: refused
+    assert {p.name: p.read_bytes() for p in again.iterdir()} == first
