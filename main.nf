@@ -10,8 +10,12 @@ include { REGISTRATION            } from './subworkflows/local/registration'
 
 workflow {
     main:
-    PIPELINE_INITIALISATION()
-    REGISTRATION(PIPELINE_INITIALISATION.out.samplesheet, PIPELINE_INITIALISATION.out.files)
+    PIPELINE_INITIALISATION(params.input, "${params.demo}".toBoolean(), params.demo_size as int)
+    REGISTRATION(
+        PIPELINE_INITIALISATION.out.samplesheet,
+        PIPELINE_INITIALISATION.out.files,
+        file("${projectDir}/assets/stub/plan.csv", checkIfExists: true)
+    )
 
     REGISTRATION.out.versions
         .mix(PIPELINE_INITIALISATION.out.versions)

@@ -225,7 +225,8 @@ def run_preflight_command(args: argparse.Namespace) -> int:
 
     plan = _build_plan(args)
     run_preflight(plan, args.outdir, workers=args.workers, force=args.force, stream=sys.stdout,
-                  write_to=_writable_outdir(args.outdir), resources=_task_resources(args))
+                  write_to=_writable_outdir(args.outdir), resources=_task_resources(args),
+                  per_task_disk=args.task_disk_limit is not None)
     print(f"wrote {args.outdir / 'preflight.json'}")
     return 0
 
@@ -261,7 +262,10 @@ def _task_resources(args: argparse.Namespace):
 
     local = available_resources(args.outdir)
     limit = parse_size(args.task_memory_limit, "--task-memory-limit")
-    return dataclasses.replace(local, memory_bytes=limit,
+    disk_limit = getattr(args, "task_disk_limit", None)
+    disk = local.disk_bytes if disk_limit is None else 0 if disk_limit == "none" else \
+        parse_size(disk_limit, "--task-disk-limit")
+    return dataclasses.replace(local, memory_bytes=limit, disk_bytes=disk,
                                memory_source=f"the most a task may request ({args.task_memory_limit})")
 
 
@@ -271,7 +275,7 @@ def run_plan(args: argparse.Namespace) -> int:
     plan = _build_plan(args)
     outdir = _writable_outdir(args.outdir)
     run_preflight(plan, outdir, workers=args.workers, force=args.force, stream=sys.stderr, write_to=outdir,
-                  resources=_task_resources(args))
+                  resources=_task_resources(args), per_task_disk=args.task_disk_limit is not None)
     json_path, csv_path = plan.write(outdir)
     for task in plan.tasks:
         print(f"{task.id}\t{task.kind}\t{task.peak_memory_bytes / 1024**2:.0f} MB")
@@ -292,6 +296,10 @@ def _common_plan_command(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-memory-limit", metavar="SIZE",
                         help="compare each task with the most memory a task may get (a scheduler's limit, e.g. "
                              "Nextflow's resourceLimits: 128.GB) instead of this machine's free memory")
+    parser.add_argument("--task-disk-limit", metavar="SIZE|none",
+                        help="a scheduler runs each task in its own scratch folder: compare each task's disk need "
+                             "with the most disk a task may ask for (resourceLimits' disk), or with nothing "
+                             "('none'), instead of the run's total with this folder's free space")
     _add_registration_options(parser)
     _plan_options(parser)
 
@@ -309,10 +317,10 @@ def _plan_args(parser: argparse.ArgumentParser) -> None:
 def run_run_task(args: argparse.Namespace) -> int:
     import json
 
-    from slimreg.errors import InputError
+    from slimreg.errors import DependencyNotProducedError, InputError, RegistrationError
     from slimreg.memory import MemoryTracker, process_high_water_bytes
     from slimreg.plan import Plan
-    from slimreg.tasks import execute
+    from slimreg.tasks import execute, preset_for_attempt
 
     if args.spec:
         # Nextflow: the task's own spec, its samplesheet files staged under sources/<n>/ (slimreg.tasks)
@@ -329,10 +337,20 @@ def run_run_task(args: argparse.Namespace) -> int:
         root = args.root or Path(plan.outdir)
     else:
         raise InputError("run-task needs --spec FILE, or --plan FILE with --task ID.")
+    preset = args.preset
+    if args.preset_for_attempt and args.preset_for_attempt > 1:
+        preset = preset_for_attempt(task, args.preset, args.preset_for_attempt)
     with MemoryTracker(debug=args.memory_debug) as tracker:
         try:
-            execute(plan, task, root, tracker=tracker, preset=args.preset, keep_work=args.keep_work,
+            execute(plan, task, root, tracker=tracker, preset=preset, keep_work=args.keep_work,
                     staged=bool(args.spec))
+        except (RegistrationError, DependencyNotProducedError) as error:
+            if not args.keep_going:
+                raise
+            # the pipeline: the task's log records each image's failure and the report lists it first; the
+            # task itself succeeds so that its batch-mates' outputs are kept and the run goes on
+            print(f"slimreg run-task {task.id}: {error.message} (--keep-going: recorded; the run goes on)",
+                  file=sys.stderr)
         finally:
             if args.memory_log:
                 tracker.write(args.memory_log, {"task": task.id, "preset": args.preset, "measured_in": "own process",
@@ -350,6 +368,14 @@ def _run_task_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, help="folder for relative paths (default: the plan's outdir; with "
                         "--spec, the current folder)")
     parser.add_argument("--preset", choices=options.PRESET_ORDER, help="override the preset (OOM retries)")
+    parser.add_argument("--preset-for-attempt", type=int, metavar="N",
+                        help="attempt N of the task (Nextflow's task.attempt): a register task runs N-1 presets "
+                             "below its own (high -> medium -> low), as `slimreg run` retries after an "
+                             "out-of-memory kill")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="exit 0 when images of the task could not be registered (its log records each, for "
+                             "the report) or when it checks an image that did not register: what the pipeline "
+                             "passes, so that one image's failure stays that image's")
     parser.add_argument("--memory-log", type=Path, help="write the task's memory log here")
     parser.add_argument("--memory-debug", action="store_true")
     parser.add_argument("--keep-work", action="store_true")

@@ -37,6 +37,11 @@ class RegistrationError(SlimregError):
     """Registration could not produce a trustworthy transform for an image."""
 
 
+class DependencyNotProducedError(InputError):
+    """A task's input is an output that the task it depends on did not write, because that task's image could
+    not be registered: the task has nothing to do (QC or merge of that image)."""
+
+
 class InsufficientMemoryError(SlimregError, MemoryError):
     """The pre-flight estimate exceeds the memory available to this process."""
 

@@ -30,13 +30,14 @@ class Check:
     needed_bytes: int
     available_bytes: int
     level: str  # ok | warn | fail
+    per_task: bool = False  # disk compared task by task (a scheduler gives each task its own)
 
     @property
     def fraction(self) -> float:
         return self.needed_bytes / max(1, self.available_bytes)
 
     def line(self) -> str:
-        word = "estimated peak" if self.resource == "RAM" else "estimated total"
+        word = "estimated peak" if self.resource == "RAM" else "largest task" if self.per_task else "estimated total"
         mark = {"ok": "", "warn": "  HIGH", "fail": "  EXCEEDS AVAILABLE"}[self.level]
         return (f"{self.resource}: {word} {self.needed_bytes / GB:.1f} GB vs {self.available_bytes / GB:.1f} GB "
                 f"available ({self.fraction:.0%}){mark}")
@@ -86,8 +87,12 @@ def remediation(plan: Plan, workers: int, resource: str, outdir: Path) -> list[s
 
 def run_preflight(plan: Plan, outdir: str | Path, *, workers: int = 1, force: bool = False,
                   stream: TextIO | None = None, resources: Resources | None = None,
-                  write_to: str | Path | None = None) -> dict[str, Any]:
-    """Check ``plan`` against the machine; print the summary; write ``preflight.json``; raise when it cannot fit."""
+                  write_to: str | Path | None = None, per_task_disk: bool = False) -> dict[str, Any]:
+    """Check ``plan`` against the machine; print the summary; write ``preflight.json``; raise when it cannot fit.
+
+    ``per_task_disk``: a scheduler runs the tasks (the pipeline), each in its own scratch folder with the disk it
+    asks for: compare the largest task's need with ``resources.disk_bytes`` (the most a task may ask for; 0: no
+    limit known, not checked), not the run's total with this process's own folder."""
     stream = stream or sys.stderr
     outdir = Path(outdir)
     for task in plan.tasks:
@@ -98,9 +103,13 @@ def run_preflight(plan: Plan, outdir: str | Path, *, workers: int = 1, force: bo
                              "`slimreg info`.")
     resources = resources or available_resources(outdir)
     peak = concurrent_peak(plan, workers)
-    disk = sum(t.disk_bytes for t in plan.tasks)
-    checks = [Check("RAM", peak, resources.memory_bytes, _level(peak, resources.memory_bytes)),
-              Check("Disk", disk, resources.disk_bytes, _level(disk, resources.disk_bytes))]
+    checks = [Check("RAM", peak, resources.memory_bytes, _level(peak, resources.memory_bytes))]
+    if not per_task_disk:
+        disk = sum(t.disk_bytes for t in plan.tasks)
+        checks.append(Check("Disk", disk, resources.disk_bytes, _level(disk, resources.disk_bytes)))
+    elif resources.disk_bytes > 0:
+        disk = max((t.disk_bytes for t in plan.tasks), default=0)
+        checks.append(Check("Disk", disk, resources.disk_bytes, _level(disk, resources.disk_bytes), per_task=True))
     verdict = "fail" if any(c.level == "fail" for c in checks) else \
         "warn" if any(c.level == "warn" for c in checks) else "ok"
     if verdict == "fail" and force:
@@ -110,6 +119,10 @@ def run_preflight(plan: Plan, outdir: str | Path, *, workers: int = 1, force: bo
               "verdict": verdict, "largest_task": max(plan.tasks, key=lambda t: t.peak_memory_bytes).id
               if plan.tasks else None}
     print("=== Pre-flight resource check ===", file=stream)
+    if per_task_disk and resources.disk_bytes <= 0:
+        largest = max((t.disk_bytes for t in plan.tasks), default=0)
+        print(f"Disk: largest task {largest / GB:.1f} GB; not checked here: each task asks the scheduler for its "
+              "own (the disk directive)", file=stream)
     for check in checks:
         print(check.line() + ("" if check.resource == "Disk" else f"  [{resources.memory_source}, "
                               f"{workers} worker(s)]"), file=stream)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import fnmatch
 import html
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -32,16 +35,24 @@ COLUMNS = ("edge_correlation_before", "edge_correlation_after", "significance_af
 MB = 1024**2
 
 
+def _find(results: Path, pattern: str) -> list[Path]:
+    """Files under ``results`` whose name matches ``pattern``, through linked folders too: the pipeline stages each
+    task's folder for the report as a link, which ``Path.glob("**")`` does not enter before Python 3.13."""
+    found = []
+    for folder, _, names in os.walk(results, followlinks=True):
+        found += [Path(folder) / name for name in fnmatch.filter(names, pattern)]
+    return sorted(found)
+
+
 def _qc_records(results: Path) -> list[dict[str, Any]]:
     records = []
-    for path in sorted(results.glob(f"**/*{layout.QC_JSON_SUFFIX}")):
+    for path in sorted(_find(results, f"*{layout.QC_JSON_SUFFIX}")):
         data = json.loads(path.read_text())
         data["sample"] = data.get("sample") or path.parent.name
         data["name"] = path.name.removesuffix(layout.QC_JSON_SUFFIX)
-        png = path.with_name(data.get("png", path.name.replace(".json", ".png")))
-        if not png.is_file():  # Nextflow stages each file of a list in its own numbered folder
-            png = next((p for p in sorted(results.glob(f"**/{png.name}")) if p.is_file()), png)
-        data["png_path"] = png
+        # the picture beside its JSON, never one of the same name elsewhere: two samples may share a session name
+        # (the pipeline stages each QC task's qc/ folder whole, so the pair stays together)
+        data["png_path"] = path.with_name(data.get("png", path.name.replace(".json", ".png")))
         records.append(data)
     return records
 
@@ -49,7 +60,7 @@ def _qc_records(results: Path) -> list[dict[str, Any]]:
 def _registration_failures(results: Path) -> list[dict[str, Any]]:
     """Images that REGISTER could not register (from its logs), as report rows: they have no QC of their own."""
     records = []
-    for path in sorted(results.glob(f"**/*{layout.REGISTER_LOG_SUFFIX}")):
+    for path in sorted(_find(results, f"*{layout.REGISTER_LOG_SUFFIX}")):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -75,14 +86,14 @@ def _thumbnail(png: Path, width: int = 320) -> str:
 
 def _trace_rows(results: Path) -> list[dict[str, str]]:
     """Every row of every Nextflow execution trace under ``results``, in file order (later attempts later)."""
-    return [row for trace in sorted(results.glob("**/execution_trace*.txt"))
+    return [row for trace in sorted(_find(results, "execution_trace*.txt"))
             for row in csv.DictReader(trace.read_text().splitlines(), delimiter="\t")]
 
 
 def _task_memory(results: Path, plan: Plan | None) -> list[dict[str, Any]]:
     """Estimated (plan) vs measured (memory logs or Nextflow trace) peak memory and wall time per task."""
     measured: dict[str, dict[str, float]] = {}
-    for path in sorted(results.glob(f"**/*{layout.MEMORY_LOG_SUFFIX}")):
+    for path in sorted(_find(results, f"*{layout.MEMORY_LOG_SUFFIX}")):
         data = json.loads(path.read_text())
         task_id = data.get("task") or path.name.removesuffix(layout.MEMORY_LOG_SUFFIX)
         steps = data.get("steps", data.get("tasks", []))  # "tasks": logs written before 0.1.1
@@ -107,7 +118,7 @@ def _task_outcomes(results: Path) -> list[dict[str, Any]]:
     """Tasks that were retried, stopped or did not finish: from a local run's outcomes file, or from the attempts
     in a Nextflow trace (the last attempt of each task counts)."""
     rows: dict[str, dict[str, Any]] = {}
-    for path in sorted(results.glob(f"**/{layout.RUN_OUTCOMES}")):
+    for path in sorted(_find(results, f"{layout.RUN_OUTCOMES}")):
         for outcome in json.loads(path.read_text()).get("outcomes", []):
             if outcome["attempts"] > 1 or outcome["status"] not in ("done", "skipped"):
                 rows[outcome["id"]] = {"id": outcome["id"], "status": outcome["status"],
@@ -202,7 +213,7 @@ def build_report(results: str | Path, outdir: str | Path, plan: Plan | None = No
     if not results.is_dir():
         raise InputError("results folder not found.", results, "give the --outdir of a slimreg run.")
     if plan is None:
-        found = sorted(results.glob("**/plan.json"))
+        found = sorted(_find(results, "plan.json"))
         plan = Plan.load(found[0]) if found else None
     records = _registration_failures(results) + _qc_records(results)
     records.sort(key=lambda r: ({"failed": 0, "fail": 1}.get(r["status"], 2), r["sample"], r["name"]))
@@ -231,10 +242,14 @@ def build_report(results: str | Path, outdir: str | Path, plan: Plan | None = No
             reasons = "<br>".join(html.escape(x) for x in r["reasons"])
             if r["png_path"] is None:
                 picture = "<td>no registered image</td>"
+            elif not r["png_path"].is_file():
+                picture = "<td>no QC picture</td>"
             else:
-                link = Path("..") / r["png_path"].relative_to(results) if r["png_path"].is_relative_to(results) \
-                    else r["png_path"]
-                picture = (f'<td><a href="{html.escape(str(link))}"><img src="{_thumbnail(r["png_path"])}" '
+                # where the picture is published beside the report (slimreg run and the pipeline alike), not
+                # where this task read it: report/report.html -> ../qc/<sample>/<name>_qc.png
+                link = "/".join(quote(part) for part in ("..", layout.QC, r["png_path"].parent.name,
+                                                          r["png_path"].name))
+                picture = (f'<td><a href="{html.escape(link)}"><img src="{_thumbnail(r["png_path"])}" '
                            f'alt="QC overlay of {html.escape(r["name"])}" width="160"></a></td>')
             rows.append(f'<tr class="{r["status"]}">{picture}'
                         f'<td>{html.escape(r["name"])}</td><td class="status">{r["status"]}</td><td>{reasons}</td>'

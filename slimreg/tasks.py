@@ -13,13 +13,14 @@ names ``s3://...`` locations, and in a work folder of another machine.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from pathlib import Path, PurePosixPath
 
 from slimreg import layout
-from slimreg.errors import InputError
+from slimreg.errors import DependencyNotProducedError, InputError
 from slimreg.guard import protecting, refuse_outputs_over_inputs
 from slimreg.io.integrity import damaged_input_error, is_decode_error
 from slimreg.io.vips import pyvips
@@ -73,6 +74,21 @@ class Locations:
         return resolve(path, self.root)
 
 
+def _not_registered(output: str, root: Path) -> bool:
+    """Whether ``output`` (a registered image or transform) is missing because its register task recorded the
+    image as failed: a register log staged beside the task (``*.register.json``) names it as not ok."""
+    name = PurePosixPath(output).name
+    for log in root.glob(f"*{layout.REGISTER_LOG_SUFFIX}"):
+        try:
+            images = json.loads(log.read_text()).get("images", [])
+        except (OSError, ValueError):
+            continue
+        failed = [str(image.get("stem")) for image in images if image.get("status") != "ok" and image.get("stem")]
+        if any(name.startswith(f"{stem}.") for stem in failed):  # <stem>.ome.tif, <stem>.transform.json, ...
+            return True
+    return False
+
+
 def _maybe_simulate_oom(task: Task, preset: str | None) -> None:
     """Test hook: allocate until far above the task's baseline, then die by SIGKILL as the OOM killer would.
 
@@ -109,6 +125,9 @@ def execute(plan: Plan | None, task: Task, root: Path, *, tracker: MemoryTracker
             raise InputError(f"samplesheet file {original} of task {task.id} was not staged.", path,
                              "stage each of the task's sources (plan.csv, column sources) in order under "
                              "sources/<n>/, as the pipeline's modules do.")
+        if staged and _not_registered(original, root):
+            raise DependencyNotProducedError(f"task {task.id} has nothing to check: {original} was not written, "
+                                             "its image could not be registered (its register log says why).")
         raise InputError(f"input of task {task.id} is missing: {original}.", path,
                          "run the tasks it depends on first (slimreg run does this in order).")
     kind = kind_named(task.kind, task.id)
@@ -128,6 +147,15 @@ def execute(plan: Plan | None, task: Task, root: Path, *, tracker: MemoryTracker
         raise
 
 
+def preset_for_attempt(task: Task, current: str | None, attempt: int) -> str | None:
+    """The preset of a register task's ``attempt`` (1: as planned), one lower per attempt and never below the
+    lowest: the one ladder both `slimreg run` and the pipeline retry down."""
+    preset = current
+    for _ in range(attempt - 1):
+        preset = lower_preset_for_retry(task, preset) or preset
+    return preset
+
+
 def lower_preset_for_retry(task: Task, current: str | None) -> str | None:
     """The next lower preset for a register task after an out-of-memory kill (None: no lower one)."""
     if task.kind != "register":
@@ -137,4 +165,5 @@ def lower_preset_for_retry(task: Task, current: str | None) -> str | None:
     return lower.preset if lower else None
 
 
-__all__ = ["Locations", "execute", "lower_preset_for_retry", "registration_settings", "resolve", "staged_source"]
+__all__ = ["Locations", "execute", "lower_preset_for_retry", "preset_for_attempt", "registration_settings", "resolve",
+           "staged_source"]

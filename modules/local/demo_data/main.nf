@@ -6,14 +6,14 @@ process DEMO_DATA {
 
     input:
     val size
+    // the test profile's demo samplesheet (assets/stub/samplesheet.csv, kept fresh by scripts/make_stub_plan.py):
+    // a -stub run writes it and an empty file for each name in it; the real script does not read it
+    path(stub_sheet, stageAs: 'stub/samplesheet.csv')
 
     output:
     path "demo/samplesheet.csv", emit: samplesheet
     path "demo/*.{tif,csv}", emit: files
     path "versions.yml", emit: versions
-
-    when:
-    task.ext.when == null || task.ext.when
 
     script:
     """
@@ -22,14 +22,9 @@ process DEMO_DATA {
     """
 
     stub:
-    // the test profile's demo samplesheet (assets/stub/samplesheet.csv, kept fresh by scripts/make_stub_plan.py)
-    // and an empty file for each name in it, so that PROBE runs and PLAN's stub plan finds every task's files
-    def stub_sheet = file("${projectDir}/assets/stub/samplesheet.csv").text.trim()
     """
     mkdir -p demo
-    cat > demo/samplesheet.csv <<'END_OF_STUB_SHEET'
-${stub_sheet}
-END_OF_STUB_SHEET
+    cp ${stub_sheet} demo/samplesheet.csv
     for name in \$(tail -n +2 demo/samplesheet.csv | cut -d, -f2,5 | tr ',' ' '); do touch "demo/\$name"; done
     printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml
     """

@@ -9,6 +9,9 @@ process PLAN {
     path samplesheet
     // one header per samplesheet file, written by PROBE where the file was staged: PLAN opens no image
     path(headers, stageAs: 'headers/*/*')
+    // the test profile's real plan (assets/stub/plan.csv, kept fresh by scripts/make_stub_plan.py): a -stub run
+    // writes it, so that the stub run reaches every process; the real script does not read it
+    path(stub_plan, stageAs: 'stub/plan.csv')
 
     output:
     path "plan/plan.json", emit: plan
@@ -16,9 +19,6 @@ process PLAN {
     path "plan/task_specs/*.json", emit: specs
     path "plan/preflight.json", emit: preflight
     path "versions.yml", emit: versions
-
-    when:
-    task.ext.when == null || task.ext.when
 
     script:
     def args = task.ext.args ?: ''
@@ -28,15 +28,9 @@ process PLAN {
     """
 
     stub:
-    // the test profile's real plan (assets/stub/plan.csv, kept fresh by scripts/make_stub_plan.py), so that a
-    // stub run reaches every process; read here, on the head node, so no container needs the pipeline folder
-    def stub_plan = file("${projectDir}/assets/stub/plan.csv").text.trim()
     """
-    mkdir -p plan
-    cat > plan/plan.csv <<'END_OF_STUB_PLAN'
-${stub_plan}
-END_OF_STUB_PLAN
     mkdir -p plan/task_specs
+    cp ${stub_plan} plan/plan.csv
     for id in \$(tail -n +2 plan/plan.csv | cut -d, -f1); do echo '{"format": "slimreg-task", "note": "stub"}' > "plan/task_specs/\$id.json"; done
     echo '{"format": "slimreg-plan", "note": "stub: see plan.csv", "tasks": []}' > plan/plan.json
     echo '{"verdict": "ok", "tasks": []}' > plan/preflight.json

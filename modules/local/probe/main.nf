@@ -13,12 +13,11 @@ process PROBE {
     path "header.json", emit: header
     path "versions.yml", emit: versions
 
-    when:
-    task.ext.when == null || task.ext.when
-
     script:
+    // the sheet's text may hold spaces or quotes: pass it single-quoted, each ' written as '\''
+    def quoted_given = "'" + given.replace("'", "'\\''") + "'"
     """
-    slimreg probe --file ${file} --given '${given}' --out header.json
+    slimreg probe --file "${file}" --given ${quoted_given} --out header.json
     slimreg versions --process ${task.process} > versions.yml
     """
 

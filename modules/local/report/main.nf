@@ -14,11 +14,9 @@ process REPORT {
     path "report/slimreg_mqc.tsv", emit: multiqc
     path "versions.yml", emit: versions
 
-    when:
-    task.ext.when == null || task.ext.when
-
     script:
     """
+    mkdir -p results  # nothing staged when nothing was registered (a sheet of single-image samples)
     slimreg report --results results --plan ${plan} --outdir report
     slimreg versions --process ${task.process} > versions.yml
     """
@@ -26,7 +24,8 @@ process REPORT {
     stub:
     """
     mkdir -p report
-    touch report/report.html report/metrics.csv report/slimreg_mqc.tsv
+    touch report/report.html report/slimreg_mqc.tsv
+    echo 'sample,image,status,reasons' > report/metrics.csv
     printf '"%s":\n    slimreg: stub\n' "${task.process}" > versions.yml
     """
 }

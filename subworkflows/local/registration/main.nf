@@ -1,18 +1,21 @@
 //
 // Executes the plan that PLAN computed: no batching, chunking or memory logic lives here.
 // PROBE reads each samplesheet file's header where it is staged; PLAN turns the headers into tasks (plan.csv)
-// and one spec per task; each process runs one task from its own spec with `slimreg run-task --spec`, its
-// samplesheet files staged by Nextflow and the files of the tasks it depends on beside them.
+// and one spec per task; each task runs with `slimreg run-task --spec` in RUN_TASK, included under its kind's
+// process name, its samplesheet files staged by Nextflow and the files of the tasks it depends on beside them.
+// An image that cannot be registered is recorded by its REGISTER task, which still succeeds: its batch-mates are
+// registered and checked, the report lists the failure first, and RUN_OUTCOME then ends the run non-zero.
 //
 
-include { PROBE                    } from '../../../modules/local/probe'
-include { PLAN                     } from '../../../modules/local/plan'
-include { SPLIT_STACK              } from '../../../modules/local/split_stack'
-include { PROJECT_SESSION          } from '../../../modules/local/project_session'
-include { REGISTER                 } from '../../../modules/local/register'
-include { MERGE_CHUNKS             } from '../../../modules/local/merge_chunks'
-include { GENERATE_REGISTRATION_QC } from '../../../modules/local/generate_registration_qc'
-include { REPORT                   } from '../../../modules/local/report'
+include { PROBE                                } from '../../../modules/local/probe'
+include { PLAN                                 } from '../../../modules/local/plan'
+include { RUN_TASK as SPLIT_STACK              } from '../../../modules/local/run_task'
+include { RUN_TASK as PROJECT_SESSION          } from '../../../modules/local/run_task'
+include { RUN_TASK as REGISTER                 } from '../../../modules/local/run_task'
+include { RUN_TASK as MERGE_CHUNKS             } from '../../../modules/local/run_task'
+include { RUN_TASK as GENERATE_REGISTRATION_QC } from '../../../modules/local/run_task'
+include { REPORT                               } from '../../../modules/local/report'
+include { RUN_OUTCOME                          } from '../../../modules/local/run_outcome'
 include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_SPLITS_AND_PROJECTIONS } from '../wait_for_dependencies'
 include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_REGISTRATION_TO_MERGE  } from '../wait_for_dependencies'
 include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_REGISTRATION_TO_QC     } from '../wait_for_dependencies'
@@ -21,12 +24,13 @@ workflow REGISTRATION {
     take:
     ch_samplesheet // channel: path to samplesheet.csv
     ch_files       // channel: [the samplesheet's text for a file, the file], for every image and landmarks file
+    stub_plan      // path: the plan a -stub run's PLAN writes (assets/stub/plan.csv)
 
     main:
-    ch_versions = Channel.empty()
+    ch_versions = channel.empty()
 
     PROBE(ch_files)
-    PLAN(ch_samplesheet, PROBE.out.header.collect().ifEmpty([]))
+    PLAN(ch_samplesheet, PROBE.out.header.collect().ifEmpty([]), stub_plan)
     ch_versions = ch_versions.mix(PROBE.out.versions.first(), PLAN.out.versions)
 
     // the plan names each samplesheet file by the sheet's text: map it back to the file
@@ -38,7 +42,9 @@ workflow REGISTRATION {
         .splitCsv(header: true)
         .map { row ->
             def meta = [id: row.id, kind: row.kind, sample: row.sample, peak_memory_bytes: row.peak_memory_bytes as long,
-                        depends_on: row.depends_on ? row.depends_on.tokenize(';') : []]
+                        disk_bytes: row.disk_bytes as long,
+                        depends_on: row.depends_on ? row.depends_on.tokenize(';') : [],
+                        outputs: row.outputs ? row.outputs.tokenize(';') : []]
             [row.id, meta, row.sources ? row.sources.tokenize(';') : []]
         }
         .join(ch_specs)
@@ -46,7 +52,7 @@ workflow REGISTRATION {
         .map { id, meta, sources, spec, located ->
             [meta, spec, sources.collect { given -> located[given] ?: error("Task ${id} reads ${given}, which the samplesheet does not name: plan and samplesheet disagree (was the samplesheet changed during the run?)") }]
         }
-        .branch { meta, spec, sources ->
+        .branch { meta, _spec, _sources ->
             split: meta.kind == 'split'
             project: meta.kind == 'project'
             register: meta.kind == 'register'
@@ -74,13 +80,23 @@ workflow REGISTRATION {
     WAIT_FOR_REGISTRATION_TO_QC(ch_tasks.qc, ch_stage_one.mix(ch_registered))
     GENERATE_REGISTRATION_QC(WAIT_FOR_REGISTRATION_TO_QC.out.ready)
 
-    // the report, from every QC result and every task's measured memory: the one step that waits for all
-    ch_report_inputs = GENERATE_REGISTRATION_QC.out.qc
-        .flatMap { meta, png, json -> [png, json] }
-        .mix(SPLIT_STACK.out.memory, PROJECT_SESSION.out.memory, REGISTER.out.memory, MERGE_CHUNKS.out.memory,
-            GENERATE_REGISTRATION_QC.out.memory)
-        .collect()
-    REPORT(ch_report_inputs, PLAN.out.plan.first())
+    // the report, from every QC result, every register log and every task's measured memory: the one step that
+    // waits for all; it runs on an empty list too (a sheet of single-image samples registers nothing)
+    ch_report_inputs = REGISTER.out.results
+        .mix(GENERATE_REGISTRATION_QC.out.results, SPLIT_STACK.out.memory, PROJECT_SESSION.out.memory,
+            REGISTER.out.memory, MERGE_CHUNKS.out.memory, GENERATE_REGISTRATION_QC.out.memory)
+        .flatten()
+        .toSortedList { a, b -> a.name <=> b.name ?: a.toString() <=> b.toString() }
+    REPORT(ch_report_inputs, PLAN.out.plan)
+
+    // after the report: a run in which an image could not be registered ends with a non-zero exit status
+    ch_failures = REPORT.out.metrics
+        .splitCsv(header: true)
+        .filter { row -> row.status == 'failed' }
+        .map { row -> "${row.sample}/${row.image}: ${row.reasons}" }
+        .toList()
+        .filter { failures -> failures }
+    RUN_OUTCOME(ch_failures)
 
     ch_versions = ch_versions.mix(
         SPLIT_STACK.out.versions.first(), PROJECT_SESSION.out.versions.first(), REGISTER.out.versions.first(),
