@@ -337,14 +337,7 @@ def _check_groups(rows: list[SampleRow]) -> list[str]:
         if len(references) != 1:
             where = f" (rows {', '.join(map(str, references))})" if references else ""
             problems.append(f"sample {sample}: needs exactly one reference=true row, found {len(references)}{where}")
-    session_owner: dict[str, tuple[str, int]] = {}
-    for row in rows:
-        if not row.session:
-            continue
-        owner = session_owner.setdefault(row.session, (row.sample, row.row))
-        if owner[0] != row.sample:
-            problems.append(f"row {row.row}: session {row.session!r} is already used by sample {owner[0]} "
-                            f"(row {owner[1]}); a session belongs to one sample")
+    # a session name is the sample's own: two animals may each have a 'day1' (outputs sit in per-sample folders)
     # names that differ only in characters task ids replace (m:1 and m_1, "r 1" and r_1) would share a task id,
     # and one of them would silently never run: refuse them here
     samples: dict[str, tuple[str, int]] = {}

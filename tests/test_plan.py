@@ -134,5 +134,13 @@ def test_bad_plan_inputs(demo_dir: Path, tmp_path: Path) -> None:
     shapes = read_samplesheet(_sheet(tmp_path, [f"s,{names[0]},true,,", "s,a.tif,false,x,", "s,b.tif,false,x,"]))
     with pytest.raises(InputError, match="same session"):
         build_plan(shapes, tmp_path, FEATURE)
-    with pytest.raises(InputError, match="session 'x' is already used by sample s"):
-        read_samplesheet(_sheet(tmp_path, [f"s,{names[0]},true,x,", f"t,{names[1]},true,x,"]))
+    # a session name is each sample's own (two animals may each have a 'day1'): distinct tasks, distinct outputs
+    for name in names[:2]:
+        shutil.copy(tmp_path / name, tmp_path / f"t_{name}")
+    shared = read_samplesheet(_sheet(tmp_path, [f"s,{names[0]},true,,", f"s,{names[1]},false,x,",
+                                                f"t,t_{names[0]},true,,", f"t,t_{names[1]},false,x,"]))
+    shared_plan = build_plan(shared, tmp_path, FEATURE)
+    ids = [task.id for task in shared_plan.tasks]
+    outputs = [output for task in shared_plan.tasks for output in task.outputs]
+    assert len(ids) == len(set(ids)) and len(outputs) == len(set(outputs))
+    assert {"qc-s-x", "qc-t-x"} <= set(ids)
