@@ -74,17 +74,18 @@ class Locations:
         return resolve(path, self.root)
 
 
-def _not_registered(output: str, root: Path) -> bool:
-    """Whether ``output`` (a registered image or transform) is missing because its register task recorded the
-    image as failed: a register log staged beside the task (``*.register.json``) names it as not ok."""
-    name = PurePosixPath(output).name
+def _not_registered(task: Task, missing: list[str], root: Path) -> bool:
+    """Whether the task's missing inputs are missing because its image could not be registered: a register log
+    staged beside the task (``*.register.json``) records a failed unit whose transform or registered copy
+    (``<unit>.transform.json``, ``<unit>.ome.tif``) is among them."""
+    names = {PurePosixPath(path).name for path in missing}
     for log in root.glob(f"*{layout.REGISTER_LOG_SUFFIX}"):
         try:
             images = json.loads(log.read_text()).get("images", [])
         except (OSError, ValueError):
             continue
-        failed = [str(image.get("stem")) for image in images if image.get("status") != "ok" and image.get("stem")]
-        if any(name.startswith(f"{stem}.") for stem in failed):  # <stem>.ome.tif, <stem>.transform.json, ...
+        failed = {str(image["stem"]) for image in images if image.get("status") != "ok" and image.get("stem")}
+        if any(f"{stem}.transform.json" in names or f"{stem}.ome.tif" in names for stem in failed):
             return True
     return False
 
@@ -125,7 +126,8 @@ def execute(plan: Plan | None, task: Task, root: Path, *, tracker: MemoryTracker
             raise InputError(f"samplesheet file {original} of task {task.id} was not staged.", path,
                              "stage each of the task's sources (plan.csv, column sources) in order under "
                              "sources/<n>/, as the pipeline's modules do.")
-        if staged and _not_registered(original, root):
+        missing = [p for p, found in inputs.items() if not found.exists()]
+        if staged and _not_registered(task, missing, root):
             raise DependencyNotProducedError(f"task {task.id} has nothing to check: {original} was not written, "
                                              "its image could not be registered (its register log says why).")
         raise InputError(f"input of task {task.id} is missing: {original}.", path,
