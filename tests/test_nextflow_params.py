@@ -64,6 +64,17 @@ def test_the_plugin_casts_command_line_strings() -> None:
     assert floor and tuple(map(int, floor.groups())) >= (25, 10), "nf-schema 2.7.2 needs Nextflow 25.10"
 
 
+def test_channel_and_account_may_be_given_as_numbers() -> None:
+    """`--registration_channel 2` and `--slurm_account 1234` arrive as strings that nf-schema casts to integers:
+    the schema takes both types, and channel 0 is passed on (not dropped by Groovy truth, where 0 is false)."""
+    for name in ("registration_channel", "slurm_account"):
+        assert validate({"outdir": "results", name: cast_like_nf_schema("2", "integer")}) == [], name
+        assert validate({"outdir": "results", name: "DAPI"}) == [], name
+    modules = (ROOT / "conf" / "modules.config").read_text()
+    line = next(line for line in modules.splitlines() if "--channel" in line)
+    assert line.strip().startswith("params.registration_channel != null"), line
+
+
 def test_there_are_typed_parameters_to_check() -> None:
     assert {"boolean", "integer", "number"} <= set(TYPED.values()), TYPED
 

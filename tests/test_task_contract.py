@@ -28,8 +28,8 @@ FAST = {"engine": "feature", "preset": "low"}
 def _nextflow_inputs(folder: Path) -> dict[str, tuple[str, str]]:
     """What Nextflow hashes for each task, besides the files: the meta it builds from plan.csv and the spec text."""
     rows = {row["id"]: row for row in csv.DictReader((folder / "plan.csv").open())}
-    return {task_id: (json.dumps({k: row[k] for k in ("id", "kind", "sample", "peak_memory_bytes", "depends_on",
-                                                      "sources")}),
+    return {task_id: (json.dumps({k: row[k] for k in ("id", "kind", "sample", "peak_memory_bytes", "disk_bytes",
+                                                      "depends_on", "sources", "outputs")}),
                       (folder / "task_specs" / f"{task_id}.json").read_text())
             for task_id, row in rows.items()}
 
@@ -167,3 +167,98 @@ def test_a_spec_from_elsewhere_is_refused_clearly(tmp_path: Path, capsys: pytest
     assert (task.id, task.kind, task.sources) == ("q", "qc", [])
     with pytest.raises(InputError, match="not a task spec of this slimreg version"):
         Plan.task_from_spec({"format": "slimreg-task", "id": "q", "kind": "qc", "colour": "red"})
+
+
+def _staged_task(demo_dir: Path, tmp_path: Path, task_id: str, images: dict[str, Path]) -> tuple[Path, Path]:
+    """A plan of the H&E pair whose moving image is ``images['he_section1.ome.tif']``, and one task's spec with its
+    sources staged in a work folder of its own (as RUN_TASK gets them)."""
+    folder = tmp_path / "sheet"
+    folder.mkdir()
+    for name in ("he_section0.ome.tif", "he_section1.ome.tif"):
+        shutil.copy(images.get(name, demo_dir / name), folder / name)
+    (folder / "sheet.csv").write_text("sample,image,reference\nhe,he_section0.ome.tif,true\n"
+                                      "he,he_section1.ome.tif,false\n")
+    assert main(["plan", "--input", str(folder / "sheet.csv"), "--outdir", str(tmp_path / "plan"), "--engine",
+                 "feature", "--preset", "low"]) == 0
+    spec = tmp_path / "plan" / "task_specs" / f"{task_id}.json"
+    work = tmp_path / task_id
+    work.mkdir()
+    _stage_sources(spec, work, {str(p): p for p in folder.iterdir()})
+    return spec, work
+
+
+def test_keep_going_records_an_image_that_cannot_register_and_succeeds(demo_dir: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The pipeline's REGISTER: an image that cannot be registered is recorded in the task's log (the report lists
+    it) and the task exits 0, so its batch-mates' outputs are kept; its QC then has nothing to check and says so."""
+    import numpy as np
+    import tifffile
+
+    blank = tmp_path / "blank.ome.tif"
+    tifffile.imwrite(blank, np.full((256, 256, 3), 242, np.uint8), photometric="rgb")
+    spec, work = _staged_task(demo_dir, tmp_path, "register-he-b1", {"he_section1.ome.tif": blank})
+    assert main(["run-task", "--spec", str(spec), "--root", str(work)]) == 2  # without it: the task fails
+    capsys.readouterr()
+    assert main(["run-task", "--spec", str(spec), "--root", str(work), "--keep-going"]) == 0
+    assert "--keep-going: recorded" in capsys.readouterr().err
+    log = json.loads((work / "transforms" / "he" / "register-he-b1.register.json").read_text())
+    assert [image["status"] for image in log["images"]] == ["failed"] and "no tissue" in log["images"][0]["error"]
+
+    qc_spec = tmp_path / "plan" / "task_specs" / "qc-he-he_section1.json"
+    qc_work = tmp_path / "qc-work"
+    qc_work.mkdir()
+    _stage_sources(qc_spec, qc_work, {str(p): p for p in (tmp_path / "sheet").iterdir()})
+    (qc_work / "register-he-b1.register.json").symlink_to(work / "transforms" / "he" / "register-he-b1.register.json")
+    assert main(["run-task", "--spec", str(qc_spec), "--root", str(qc_work), "--keep-going"]) == 0
+    assert "could not be registered" in capsys.readouterr().err
+    assert not (qc_work / "qc").exists()
+    # a missing input that no failure explains is still an error, --keep-going or not
+    (qc_work / "register-he-b1.register.json").unlink()
+    assert main(["run-task", "--spec", str(qc_spec), "--root", str(qc_work), "--keep-going"]) == 2
+
+
+def test_each_attempt_walks_one_preset_down_slimregs_ladder(demo_dir: Path, tmp_path: Path) -> None:
+    from slimreg.tasks import preset_for_attempt
+
+    plan = build_plan(read_samplesheet(demo_dir / "samplesheet.csv"), tmp_path,
+                      RegistrationSettings.from_preset("high", engine="feature"), PlanSettings(max_frames=5))
+    register = next(task for task in plan.tasks if task.kind == "register")
+    assert [preset_for_attempt(register, None, attempt) for attempt in (1, 2, 3, 4)] == \
+        [None, "medium", "low", "low"]
+    assert preset_for_attempt(register, "medium", 2) == "low"
+
+
+def test_per_task_disk_is_compared_with_a_tasks_limit_not_plans_folder(demo_dir: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The pipeline's PLAN runs in a scratch folder of its own (tiny on cloud batch executors): each task's disk
+    need is compared with the most a task may ask for, or not here at all when no limit is set."""
+    args = ["plan", "--input", str(demo_dir / "samplesheet.csv"), "--outdir", str(tmp_path / "plan"), "--engine",
+            "feature", "--preset", "low", "--task-memory-limit", "8.GB"]
+    assert main([*args, "--task-disk-limit", "none"]) == 0
+    assert "not checked here: each task asks the scheduler for its own" in capsys.readouterr().err
+    assert main([*args, "--task-disk-limit", "1.MB"]) != 0
+    assert "Disk: largest task" in capsys.readouterr().err
+
+
+def test_the_report_shows_each_sample_its_own_picture_through_staged_links(tmp_path: Path) -> None:
+    """The pipeline's REPORT gets each QC task's folder as a link (results/<n>/report_inputs -> the task's work
+    folder). Two samples may share a session name: each row shows the picture beside its own JSON, and links to
+    where it is published beside the report (../qc/<sample>/...), not to the staging folder."""
+    import cv2
+    import numpy as np
+
+    from slimreg.report import build_report
+
+    results = tmp_path / "results"
+    for index, (sample, colour) in enumerate((("A", (0, 0, 255)), ("B", (255, 0, 0))), start=1):
+        task_folder = tmp_path / "work" / str(index) / "report_inputs" / "qc" / sample
+        task_folder.mkdir(parents=True)
+        cv2.imwrite(str(task_folder / "s1_qc.png"), np.full((40, 60, 3), colour, np.uint8))
+        (task_folder / "s1_qc.json").write_text(json.dumps({"sample": sample, "status": "pass", "reasons": [],
+                                                            "metrics": {}, "png": "s1_qc.png"}))
+        (results / str(index)).mkdir(parents=True)
+        (results / str(index) / "report_inputs").symlink_to(task_folder.parent.parent)
+    page = build_report(results, tmp_path / "report").read_text()
+    thumbnails = [part.split('"')[0] for part in page.split('<img src="')[1:]]
+    assert len(thumbnails) == 2 and thumbnails[0] != thumbnails[1]
+    assert 'href="../qc/A/s1_qc.png"' in page and 'href="../qc/B/s1_qc.png"' in page
