@@ -39,7 +39,6 @@ from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from slimreg.errors import RegistrationError
 from slimreg.io.read import Downsampled, TiffImage
@@ -48,7 +47,7 @@ from slimreg.register.channel import registration_image
 from slimreg.register.initial import Candidate, Described, describe, feature_candidates, moved, rotation_search
 from slimreg.register.pieces import piece_field
 from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
-from slimreg.register.preprocess import edge_map, local_contrast, tissue_mask, to_uint8
+from slimreg.register.preprocess import blur, edge_map, local_contrast, tissue_mask, to_uint8
 from slimreg.register.refine import refine_affine, refine_both_ways
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import (
@@ -525,14 +524,14 @@ def _disagreement(first: np.ndarray, second: np.ndarray, region: np.ndarray) -> 
 def _regularise(flow: np.ndarray, tissue: np.ndarray, smoothing: float) -> np.ndarray:
     """Normalised convolution: smooth over tissue, fill background from nearby tissue, keep it invertible."""
     sigma = max(2.0, smoothing * max(flow.shape[:2]))
-    weight = ndimage.gaussian_filter(tissue.astype(np.float32), sigma)
+    weight = blur(tissue.astype(np.float32), sigma)
     smooth = np.empty_like(flow)
     for band in range(2):
-        smooth[..., band] = ndimage.gaussian_filter(flow[..., band] * tissue, sigma) / np.maximum(weight, 1e-3)
+        smooth[..., band] = blur(flow[..., band] * tissue, sigma) / np.maximum(weight, 1e-3)
     smooth[weight < 1e-3] = 0.0
     for _ in range(5):
         gradient = max(np.abs(np.gradient(smooth[..., b])).max() for b in range(2))
         if gradient < 0.5:
             break
-        smooth = ndimage.gaussian_filter(smooth, (sigma, sigma, 0))
+        smooth = np.stack([blur(smooth[..., band], sigma) for band in range(2)], axis=-1)
     return smooth

@@ -27,7 +27,7 @@ from scipy import ndimage
 from slimreg.metrics import ncc
 from slimreg.register.initial import Described, describe, fit_similarity
 from slimreg.register.plausibility import plausibility_problem
-from slimreg.register.preprocess import edge_map
+from slimreg.register.preprocess import blur, edge_map
 from slimreg.register.refine import refine_affine
 from slimreg.register.similarity import MIN_RING_FRACTION, AlignmentScorer, Score
 
@@ -260,10 +260,10 @@ def _fill_between(flow: np.ndarray, support: np.ndarray, sigma: float) -> np.nda
     empty = ~support
     width = max(2.0, sigma)
     while empty.any() and width < 4 * max(flow.shape[:2]):
-        weight = ndimage.gaussian_filter(support.astype(np.float32), width)
+        weight = blur(support.astype(np.float32), width)
         reached = empty & (weight > 1e-3)
         for band in range(2):
-            smooth = ndimage.gaussian_filter(flow[..., band] * support, width)
+            smooth = blur(flow[..., band] * support, width)
             filled[reached, band] = smooth[reached] / weight[reached]
         empty &= ~reached
         width *= 2
