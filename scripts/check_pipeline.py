@@ -144,7 +144,10 @@ def check_test_profile(work: Path) -> str:
     expect(done.returncode == 0, f"test profile exited {done.returncode}: {done.stdout[-2000:]}")
     results = work / "results"
     plan = list(csv.DictReader((results / "pipeline_info" / "plan.csv").open()))
-    promised = [output for row in plan for output in row["outputs"].split(";") if output
+    # every output but the intermediates (split pieces and unregistered projections stay in Nextflow's work
+    # folders: publishing them would double a long recording's disk use), the report and the tasks' own logs
+    promised = [output for row in plan if row["kind"] not in ("split", "project")
+                for output in row["outputs"].split(";") if output
                 and not output.endswith(".memory.json") and not output.startswith("report/")]
     missing = [output for output in promised if not (results / output).is_file()]
     expect(not missing, f"outputs the plan promises but the run did not publish: {missing}")

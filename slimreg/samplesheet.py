@@ -12,6 +12,8 @@ each file by the text the sheet gives (:attr:`SampleRow.source`) and Nextflow st
 from __future__ import annotations
 
 import csv
+import errno
+import os
 import re
 import unicodedata
 from collections import OrderedDict
@@ -396,11 +398,20 @@ def segment_problem(info: ImageInfo) -> str | None:
 def _resolve(sheet: Path, text: str) -> Path:
     candidate = Path(text).expanduser()
     # a staged (symlinked) samplesheet resolves relative paths from where it really lives
+    given = candidate if candidate.is_absolute() else sheet.resolve().parent / candidate
     try:
-        return (candidate if candidate.is_absolute() else sheet.resolve().parent / candidate).resolve()
-    except RuntimeError as error:  # pathlib's "Symlink loop from ..."
+        resolved = given.resolve()
+        if resolved.is_symlink():
+            os.stat(resolved)  # a link left after resolving is a loop (Python 3.13's resolve() no longer raises)
+    except RuntimeError as error:  # pathlib's "Symlink loop from ..." (Python 3.11, 3.12)
         raise InputError(f"{text} is a loop of symbolic links ({error}); point the row at the real file.",
                          sheet) from error
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            return given  # missing or unreadable: reported as such by the caller
+        raise InputError(f"{text} is a loop of symbolic links ({error.strerror}); point the row at the real "
+                         "file.", sheet) from error
+    return resolved
 
 
 def _raise(path: Path, problems: list[str]) -> None:

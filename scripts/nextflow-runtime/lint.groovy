@@ -27,7 +27,7 @@ if( !roots ) {
 
 // the folders Nextflow itself leaves out, plus virtual environments and run outputs; nf-test.config is nf-test's
 // own file, in its own syntax
-final skipped = ['.git', '.nextflow', '.nf-test', 'work', '.venv', '.venv-nfcore', 'node_modules', 'results', 'nf-test.config'] as Set
+final skipped = ['.git', '.nextflow', '.nf-test', 'work', 'node_modules', 'results', '.ci-pipeline', 'nf-test.config'] as Set
 final List<Path> files = []
 roots.each { root ->
     final start = Path.of(root)
@@ -37,7 +37,7 @@ roots.each { root ->
     }
     Files.walk(start).withCloseable { stream ->
         stream.filter { path -> Files.isRegularFile(path) && (path.toString().endsWith('.nf') || path.toString().endsWith('.config')) }
-            .filter { path -> !start.relativize(path).any { part -> part.toString() in skipped } }
+            .filter { path -> !start.relativize(path).any { part -> part.toString() in skipped || part.toString().startsWith('.venv') } }
             .forEach { path -> files << path.toAbsolutePath().normalize() }
     }
 }
