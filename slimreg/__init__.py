@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-__version__ = "0.1.0"
+from slimreg._version import __version__
 
 __all__ = ["__version__", "run_job"]
 

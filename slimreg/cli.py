@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from slimreg import __version__, options
+from slimreg import options
+from slimreg._version import __version__
 from slimreg.errors import SlimregError, os_error_message
 
 EXIT_USAGE = 2

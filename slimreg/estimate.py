@@ -34,7 +34,7 @@ outputs are estimated from the input's file size (same compression, plus the pyr
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,7 +42,6 @@ from slimreg.io.probe import ImageInfo
 from slimreg.io.tiles import RENDER_BLOCK_PIXELS
 
 if TYPE_CHECKING:
-    from slimreg.plan import Task
     from slimreg.register.settings import RegistrationSettings
 
 MB = 1024**2
@@ -128,28 +127,3 @@ def register_task_bytes(reference: ImageInfo, units: list[tuple[ImageInfo, list[
             peak = max(peak, warp_bytes(target, settings.tile_size)
                        + (VALIS_IMPORT if settings.engine == "valis" else 0))
     return int(SAFETY * (PROCESS_BASE + peak))
-
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".qptiff")
-
-
-def estimate_plan_tasks(tasks: list[Task], known: dict[str, ImageInfo] | None = None) -> None:
-    """Fill ``peak_memory_bytes`` and ``disk_bytes`` of every task in place (headers only), in plan order.
-
-    Each kind estimates its own tasks (slimreg.kinds); ``known`` holds headers the plan already read, keyed by
-    path, so no file is probed twice.
-    """
-    from slimreg.kinds import EstimateContext, kind_named
-
-    ctx = EstimateContext(infos=dict(known or {}))
-    for task in tasks:
-        task.peak_memory_bytes, task.disk_bytes = kind_named(task.kind, task.id).estimate(task, ctx)
-        # reading any pixel decodes a whole tile or strip: a floor no preset lowers (large only for stripped files;
-        # the samplesheet check refuses the ones it would make unbounded)
-        images = [ctx.source(p) for p in task.inputs if p.lower().endswith(IMAGE_SUFFIXES)]
-        task.peak_memory_bytes += int(SAFETY * max((i.segment_bytes for i in images if i), default=0))
-
-
-def describe(task: Task) -> dict[str, Any]:
-    return {"id": task.id, "kind": task.kind, "sample": task.sample, "peak_memory_bytes": task.peak_memory_bytes,
-            "disk_bytes": task.disk_bytes}

@@ -15,8 +15,9 @@ from typing import Any, TextIO
 
 from slimreg.atomic import write_json_atomic
 from slimreg.errors import InputError, InsufficientDiskError, InsufficientMemoryError
-from slimreg.estimate import MAX_PLAUSIBLE_TASK_BYTES, describe
-from slimreg.plan import Plan
+from slimreg.estimate import MAX_PLAUSIBLE_TASK_BYTES
+from slimreg.plan import describe
+from slimreg.plan_model import Plan
 from slimreg.register.settings import PRESET_ORDER
 from slimreg.resources import Resources, available_resources
 

@@ -25,7 +25,7 @@ import numpy as np
 from slimreg import layout
 from slimreg.atomic import write_text_atomic
 from slimreg.errors import InputError
-from slimreg.plan import Plan
+from slimreg.plan_model import Plan
 from slimreg.versions import software_versions
 
 COLUMNS = ("edge_correlation_before", "edge_correlation_after", "significance_after", "ncc_before", "ncc_after",

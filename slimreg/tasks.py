@@ -26,52 +26,12 @@ from slimreg.io.integrity import damaged_input_error, is_decode_error
 from slimreg.io.vips import pyvips
 from slimreg.kinds import RunContext, kind_named
 from slimreg.kinds.register import registration_settings
+from slimreg.locations import Locations, resolve, staged_source
 from slimreg.memory import MemoryTracker
-from slimreg.plan import Plan, Task
+from slimreg.plan_model import Plan, Task
 
 TEST_OOM_HOOK = "SLIMREG_TEST_OOM_TASK"  # "<task id>:<preset>": simulate the kernel's OOM killer (tests only)
 TEST_SLEEP_HOOK = "SLIMREG_TEST_SLEEP_TASK"  # "<task id>:<seconds>": make a task hang (tests of timeouts)
-
-
-def resolve(path: str, root: Path, must_exist: bool = False) -> Path:
-    candidate = Path(path)
-    if candidate.is_absolute():
-        return candidate
-    full = root / candidate
-    if must_exist and not full.exists() and (root / candidate.name).exists():
-        return root / candidate.name
-    return full
-
-
-def staged_source(task: Task, source: str, root: Path) -> Path:
-    """Where Nextflow staged one of the task's samplesheet files: ``sources/<its position>/<its name>``.
-
-    Nextflow numbers the folders of a list of files; a list of one may be staged without the number, so a file
-    is also found by its name alone when no other staged source has that name (names of one sample's images are
-    unique: the samplesheet check sees to it).
-    """
-    name = PurePosixPath(source).name
-    staged = root / layout.STAGED_SOURCES
-    numbered = staged / str(task.sources.index(source) + 1) / name
-    if numbered.exists():
-        return numbered
-    same_name = sorted(staged.rglob(name)) if staged.is_dir() else []
-    return same_name[0] if len(same_name) == 1 else numbered
-
-
-class Locations:
-    """Where a task finds each path it names: its sources as staged (or in place), other paths under ``root``."""
-
-    def __init__(self, task: Task, root: Path, staged: bool = False):
-        self.task, self.root, self.staged = task, root, staged
-
-    def input(self, path: str) -> Path:
-        if self.staged and path in self.task.sources:
-            return staged_source(self.task, path, self.root)
-        return resolve(path, self.root, must_exist=True)
-
-    def output(self, path: str) -> Path:
-        return resolve(path, self.root)
 
 
 def _not_registered(task: Task, missing: list[str], root: Path) -> bool:

@@ -10,7 +10,7 @@ PACKAGES = ("numpy", "pyvips", "pyvips-binary", "tifffile", "opencv-contrib-pyth
 
 
 def software_versions() -> dict[str, str]:
-    from slimreg import __version__
+    from slimreg._version import __version__
 
     versions = {"slimreg": __version__, "python": platform.python_version()}
     for name in PACKAGES:

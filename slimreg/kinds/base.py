@@ -17,9 +17,9 @@ from slimreg import layout
 from slimreg.io.probe import ImageInfo, probe
 
 if TYPE_CHECKING:
+    from slimreg.locations import Locations
     from slimreg.memory import MemoryTracker
-    from slimreg.plan import Plan, Task
-    from slimreg.tasks import Locations
+    from slimreg.plan_model import Plan, Task
 
 P = TypeVar("P", bound="Params")
 

@@ -10,7 +10,7 @@ from slimreg.kinds.base import EstimateContext, NoParams, RunContext
 from slimreg.options import WORK_TILE_SIZE
 
 if TYPE_CHECKING:
-    from slimreg.plan import Task
+    from slimreg.plan_model import Task
 
 
 class MergeKind:

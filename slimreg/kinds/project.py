@@ -10,7 +10,7 @@ from slimreg.estimate import PROCESS_BASE, PROJECT_PER_PX, PYRAMID_DISK_FACTOR, 
 from slimreg.kinds.base import EstimateContext, Params, RunContext
 
 if TYPE_CHECKING:
-    from slimreg.plan import Task
+    from slimreg.plan_model import Task
 
 
 @dataclass(frozen=True)

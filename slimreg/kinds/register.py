@@ -12,7 +12,7 @@ from slimreg.kinds.base import EstimateContext, Params, RunContext
 from slimreg.register.settings import RegistrationSettings
 
 if TYPE_CHECKING:
-    from slimreg.plan import Task
+    from slimreg.plan_model import Task
 
 
 @dataclass(frozen=True)

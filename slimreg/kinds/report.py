@@ -9,7 +9,7 @@ from slimreg.estimate import MB, PROCESS_BASE, SAFETY
 from slimreg.kinds.base import EstimateContext, NoParams, RunContext
 
 if TYPE_CHECKING:
-    from slimreg.plan import Task
+    from slimreg.plan_model import Task
 
 
 class ReportKind:

@@ -11,7 +11,7 @@ from slimreg.estimate import PROCESS_BASE, PYRAMID_DISK_FACTOR, SAFETY, write_by
 from slimreg.kinds.base import EstimateContext, Params, RunContext
 
 if TYPE_CHECKING:
-    from slimreg.plan import Task
+    from slimreg.plan_model import Task
 
 
 @dataclass(frozen=True)
