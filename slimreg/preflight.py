@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from slimreg.atomic import write_json_atomic
-from slimreg.errors import InputError, InsufficientDiskError, InsufficientMemoryError
+from slimreg.errors import InputError, InsufficientDiskError, InsufficientMemoryError, SlimregError
 from slimreg.estimate import MAX_PLAUSIBLE_TASK_BYTES
+from slimreg.io.probe import probe
 from slimreg.plan import describe
 from slimreg.plan_model import Plan
-from slimreg.register.settings import PRESET_ORDER
+from slimreg.register.settings import PRESET_ORDER, PRESETS
 from slimreg.resources import Resources, available_resources
 
 GB = 1024**3
@@ -55,6 +56,25 @@ def concurrent_peak(plan: Plan, workers: int) -> int:
     return sum(peaks[:workers]) if peaks else 0
 
 
+def _has_stacks(plan: Plan) -> bool:
+    """Whether any image of the plan has more than one frame: only then can ``--max-frames`` lower a peak.
+
+    Stacks are registered as sessions, through ``project`` tasks (and ``split`` ones when already cut); a plan
+    with neither holds single-frame images only. A session of several single-frame images has project tasks too,
+    so their sources' headers decide; a header that cannot be read here (the pipeline plans from headers PROBE
+    read elsewhere) counts as a stack, so the hint is never lost where it may help."""
+    if any(task.kind == "split" for task in plan.tasks):
+        return True
+    for task in (t for t in plan.tasks if t.kind == "project"):
+        for source in task.sources or task.inputs:
+            try:
+                if probe(source).frames > 1:
+                    return True
+            except (SlimregError, OSError):
+                return True
+    return False
+
+
 def remediation(plan: Plan, workers: int, resource: str, outdir: Path) -> list[str]:
     """Concrete changes, with the user's current values inline."""
     registration, settings = plan.registration, plan.settings
@@ -65,12 +85,14 @@ def remediation(plan: Plan, workers: int, resource: str, outdir: Path) -> list[s
         preset = registration["preset"]
         if preset in PRESET_ORDER and preset != PRESET_ORDER[-1]:
             lower = PRESET_ORDER[PRESET_ORDER.index(preset) + 1]
-            hints.append(f"use a lower preset: --preset {preset} -> {lower} (processing_dim "
-                         f"{registration['processing_dim']}, micro_dim {registration['micro_dim']})")
+            # each value as it is now -> as the lower preset sets it (the current ones may be overridden)
+            changes = ", ".join(f"{name} {registration[name]} -> {value}" for name, value in PRESETS[lower].items()
+                                if name in registration)
+            hints.append(f"use a lower preset: --preset {preset} -> {lower} ({changes})")
         if registration.get("micro"):
             hints.append("skip the high-resolution refinement: --no-micro")
         hints.append(f"write smaller tiles: --tile-size {registration['tile_size']} -> 512")
-        if settings.get("max_frames") is None:
+        if settings.get("max_frames") is None and _has_stacks(plan):
             hints.append("split long stacks into pieces: --max-frames 300 (currently no limit)")
         if registration["engine"] == "valis":
             hints.append("use the light engine: --engine valis -> feature (no torch, less memory)")

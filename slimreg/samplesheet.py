@@ -142,6 +142,10 @@ def read_samplesheet(path: str | Path, probe_images: bool = True,
     problems: list[str] = []
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    separator = _wrong_separator(header)
+    if separator:
+        _raise(path, [f"row 1: the columns are separated by {separator}, not commas: use commas (save the sheet as "
+                      f"comma-separated CSV; the header then reads {','.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)})"])
     if missing:
         problems.append(f"row 1: missing column(s) {', '.join(missing)}")
     if unknown:
@@ -387,12 +391,28 @@ def segment_problem(info: ImageInfo) -> str | None:
     limit = MAX_COMPRESSED_SEGMENT_BYTES if info.compression != "none" else MAX_SEGMENT_BYTES
     if info.segment_bytes <= limit:
         return None
+    from slimreg.io.probe import pyvips_conversion
+
     kind = "tiles" if info.tile else "strips"
     return (f"stores its pixels in {kind} of {info.segment_bytes / 1024**2:.0f} MB each (decoded): reading any "
             f"part of it costs at least that much memory, whatever the preset (limit {limit / 1024**2:.0f} MB "
             f"for {'compressed' if info.compression != 'none' else 'uncompressed'} data). Convert it to a tiled "
-            f"pyramid first, e.g. `vips tiffsave {Path(info.path).name} tiled.ome.tif --tile --tile-width 512 "
-            "--tile-height 512 --pyramid --compression deflate --bigtiff`")
+            f"pyramid first, e.g. {pyvips_conversion(Path(info.path).name, 'tiled.tif', bigtiff=True)}")
+
+
+def _wrong_separator(header: list[str]) -> str | None:
+    """"tabs" or "semicolons" when a header field is several column names joined by one (a sheet saved from a
+    spreadsheet as tab-separated, or as CSV in a locale whose list separator is ';'), else None.
+
+    Read with commas such a header is one field, "sample\\timage\\treference", which the generic message would call
+    an unknown column: the fix is the separator, not the names."""
+    known = set(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
+    for field_text in header:
+        for character, words in (("\t", "tabs"), (";", "semicolons")):
+            parts = [part.strip().strip('"') for part in field_text.split(character)]
+            if len(parts) > 1 and any(part in known for part in parts):
+                return words
+    return None
 
 
 def _resolve(sheet: Path, text: str) -> Path:

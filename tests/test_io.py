@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import psutil
 import pytest
@@ -169,6 +173,24 @@ def test_bad_inputs_name_the_file(tmp_path: Path, demo_dir: Path) -> None:
     tifffile.imwrite(complex_path, np.zeros((10, 10), dtype=np.complex64))
     with pytest.raises(InputError, match="not supported"):
         probe(complex_path)
+
+
+@pytest.mark.parametrize(("suffix", "name"), [(".jpg", "JPEG"), (".png", "PNG")])
+def test_a_jpeg_or_png_is_named_with_a_conversion_line_that_works(tmp_path: Path, suffix: str, name: str) -> None:
+    """Such a file used to be 'not a readable TIFF' with tifffile's raw header bytes, and a `vips` command that
+    is not installed with slimreg. The message must name the format and give a line that runs as printed."""
+    picture = tmp_path / f"slide{suffix}"
+    rng = np.random.default_rng(0)
+    assert cv2.imwrite(str(picture), (rng.random((96, 128, 3)) * 255).astype(np.uint8))
+    with pytest.raises(InputError) as caught:
+        probe(picture)
+    message = str(caught.value)
+    assert f"is a {name} file, not a TIFF" in message and "\\x" not in message and "vips tiffsave" not in message
+    command = message[message.index("python -c "):]
+    # run as printed, with this environment's Python in place of the first word
+    subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=tmp_path, check=True, timeout=120)
+    info = probe(tmp_path / "slide.tif")
+    assert (info.width, info.height) == (128, 96) and info.tile is not None
 
 
 def test_multichannel_pyramid_written_plane_by_plane(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from slimreg.preflight import run_preflight
 from slimreg.register.settings import RegistrationSettings
 from slimreg.resources import Resources, cgroup_headroom
 from slimreg.samplesheet import read_samplesheet
+from tests.conftest import sheet_of_samples
 
 GB = 1024**3
 
@@ -65,6 +66,22 @@ def test_bands_and_refusal(demo_plan, tmp_path: Path) -> None:
     with pytest.raises(OSError) as disk:
         run_preflight(demo_plan, tmp_path, resources=_resources(100, disk=0.0001), stream=io.StringIO())
     assert isinstance(disk.value, InsufficientDiskError) and "--outdir" in str(disk.value)
+
+
+@pytest.mark.parametrize(("samples", "stacks"), [(("he", "mif"), False), (("calcium",), True)])
+def test_remediation_shows_current_to_lower_values_and_max_frames_only_for_stacks(
+        demo_sheet: Path, tmp_path: Path, samples: tuple[str, ...], stacks: bool) -> None:
+    """The preset hint used to print one set of numbers after '-> low' that were the current preset's, and
+    --max-frames was offered for single-frame slides, where it changes nothing."""
+    plan = build_plan(read_samplesheet(sheet_of_samples(demo_sheet, *samples)), tmp_path / "out",
+                      RegistrationSettings.from_preset("medium", engine="feature"), PlanSettings())
+    peak = max(t.peak_memory_bytes for t in plan.tasks)
+    with pytest.raises(InsufficientMemoryError) as caught:
+        run_preflight(plan, tmp_path, resources=_resources(peak / 2 / GB), stream=io.StringIO())
+    message = str(caught.value)
+    assert "--preset medium -> low (processing_dim 1024 -> 512, non_rigid_dim 1024 -> 512, micro_dim 2048 -> 1024)" \
+        in message
+    assert ("--max-frames" in message) is stacks
 
 
 def test_workers_multiply_the_peak(demo_plan) -> None:

@@ -55,6 +55,21 @@ def test_structural_errors(tmp_path: Path, content: str, expected: str) -> None:
         read_samplesheet(sheet)
 
 
+@pytest.mark.parametrize(("separator", "words"), [("\t", "tabs"), (";", "semicolons")])
+def test_a_sheet_separated_by_tabs_or_semicolons_is_told_to_use_commas(tmp_path: Path, separator: str,
+                                                                       words: str) -> None:
+    """Read with commas, such a header is one field that used to be reported as an unknown column named
+    'sample\\timage\\treference': the fix is the separator."""
+    sheet = tmp_path / "s.csv"
+    sheet.write_text(separator.join(["sample", "image", "reference"]) + "\n" +
+                     separator.join(["A", "a.ome.tif", "true"]) + "\n")
+    with pytest.raises(InputError) as caught:
+        read_samplesheet(sheet, probe_images=False)
+    message = str(caught.value)
+    assert f"separated by {words}, not commas: use commas" in message
+    assert "unknown column" not in message
+
+
 def test_missing_samplesheet(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="samplesheet not found"):
         read_samplesheet(tmp_path / "nope.csv")

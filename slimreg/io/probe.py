@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import struct
 import sys
 import warnings
@@ -124,8 +125,20 @@ def probe(path: str | Path) -> ImageInfo:
         if _has_tiff_signature(path):  # a TIFF that cannot be read is damaged: converting it would not help
             raise InputError(f"starts like a TIFF but its headers cannot be read ({error}); the file is probably "
                              "truncated or corrupt.", path, "copy the file again from its source.") from error
+        found = other_format(path)
+        converted = path.with_suffix(".tif") if path.suffix.lower() != ".tif" else path.with_suffix(".converted.tif")
+        if found in PYVIPS_READS:
+            raise InputError(f"is a {found} file, not a TIFF: slimreg reads (OME-)TIFF only.", path,
+                             f"convert it to a tiled pyramidal TIFF (pyvips is installed with slimreg): "
+                             f"{pyvips_conversion(path, converted)}") from error
+        if found is not None:
+            raise InputError(f"is a {found} file, not a TIFF: slimreg reads (OME-)TIFF only.", path,
+                             "convert it to a pyramidal OME-TIFF with Bio-Formats' bfconvert (for example "
+                             f"`bfconvert -pyramid-resolutions 4 -tilex 512 -tiley 512 {path.name} "
+                             f"{path.stem}.ome.tif`).") from error
         raise InputError(f"is not a readable TIFF file ({error}).", path,
-                         "convert it to (OME-)TIFF, for example with bfconvert or vips tiffsave.") from error
+                         "convert it to (OME-)TIFF, for example with Bio-Formats' bfconvert or "
+                         f"{pyvips_conversion(path, converted)}") from error
     except (OSError, ValueError, IndexError, KeyError, struct.error) as error:
         raise InputError(f"TIFF headers could not be read ({type(error).__name__}: {error}); the file may "
                          "be truncated or corrupt.", path, "copy the file again from its source.") from error
@@ -354,6 +367,48 @@ def usable_pixel_size(size: tuple[float, float] | None, path: Path, origin: str,
               "pixels; outputs carry no pixel size). Write the real one into the file's OME metadata if it is "
               "known.", file=sys.stderr)
     return None
+
+
+# Formats people give by mistake, by their first bytes: named in the error so that the fix is obvious (tifffile's
+# own message quotes the raw bytes, b'\\xff\\xd8\\xff\\xe0', which tell a user nothing).
+OTHER_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"BM", "BMP"),
+    (b"\x89HDF\r\n\x1a\n", "HDF5"),
+    (b"ZISRAWFILE", "Zeiss CZI"),
+    (b"%PDF", "PDF"),
+)
+PYVIPS_READS = frozenset({"JPEG", "PNG", "GIF", "WebP"})  # loaders in the libvips that pyvips-binary ships
+
+
+def other_format(path: Path) -> str | None:
+    """The name of the non-TIFF image format ``path`` starts like (its magic bytes), or None if not recognised."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in OTHER_FORMATS if head.startswith(magic)), None)
+
+
+def pyvips_conversion(source: str | Path, target: str | Path, *, bigtiff: bool = False) -> str:
+    """One shell line that rewrites ``source`` as a tiled, pyramidal, deflate-compressed TIFF with pyvips.
+
+    pyvips comes with slimreg (the libvips command-line tool ``vips`` usually does not), so this line runs wherever
+    slimreg does. The paths are Python string literals inside one argument the shell passes on unchanged."""
+    options = "tile=True, pyramid=True, compression='deflate'" + (", bigtiff=True" if bigtiff else "")
+    code = (f"import pyvips; pyvips.Image.new_from_file({str(source)!r})"
+            f".tiffsave({str(target)!r}, {options})")
+    if not any(c in code for c in '"$`\\!'):
+        return f'python -c "{code}"'  # the usual case: nothing the shell would change inside double quotes
+    return f"python -c {shlex.quote(code)}"
 
 
 def _has_tiff_signature(path: Path) -> bool:
