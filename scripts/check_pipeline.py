@@ -131,8 +131,9 @@ def check_stub(work: Path) -> str:
     done = nextflow(["-profile", "test", "-stub", "--outdir", "results"], work)
     expect(done.returncode == 0, f"stub run exited {done.returncode}")
     plan = (ROOT / "assets" / "stub" / "plan.csv").read_text().splitlines()[1:]
-    kinds = {"split": "SPLIT_STACK", "project": "PROJECT_SESSION", "register": "REGISTER", "merge": "MERGE_CHUNKS",
-             "qc": "GENERATE_REGISTRATION_QC", "report": "REPORT"}
+    from slimreg.kinds import KINDS
+
+    kinds = {name: kind.process for name, kind in KINDS.items()}
     wanted = {kinds[line.split(",")[1]] for line in plan} | {"DEMO_DATA", "PROBE", "PLAN"}
     ran = process_names(trace(work / "results"))
     expect(wanted <= ran, f"processes that did not run: {sorted(wanted - ran)}")

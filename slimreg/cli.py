@@ -188,6 +188,12 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-frames", type=int, help="split stacks into pieces of at most this many frames")
     group.add_argument("--max-chunk-gb", type=positive_number, help="split stacks into pieces of at most this many GB")
     group.add_argument("--merge-chunks", action="store_true", help="also write one registered stack per session")
+    group.add_argument("--merge-channels", action="store_true",
+                       help="also write one multi-channel OME-TIFF per sample of fluorescence rounds, "
+                            "merged/<sample>.ome.tif: the reference round's channels first, named R<round>_<name>")
+    group.add_argument("--merge-nuclear-once", action="store_true",
+                       help="with --merge-channels: keep the registration (nuclear) channel of the reference round "
+                            "only")
     group.add_argument("--qc-max-dim", type=int, default=options.DEFAULT_QC_MAX_DIM,
                        help=f"long side of QC images in px (default {options.DEFAULT_QC_MAX_DIM})")
 
@@ -204,7 +210,8 @@ def _build_plan(args: argparse.Namespace):
     registration = registration_settings(args)  # an option this machine cannot honour fails before any reading
     sheet = read_samplesheet(args.input, headers=headers)
     settings = PlanSettings(batch_size=args.batch_size, max_frames=args.max_frames, max_chunk_gb=args.max_chunk_gb,
-                            merge_chunks=args.merge_chunks, qc_max_dim=args.qc_max_dim,
+                            merge_chunks=args.merge_chunks, merge_channels=args.merge_channels,
+                            merge_nuclear_once=args.merge_nuclear_once, qc_max_dim=args.qc_max_dim,
                             workers=getattr(args, "workers", 1))
     settings.validate()
     return build_plan(sheet, args.outdir, registration, settings)
@@ -442,7 +449,8 @@ def run_run(args: argparse.Namespace) -> int:
     summary = run_job(
         args.input, args.outdir, engine=args.engine, preset=args.preset, channel=args.channel,
         non_rigid=args.non_rigid, micro=args.micro, batch_size=args.batch_size, max_frames=args.max_frames,
-        max_chunk_gb=args.max_chunk_gb, merge_chunks=args.merge_chunks, mode=args.mode, workers=args.workers,
+        max_chunk_gb=args.max_chunk_gb, merge_chunks=args.merge_chunks, merge_channels=args.merge_channels,
+        merge_nuclear_once=args.merge_nuclear_once, mode=args.mode, workers=args.workers,
         timeout_per_task=args.timeout_per_task, max_retries=args.max_retries, resume=args.resume, force=args.force,
         memory_debug=args.memory_debug, tile_size=args.tile_size, compression=args.compression,
         qc_max_dim=args.qc_max_dim, max_memory=args.max_memory,

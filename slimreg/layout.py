@@ -25,6 +25,7 @@ QC = "qc"
 REPORT = "report"
 PIPELINE_INFO = "pipeline_info"
 WORK = "work"
+MERGED = "merged"
 
 QC_PNG_SUFFIX = "_qc.png"
 QC_JSON_SUFFIX = "_qc.json"
@@ -40,6 +41,11 @@ PRODUCED_PREFIXES = (f"{WORK}/", f"{REGISTERED}/")
 
 def registered_image(sample: str, stem: str) -> str:
     return f"{REGISTERED}/{sample}/{stem}.ome.tif"
+
+
+def merged_image(sample: str) -> str:
+    """One multi-channel image per sample: every round's channels in the reference frame (--merge-channels)."""
+    return f"{MERGED}/{sample}.ome.tif"
 
 
 def transform_file(sample: str, session: str) -> str:

@@ -26,6 +26,7 @@ from slimreg.estimate import SAFETY
 from slimreg.io.probe import ImageInfo, probe
 from slimreg.kinds import KINDS as TASK_KINDS
 from slimreg.kinds import EstimateContext, kind_named
+from slimreg.kinds.channels import ChannelsParams, merged_planes
 from slimreg.kinds.project import ProjectParams
 from slimreg.kinds.qc import QcParams
 from slimreg.kinds.register import RegisterParams, RegisterUnit
@@ -159,7 +160,31 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
                 tasks.append(Task(safe_id(f"merge-{name}-{session.name}"), "merge", name, inputs=unit.registered,
                                   outputs=[merged]))
             tasks.append(_qc_task(name, reference, session, unit, settings))
+    if settings.merge_channels:
+        tasks += _channels_task(name, reference, moving, session_mode, channel_name, registration, settings, notes)
     return tasks
+
+
+def _channels_task(sample: str, reference: _Session, moving: list[_Session], session_mode: bool,
+                   nuclear: str | None, registration: RegistrationSettings, settings: PlanSettings,
+                   notes: list[str]) -> list[Task]:
+    """The sample's one multi-channel image (--merge-channels), where its images are fluorescence rounds."""
+    sessions = [reference, *moving]
+    if any(info.is_rgb for session in sessions for info in session.infos):
+        notes.append(f"sample {sample}: not merged into one multi-channel image: its brightfield (RGB) sections each "
+                     "carry a stain of their own, and stacking them as channels means nothing; each is registered "
+                     "on its own")
+        return []
+    if session_mode:
+        notes.append(f"sample {sample}: not merged into one multi-channel image: it holds recordings (multi-frame "
+                     "stacks or sessions), not channel rounds")
+        return []
+    inputs = [reference.rows[0].source] + [layout.registered_image(sample, image_stem(s.pieces[0])) for s in moving]
+    planes = merged_planes([session.infos[0].channel_names for session in sessions], nuclear,
+                           settings.merge_nuclear_once)
+    params = ChannelsParams(planes, registration.tile_size, registration.compression)
+    return [Task(safe_id(f"channels-{sample}"), "channels", sample, inputs=inputs,
+                 outputs=[layout.merged_image(sample)], params=params.to_json())]
 
 
 def _qc_task(sample: str, reference: _Session, session: _Session, unit: RegisterUnit,

@@ -30,6 +30,8 @@ class PlanSettings:
     max_frames: int | None = None
     max_chunk_gb: float | None = None
     merge_chunks: bool = False
+    merge_channels: bool = False  # one multi-channel image per sample of fluorescence rounds
+    merge_nuclear_once: bool = False  # in it, the registration (nuclear) channel of the reference round only
     qc_max_dim: int = DEFAULT_QC_MAX_DIM
     workers: int = 1
 

@@ -179,7 +179,8 @@ def _subprocess_command(plan_path: Path, task: Task, root: Path, preset: str | N
 def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGINE, preset: str = DEFAULT_PRESET,
              channel: str | None = None, non_rigid: bool = True, micro: bool = True,
              batch_size: int = DEFAULT_BATCH_SIZE, max_frames: int | None = None, max_chunk_gb: float | None = None,
-             merge_chunks: bool = False, mode: str = DEFAULT_MODE, workers: int = 1,
+             merge_chunks: bool = False, merge_channels: bool = False, merge_nuclear_once: bool = False,
+             mode: str = DEFAULT_MODE, workers: int = 1,
              timeout_per_task: float | None = None, max_retries: int = DEFAULT_MAX_RETRIES, resume: bool = False,
              force: bool = False, memory_debug: bool = False, tile_size: int = DEFAULT_TILE_SIZE,
              compression: str = DEFAULT_COMPRESSION, qc_max_dim: int = DEFAULT_QC_MAX_DIM,
@@ -209,7 +210,8 @@ def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGI
         preset, engine=engine, channel=channel, non_rigid=non_rigid, micro=micro, tile_size=tile_size,
         compression=compression, **(registration_overrides or {}))
     plan_settings = PlanSettings(batch_size=batch_size, max_frames=max_frames, max_chunk_gb=max_chunk_gb,
-                                 merge_chunks=merge_chunks, qc_max_dim=qc_max_dim, workers=workers)
+                                 merge_chunks=merge_chunks, merge_channels=merge_channels,
+                                 merge_nuclear_once=merge_nuclear_once, qc_max_dim=qc_max_dim, workers=workers)
     plan = build_plan(sheet, root, registration, plan_settings)
     inputs = refuse_outputs_over_inputs(plan, sheet, root)
     # nothing slimreg writes, plan files and logs included, may land on the samplesheet or a file it names

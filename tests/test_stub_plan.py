@@ -36,6 +36,7 @@ def test_the_fixture_is_planned_with_the_test_profile_settings() -> None:
                         ("--compression", "compression"), ("--qc-max-dim", "qc_max_dim")):
         assert args[flag] == _config_value(defaults, param), flag
     assert _config_value(profile, "merge_chunks") == "true" and "--merge-chunks" in TEST_PROFILE_ARGS
+    assert _config_value(profile, "merge_channels") == "true" and "--merge-channels" in TEST_PROFILE_ARGS
 
 
 def test_the_fixture_is_what_slimreg_plans_for_the_test_profile() -> None:

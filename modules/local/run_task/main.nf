@@ -1,6 +1,6 @@
 process RUN_TASK {
     // one task of the plan (split, project, register, merge or qc), included under each kind's process name
-    // (slimreg.kinds: SPLIT_STACK, PROJECT_SESSION, REGISTER, MERGE_CHUNKS, GENERATE_REGISTRATION_QC)
+    // (slimreg.kinds: SPLIT_STACK, PROJECT_SESSION, REGISTER, MERGE_CHUNKS, MERGE_CHANNELS, GENERATE_REGISTRATION_QC)
     tag "${meta.id}"
 
     conda "${moduleDir}/../../../environment.yml"
@@ -19,7 +19,7 @@ process RUN_TASK {
 
     output:
     // a skipped QC or merge (its image did not register) writes nothing: both outputs are optional
-    tuple val(meta), path("{registered,transforms,work,qc}/**"), emit: files, optional: true
+    tuple val(meta), path("{registered,transforms,work,qc,merged}/**"), emit: files, optional: true
     // for the report: its QC files and register logs in their folders (a picture stays beside its JSON), as links
     // in a folder of their own (a folder that held the published files would hide them from publishDir)
     path "report_inputs", type: 'dir', emit: results, optional: true

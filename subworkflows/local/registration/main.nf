@@ -13,12 +13,14 @@ include { RUN_TASK as SPLIT_STACK              } from '../../../modules/local/ru
 include { RUN_TASK as PROJECT_SESSION          } from '../../../modules/local/run_task'
 include { RUN_TASK as REGISTER                 } from '../../../modules/local/run_task'
 include { RUN_TASK as MERGE_CHUNKS             } from '../../../modules/local/run_task'
+include { RUN_TASK as MERGE_CHANNELS           } from '../../../modules/local/run_task'
 include { RUN_TASK as GENERATE_REGISTRATION_QC } from '../../../modules/local/run_task'
 include { REPORT                               } from '../../../modules/local/report'
 include { RUN_OUTCOME                          } from '../../../modules/local/run_outcome'
 include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_SPLITS_AND_PROJECTIONS } from '../wait_for_dependencies'
 include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_REGISTRATION_TO_MERGE  } from '../wait_for_dependencies'
 include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_REGISTRATION_TO_QC     } from '../wait_for_dependencies'
+include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_ROUNDS_TO_MERGE         } from '../wait_for_dependencies'
 
 workflow REGISTRATION {
     take:
@@ -57,6 +59,7 @@ workflow REGISTRATION {
             project: meta.kind == 'project'
             register: meta.kind == 'register'
             merge: meta.kind == 'merge'
+            channels: meta.kind == 'channels'
             qc: meta.kind == 'qc'
         }
 
@@ -77,6 +80,9 @@ workflow REGISTRATION {
     // split pieces, which share file names with their registered copies (products are staged flat, found by name)
     WAIT_FOR_REGISTRATION_TO_MERGE(ch_tasks.merge, ch_registered)
     MERGE_CHUNKS(WAIT_FOR_REGISTRATION_TO_MERGE.out.ready)
+    // one multi-channel image per sample of fluorescence rounds (--merge_channels), when its REGISTER tasks are done
+    WAIT_FOR_ROUNDS_TO_MERGE(ch_tasks.channels, ch_registered)
+    MERGE_CHANNELS(WAIT_FOR_ROUNDS_TO_MERGE.out.ready)
     WAIT_FOR_REGISTRATION_TO_QC(ch_tasks.qc, ch_stage_one.mix(ch_registered))
     GENERATE_REGISTRATION_QC(WAIT_FOR_REGISTRATION_TO_QC.out.ready)
 
@@ -84,7 +90,7 @@ workflow REGISTRATION {
     // waits for all; it runs on an empty list too (a sheet of single-image samples registers nothing)
     ch_report_inputs = REGISTER.out.results
         .mix(GENERATE_REGISTRATION_QC.out.results, SPLIT_STACK.out.memory, PROJECT_SESSION.out.memory,
-            REGISTER.out.memory, MERGE_CHUNKS.out.memory, GENERATE_REGISTRATION_QC.out.memory)
+            REGISTER.out.memory, MERGE_CHUNKS.out.memory, MERGE_CHANNELS.out.memory, GENERATE_REGISTRATION_QC.out.memory)
         .flatten()
         .toSortedList { a, b -> a.name <=> b.name ?: a.toString() <=> b.toString() }
     REPORT(ch_report_inputs, PLAN.out.plan)
@@ -100,7 +106,8 @@ workflow REGISTRATION {
 
     ch_versions = ch_versions.mix(
         SPLIT_STACK.out.versions.first(), PROJECT_SESSION.out.versions.first(), REGISTER.out.versions.first(),
-        MERGE_CHUNKS.out.versions.first(), GENERATE_REGISTRATION_QC.out.versions.first(), REPORT.out.versions
+        MERGE_CHUNKS.out.versions.first(), MERGE_CHANNELS.out.versions.first(), GENERATE_REGISTRATION_QC.out.versions.first(),
+        REPORT.out.versions
     )
 
     emit:
