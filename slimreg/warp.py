@@ -78,5 +78,6 @@ def warp_file(moving: TiffImage, transform: Transform, out_path: str | Path, *, 
     size_t = len(frames) if info.size_z == 1 else len(frames) // info.size_z
     size_z = info.size_z if info.size_z > 1 else 1
     meta = OmeMetadata(width=width, height=height, dtype=info.dtype, channel_names=info.channel_names,
-                       pixel_size_um=pixel_size_um, size_z=size_z, size_t=size_t, is_rgb=info.is_rgb)
+                       pixel_size_um=pixel_size_um, size_z=size_z, size_t=size_t, is_rgb=info.is_rgb,
+                       name=Path(out_path).name.removesuffix(".ome.tif"))
     return write_planes(planes, out_path, meta, compression=compression, tile_size=tile_size)

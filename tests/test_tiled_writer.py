@@ -97,3 +97,17 @@ def test_a_failing_plane_leaves_no_output_and_no_scratch(tmp_path: Path) -> None
     with pytest.raises(RuntimeError, match="source went away"):
         write_planes([recipe], tmp_path / "x.ome.tif", OmeMetadata(width, height, "uint16", ("a",)), tile_size=256)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_image_gets_a_pyramid_and_its_own_name(tmp_path: Path) -> None:
+    """Viewers show an overview level and list images by name: a 1024 px image written in 1024 px tiles still
+    gets a pyramid down to an overview, and the OME Image Name is the file's stem, not 'image'."""
+    from slimreg.io import write_array
+    from slimreg.io.tiles import OVERVIEW_PX
+
+    path = write_array(np.zeros((1, 1024, 1024), np.uint8), tmp_path / "round2.ome.tif", channel_names=["DAPI"],
+                       tile_size=1024, name="round2")
+    levels = probe(path).levels
+    assert len(levels) > 1 and max(levels[-1]) <= OVERVIEW_PX
+    with tifffile.TiffFile(path) as tif:
+        assert 'Name="round2"' in tif.pages[0].description

@@ -36,6 +36,6 @@ def merge_channels(paths: list[Path], planes: list[tuple[int, int, str]], out_pa
         return lambda: images[index].plane(0, channel)
 
     meta = OmeMetadata(first.width, first.height, dtype, tuple(name for _, _, name in planes),
-                       pixel_size_um=first.pixel_size_um)
+                       pixel_size_um=first.pixel_size_um, name=out_path.name.removesuffix(".ome.tif"))
     return write_planes([plane(index, channel) for index, channel, _ in planes], out_path, meta,
                         compression=compression, tile_size=tile_size)

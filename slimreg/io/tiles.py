@@ -68,10 +68,14 @@ class TileCodec:
         return TIFF.COMPRESSORS[self.tag](data)
 
 
+OVERVIEW_PX = 256  # a pyramid ends at a level this small, whatever the tile: a viewer's overview of the whole image
+
+
 def pyramid_shapes(height: int, width: int, tile: int, pyramid: bool = True) -> list[tuple[int, int]]:
-    """(height, width) of each level: halved (rounded down, at least 1 px) until one tile holds it."""
+    """(height, width) of each level: halved (rounded down, at least 1 px) until one tile holds it and it is an
+    overview (OVERVIEW_PX): so a 1024 px image written in 1024 px tiles has a pyramid too, as viewers expect."""
     shapes = [(height, width)]
-    while pyramid and max(shapes[-1]) > tile:
+    while pyramid and max(shapes[-1]) > min(tile, OVERVIEW_PX):
         level_height, level_width = shapes[-1]
         shapes.append((max(1, level_height // 2), max(1, level_width // 2)))
     return shapes

@@ -43,6 +43,7 @@ class OmeMetadata:
     size_z: int = 1
     size_t: int = 1
     is_rgb: bool = False
+    name: str = "image"  # OME Image Name: what viewers (QuPath, napari, OMERO) list the image as
 
     @property
     def planes_expected(self) -> int:
@@ -64,7 +65,8 @@ class OmeMetadata:
         return (
             '<?xml version="1.0" encoding="UTF-8"?>'
             '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" Creator="slimreg">'
-            '<Image ID="Image:0" Name="image"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" '
+            f'<Image ID="Image:0" Name="{html.escape(self.name, quote=True)}"><Pixels ID="Pixels:0" '
+            'DimensionOrder="XYCZT" '
             f'Type="{OME_TYPES[self.dtype]}" SizeX="{self.width}" SizeY="{self.height}" SizeC="{size_c}" '
             f'SizeZ="{self.size_z}" SizeT="{self.size_t}" Interleaved="{str(self.is_rgb).lower()}"'
             f'{physical}>{channels}<TiffData IFD="0" PlaneCount="{self.planes_expected}"/>'
@@ -171,7 +173,8 @@ def _append_pyramid(writer: tifffile.TiffWriter, store: TileStore, shapes: list[
 
 
 def write_array(array: np.ndarray, path: str | Path, *, channel_names: Sequence[str] | None = None,
-                pixel_size_um: tuple[float, float] | None = None, is_rgb: bool = False, **options) -> Path:
+                pixel_size_um: tuple[float, float] | None = None, is_rgb: bool = False, name: str = "image",
+                **options) -> Path:
     """Write a small in-memory array (C x Y x X, Y x X, or Y x X x 3 for RGB): for tests and demo data."""
     array = np.asarray(array)
     if is_rgb:
@@ -183,5 +186,6 @@ def write_array(array: np.ndarray, path: str | Path, *, channel_names: Sequence[
         names = tuple(channel_names or [f"C{i}" for i in range(len(planes))])
     meta = OmeMetadata(width=array.shape[1] if (is_rgb or array.ndim == 2) else array.shape[2],
                        height=array.shape[0] if (is_rgb or array.ndim == 2) else array.shape[1],
-                       dtype=array.dtype.name, channel_names=names, pixel_size_um=pixel_size_um, is_rgb=is_rgb)
+                       dtype=array.dtype.name, channel_names=names, pixel_size_um=pixel_size_um, is_rgb=is_rgb,
+                       name=name)
     return write_planes(planes, path, meta, **options)
