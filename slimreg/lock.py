@@ -3,8 +3,9 @@
 Two `slimreg run`s on one folder would delete each other's live partial files (each cleans up leftovers when it
 starts) and write the same outputs. The lock is an advisory ``flock`` on ``<outdir>/.slimreg.lock``: the kernel
 releases it when the holder exits, however it exits, so a crashed or killed run leaves no stale lock to clear by
-hand. The file itself stays (removing it while others may open it would let two runs hold locks on two files); it
-names the current holder, for the message a second run prints.
+hand. The holder is the whole run: its task processes inherit the lock's descriptor (``OutputFolderLock.fd``), so
+the lock lasts until the last of them has exited. The file itself stays (removing it while others may open it
+would let two runs hold locks on two files); it names the current holder, for the message a second run prints.
 """
 
 from __future__ import annotations
@@ -57,11 +58,23 @@ class OutputFolderLock:
         self._fd = fd
         return self
 
+    @property
+    def fd(self) -> int:
+        """The lock's descriptor, for the run's task processes to inherit (``Popen(pass_fds=...)``).
+
+        A ``flock`` belongs to the open file, not to a process: while any process holds a descriptor of it, the
+        folder stays locked. A task that inherits it keeps the folder locked until the task itself has exited, so a
+        runner killed alone (``kill -9``) cannot hand the folder to a ``--resume`` while its task still writes."""
+        if self._fd is None:
+            raise RuntimeError("the output-folder lock is not held")
+        return self._fd
+
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         if self._fd is not None:
             _write_holder(self._fd, "")
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            # closed, not LOCK_UN: unlocking would release the lock for every process sharing the open file
+            # (a task that inherited it); closing releases it once the last holder has closed it
             os.close(self._fd)
             self._fd = None
 

@@ -52,6 +52,7 @@ from slimreg.options import (
 )
 from slimreg.plan import Plan, PlanSettings, Task, build_plan
 from slimreg.preflight import run_preflight
+from slimreg.register.bounded import child_of_this_process
 from slimreg.register.settings import RegistrationSettings
 from slimreg.samplesheet import read_samplesheet
 from slimreg.tasks import execute, lower_preset_for_retry, resolve
@@ -215,7 +216,7 @@ def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGI
     plan = build_plan(sheet, root, registration, plan_settings)
     inputs = refuse_outputs_over_inputs(plan, sheet, root)
     # nothing slimreg writes, plan files and logs included, may land on the samplesheet or a file it names
-    with protecting({Path(input), *inputs}), OutputFolderLock(root):  # before anything is written there
+    with protecting({Path(input), *inputs}), OutputFolderLock(root) as lock:  # before anything is written there
         refuse_links([layout.info_dir(root) / "run.log", *(task_log_path(root, t.id) for t in plan.tasks)], root)
         info_dir = layout.info_dir(root)
         info_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +232,7 @@ def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGI
             log(note)
         try:
             outcomes = _execute_plan(plan, plan_path, root, mode, workers, timeout_per_task, max_retries, resume,
-                                     memory_debug, log, show_bar, max_memory)
+                                     memory_debug, log, show_bar, max_memory, lock_fd=lock.fd)
         finally:
             log.close()
     report = layout.report_page(root)
@@ -294,7 +295,7 @@ def _kill_tree(process: subprocess.Popen[bytes]) -> None:
 
 def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: int, timeout: float | None,
                   max_retries: int, resume: bool, memory_debug: bool, log: RunLog, show_bar: bool,
-                  max_memory: int | None = None) -> list[TaskOutcome]:
+                  max_memory: int | None = None, lock_fd: int | None = None) -> list[TaskOutcome]:
     outcomes: dict[str, TaskOutcome] = {}
     pending = list(plan.tasks)
     running: dict[str, tuple[subprocess.Popen[bytes], float, TaskOutcome, str | None]] = {}
@@ -336,7 +337,7 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
                 elif len(running) < (workers if mode == "parallel" else 1):
                     pending.remove(task)
                     outcome = TaskOutcome(task.id, task.kind, "running")
-                    running[task.id] = _start(plan_path, task, root, None, outcome)
+                    running[task.id] = _start_task(plan_path, task, root, None, outcome, lock_fd)
                     progressed = True
             watch = time.monotonic() - last_watch >= WATCH_INTERVAL_S
             if watch:
@@ -358,7 +359,7 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
                     lower = lower_preset_for_retry(task, current)
                     if outcome.attempts <= max_retries and lower is not None:
                         log(f"{task_id}: retrying with preset {lower}")
-                        running[task_id] = _start(plan_path, task, root, lower, outcome)
+                        running[task_id] = _start_task(plan_path, task, root, lower, outcome, lock_fd)
                     else:
                         outcome.status, outcome.message = "killed", f"{stopped}; no retry left"
                         finished(outcome)
@@ -386,7 +387,7 @@ def _execute_plan(plan: Plan, plan_path: Path, root: Path, mode: str, workers: i
                     log(f"{task_id}: killed (likely out of memory) at preset {preset or plan.registration['preset']}")
                     if outcome.attempts <= max_retries and lower is not None:
                         log(f"{task_id}: retrying with preset {lower}")
-                        running[task_id] = _start(plan_path, task, root, lower, outcome)
+                        running[task_id] = _start_task(plan_path, task, root, lower, outcome, lock_fd)
                     else:
                         outcome.status, outcome.message = "killed", "killed (likely out of memory); no retry left"
                         finished(outcome)
@@ -430,15 +431,21 @@ def task_log_path(root: Path, task_id: str) -> Path:
     return layout.task_log(root, task_id)
 
 
-def _start(plan_path: Path, task: Task, root: Path, preset: str | None,
-           outcome: TaskOutcome) -> tuple[subprocess.Popen[bytes], float, TaskOutcome, str | None]:
+def _start_task(plan_path: Path, task: Task, root: Path, preset: str | None, outcome: TaskOutcome,
+                lock_fd: int | None = None) -> tuple[subprocess.Popen[bytes], float, TaskOutcome, str | None]:
+    """Start one attempt of a task in its own process, bound to this run: it is killed when the runner dies
+    (PR_SET_PDEATHSIG, slimreg.register.bounded) and holds the output folder's lock (``lock_fd``) until it has
+    exited. Killing only the runner (``kill``, ``kill -9``) used to leave the task running as an orphan with the
+    lock released: a ``--resume`` started at once deleted its live partial files, and the orphan replaced outputs
+    afterwards."""
     outcome.attempts += 1
     outcome.presets.append(preset or "")
     with open_append(task_log_path(root, task.id), root, binary=True) as stderr:
         stderr.write(f"=== attempt {outcome.attempts} (preset {preset or 'as planned'})\n".encode())
         stderr.flush()
         process = subprocess.Popen(_subprocess_command(plan_path, task, root, preset), stdout=subprocess.DEVNULL,
-                                   stderr=stderr)
+                                   stderr=stderr, pass_fds=() if lock_fd is None else (lock_fd,),
+                                   preexec_fn=child_of_this_process())
     return process, time.monotonic(), outcome, preset
 
 

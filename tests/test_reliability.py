@@ -781,3 +781,220 @@ def test_demo_data_never_replaces_a_users_files(tmp_path: Path, capsys: pytest.C
     assert {p.name: p.read_bytes() for p in again.iterdir()} == first
     assert main(["demo-data", str(again), "--size", "256", "--frames", "6"]) == 2  # another demo: refused
     assert {p.name: p.read_bytes() for p in again.iterdir()} == first
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_task_ends_with_its_runner_and_holds_the_lock_until_it_has(tmp_path: Path, signal_name: str) -> None:
+    """Killing only `slimreg run` used to leave its task running, orphaned, with the lock released: a `--resume`
+    started at once deleted the orphan's live scratch folder, and the orphan then replaced outputs. Now the task
+    holds the lock's open file (the kernel's flock lasts until it exits) and is killed with its runner."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from slimreg.demo import make_demo_data
+    from slimreg.lock import LOCK_NAME, OutputFolderLock
+    from slimreg.tasks import TEST_SLEEP_HOOK
+
+    make_demo_data(tmp_path / "demo", size=256, frames=4)
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"sample,image,reference\nmif,{tmp_path / 'demo' / 'mif_round0.ome.tif'},true\n"
+                     f"mif,{tmp_path / 'demo' / 'mif_round1.ome.tif'},false\n")
+    out = tmp_path / "out"
+    runner = subprocess.Popen([sys.executable, "-m", "slimreg.cli", "run", "--input", str(sheet), "--outdir",
+                               str(out), "--preset", "low"], env={**os.environ, TEST_SLEEP_HOOK: "register-mif-b1:120"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    task: psutil.Process | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while task is None:
+            assert time.monotonic() < deadline and runner.poll() is None, "the run did not start its task"
+            task = next((p for p in psutil.Process(runner.pid).children()
+                         if "register-mif-b1" in " ".join(p.cmdline())), None)
+            time.sleep(0.2)
+        time.sleep(1.0)  # the task is under way (sleeping in its hook)
+        holds_lock = str(out / LOCK_NAME) in [f.path for f in task.open_files()]
+        runner.send_signal(getattr(signal, signal_name))
+        runner.wait()
+        _, alive = psutil.wait_procs([task], timeout=10)
+        assert not alive, "the task outlived its runner"
+        assert holds_lock, "the task does not hold the output folder's lock"
+    finally:
+        runner.kill()
+        runner.wait()
+        if task is not None and task.is_running():
+            task.kill()
+    with OutputFolderLock(out):  # the whole tree is gone, and the lock with it
+        pass
+
+
+def _float_batch(folder: Path) -> tuple[Path, list[Path]]:
+    """The demo's mIF reference, and its round 1 as float32 with a NaN/inf patch and as uint32, int16 (DAPI
+    first)."""
+    from slimreg.demo import make_demo_data
+
+    make_demo_data(folder / "demo", size=256, frames=4)
+    pixels = tifffile.imread(folder / "demo" / "mif_round1.ome.tif")
+    movings = []
+    for dtype in ("float32", "uint32", "int16"):
+        data = pixels.astype(dtype)
+        if dtype == "float32":
+            data[:, 40:60, 40:60], data[:, 100:104, 100:104] = np.nan, np.inf
+        path = folder / f"round1_{dtype}.ome.tif"
+        tifffile.imwrite(path, data, tile=(128, 128), compression="zlib", ome=True,
+                         metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "CD3", "CD8"]}})
+        movings.append(path)
+    return folder / "demo" / "mif_round0.ome.tif", movings
+
+
+@pytest.mark.slow
+def test_nan_pixels_are_missing_data_and_an_unexpected_error_fails_only_its_image(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A float image with NaN/inf pixels used to end the whole REGISTER batch with `ValueError: autodetected range
+    of [nan, nan] is not finite`, no file named. NaN/inf are now missing data (one warning naming the file); and any
+    unexpected exception for one image is that image's failure, in a sentence naming its file, while its
+    batch-mates are registered."""
+    import slimreg.warp
+    from slimreg.register.batch import register_images
+    from slimreg.register.settings import RegistrationSettings
+
+    reference, (with_nan, as_uint32, as_int16) = _float_batch(tmp_path)
+    original_warp = slimreg.warp.warp_file
+
+    def warp_that_breaks_on_int16(source, *args, **kwargs):  # a defect slimreg did not foresee, for one image
+        if source.path == as_int16:
+            raise ValueError("an unforeseen defect")
+        return original_warp(source, *args, **kwargs)
+
+    monkeypatch.setattr("slimreg.register.batch.warp_file", warp_that_breaks_on_int16)
+    settings = RegistrationSettings.from_preset("low", engine="feature")
+    batch = register_images(reference, [with_nan, as_uint32, as_int16], tmp_path / "out", settings)
+    results = {Path(r.image).name: r for r in batch.images}
+    assert results[with_nan.name].status == "ok", results[with_nan.name].error
+    assert results[as_uint32.name].status == "ok", results[as_uint32.name].error
+    failed = results[as_int16.name]
+    assert failed.status == "failed" and failed.error.startswith(f"{as_int16}: failed while writing its registered")
+    assert "ValueError: an unforeseen defect" in failed.error and "Fix: " in failed.error
+    assert not (tmp_path / "out" / "round1_int16.ome.tif").exists()
+    registered = tifffile.imread(tmp_path / "out" / "round1_float32.ome.tif")
+    assert np.isnan(registered).any() and np.isfinite(registered).mean() > 0.9  # missing data kept, not invented
+    err = capsys.readouterr().err
+    assert f"{with_nan}: " in err and "NaN or infinite; registration treats them as missing data" in err
+
+
+def test_float64_images_are_refused_up_front_with_the_right_fix(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """float64 was listed as supported; libvips cannot decode it ("tiff2vips: samples out of range"), and slimreg
+    told the user to check that the file is a complete TIFF, during registration. Now `validate` (every header is
+    probed) refuses it, naming the file and the conversion to float32; the other pixel types are read."""
+    from slimreg.cli import main
+    from slimreg.io.read import TiffImage
+
+    pixels = np.random.default_rng(0).random((64, 64)) * 1000
+    for dtype in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32"):
+        path = tifffile_tiled(tmp_path / f"{dtype}.tif", pixels.astype(dtype))
+        assert TiffImage(path).downsampled(32).array.shape == (32, 32)
+    tifffile.imwrite(tmp_path / "f64.tif", pixels, tile=(32, 32), compression="zlib")
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text("sample,image,reference\ns,uint32.tif,true\ns,f64.tif,false\ns,int16.tif,false\n")
+    assert main(["validate", str(sheet)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'f64.tif'}: has 64-bit float pixels (float64)" in err
+    assert "Fix: convert it to float32" in err and "complete TIFF" not in err
+    assert "uint32.tif" not in err and "int16.tif" not in err
+
+
+def test_a_multi_series_file_says_which_series_was_read_and_how_to_choose_another(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file whose first series is a small blank and whose second is the scan: series 0 was read without a word and
+    the failure said "no tissue, choose another --channel". Now the probe warns, naming the series read and the
+    larger one, and the image's failure says the same with how to extract the other series."""
+    from slimreg.demo import make_demo_data
+    from slimreg.register.batch import register_images
+    from slimreg.register.settings import RegistrationSettings
+
+    make_demo_data(tmp_path / "demo", size=256, frames=4)
+    scan = tifffile.imread(tmp_path / "demo" / "mif_round1.ome.tif")
+    moving = tmp_path / "two_series.ome.tif"
+    with tifffile.TiffWriter(moving, ome=True) as writer:
+        names = {"Channel": {"Name": ["DAPI", "CD3", "CD8"]}}
+        writer.write(np.zeros((3, 64, 64), scan.dtype), metadata={"axes": "CYX", **names})
+        writer.write(scan, metadata={"axes": "CYX", **names}, tile=(128, 128))
+    assert probe(moving).other_series.startswith("slimreg read series 0 of this file's 2 (64 x 64 px)")
+    batch = register_images(tmp_path / "demo" / "mif_round0.ome.tif", [moving], tmp_path / "out",
+                            RegistrationSettings.from_preset("low", engine="feature"))
+    error = batch.images[0].error
+    assert "shows no tissue" in error
+    assert f"Note: {moving}: slimreg read series 0 of this file's 2 (64 x 64 px)" in error
+    assert "series 1 is larger (256 x 256 px)" in error and "bfconvert -series 1" in error and "series=1" in error
+    assert f"slimreg: warning: {moving}: slimreg read series 0" in capsys.readouterr().err
+
+
+def _jpeg_tiled_with_random_bytes_in_one_tile(path: Path, size: int = 1024, tile: int = 5) -> Path:
+    """An RGB JPEG-tiled TIFF (smooth stripes) whose tile ``tile`` has random bytes over the middle quarter."""
+    rows, columns = np.mgrid[0:size, 0:size]
+    grey = (128 + 100 * np.sin(columns / 37.0) * np.cos(rows / 23.0)).astype(np.uint8)
+    tifffile.imwrite(path, np.stack([grey, grey // 2, grey], axis=-1), tile=(256, 256), compression="jpeg",
+                     photometric="rgb")
+    with tifffile.TiffFile(path) as tiff:
+        offset, count = tiff.pages[0].dataoffsets[tile], tiff.pages[0].databytecounts[tile]
+    data = bytearray(path.read_bytes())
+    middle = offset + count // 2
+    data[middle - count // 8: middle + count // 8] = np.random.default_rng(5).integers(
+        0, 256, 2 * (count // 8), dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_damaged_jpeg_tile_is_named_not_read_as_a_grey_block(tmp_path: Path) -> None:
+    """libvips decodes a JPEG tile with random bytes in it without an error, even with fail_on="warning": the task
+    finished, QC said pass, and the output had a flat grey block. Now each JPEG page is decoded once with tifffile
+    before libvips reads it, and the image fails with its file, page and tile named."""
+    from slimreg.io.read import TiffImage
+    from slimreg.io.vips import to_numpy
+
+    intact = tmp_path / "intact.tif"
+    rows = np.mgrid[0:512, 0:512][0]
+    tifffile.imwrite(intact, np.stack([(rows % 251).astype(np.uint8)] * 3, axis=-1), tile=(256, 256),
+                     compression="jpeg", photometric="rgb")
+    assert to_numpy(TiffImage(intact).plane(channel=None)).shape == (512, 512, 3)
+    damaged = _jpeg_tiled_with_random_bytes_in_one_tile(tmp_path / "scan.tif")
+    for read in (lambda image: image.plane(channel=None), lambda image: image.downsampled(256, channel=None)):
+        with pytest.raises(InputError) as error:
+            read(TiffImage(damaged))
+        message = str(error.value)
+        assert message.startswith(f"{damaged}: is damaged: page 0, tile 5 (x 256, y 256, 256 x 256 px)")
+        assert "Fix: copy the file again" in message
+
+
+def test_the_disk_estimate_of_a_registered_copy_is_in_the_reference_frame(tmp_path: Path) -> None:
+    """A registered copy has the reference's size: a 512 px image onto an 8192 px reference was estimated at
+    0.3 MB and wrote 89 MB (the moving image's header was used), and the other way round 40 GB was predicted for a
+    few MB. Here the same two images swap roles: each task's disk follows its reference's area, 256 times apart."""
+    from slimreg.plan import build_plan
+    from slimreg.plan_model import PlanSettings
+    from slimreg.register.settings import RegistrationSettings
+    from slimreg.samplesheet import read_samplesheet
+
+    rng = np.random.default_rng(0)
+    small = write_array(rng.integers(0, 255, (256, 256), dtype=np.uint8), tmp_path / "small.ome.tif",
+                        channel_names=["DAPI"])
+    big = write_array(rng.integers(0, 255, (4096, 4096), dtype=np.uint8), tmp_path / "big.ome.tif",
+                      channel_names=["DAPI"])
+    small_too, big_too = tmp_path / "small_too.ome.tif", tmp_path / "big_too.ome.tif"
+    small_too.write_bytes(small.read_bytes())
+    big_too.write_bytes(big.read_bytes())
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"sample,image,reference\nup,{big},true\nup,{small},false\n"
+                     f"down,{small_too},true\ndown,{big_too},false\n")
+    plan = build_plan(read_samplesheet(sheet), tmp_path / "out", RegistrationSettings.from_preset("low"),
+                      PlanSettings())
+    disk = {t.sample: t.disk_bytes for t in plan.tasks if t.kind == "register"}
+    onto_big = small.stat().st_size * 256  # the small image's bytes per pixel, over the big frame
+    assert onto_big <= disk["up"] <= 2 * onto_big
+    onto_small = big.stat().st_size / 256
+    assert onto_small <= disk["down"] <= 2 * onto_small

@@ -24,6 +24,9 @@ import tifffile
 from slimreg.errors import InputError
 from slimreg.io.vips import SUPPORTED_DTYPES
 
+# libvips 8.18 cannot decode 64-bit float TIFFs, not even its own ("tiff2vips: samples out of range")
+READABLE_DTYPES = tuple(d for d in SUPPORTED_DTYPES if d != "float64")
+
 # A generic page axis (tifffile 'I'/'Q') of at most this many pages is read as channels, else as frames.
 MAX_GENERIC_PAGES_AS_CHANNELS = 8
 
@@ -77,6 +80,9 @@ class ImageInfo:
     # decoded bytes of the largest tile or strip of level 0: reading any pixel decodes at least this much, so it
     # is a floor on memory that no preset lowers (one strip of a 200000 px square image: 40 GB)
     segment_bytes: int = 0
+    # a multi-series file whose first series (the one read) is not its largest image: which was read, and how to
+    # register another (empty otherwise)
+    other_series: str = ""
 
     @property
     def itemsize(self) -> int:
@@ -150,9 +156,17 @@ def _probe_open(path: Path, tif: tifffile.TiffFile) -> ImageInfo:
                          "copy the file again from its source (or give a TIFF with image data).")
     series = tif.series[0]
     dtype = np.dtype(series.dtype)
-    if dtype.name not in SUPPORTED_DTYPES:
-        raise InputError(f"pixel type {dtype} is not supported (supported: {', '.join(SUPPORTED_DTYPES)}).",
+    if dtype.name == "float64":
+        raise InputError("has 64-bit float pixels (float64), which the libvips slimreg reads with cannot decode (it "
+                         "says 'tiff2vips: samples out of range'; slimreg used to blame the file).", path,
+                         "convert it to float32, which keeps every value a microscope measures, for example: python "
+                         "-c \"import tifffile; tifffile.imwrite('OUT.ome.tif', tifffile.imread('IN.tif')"
+                         ".astype('float32'), tile=(512, 512), compression='zlib', ome=True)\" (with OME channel "
+                         "names in metadata= if the file has them).")
+    if dtype.name not in READABLE_DTYPES:
+        raise InputError(f"pixel type {dtype} is not supported (supported: {', '.join(READABLE_DTYPES)}).",
                          path, "convert the image to uint8, uint16 or float32.")
+    other_series = _other_series(path, tif)
     axes = series.axes
     shape = series.shape
     sizes = dict(zip(axes, shape, strict=True))
@@ -239,7 +253,38 @@ def _probe_open(path: Path, tif: tifffile.TiffFile) -> ImageInfo:
         channels_in_samples=channels_in_samples,
         subifd_pyramid=subifd_pyramid,
         level_page_index=tuple(level_page_index),
+        other_series=other_series,
     )
+
+
+def _level0_size(series: Any) -> tuple[int, int]:
+    sizes = dict(zip(series.axes, series.shape, strict=True))
+    return int(sizes.get("X", 0)), int(sizes.get("Y", 0))
+
+
+def _other_series(path: Path, tif: tifffile.TiffFile) -> str:
+    """Words for a file whose first series, the one slimreg reads, is not its largest image ("" otherwise).
+
+    A multi-series TIFF (several OME Images, a small overview or blank before the scan) used to be read at its first
+    series without a word, and its failure then blamed the channel ("no tissue, choose another --channel"). Slides
+    whose first series is the full-resolution scan, followed by a thumbnail, label or macro image (SVS, NDPI), say
+    nothing. Told once per file on stderr, and added to the image's failure by slimreg.register.batch."""
+    if len(tif.series) < 2:
+        return ""
+    width, height = _level0_size(tif.series[0])
+    larger = [(number, *_level0_size(other)) for number, other in enumerate(tif.series) if number
+              and _level0_size(other)[0] * _level0_size(other)[1] > width * height]
+    if not larger:
+        return ""
+    number, other_width, other_height = max(larger, key=lambda item: item[1] * item[2])
+    words = (f"slimreg read series 0 of this file's {len(tif.series)} ({width} x {height} px), the only one it reads; "
+             f"series {number} is larger ({other_width} x {other_height} px). To register series {number}, extract it "
+             f"into a file of its own, for example: bfconvert -series {number} IN OUT.ome.tif, or python -c \"import "
+             f"tifffile; tifffile.imwrite('OUT.ome.tif', tifffile.imread('IN', series={number}), ome=True)\"")
+    if (str(path), "series") not in _warned:
+        _warned.add((str(path), "series"))
+        print(f"slimreg: warning: {path}: {words}.", file=sys.stderr)
+    return words
 
 
 def _segment_bytes(page: Any) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 import pyvips
 
 from slimreg.errors import InputError
+from slimreg.io.integrity import verify_jpeg_page
 from slimreg.io.probe import ImageInfo, probe
 from slimreg.io.vips import to_numpy
 
@@ -94,6 +95,8 @@ class TiffImage:
             page, subifd = info.level_page_index[0][index], level - 1
         else:
             page, subifd = info.level_page_index[level][index], -1
+        if info.compression == "jpeg":  # libvips reads a damaged JPEG tile as grey, silently (slimreg.io.integrity)
+            verify_jpeg_page(self.path, page, subifd)
         try:
             # fail_on="warning": libvips reads an undecodable tile as zeros and only warns (slimreg.io.integrity)
             image = pyvips.Image.tiffload(str(self.path), page=page, n=1, subifd=subifd, access=self.access,

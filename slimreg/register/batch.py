@@ -8,8 +8,10 @@ no output files; the others go on, and the step's exit status reports the failur
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from slimreg.atomic import write_json_atomic
-from slimreg.errors import RegistrationError, SlimregError
+from slimreg.errors import RegistrationError, SlimregError, os_error_message
+from slimreg.io.integrity import damaged_input_error, is_decode_error
 from slimreg.io.read import TiffImage
+from slimreg.io.vips import pyvips
 from slimreg.memory import MemoryTracker
 from slimreg.options import WORK_TILE_SIZE
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel
@@ -127,6 +131,7 @@ def register_units(reference_path: str | Path, units: list[MovingUnit], settings
     output_pixel_size = _scaled_pixel_size(reference.info.pixel_size_um, reference_scale)
     results: list[ImageResult] = []
     candidates: list[tuple[MovingUnit, TiffImage, int | str, ImageResult]] = []
+    opened: list[tuple[ImageResult, TiffImage]] = []  # every moving image whose header was read
     for unit in units:
         result = ImageResult(image=str(unit.registration_image), stem=unit.name, status="failed")
         results.append(result)
@@ -135,10 +140,11 @@ def register_units(reference_path: str | Path, units: list[MovingUnit], settings
             continue
         try:
             moving = TiffImage(unit.registration_image)
+            opened.append((result, moving))
             candidates.append((unit, moving, moving_channel_for(reference, reference_channel, moving, settings),
                                result))
-        except SlimregError as error:
-            result.error = str(error)
+        except Exception as error:
+            result.error = str(image_error(error, unit.registration_image, "reading its header"))
 
     workdir = Path(tempfile.mkdtemp(prefix=".slimreg-work-", dir=log_dir))
     try:
@@ -151,24 +157,34 @@ def register_units(reference_path: str | Path, units: list[MovingUnit], settings
                                                  {"engine": "identity"})
         if to_register:
             engine = get_engine(settings.engine)
-            start = time.perf_counter()
             with tracker.step(f"register:{reference.path.name}"):
-                found = engine.register_many(reference, [c[1] for c in to_register], reference_channel,
-                                             [c[2] for c in to_register], settings, workdir)
-            share = (time.perf_counter() - start) / len(to_register)
-            for (unit, _, _, result), transform in zip(to_register, found, strict=True):
-                transforms[id(unit)] = transform
-                result.seconds = share
+                # one image at a time, so that an unexpected error in one is that image's failure, not the batch's
+                for number, (unit, image, channel, result) in enumerate(to_register):
+                    start = time.perf_counter()
+                    try:
+                        transforms[id(unit)] = engine.register_many(reference, [image], reference_channel, [channel],
+                                                                    settings, workdir / f"unit{number}")[0]
+                    except Exception as error:
+                        transforms[id(unit)] = image_error(error, image.path, "registering it")
+                    result.seconds = time.perf_counter() - start
         for unit, image, _, result in candidates:
             transform = transforms[id(unit)]
             if isinstance(transform, Exception):
                 result.error = str(transform)
                 continue
-            _write_outputs(reference, image, unit, transform, result, settings, tracker, reference_scale,
-                           output_shape, output_pixel_size)
+            try:
+                _write_outputs(reference, image, unit, transform, result, settings, tracker, reference_scale,
+                               output_shape, output_pixel_size)
+            except Exception as error:  # _write_outputs removed what it had written
+                result.error = str(image_error(error, image.path, "writing its registered copy",
+                                               [Path(p) for p in unit.apply_to]))
     finally:
         if not keep_work:
             shutil.rmtree(workdir, ignore_errors=True)
+    for result, image in opened:  # which series of a multi-series file was read, and how to pick another
+        for info in dict.fromkeys([image.info, reference.info]):
+            if result.error and info.other_series:
+                result.error = f"{result.error} Note: {info.path}: {info.other_series}."
     batch = BatchResult(reference=str(reference.path), settings=settings.to_json(), images=results)
     name = log_name or f"{image_stem(reference.path)}.register"
     write_json_atomic(log_dir / f"{name}.json", {"reference": batch.reference, "settings": batch.settings,
@@ -177,6 +193,33 @@ def register_units(reference_path: str | Path, units: list[MovingUnit], settings
     if own_tracker:
         tracker.close()
     return batch
+
+
+def image_error(error: Exception, path: str | Path, doing: str, files: list[Path] | None = None) -> SlimregError:
+    """One moving image's failure as one sentence that names its file, whatever was raised.
+
+    Expected errors (no tissue, an implausible fit, a damaged tile) already name the file and their fix. Anything
+    else is a defect slimreg did not foresee (a NaN that reached a statistic, a codec's own exception): it used to
+    end the whole REGISTER task with a bare ``ValueError`` and no file named, losing every batch-mate's result.
+    Now its traceback goes to stderr (the task's log) and the image fails alone; a full disk or a denied
+    permission gets its usual fix (slimreg.errors.os_error_message), and a tile libvips cannot decode is found in
+    ``path`` or ``files`` (the unit's other files) and named (slimreg.io.integrity)."""
+    if isinstance(error, SlimregError):
+        return error
+    if isinstance(error, MemoryError):  # the task's, not the image's: the runner retries it one preset lower
+        raise error
+    if isinstance(error, OSError):
+        return RegistrationError(f"failed while {doing}: {os_error_message(error)}", str(path))
+    if isinstance(error, pyvips.Error) and is_decode_error(error):  # a damaged tile: find and name it
+        damaged = damaged_input_error(error, [Path(path), *(files or [])])
+        if damaged is not None:
+            return damaged
+    traceback.print_exc(file=sys.stderr)
+    said = " ".join(str(error).split())  # one line: the summary shows a task's last line
+    return RegistrationError(f"failed while {doing} ({type(error).__name__}: {said}); the other images "
+                             "of its batch went on.", str(path),
+                             "check the image (its pixel type and values); if it looks sound, please report this "
+                             "with the task's log, which holds the traceback.")
 
 
 def _scaled_pixel_size(pixel_size: tuple[float, float] | None, scale: int) -> tuple[float, float] | None:
@@ -210,10 +253,12 @@ def _write_outputs(reference: TiffImage, registration_image: TiffImage, unit: Mo
                                          pixel_size_um=pixel_size, compression=settings.compression,
                                          tile_size=settings.tile_size, interpolation=settings.interpolation))
         transform_path = level0.save(unit.transform)
-    except SlimregError as error:
-        result.error = str(error)
-        for path in written:
+    except BaseException as error:
+        for path in written:  # all or nothing: a registered copy without its transform is not left behind
             Path(path).unlink(missing_ok=True)
+        if not isinstance(error, SlimregError):
+            raise
+        result.error = str(error)
         return
     result.status, result.registered, result.transform = "ok", str(unit.registered[0]), str(transform_path)
     result.seconds += time.perf_counter() - start

@@ -9,7 +9,9 @@ the image fails with a message naming the budget. A fresh process also returns t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import multiprocessing
 import os
 import signal
@@ -27,7 +29,7 @@ GB = 1024**3
 
 
 def _child(connection: Any, function: Callable[..., Any], args: tuple[Any, ...], parent: int) -> None:
-    _end_with_parent(parent)
+    end_with_parent(parent)
     try:
         connection.send(("ok", function(*args)))
     except BaseException as error:
@@ -36,21 +38,40 @@ def _child(connection: Any, function: Callable[..., Any], args: tuple[Any, ...],
         connection.close()
 
 
-def _end_with_parent(parent: int) -> None:
+@functools.cache
+def _libc() -> Any:
+    """The C library, loaded once: ``end_with_parent`` also runs between fork and exec (``preexec_fn``), where
+    loading a library could deadlock on a lock another thread held at the fork."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def end_with_parent(parent: int) -> None:
     """Ask Linux to kill this process when the process that started it dies (prctl PR_SET_PDEATHSIG).
 
     A scheduler that kills a task (SLURM's scancel, Nextflow on a failed sibling, a user's kill) signals the task's
     process; without this, an attempt it had started runs on as an orphan, holding gigabytes that nobody watches.
-    Elsewhere than Linux this does nothing."""
+    `slimreg run` starts each task through it too (``preexec_fn``, see ``child_of_this_process``): a task outliving
+    its runner would write outputs after the lock is gone. Elsewhere than Linux this does nothing."""
     if not sys.platform.startswith("linux"):
         return
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # the parent died before the request was in place
         os._exit(1)
+
+
+def child_of_this_process() -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child is killed when this process dies (see
+    ``end_with_parent``). The C library is loaded here, before the fork, not in the forked child.
+
+    The death signal follows the thread that forked, not the process: start children from a thread that lives as
+    long as they should (the runner's main loop does)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            _libc()
+    return functools.partial(end_with_parent, os.getpid())
 
 
 def tree_rss(pid: int) -> int:

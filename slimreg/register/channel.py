@@ -7,6 +7,8 @@ background like a fluorescence image and is insensitive to the stain mix changin
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from slimreg.errors import RegistrationError
@@ -42,11 +44,37 @@ def registration_image(image: TiffImage, channel: int | str, max_dim: int, frame
     its long side, as float32 scaled to about 0..1."""
     if channel == OPTICAL_DENSITY:
         rgb = image.downsampled(max_dim, channel=None, frame=frame, region=region)
-        density = -np.log((rgb.array[..., :3].astype(np.float32) + 1.0) / 256.0).sum(axis=2)
+        density = -np.log((_finite(rgb.array[..., :3].astype(np.float32), image) + 1.0) / 256.0).sum(axis=2)
         return Downsampled(normalise(density), rgb.scale, rgb.origin)
     assert isinstance(channel, int)
     small = image.downsampled(max_dim, channel=channel, frame=frame, region=region)
-    return Downsampled(normalise(small.array.astype(np.float32)), small.scale, small.origin)
+    return Downsampled(normalise(_finite(small.array.astype(np.float32), image)), small.scale, small.origin)
+
+
+_told_non_finite: set[str] = set()  # files whose NaN/inf pixels were reported (once per file and process)
+
+
+def _finite(array: np.ndarray, image: TiffImage) -> np.ndarray:
+    """``array`` with NaN and infinite pixels set to the lowest finite value: missing data, read as "no signal".
+
+    Float images carry NaN where a processing step had no value (outside a stitched mosaic, a masked region) and
+    inf where one divided by zero; every statistic of the registration (percentiles, Otsu's threshold, the edge
+    score) fails on them ("autodetected range of [nan, nan] is not finite", with no file named, which used to lose
+    the whole batch). Such pixels are told once per file on stderr; a plane with no finite pixel at all is refused.
+    """
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return array
+    path = str(image.path)
+    if bad.all():
+        raise RegistrationError("has no finite pixel in its registration channel (all NaN or infinite).", path,
+                                "check the image, or choose another --channel.")
+    if path not in _told_non_finite:
+        _told_non_finite.add(path)
+        print(f"slimreg: warning: {path}: {100 * bad.mean():.2g} % of its registration channel's pixels are NaN or "
+              "infinite; registration treats them as missing data (no signal), and the registered copy keeps them "
+              "as they are.", file=sys.stderr)
+    return np.where(bad, array[~bad].min(), array)
 
 
 def normalise(array: np.ndarray) -> np.ndarray:
