@@ -77,6 +77,18 @@ def _inside(reference: Downsampled, shape_level0: tuple[int, int], transform: Tr
     return inside.reshape(height, width)
 
 
+# The overlay's colours (RGB), named once: the picture's own legend and the report's legend both read them.
+REFERENCE_COLOUR = (0, 255, 0)  # green
+IMAGE_COLOUR = (255, 0, 255)  # magenta
+BOTH_COLOUR = (255, 255, 255)  # green + magenta: aligned structure
+REFERENCE_LANDMARK_COLOUR = (0, 200, 255)  # a ring, where the reference's landmark lies
+IMAGE_LANDMARK_COLOUR = (255, 220, 0)  # a cross where this image's landmark lies, a line to its reference landmark
+LEGEND = (("green", REFERENCE_COLOUR, "reference"), ("magenta", IMAGE_COLOUR, "this image"),
+          ("white", BOTH_COLOUR, "both: aligned structure"))
+LANDMARK_LEGEND = (("blue ring", REFERENCE_LANDMARK_COLOUR, "ring: reference landmark"),
+                   ("yellow cross", IMAGE_LANDMARK_COLOUR, "cross: this image's landmark, line: its error"))
+
+
 def _overlay(reference: np.ndarray, moving: np.ndarray) -> np.ndarray:
     """Reference in green, image in magenta: aligned structure shows white."""
     g = np.clip(reference * 255, 0, 255).astype(np.uint8)
@@ -84,11 +96,99 @@ def _overlay(reference: np.ndarray, moving: np.ndarray) -> np.ndarray:
     return np.dstack([m, g, m])
 
 
-def _panel(image: np.ndarray, title: str) -> np.ndarray:
-    bar = np.full((34, image.shape[1], 3), 255, np.uint8)
-    scale = max(0.4, min(0.8, image.shape[1] / 900))
-    cv2.putText(bar, title, (6, 23), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.vstack([bar, image])
+def _text_scale(width: int) -> float:
+    """OpenCV font scale for a picture ``width`` px wide: legible when the picture is shown at about 800 px (the
+    PNG is opened at full size from the report; a fixed small font vanished in 2 x 2048 px pictures)."""
+    return float(np.clip(width / 700, 0.45, 2.5))
+
+
+def _wrap(title: str, width: int, scale: float, thickness: int) -> list[str]:
+    """``title``'s parts (separated by two spaces) on as few lines as fit in ``width`` px (a part longer than the
+    line keeps a line of its own)."""
+    lines: list[str] = []
+    for part in title.split("  "):
+        joined = f"{lines[-1]}  {part}" if lines else part
+        if lines and cv2.getTextSize(joined, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] <= width:
+            lines[-1] = joined
+        else:
+            lines.append(part)
+    return lines
+
+
+def _panels(overlays: list[tuple[np.ndarray, str]]) -> list[np.ndarray]:
+    """Each overlay with its title above it, wrapped onto more lines where a picture is narrow (a 256 px
+    panel's one-line title used to be squeezed unreadable or cut off), every title bar as tall as the tallest so
+    that the panels line up."""
+    wrapped = []
+    for image, title in overlays:
+        scale = _text_scale(image.shape[1])
+        thickness = max(1, round(scale * 1.5))
+        wrapped.append((image, _wrap(title, int(image.shape[1] - 12 * scale), scale, thickness), scale, thickness))
+    panels = []
+    rows = max(len(lines) for _, lines, _, _ in wrapped)
+    for image, lines, scale, thickness in wrapped:
+        (_, text_height), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        line_height = text_height + baseline + int(6 * scale)
+        bar = np.full((rows * line_height + int(8 * scale), image.shape[1], 3), 255, np.uint8)
+        for number, line in enumerate(lines):
+            # a line still too long (one part wider than the panel) is drawn smaller rather than cut off
+            width = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0]
+            fitted = scale * min(1.0, (image.shape[1] - 12 * scale) / max(1, width))
+            cv2.putText(bar, line, (int(6 * scale), int(4 * scale) + number * line_height + text_height),
+                        cv2.FONT_HERSHEY_SIMPLEX, fitted, (0, 0, 0), thickness, cv2.LINE_AA)
+        panels.append(np.vstack([bar, image]))
+    # the tallest bar's scale may differ between panels of different widths: pad to one height
+    height = max(p.shape[0] for p in panels)
+    return [np.pad(p, ((height - p.shape[0], 0), (0, 0), (0, 0)), constant_values=255) for p in panels]
+
+
+def _legend(width: int, items: tuple[tuple[str, tuple[int, int, int], str], ...], scale: float) -> np.ndarray:
+    """A white strip ``width`` px wide with one swatch and its words per item, wrapped onto as many rows as needed:
+    the PNG says what its colours mean wherever it is opened, not only inside the report."""
+    thickness = max(1, round(scale * 1.5))
+    longest = max(cv2.getTextSize(words, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0] for _, _, words in items)
+    scale *= min(1.0, width * 0.8 / max(1, longest))  # every item fits on a row, swatch and margins included
+    thickness = max(1, round(scale * 1.5))
+    (_, text_height), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    row_height, pad, swatch = text_height + baseline + int(12 * scale), int(8 * scale), text_height + baseline
+    placed: list[tuple[int, int, tuple[int, int, int], str]] = []
+    x, row = pad, 0
+    for _, colour, words in items:
+        text_width = cv2.getTextSize(words, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0]
+        need = swatch + pad + text_width + 2 * pad
+        if x > pad and x + need > width:
+            x, row = pad, row + 1
+        placed.append((x, row, colour, words))
+        x += need
+    strip = np.full(((row + 1) * row_height + pad, width, 3), 255, np.uint8)
+    for x, row, colour, words in placed:
+        top = pad + row * row_height
+        cv2.rectangle(strip, (x, top), (x + swatch, top + swatch), colour, -1)
+        cv2.rectangle(strip, (x, top), (x + swatch, top + swatch), (90, 90, 90), 1)
+        cv2.putText(strip, words, (x + swatch + pad, top + text_height), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (0, 0, 0), thickness, cv2.LINE_AA)
+    return strip
+
+
+def _draw_landmarks(panel: np.ndarray, reference_xy: np.ndarray, image_xy: np.ndarray) -> None:
+    """Draw each landmark pair on an overlay (in place): the reference's as a ring, the image's as a cross, joined
+    by a line whose length is that landmark's error. Coordinates are the overlay's pixels."""
+    size = max(4, round(max(panel.shape[:2]) / 90))
+    thickness = max(1, size // 4)
+    for (rx, ry), (mx, my) in zip(reference_xy, image_xy, strict=True):
+        if not np.isfinite([rx, ry, mx, my]).all():
+            continue
+        reference_point, image_point = (round(rx), round(ry)), (round(mx), round(my))
+        cv2.line(panel, reference_point, image_point, IMAGE_LANDMARK_COLOUR, thickness, cv2.LINE_AA)
+        cv2.circle(panel, reference_point, size, REFERENCE_LANDMARK_COLOUR, thickness, cv2.LINE_AA)
+        cv2.drawMarker(panel, image_point, IMAGE_LANDMARK_COLOUR, cv2.MARKER_CROSS, 2 * size, thickness,
+                       cv2.LINE_AA)
+
+
+def _to_overlay(reference: Downsampled, level0_xy: np.ndarray, scale: float) -> np.ndarray:
+    """Landmarks in an image's true level-0 pixels -> the overlay's pixels. ``scale``: how much the QC image
+    (a block-reduced projection for sessions) is smaller than the true level 0 (pixel centres at integers)."""
+    return reference.from_level0((np.asarray(level0_xy, dtype=np.float64) + 0.5) / scale - 0.5)
 
 
 def _landmark_errors(reference_csv: Path, moving_csv: Path, transform: Transform | None,
@@ -161,7 +261,7 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
     metrics.update(scorer.score_placed(after, tissue_mask(after) & covered).to_json(suffix="_after"))
     if transform is not None:
         metrics["moved_px"] = moved_distance(transform, reference)
-    panels = []
+    overlays: list[tuple[np.ndarray, str]] = []  # (overlay, title), landmarks drawn on them below
     if original_image is not None:
         original = registration_image(original_image, channel_of(original_image), max_dim)
         before = place_through(reference, original, UNCHANGED)
@@ -170,11 +270,12 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
         metrics["ncc_before"] = ncc(reference.array, before, mask_before)
         metrics["mi_before"] = mutual_information(reference.array, before, mask_before)
         metrics.update(scorer.score_placed(before, tissue_mask(before) & inside_before).to_json(suffix="_before"))
-        panels.append(_panel(_overlay(reference.array, before),
-                             f"before  edge corr. {metrics['edge_correlation_before']:.3f}"))
-    panels.append(_panel(_overlay(reference.array, after),
-                         f"after  edge corr. {metrics['edge_correlation_after']:.3f}  "
-                         f"({metrics['significance_after']:.1f} sd)  coverage {metrics['coverage']:.0%}"))
+        overlays.append((_overlay(reference.array, before),
+                         f"before  edge corr. {metrics['edge_correlation_before']:.3f}"))
+    overlays.append((_overlay(reference.array, after),
+                     f"after  edge corr. {metrics['edge_correlation_after']:.3f}  "
+                     f"({metrics['significance_after']:.1f} sd)  coverage {metrics['coverage']:.0%}"))
+    legend = LEGEND
     if landmarks_reference and landmarks_moving:
         pixel_size = reference_image.info.pixel_size_um
         if pixel_size and reference_scale != 1:
@@ -185,10 +286,22 @@ def run_qc(reference_path: str | Path, registered_path: str | Path, outdir: str 
         for label in ("before", "after"):
             if f"landmark_median_{label}_px" in metrics:
                 metrics[f"landmark_rtre_{label}"] = metrics[f"landmark_median_{label}_px"] / diagonal
+        # where the numbers come from, on the pictures: before, the image's landmarks where it lay; after, where the
+        # transform carries them (the pairs whose distances are the landmark errors above)
+        reference_points = _to_overlay(reference, read_landmarks(landmarks_reference), reference_scale)
+        moving_points = read_landmarks(landmarks_moving)
+        if original_image is not None:  # the first overlay is "before"
+            _draw_landmarks(overlays[0][0], reference_points, _to_overlay(reference, moving_points, moving_scale))
+        if level0_transform is not None:
+            _draw_landmarks(overlays[-1][0], reference_points,
+                            _to_overlay(reference, level0_transform.push(moving_points), reference_scale))
+        legend = LEGEND + LANDMARK_LEGEND
     status, reasons = verdict(metrics, thresholds)
     stem = stem or registered_image.path.name.split(".")[0]
     metrics["seconds"] = time.perf_counter() - start
+    panels = _panels(overlays)
     picture = np.hstack([np.pad(p, ((0, 0), (0, 8), (0, 0)), constant_values=255) for p in panels])
+    picture = np.vstack([picture, _legend(picture.shape[1], legend, _text_scale(panels[-1].shape[1]))])
     result = QcResult(image=str(registered_path), reference=str(reference_path), metrics=metrics, status=status,
                       reasons=reasons)
     png_path = outdir / f"{stem}{layout.QC_PNG_SUFFIX}"

@@ -25,14 +25,59 @@ import numpy as np
 from slimreg import layout
 from slimreg.atomic import write_text_atomic
 from slimreg.errors import InputError
-from slimreg.plan_model import Plan
+from slimreg.plan_model import Plan, Task
+from slimreg.qc import LANDMARK_LEGEND, LEGEND, QcThresholds
 from slimreg.versions import software_versions
 
-COLUMNS = ("edge_correlation_before", "edge_correlation_after", "significance_after", "ncc_before", "ncc_after",
-           "mi_before", "mi_after", "coverage", "landmark_median_before_px",
+COLUMNS = ("edge_correlation_before", "edge_correlation_after", "significance_after", "tissue_shared_after",
+           "ncc_before", "ncc_after", "mi_before", "mi_after", "coverage", "landmark_median_before_px",
            "landmark_median_after_px", "landmark_p90_after_px", "landmark_max_after_px", "landmark_median_after_um",
            "landmark_rtre_after")
+# appended after the metrics in metrics.csv (readers that take columns by name or position keep working)
+NAME_COLUMNS = ("reference", "images")
 MB = 1024**2
+SIGNIFICANT_DIGITS = 4
+SHOWN_ONLY = "shown, not judged"
+
+
+def metric_legend(t: QcThresholds) -> dict[str, tuple[str, str]]:
+    """What each column means and the rule that makes an image pass, worded from ``t``: the thresholds QC judged
+    by (slimreg.qc.verdict), so the report never states a number of its own that could drift from them."""
+    landmark_rule = (f"must be lower than before and at most {t.max_landmark_error_px:g} px"
+                     if t.max_landmark_error_px is not None else
+                     f"must be lower than before, and at most {t.max_landmark_rtre:.1%} of the reference's diagonal "
+                     "(landmark rtre after)")
+    moved = "after must be higher than before (when the image moved)"
+    return {
+        "edge_correlation_before": ("correlation of the two images' edge maps (smoothed gradient magnitude, blind to "
+                                    "which stain made the edge) over both tissues, the image left where it was; 1 = "
+                                    "identical edges", moved),
+        "edge_correlation_after": ("the same, for the registered image",
+                                   f"{moved}; judged through significance after"),
+        "significance_after": ("how many noise standard deviations edge correlation after stands above the same "
+                               "image placed at a ring of far offsets (real structure aligned, not only outlines)",
+                               f"at least {t.min_significance:g}"),
+        "tissue_shared_after": ("share of the smaller of the two tissues that lies on the other's tissue",
+                                f"more than {t.min_shared_tissue:.0%}"),
+        "ncc_before": ("normalised cross-correlation of intensities over the reference tissue, before "
+                       "(-1 to 1; low between different stains even when aligned)", SHOWN_ONLY),
+        "ncc_after": ("the same, after registration; higher is better", SHOWN_ONLY),
+        "mi_before": ("mutual information of intensities over the reference tissue, bits, before", SHOWN_ONLY),
+        "mi_after": ("the same, after registration; higher is better", SHOWN_ONLY),
+        "coverage": ("share of the reference's tissue that the registered image covers",
+                     f"at least {t.min_coverage:.0%}"),
+        "landmark_median_before_px": ("median distance between each landmark of the image and its reference "
+                                      "landmark, the image left where it was, level-0 px", SHOWN_ONLY),
+        "landmark_median_after_px": ("the same, after registration", landmark_rule),
+        "landmark_p90_after_px": ("90th percentile of the landmark distances after, px", SHOWN_ONLY),
+        "landmark_max_after_px": ("largest landmark distance after, px", SHOWN_ONLY),
+        "landmark_median_after_um": ("median landmark distance after, in micrometres (the reference's pixel size)",
+                                     SHOWN_ONLY),
+        "landmark_rtre_after": ("median landmark distance after divided by the reference's diagonal (rTRE, as in "
+                                "the ANHIR challenge)", f"at most {t.max_landmark_rtre:.1%}"
+                                if t.max_landmark_error_px is None else
+                                f"not judged: --max-landmark-error {t.max_landmark_error_px:g} px applies instead"),
+    }
 
 
 def _find(results: Path, pattern: str) -> list[Path]:
@@ -167,31 +212,57 @@ def _parse_seconds(text: str) -> float:
     return total
 
 
+ESTIMATED_COLOUR, MEASURED_COLOUR = "#9ecae1", "#3182bd"
+# The chart's text is monospace, whose every character is this many ems wide or less (DejaVu Sans Mono, Liberation
+# Mono, Courier, Menlo: 0.60-0.61): the picture is sized from its longest texts, so none is cut off.
+CHAR_EM = 0.62
+LABEL_FONT, NUMBER_FONT, BAR_AREA = 11, 10, 520
+
+
+def _text_width(text: str, font_px: int) -> float:
+    return len(text) * font_px * CHAR_EM
+
+
 def _memory_svg(rows: list[dict[str, Any]]) -> str:
+    """Estimated and measured peak memory per task as bars, each task's id at its left and its numbers after its
+    bars. The picture's width is computed from its longest id and longest numbers (the old fixed 900 px cut off the
+    numbers of the biggest, slowest tasks, whose bars are longest), and its height grows with the task count."""
     rows = [r for r in rows if r["kind"] != "report"]
     if not rows:
         return "<p>No task memory recorded.</p>"
     top = max(max(r["estimated"], r["measured"] or 0) for r in rows) or 1
-    bar, gap, label = 9, 8, 230
-    height = len(rows) * (2 * bar + gap) + 30
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="900" height="{height}" role="img" '
-             'aria-label="estimated and measured peak memory per task">']
-    for i, row in enumerate(rows):
-        y = 20 + i * (2 * bar + gap)
-        est = 600 * row["estimated"] / top
-        parts.append(f'<text x="0" y="{y + bar + 3}" font-size="11">{html.escape(row["id"][:36])}</text>')
-        parts.append(f'<rect x="{label}" y="{y}" width="{est:.1f}" height="{bar}" fill="#9ecae1"/>')
+    bar, gap = 9, 8
+    numbers = []
+    for row in rows:
         if row["measured"]:
-            meas = 600 * row["measured"] / top
-            parts.append(f'<rect x="{label}" y="{y + bar}" width="{meas:.1f}" height="{bar}" fill="#3182bd"/>')
             seconds = f', {row["seconds"]:.1f} s' if row.get("seconds") is not None else ""
             shared = " (shared process)" if row.get("measured_in") == "shared process" else ""
-            parts.append(f'<text x="{label + max(est, meas) + 4}" y="{y + bar + 3}" font-size="10">'
-                         f'{row["estimated"] / MB:.0f} / {row["measured"] / MB:.0f} MB{seconds}{shared}</text>')
-    parts.append('<text x="230" y="12" font-size="11">light: estimated peak, dark: measured peak of the task\'s own '
-                 'process ("shared process": serial mode, includes earlier tasks); estimated / measured, wall time'
-                 '</text></svg>')
-    return "".join(parts)
+            numbers.append(f'{row["estimated"] / MB:.0f} / {row["measured"] / MB:.0f} MB{seconds}{shared}')
+        else:
+            numbers.append(f'{row["estimated"] / MB:.0f} MB estimated, not measured')
+    label = int(max(_text_width(r["id"], LABEL_FONT) for r in rows)) + 12
+    width = label + BAR_AREA + 4 + int(max(_text_width(n, NUMBER_FONT) for n in numbers)) + 8
+    height = len(rows) * (2 * bar + gap) + 12
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="memory" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans Mono, Liberation Mono, Menlo, monospace" '
+             'role="img" aria-label="estimated and measured peak memory per task">']
+    for i, (row, text) in enumerate(zip(rows, numbers, strict=True)):
+        y = 6 + i * (2 * bar + gap)
+        est = BAR_AREA * row["estimated"] / top
+        meas = BAR_AREA * (row["measured"] or 0) / top
+        parts.append(f'<text x="0" y="{y + bar + 3}" font-size="{LABEL_FONT}">{html.escape(row["id"])}</text>')
+        parts.append(f'<rect x="{label}" y="{y}" width="{est:.1f}" height="{bar}" fill="{ESTIMATED_COLOUR}"/>')
+        if row["measured"]:
+            parts.append(f'<rect x="{label}" y="{y + bar}" width="{meas:.1f}" height="{bar}" '
+                         f'fill="{MEASURED_COLOUR}"/>')
+        parts.append(f'<text x="{label + max(est, meas) + 4:.1f}" y="{y + bar + 3}" font-size="{NUMBER_FONT}">'
+                     f"{html.escape(text)}</text>")
+    parts.append("</svg>")
+    legend = (f'<p class="legend"><span class="swatch" style="background:{ESTIMATED_COLOUR}"></span> estimated peak '
+              f'(the plan) <span class="swatch" style="background:{MEASURED_COLOUR}"></span> measured peak of the '
+              'task\'s own process ("shared process": serial mode, includes earlier tasks); after the bars: '
+              "estimated / measured MB, wall time</p>")
+    return legend + '<div class="chart">' + "".join(parts) + "</div>"
 
 
 def _tsv_field(value: Any) -> str:
@@ -202,9 +273,76 @@ def _tsv_field(value: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if not np.isfinite(value) else f"{value:.3f}"
-    return "" if value is None else html.escape(str(value))
+    """A number with 4 significant digits (an rTRE of 0.0026 read 0.003 or 0.000 with 3 decimals), without an
+    exponent up to 10^6; anything else as text."""
+    if isinstance(value, bool) or not isinstance(value, float | int | np.floating | np.integer):
+        return "" if value is None else html.escape(str(value))
+    if not np.isfinite(value):
+        return ""
+    if isinstance(value, int | np.integer) or abs(value) >= 10**SIGNIFICANT_DIGITS:
+        return f"{value:.0f}" if abs(value) < 1e6 else f"{value:.{SIGNIFICANT_DIGITS}g}"
+    return f"{value:.{SIGNIFICANT_DIGITS}g}"
+
+
+def _origins(path: str, producers: dict[str, Task]) -> list[str]:
+    """The samplesheet files ``path`` was made from: through split and project tasks, whose outputs are the same
+    images in another form (pieces, a session's projection); any other path is its own origin."""
+    task = producers.get(path)
+    if task is None or task.kind not in ("split", "project"):
+        return [path]
+    return list(dict.fromkeys(origin for source in task.inputs for origin in _origins(source, producers)))
+
+
+def _plan_names(plan: Plan | None) -> tuple[dict[tuple[str, str], list[str]], dict[str, list[str]]]:
+    """File names from the samplesheet, from the plan: the images behind each QC row, keyed by (sample, stem), and
+    each sample's reference. A session's row is named by its session ("s2") and a session's reference is a
+    projection in work/: the user knows neither; they know the files they listed."""
+    images: dict[tuple[str, str], list[str]] = {}
+    references: dict[str, list[str]] = {}
+    if plan is None:
+        return images, references
+    producers = {output: task for task in plan.tasks for output in task.outputs}
+    for task in plan.tasks:
+        reference = task.params.get("reference")
+        if task.kind in ("qc", "register") and isinstance(reference, str):
+            references.setdefault(task.sample, [Path(p).name for p in _origins(reference, producers)])
+        original = task.params.get("original")
+        if task.kind == "qc" and task.outputs and isinstance(original, str):
+            stem = Path(task.outputs[0]).name.removesuffix(layout.QC_PNG_SUFFIX)
+            images[(task.sample, stem)] = [Path(p).name for p in _origins(original, producers)]
+    return images, references
+
+
+def _thresholds(records: list[dict[str, Any]]) -> tuple[QcThresholds, bool]:
+    """The thresholds QC judged by, as its JSON files recorded them (QcThresholds' defaults where none did), and
+    whether the images were judged by more than one set."""
+    known = {f for f in QcThresholds.__dataclass_fields__}
+    found = [QcThresholds(**{k: v for k, v in r["thresholds"].items() if k in known})
+             for r in records if isinstance(r.get("thresholds"), dict)]
+    return (found[0] if found else QcThresholds()), len(set(found)) > 1
+
+
+def _swatch(colour: tuple[int, int, int] | str) -> str:
+    background = colour if isinstance(colour, str) else "rgb({},{},{})".format(*colour)
+    return f'<span class="swatch" style="background:{background}"></span>'
+
+
+def _legend_section(thresholds: QcThresholds, differ: bool) -> str:
+    """How to read the tables and the overlays: every column's meaning and pass rule, every colour's meaning."""
+    overlay = " ".join(f"{_swatch(colour)} {html.escape(meaning)}" for _, colour, meaning in LEGEND)
+    marks = " ".join(f"{_swatch(colour)} {html.escape(meaning)}" for _, colour, meaning in LANDMARK_LEGEND)
+    rows = "".join(f'<tr><td class="metric">{html.escape(column.replace("_", " "))}</td><td>{html.escape(meaning)}'
+                   f'</td><td>{html.escape(rule)}</td></tr>'
+                   for column, (meaning, rule) in metric_legend(thresholds).items())
+    note = ("<p>The images were judged by different thresholds; the rules below are the first image's, each "
+            "image's own are in its _qc.json.</p>") if differ else ""
+    return ('<h2>How to read this report</h2><p class="legend">Overlays, the reference in green and the image in '
+            f"magenta: {overlay}. Where landmarks were given: {marks}. Left: before registration (the image as it "
+            "was), right: after. Click a picture for the full size.</p>"
+            '<p class="legend"><b>status</b>: pass when every rule below holds; fail when one does not (the reasons '
+            "say which); failed: the image could not be registered.</p>"
+            f'{note}<table class="legend"><thead><tr><th>column</th><th>what it measures</th><th>pass rule</th>'
+            f"</tr></thead><tbody>{rows}</tbody></table>")
 
 
 def build_report(results: str | Path, outdir: str | Path, plan: Plan | None = None) -> Path:
@@ -217,16 +355,23 @@ def build_report(results: str | Path, outdir: str | Path, plan: Plan | None = No
         plan = Plan.load(found[0]) if found else None
     records = _registration_failures(results) + _qc_records(results)
     records.sort(key=lambda r: ({"failed": 0, "fail": 1}.get(r["status"], 2), r["sample"], r["name"]))
+    image_names, reference_names = _plan_names(plan)
+    for r in records:
+        r["images"] = image_names.get((r["sample"], r["name"])) or r.get("images") or []
+        r["reference_names"] = reference_names.get(r["sample"]) or (
+            [Path(r["reference"]).name] if isinstance(r.get("reference"), str) else [])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["sample", "image", "status", "reasons", *COLUMNS])
+    writer.writerow(["sample", "image", "status", "reasons", *COLUMNS, *NAME_COLUMNS])
     for r in records:
         writer.writerow([r["sample"], r["name"], r["status"], " | ".join(r["reasons"]),
-                         *[r["metrics"].get(c, "") for c in COLUMNS]])
+                         *[r["metrics"].get(c, "") for c in COLUMNS], " + ".join(r["reference_names"]),
+                         " + ".join(r["images"])])
     write_text_atomic(outdir / "metrics.csv", buffer.getvalue())
     mqc = ["# id: 'slimreg'", "# section_name: 'slimreg registration QC'",
-           "# description: 'Normalised cross-correlation, mutual information, coverage and landmark error "
-           "before and after registration.'", "# plot_type: 'table'", "\t".join(["Sample", "status", *COLUMNS])]
+           "# description: 'Edge correlation and its significance, normalised cross-correlation, mutual information, "
+           "coverage and landmark error before and after registration (pass rules: slimreg report.html).'",
+           "# plot_type: 'table'", "\t".join(["Sample", "status", *COLUMNS])]
     mqc += ["\t".join(_tsv_field(v) for v in [f"{r['sample']}_{r['name']}", r["status"],
                                               *[r["metrics"].get(c, "") for c in COLUMNS]])
             for r in records]
@@ -234,10 +379,12 @@ def build_report(results: str | Path, outdir: str | Path, plan: Plan | None = No
 
     failed = sum(r["status"] == "fail" for r in records)
     unregistered = sum(r["status"] == "failed" for r in records)
+    legend = metric_legend(_thresholds(records)[0])
     sections = []
     for sample in dict.fromkeys(r["sample"] for r in records):
         rows = []
-        for r in (x for x in records if x["sample"] == sample):
+        sample_records = [x for x in records if x["sample"] == sample]
+        for r in sample_records:
             cells = "".join(f"<td>{_fmt(r['metrics'].get(c))}</td>" for c in COLUMNS)
             reasons = "<br>".join(html.escape(x) for x in r["reasons"])
             if r["png_path"] is None:
@@ -249,15 +396,28 @@ def build_report(results: str | Path, outdir: str | Path, plan: Plan | None = No
                 # where this task read it: report/report.html -> ../qc/<sample>/<name>_qc.png
                 link = "/".join(quote(part) for part in ("..", layout.QC, r["png_path"].parent.name,
                                                           r["png_path"].name))
-                picture = (f'<td><a href="{html.escape(link)}"><img src="{_thumbnail(r["png_path"])}" '
-                           f'alt="QC overlay of {html.escape(r["name"])}" width="160"></a></td>')
+                sides = ("left: before, right: after registration" if "edge_correlation_before" in r["metrics"]
+                         else "after registration")
+                if any(k.startswith("landmark_median") for k in r["metrics"]):
+                    sides += "; rings and crosses: landmarks"
+                picture = (f'<td class="overlay"><a href="{html.escape(link)}"><img src="{_thumbnail(r["png_path"])}" '
+                           f'alt="QC overlay of {html.escape(r["name"])}" width="320"></a>'
+                           f'<div class="caption">{sides}</div></td>')
+            files = r["images"]
+            named = "" if not files or (len(files) == 1 and files[0].split(".")[0] == r["name"]) else (
+                f'<div class="files">{"<br>".join(html.escape(f) for f in files)}</div>')
             rows.append(f'<tr class="{r["status"]}">{picture}'
-                        f'<td>{html.escape(r["name"])}</td><td class="status">{r["status"]}</td><td>{reasons}</td>'
-                        f"{cells}</tr>")
-        header = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in COLUMNS)
-        sections.append(f'<h2>Sample {html.escape(sample)}</h2><table class="qc"><thead><tr><th>overlay</th>'
-                        f"<th>image</th><th>status</th><th>reasons</th>{header}</tr></thead><tbody>"
-                        f"{''.join(rows)}</tbody></table>")
+                        f'<td class="image">{html.escape(r["name"])}{named}</td><td class="status">{r["status"]}</td>'
+                        f"<td>{reasons}</td>{cells}</tr>")
+        header = "".join(f'<th title="{html.escape(legend[c][0])}. Pass rule: {html.escape(legend[c][1])}">'
+                         f"{c.replace('_', ' ')}</th>" for c in COLUMNS)
+        reference = next((x["reference_names"] for x in sample_records if x["reference_names"]), [])
+        named_reference = (f'<p class="reference">Reference (every image of this sample is registered onto it): '
+                           f'<b>{html.escape(", ".join(reference))}</b></p>') if reference else \
+            '<p class="reference">Reference: not recorded in these results.</p>'
+        sections.append(f'<h2>Sample {html.escape(sample)}</h2>{named_reference}<div class="wide"><table class="qc">'
+                        f"<thead><tr><th>overlay</th><th>image</th><th>status</th><th>reasons</th>{header}</tr>"
+                        f"</thead><tbody>{''.join(rows)}</tbody></table></div>")
     memory_rows = _task_memory(results, plan)
     settings = {"registration": plan.registration, "plan": plan.settings} if plan else {}
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in (plan.notes if plan else []))
@@ -272,12 +432,19 @@ th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-a
 tr.fail td.status, tr.failed td.status {{ background: #f8d0d0; font-weight: bold; }}
 tr.pass td.status {{ background: #d5f0d5; }}
 .summary {{ font-size: 15px; }}
+.swatch {{ display: inline-block; width: 0.9em; height: 0.9em; border: 1px solid #777; vertical-align: -0.1em; }}
+.legend {{ font-size: 13px; max-width: 80em; }}
+table.legend td.metric {{ white-space: nowrap; font-weight: bold; }}
+td.overlay .caption, td.image .files, p.reference {{ font-size: 12px; color: #444; }}
+p.reference {{ font-size: 14px; color: #222; }}
+.chart, .wide {{ overflow-x: auto; }}
 </style></head>
 <body data-ready="0">
 <h1>slimreg registration report</h1>
 <p class="summary" id="summary">{len(records) - unregistered} registered image(s), {failed} failed QC,
 {unregistered} could not be registered (listed first, with the reason and the fix).</p>
 {_outcomes_table(_task_outcomes(results))}
+{_legend_section(*_thresholds(records)) if records else ''}
 {''.join(sections) or '<p>No QC results found.</p>'}
 {'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
 <h2>Memory and time per task: estimated vs measured</h2>
