@@ -158,8 +158,23 @@ def register_units(reference_path: str | Path, units: list[MovingUnit], settings
         if to_register:
             engine = get_engine(settings.engine)
             with tracker.step(f"register:{reference.path.name}"):
-                # one image at a time, so that an unexpected error in one is that image's failure, not the batch's
-                for number, (unit, image, channel, result) in enumerate(to_register):
+                # the whole batch in one call, as the engine is meant to run (VALIS registers a sample's images
+                # together); only if that call raises, one image at a time, so that the error is that image's
+                # failure, not its batch-mates'
+                start = time.perf_counter()
+                try:
+                    found = engine.register_many(reference, [c[1] for c in to_register], reference_channel,
+                                                 [c[2] for c in to_register], settings, workdir)
+                except MemoryError:  # the task's, not an image's: the runner retries it one preset lower
+                    raise
+                except Exception:
+                    found = None
+                if found is not None:
+                    share = (time.perf_counter() - start) / len(to_register)
+                    for (unit, _, _, result), transform in zip(to_register, found, strict=True):
+                        transforms[id(unit)] = transform
+                        result.seconds = share
+                for number, (unit, image, channel, result) in enumerate(to_register if found is None else []):
                     start = time.perf_counter()
                     try:
                         transforms[id(unit)] = engine.register_many(reference, [image], reference_channel, [channel],
