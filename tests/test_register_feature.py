@@ -285,3 +285,20 @@ def test_refinements_do_not_grow_with_the_number_of_pieces(monkeypatch: pytest.M
             assert np.median(found[0][first, 1]) == pytest.approx(moved[1], abs=0.5)
     assert counts[0] == counts[1]
     assert counts[0] == 0 if moved == (0, 0) else counts[0] >= 2
+
+
+def test_a_collapsed_fit_is_no_start_for_a_piece() -> None:
+    """A detector's fit can collapse onto a line (a few matches in a row; seen on the torn kidney pair): it places
+    nothing, so it is dropped rather than inverted, and a piece with no other proposal is left to the affine."""
+    from slimreg.register.pieces import piece_starts
+    from slimreg.register.similarity import AlignmentScorer
+
+    image = np.zeros((120, 160), np.float32)
+    piece = np.zeros(image.shape, bool)
+    piece[30:90, 40:120] = True
+    scorer = AlignmentScorer(np.where(piece, 1.0, 0.0).astype(np.float32), piece)
+    collapsed = np.array([[0.5, 1.0, 3.0], [1.0, 2.0, -4.0], [0.0, 0.0, 1.0]])  # determinant 0
+    shifted = np.array([[1.0, 0.0, 12.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert piece_starts(scorer, [collapsed], piece, 1.0) == []
+    starts = piece_starts(scorer, [collapsed, shifted], piece, 1.0)
+    assert len(starts) == 2 and np.allclose(starts[0], np.eye(3)) and np.allclose(starts[1], shifted)

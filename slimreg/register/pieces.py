@@ -105,6 +105,8 @@ def piece_starts(scorer: AlignmentScorer, proposals: list[np.ndarray], piece: np
     least = resolvable_sigmas * scorer.sigma
     starts: list[np.ndarray] = []
     for proposal in proposals:
+        if not np.isfinite(proposal).all() or abs(np.linalg.det(proposal[:2, :2])) < 1e-9:
+            continue  # a fit collapsed onto a line (a detector's few matches in a row) places nothing
         if (median_motion(proposal, points) >= least
                 and all(median_motion(proposal, points, start) >= least for start in starts)):
             starts.append(proposal)
