@@ -78,8 +78,11 @@ def register(reference: Path, moving: Path, out: Path, code: Path | None, channe
     env = {**os.environ, **({"PYTHONPATH": str(code)} if code else {})}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
+    # run from the output folder: ``python -c`` puts the working directory first on sys.path, ahead of PYTHONPATH,
+    # and from the repository it would import this checkout's slimreg whatever ``code`` says
+    out.mkdir(parents=True, exist_ok=True)
     result = subprocess.run([sys.executable, "-c", CLI_WRAPPER, *args], capture_output=True, text=True, env=env,
-                            check=False)
+                            check=False, cwd=out)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -108,6 +111,7 @@ def main() -> int:
     parser.add_argument("--code", type=Path, default=None, help="folder holding the slimreg package to time")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/slimreg-bench-speed"))
     args = parser.parse_args()
+    args.workdir = args.workdir.resolve()  # the registrations run from their output folders
     args.workdir.mkdir(parents=True, exist_ok=True)
     label = str(args.code) if args.code else "this checkout"
     print("| case | code | wall s | CPU s | peak MB | error px | status |")
