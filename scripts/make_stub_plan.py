@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "assets" / "stub" / "plan.csv"
 SHEET_FIXTURE = ROOT / "assets" / "stub" / "samplesheet.csv"
 # the test profile (conf/test.config) over the pipeline's defaults (nextflow.config)
-TEST_PROFILE_ARGS = ["--engine", "feature", "--preset", "low", "--max-frames", "5", "--merge-chunks", "--merge-channels",
-                     "--batch-size", "3", "--tile-size", "1024", "--compression", "deflate", "--qc-max-dim", "2048"]
+TEST_PROFILE_ARGS = ["--engine", "feature", "--preset", "low", "--max-frames", "5", "--merge-chunks",
+                     "--merge-channels", "--batch-size", "3", "--tile-size", "1024", "--compression", "deflate",
+                     "--qc-max-dim", "2048"]
 DEMO_SIZE, DEMO_FRAMES = 512, 12  # DEMO_DATA's arguments under the test profile
 
 
