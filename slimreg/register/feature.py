@@ -11,7 +11,8 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    Every plausible candidate is refined (affine or similarity, SimpleITK, edge maps coarse to fine),
    counting the reference tissue carried off the moving image at every level, and also at the finest only where
    the moving tissue reaches its image's border (slimreg.register.refine); the best-scoring pose, refined either
-   way or as it started, wins.
+   way or as it started, wins. Where two detectors' fits agree within one edge sigma, that pose confirms itself:
+   it and the unregistered placement are the only starts, and the rotation search is not run (``agreeing_fits``).
 3. The winner is polished at ``micro_dim`` (``processing_dim`` without micro) and kept only if it scores higher.
 4. Non-rigid: dense optical flow between the affinely placed pair at ``non_rigid_dim``, smoothed on tissue (over
    2 % and 8 % of the image). Candidates: DIS flow estimated on intensities and on edge maps (each both ways and
@@ -44,7 +45,7 @@ from slimreg.errors import RegistrationError
 from slimreg.io.read import Downsampled, TiffImage
 from slimreg.metrics import mutual_information
 from slimreg.register.channel import registration_image
-from slimreg.register.initial import Candidate, Described, describe, feature_candidates, moved, rotation_search
+from slimreg.register.initial import Candidate, Described, describe, feature_candidates, relocated, rotation_search
 from slimreg.register.pieces import piece_field
 from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
 from slimreg.register.preprocess import blur, edge_map, local_contrast, tissue_mask, to_uint8
@@ -382,8 +383,8 @@ class SearchKeypoints:
         ``affine`` (level-0 pull) places them on it: the per-piece fits match these instead of detecting anew
         (detection at the non-rigid size took 16 s of the 17 s the pieces of a 1024 px nuclei pair cost)."""
         to_grid = np.linalg.inv(grid.level0_matrix())
-        return (moved(self.reference_described, to_grid @ self.reference.level0_matrix()),
-                moved(self.moving_described, to_grid @ np.linalg.inv(affine) @ self.moving.level0_matrix()))
+        return (relocated(self.reference_described, to_grid @ self.reference.level0_matrix()),
+                relocated(self.moving_described, to_grid @ np.linalg.inv(affine) @ self.moving.level0_matrix()))
 
 
 AGREEING = "agreeing flows"

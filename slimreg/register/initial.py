@@ -108,7 +108,7 @@ def _kept(described: Described, keep: np.ndarray | None) -> tuple[np.ndarray, np
     return described.points[chosen], described.descriptors[chosen]
 
 
-def moved(described: dict[str, Described], matrix: np.ndarray) -> dict[str, Described]:
+def relocated(described: dict[str, Described], matrix: np.ndarray) -> dict[str, Described]:
     """The same keypoints and descriptors with their positions mapped by the 3x3 ``matrix`` (into another frame)."""
     return {name: Described((d.points.astype(np.float64) @ matrix[:2, :2].T + matrix[:2, 2]).astype(np.float32),
                             d.descriptors) for name, d in described.items()}
