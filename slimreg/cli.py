@@ -495,6 +495,24 @@ def _versions_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--process", default="SLIMREG", help="process name for the YAML key")
 
 
+def run_motion_correct(args: argparse.Namespace) -> int:
+    from slimreg.motion import correct_motion
+
+    result = correct_motion(args.input, args.outdir, mode=args.mode, chunk_frames=args.chunk_frames)
+    print(json.dumps({"frames": result.frames, "mode": result.mode, "blank_frames": result.blank_frames,
+                      "nan_frames": result.nan_frames, "qc": result.qc, "outputs": result.outputs}, indent=2))
+    return 0
+
+
+@command("motion-correct", "align every frame of a recording to its own template (rigid or piecewise), streamed")
+def _motion_correct_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", type=Path, required=True, help="multi-page TIFF recording, one frame per page")
+    parser.add_argument("--outdir", type=Path, required=True, help="folder for <stem>.corrected.ome.tif and QC")
+    parser.add_argument("--mode", choices=("rigid", "piecewise"), default="rigid", help="rigid (default) or "
+                        "NoRMCorre-style piecewise rigid")
+    parser.add_argument("--chunk-frames", type=int, default=100, help="frames held in memory at once")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimreg", description="Register series of very large microscopy "
                                      "images at a bounded, predicted memory cost.")

@@ -1,0 +1,128 @@
+"""Per-frame motion correction (slimreg.motion, `slimreg motion-correct`) on real two-photon frames."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage
+
+from slimreg.cli import main
+from slimreg.errors import InputError
+from slimreg.motion import PatchGrid, correct_motion
+
+MOVIE = Path(__file__).resolve().parents[2] / "shared" / "data" / "calcium-movie" / "sima_example.tif"
+if not MOVIE.exists():
+    MOVIE = Path("/work/shared/data/calcium-movie/sima_example.tif")
+pytestmark = pytest.mark.skipif(not MOVIE.exists(), reason=f"real movie not found at {MOVIE}")
+
+
+def real_frame(index: int = 5) -> np.ndarray:
+    """One real frame of the two-photon movie (its own noise and cells), as float32."""
+    with tifffile.TiffFile(MOVIE) as tif:
+        return tif.pages[index].asarray().astype(np.float32)
+
+
+def write_stack(path: Path, frames: list[np.ndarray], dtype=np.uint16) -> Path:
+    """A one-frame-per-page TIFF; integer frames rounded and clipped."""
+    with tifffile.TiffWriter(path) as writer:
+        for frame in frames:
+            out = np.clip(np.rint(frame), 0, 65535).astype(dtype) if np.dtype(dtype).kind == "u" else \
+                frame.astype(dtype)
+            writer.write(out, contiguous=False)
+    return path
+
+
+def centred_error(estimated: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """|estimate - truth| after removing the template's own offset (the template is built from the frames)."""
+    diff = estimated - true
+    return np.abs(diff - np.median(diff, axis=0))
+
+
+def test_rigid_recovers_known_subpixel_shifts(tmp_path):
+    rng = np.random.default_rng(1)
+    base = real_frame()
+    truth = rng.uniform(-4, 4, size=(24, 2))
+    frames = [ndimage.shift(base, d, order=3, mode="nearest") for d in truth]
+    stack = write_stack(tmp_path / "rigid.tif", frames)
+    result = correct_motion(stack, tmp_path / "out", mode="rigid", chunk_frames=5)
+    estimated = np.array([[s.dy, s.dx] for s in result.shifts])
+    error = centred_error(estimated, truth)
+    assert np.median(error) < 0.1, error
+    assert result.qc["mean_correlation_after"] > result.qc["mean_correlation_before"]
+    assert result.qc["crispness_after"] > result.qc["crispness_before"]
+
+
+def smooth_field(shape, amplitude, phase):
+    """A smoothly varying displacement: a rigid part plus a half-sine across the frame."""
+    rows, cols = np.indices(shape, dtype=np.float32)
+    dy = amplitude[0] + 1.5 * np.sin(np.pi * cols / shape[1] + phase)
+    dx = amplitude[1] + 1.5 * np.cos(np.pi * rows / shape[0] + phase)
+    return dy.astype(np.float32), dx.astype(np.float32)
+
+
+def test_piecewise_follows_smoothly_varying_shifts(tmp_path):
+    rng = np.random.default_rng(2)
+    base = real_frame()
+    rows, cols = np.indices(base.shape, dtype=np.float32)
+    fields = [smooth_field(base.shape, rng.uniform(-3, 3, 2), rng.uniform(0, np.pi)) for _ in range(16)]
+    # content moved by (dy, dx): output(p) = base(p - d)
+    frames = [cv2.remap(base, cols - dx, rows - dy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+              for dy, dx in fields]
+    stack = write_stack(tmp_path / "warped.tif", frames)
+    result = correct_motion(stack, tmp_path / "out", mode="piecewise", chunk_frames=4)
+    grid = PatchGrid.for_shape(base.shape)
+    centres = [(y + grid.size // 2, x + grid.size // 2) for y in grid.starts_y for x in grid.starts_x]
+    estimated = np.array([[[s.dy + s.patch_dy.ravel()[k], s.dx + s.patch_dx.ravel()[k]] for k in range(len(centres))]
+                          for s in result.shifts])
+    truth = np.array([[[dy[c], dx[c]] for c in centres] for dy, dx in fields])
+    error = centred_error(estimated, truth)
+    assert np.median(error) < 0.3, np.median(error)
+    rigid = correct_motion(stack, tmp_path / "rigid", mode="rigid")
+    assert result.qc["mean_correlation_after"] > rigid.qc["mean_correlation_after"]
+
+
+def test_cli_writes_readable_outputs_with_every_frame(tmp_path):
+    code = main(["motion-correct", "--input", str(MOVIE), "--outdir", str(tmp_path), "--chunk-frames", "6"])
+    assert code == 0
+    with tifffile.TiffFile(tmp_path / "sima_example.corrected.ome.tif") as tif:
+        data = tif.series[0].asarray()
+    assert data.shape == (20, 128, 256) and data.dtype == np.uint16
+    with open(tmp_path / "sima_example.shifts.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["frame"]) for r in rows] == list(range(20))
+    payload = json.loads((tmp_path / "sima_example.motion.json").read_text())
+    assert len(payload["shifts"]) == 20 and payload["mode"] == "rigid"
+    assert cv2.imread(str(tmp_path / "sima_example.motion.png")) is not None
+
+
+def test_blank_and_nan_frames_reported_and_not_moved(tmp_path):
+    base = real_frame()
+    frames = [ndimage.shift(base, (1.5 * (i % 3), -1.0), order=3, mode="nearest") for i in range(10)]
+    frames[3] = np.zeros_like(base)
+    frames[7] = np.full_like(base, np.nan)
+    stack = write_stack(tmp_path / "gaps.tif", frames, dtype=np.float32)
+    result = correct_motion(stack, tmp_path / "out", chunk_frames=4)
+    assert result.blank_frames == [3] and result.nan_frames == [7]
+    assert (result.shifts[3].dy, result.shifts[3].dx) == (0.0, 0.0)
+    assert (result.shifts[7].dy, result.shifts[7].dx) == (0.0, 0.0)
+    corrected = tifffile.imread(tmp_path / "out" / "gaps.corrected.ome.tif")
+    assert not corrected[3].any()
+    assert np.isnan(corrected[7]).all()
+    assert np.isfinite(result.qc["mean_correlation_after"])
+
+
+def test_size_change_mid_file_refused_naming_the_frame(tmp_path):
+    base = real_frame()
+    frames = [base, base, base[:100], base]
+    stack = write_stack(tmp_path / "resized.tif", frames)
+    with pytest.raises(InputError, match="frame 2 "):
+        correct_motion(stack, tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+    assert main(["motion-correct", "--input", str(stack), "--outdir", str(tmp_path / "cli")]) == 2
+    assert not (tmp_path / "cli").exists()
