@@ -160,8 +160,8 @@ def _run_s2p_capture(python: str, stack: Path, mode: str, truth: dict | None, fr
     if proc.returncode != 0 or not s2p:
         return {"status": f"suite2p failed: {(proc.stderr.strip().splitlines() or [''])[-1][:120]}"}
     data = json.loads(s2p[-1][4:])
-    # suite2p's yoff/xoff is the correction applied (frame moved back by it): the content moved by -yoff
-    est = -np.stack([np.asarray(data["dy"]), np.asarray(data["dx"])], axis=1)
+    # suite2p's yoff/xoff is how far the content moved (checked: content moved by +3 px in y gives yoff 3)
+    est = np.stack([np.asarray(data["dy"]), np.asarray(data["dx"])], axis=1)
     error = centred_median_error(est, np.array(truth["rigid"])) if truth and "rigid" in truth else float("nan")
     return {"status": "ok", "error": error, "corr": data["corr"], "crisp": data["crisp"],
             "fps": frames / seconds, "fps_register_only": frames / data["seconds"],
