@@ -135,16 +135,18 @@ def check_stub(work: Path) -> str:
 
     kinds = {name: kind.process for name, kind in KINDS.items()}
     wanted = {kinds[line.split(",")[1]] for line in plan} | {"DEMO_DATA", "PROBE", "PLAN"}
-    ran = process_names(trace(work / "results"))
+    rows = trace(work / "results")
+    ran = process_names(rows)
     expect(wanted <= ran, f"processes that did not run: {sorted(wanted - ran)}")
-    return f"{len(trace(work / 'results'))} tasks, every process of the plan"
+    return f"{len(rows)} tasks, every process of the plan"
 
 
 def check_test_profile(work: Path) -> str:
     done = nextflow(["-profile", "test", "--outdir", "results"], work)
     expect(done.returncode == 0, f"test profile exited {done.returncode}: {done.stdout[-2000:]}")
     results = work / "results"
-    plan = list(csv.DictReader((results / "pipeline_info" / "plan.csv").open()))
+    with (results / "pipeline_info" / "plan.csv").open() as handle:
+        plan = list(csv.DictReader(handle))
     # every output but the intermediates (split pieces and unregistered projections stay in Nextflow's work
     # folders: publishing them would double a long recording's disk use), the report and the tasks' own logs
     promised = [output for row in plan if row["kind"] not in ("split", "project")
