@@ -317,8 +317,16 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_lives(tmp_pa
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    with OutputFolderLock(out):  # the killed run's lock went with it: nothing stale to clear
-        pass
+    # the killed run's lock goes with it and with its task, which ends with its runner (PR_SET_PDEATHSIG) a moment
+    # later: nothing stale to clear
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with OutputFolderLock(out):
+                break
+        except ParameterError:
+            assert time.monotonic() < deadline, "the killed run's lock outlived it and its task"
+            time.sleep(0.2)
 
 
 @pytest.mark.parametrize("case", ["outdir is a file", "outdir under a file", "samplesheet is a folder",
@@ -813,8 +821,8 @@ def test_a_task_ends_with_its_runner_and_holds_the_lock_until_it_has(tmp_path: P
         deadline = time.monotonic() + 60
         while task is None:
             assert time.monotonic() < deadline and runner.poll() is None, "the run did not start its task"
-            task = next((p for p in psutil.Process(runner.pid).children()
-                         if "register-mif-b1" in " ".join(p.cmdline())), None)
+            task = next((p for p in psutil.Process(runner.pid).children() if _cmdline_has(p, "register-mif-b1")),
+                        None)
             time.sleep(0.2)
         time.sleep(1.0)  # the task is under way (sleeping in its hook)
         holds_lock = str(out / LOCK_NAME) in [f.path for f in task.open_files()]
@@ -998,3 +1006,13 @@ def test_the_disk_estimate_of_a_registered_copy_is_in_the_reference_frame(tmp_pa
     assert onto_big <= disk["up"] <= 2 * onto_big
     onto_small = big.stat().st_size / 256
     assert onto_small <= disk["down"] <= 2 * onto_small
+
+
+def _cmdline_has(process: object, text: str) -> bool:
+    """Whether a process's command line holds ``text``; a child that has just ended (a zombie) holds nothing."""
+    import psutil
+
+    try:
+        return text in " ".join(process.cmdline())  # type: ignore[attr-defined]
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return False
