@@ -255,7 +255,8 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="where the runs happen (default: a new temporary folder)")
     parser.add_argument("--only", nargs="+", choices=list(CHECKS), help="run these checks only")
     args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="slimreg-pipeline-"))
+    # absolute: each run's files are named to a Nextflow launched from inside its own folder
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="slimreg-pipeline-"))).resolve()
     passed = failed = 0
     for name in args.only or list(CHECKS):
         work = workdir / SHARED_FOLDER.get(name, name)
@@ -269,6 +270,9 @@ def main() -> int:
             failed += 1
             print(f"FAILED {name} ({time.monotonic() - start:.0f} s): {error} [log: {work / 'nextflow.out'}]",
                   flush=True)
+            log = work / "nextflow.out"
+            if log.is_file():  # CI keeps only what is printed
+                print("\n".join("    " + line for line in log.read_text().splitlines()[-25:]), flush=True)
         else:
             passed += 1
             print(f"passed {name} ({time.monotonic() - start:.0f} s): {detail}", flush=True)
