@@ -43,11 +43,31 @@ def atomic_output(final_path: str | Path) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"{tmp}: the writer produced no file")
-        os.replace(tmp, final_path)
+        _replace(tmp, final_path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        _remove(tmp)
         raise
+
+
+def _replace(tmp: Path, final_path: Path) -> None:
+    """Rename ``tmp`` to ``final_path``. A folder (an OME-Zarr) cannot be renamed over a non-empty folder: the
+    old one is first renamed aside (a partial name, so a kill here leaves nothing that looks finished besides the
+    old output, and the next run's clean-up removes the rest), then removed."""
+    if tmp.is_dir() and (final_path.exists() or final_path.is_symlink()):
+        aside = temporary_sibling(final_path)
+        os.replace(final_path, aside)
+        os.replace(tmp, final_path)
+        _remove(aside)
+        return
+    os.replace(tmp, final_path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -88,9 +108,9 @@ SCRATCH_FOLDER = re.compile(r"^\.slimreg-work-[A-Za-z0-9_]+$")
 
 
 def remove_partials(folder: str | Path, protected: set[Path] | frozenset[Path] = frozenset()) -> list[Path]:
-    """Delete leftovers of interrupted slimreg writes below ``folder``: files named exactly as slimreg names its
-    temporary files, and its ``.slimreg-work-*`` scratch folders; never a path in ``protected`` (the run's
-    inputs), and nothing of any other name. Returns what was removed."""
+    """Delete leftovers of interrupted slimreg writes below ``folder``: files and OME-Zarr folders named exactly as
+    slimreg names its temporary files, and its ``.slimreg-work-*`` scratch folders; never a path in ``protected``
+    (the run's inputs), and nothing of any other name. Returns what was removed."""
     removed = []
     protected = {Path(p).resolve() for p in protected}
     for path in sorted(Path(folder).rglob(".*")):
@@ -99,7 +119,7 @@ def remove_partials(folder: str | Path, protected: set[Path] | frozenset[Path] =
         if path.is_file() and PARTIAL_NAME.match(path.name):
             path.unlink()
             removed.append(path)
-        elif path.is_dir() and SCRATCH_FOLDER.match(path.name) and path.exists():
+        elif path.is_dir() and path.exists() and (PARTIAL_NAME.match(path.name) or SCRATCH_FOLDER.match(path.name)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

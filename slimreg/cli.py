@@ -194,6 +194,9 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--merge-nuclear-once", action="store_true",
                        help="with --merge-channels: keep the registration (nuclear) channel of the reference round "
                             "only")
+    group.add_argument("--format", dest="output_format", choices=options.FORMATS, default=options.DEFAULT_FORMAT,
+                       help="what registered/<sample>/ (the reference included) and merged/ hold: tiled pyramidal "
+                            f"OME-TIFF or OME-Zarr (NGFF 0.4) (default {options.DEFAULT_FORMAT})")
     group.add_argument("--qc-max-dim", type=int, default=options.DEFAULT_QC_MAX_DIM,
                        help=f"long side of QC images in px (default {options.DEFAULT_QC_MAX_DIM})")
 
@@ -212,6 +215,7 @@ def _build_plan(args: argparse.Namespace):
     settings = PlanSettings(batch_size=args.batch_size, max_frames=args.max_frames, max_chunk_gb=args.max_chunk_gb,
                             merge_chunks=args.merge_chunks, merge_channels=args.merge_channels,
                             merge_nuclear_once=args.merge_nuclear_once, qc_max_dim=args.qc_max_dim,
+                            output_format=args.output_format,
                             workers=getattr(args, "workers", 1))
     settings.validate()
     return build_plan(sheet, args.outdir, registration, settings)
@@ -450,7 +454,8 @@ def run_run(args: argparse.Namespace) -> int:
         args.input, args.outdir, engine=args.engine, preset=args.preset, channel=args.channel,
         non_rigid=args.non_rigid, micro=args.micro, batch_size=args.batch_size, max_frames=args.max_frames,
         max_chunk_gb=args.max_chunk_gb, merge_chunks=args.merge_chunks, merge_channels=args.merge_channels,
-        merge_nuclear_once=args.merge_nuclear_once, mode=args.mode, workers=args.workers,
+        merge_nuclear_once=args.merge_nuclear_once, output_format=args.output_format, mode=args.mode,
+        workers=args.workers,
         timeout_per_task=args.timeout_per_task, max_retries=args.max_retries, resume=args.resume, force=args.force,
         memory_debug=args.memory_debug, tile_size=args.tile_size, compression=args.compression,
         qc_max_dim=args.qc_max_dim, max_memory=args.max_memory,

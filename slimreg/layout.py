@@ -3,7 +3,8 @@
 Paths of outputs are relative to the run's output folder (``--outdir`` for `slimreg run`, the task's work folder
 under Nextflow, which publishes them to the same places):
 
-    registered/<sample>/<image>.ome.tif              the registered images, in the reference frame
+    registered/<sample>/<image>.ome.tif              the registered images, in the reference frame, and the
+                                                     reference itself (.ome.zarr with --format ome-zarr)
     transforms/<sample>/<session>.transform.json     each session's transform (+ .displacement.npz)
     transforms/<sample>/<task>.register.json         what one REGISTER task did, per image
     qc/<sample>/<session>_qc.png, _qc.json           QC overlay and verdict
@@ -39,13 +40,28 @@ REPORT_FILES = (f"{REPORT}/report.html", f"{REPORT}/metrics.csv", f"{REPORT}/sli
 PRODUCED_PREFIXES = (f"{WORK}/", f"{REGISTERED}/")
 
 
-def registered_image(sample: str, stem: str) -> str:
-    return f"{REGISTERED}/{sample}/{stem}.ome.tif"
+IMAGE_SUFFIXES = {"ome-tiff": ".ome.tif", "ome-zarr": ".ome.zarr"}  # --format -> what the images users keep end in
 
 
-def merged_image(sample: str) -> str:
+def registered_image(sample: str, stem: str, image_format: str = "ome-tiff") -> str:
+    return f"{REGISTERED}/{sample}/{stem}{IMAGE_SUFFIXES[image_format]}"
+
+
+def registered_tiff(sample: str, stem: str) -> str:
+    """With --format ome-zarr: the OME-TIFF REGISTER writes (QC and merges read it), converted into
+    ``registered_image(..., "ome-zarr")`` by a ``publish`` task. Same file name as the registered copy, so a failed
+    image's missing file is recognised by name (slimreg.tasks)."""
+    return f"{WORK}/{sample}/registered/{stem}.ome.tif"
+
+
+def merged_image(sample: str, image_format: str = "ome-tiff") -> str:
     """One multi-channel image per sample: every round's channels in the reference frame (--merge-channels)."""
-    return f"{MERGED}/{sample}.ome.tif"
+    return f"{MERGED}/{sample}{IMAGE_SUFFIXES[image_format]}"
+
+
+def merged_tiff(sample: str) -> str:
+    """With --format ome-zarr: the merged OME-TIFF, before its ``publish`` task converts it."""
+    return f"{WORK}/{sample}/merged/{sample}.ome.tif"
 
 
 def transform_file(sample: str, session: str) -> str:

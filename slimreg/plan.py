@@ -28,6 +28,7 @@ from slimreg.kinds import KINDS as TASK_KINDS
 from slimreg.kinds import EstimateContext, kind_named
 from slimreg.kinds.channels import ChannelsParams, merged_planes
 from slimreg.kinds.project import ProjectParams
+from slimreg.kinds.publish import PublishParams
 from slimreg.kinds.qc import QcParams
 from slimreg.kinds.register import RegisterParams, RegisterUnit
 from slimreg.kinds.split import SplitParams
@@ -56,6 +57,10 @@ def build_plan(sheet: Samplesheet, outdir: str | Path, registration: Registratio
     settings = settings or PlanSettings()
     settings.validate()
     registration.validate()
+    if settings.output_format == "ome-zarr":
+        from slimreg.io.ngff import require_zarr_compression
+
+        require_zarr_compression(registration.compression)
     outdir = Path(outdir)
     tasks: list[Task] = []
     notes: list[str] = []
@@ -136,11 +141,12 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
     reg_settings = registration.to_json()
     if session_mode:
         reg_settings["channel"] = "0"  # projections hold the registration channel's mean as channel 0
+    publish = _Publisher(name, settings.output_format, registration)
     for number, batch in enumerate(collate(moving, settings.batch_size), start=1):
         task_id = safe_id(f"register-{name}-b{number}")
         units = [RegisterUnit(name=session.name, registration_image=session.registration_image,
                               scale=session.registration_scale, apply_to=session.pieces,
-                              registered=[layout.registered_image(name, image_stem(p)) for p in session.pieces],
+                              registered=[publish.written(image_stem(p)) for p in session.pieces],
                               transform=layout.transform_file(name, safe_id(session.name)),
                               registered_projection=(layout.registered_projection(name, safe_id(session.name))
                                                      if session_mode else None))
@@ -155,19 +161,64 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
         tasks.append(Task(task_id, "register", name, inputs=list(dict.fromkeys(inputs)), outputs=outputs,
                           settings=reg_settings, params=params.to_json()))
         for unit, session in zip(units, batch, strict=True):
+            tasks += [task for path in unit.registered for task in publish.converted(path)]
             if settings.merge_chunks and len(session.pieces) > 1:
-                merged = layout.registered_image(name, safe_id(session.name))
+                merged = publish.written(safe_id(session.name))
                 tasks.append(Task(safe_id(f"merge-{name}-{session.name}"), "merge", name, inputs=unit.registered,
                                   outputs=[merged]))
+                tasks += publish.converted(merged)
             tasks.append(_qc_task(name, reference, session, unit, settings))
     if settings.merge_channels:
-        tasks += _channels_task(name, reference, moving, session_mode, channel_name, registration, settings, notes)
+        tasks += _channels_task(name, reference, moving, session_mode, channel_name, registration, settings, notes,
+                                publish)
+    # the reference itself, beside its registered images: the folder is the whole aligned series
+    tasks += [publish.reference(row.source) for row in reference.rows]
     return tasks
+
+
+@dataclass
+class _Publisher:
+    """Where one sample's images in the reference frame are written, and the ``publish`` tasks that put them in
+    the run's ``--format`` (slimreg.kinds.publish). OME-TIFF: registered copies and merges are written where users
+    keep them. OME-Zarr: they are written as OME-TIFF under work/ (QC and the merges read them) and each is converted
+    by a publish task. The reference is always rewritten by one."""
+
+    sample: str
+    image_format: str
+    registration: RegistrationSettings
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return PublishParams(self.image_format, self.registration.tile_size, self.registration.compression).to_json()
+
+    def written(self, stem: str) -> str:
+        """Where REGISTER or a merge writes the registered image ``stem`` (an OME-TIFF)."""
+        if self.image_format == "ome-tiff":
+            return layout.registered_image(self.sample, stem)
+        return layout.registered_tiff(self.sample, stem)
+
+    def written_merged(self) -> str:
+        return layout.merged_image(self.sample) if self.image_format == "ome-tiff" else layout.merged_tiff(self.sample)
+
+    def converted(self, written: str) -> list[Task]:
+        """The task converting ``written`` into the run's format (none for OME-TIFF: it is already there)."""
+        if self.image_format == "ome-tiff":
+            return []
+        stem = image_stem(written)
+        final = (layout.merged_image(self.sample, self.image_format) if written == layout.merged_tiff(self.sample)
+                 else layout.registered_image(self.sample, stem, self.image_format))
+        return [Task(safe_id(f"publish-{self.sample}-{Path(final).parent.name}-{stem}"), "publish", self.sample,
+                     inputs=[written], outputs=[final], params=self.params)]
+
+    def reference(self, source: str) -> Task:
+        stem = image_stem(source)
+        return Task(safe_id(f"publish-{self.sample}-reference-{stem}"), "publish", self.sample, inputs=[source],
+                    outputs=[layout.registered_image(self.sample, stem, self.image_format)], params=self.params)
 
 
 def _channels_task(sample: str, reference: _Session, moving: list[_Session], session_mode: bool,
                    nuclear: str | None, registration: RegistrationSettings, settings: PlanSettings,
-                   notes: list[str]) -> list[Task]:
+                   notes: list[str], publish: _Publisher) -> list[Task]:
     """The sample's one multi-channel image (--merge-channels), where its images are fluorescence rounds."""
     sessions = [reference, *moving]
     if any(info.is_rgb for session in sessions for info in session.infos):
@@ -179,12 +230,13 @@ def _channels_task(sample: str, reference: _Session, moving: list[_Session], ses
         notes.append(f"sample {sample}: not merged into one multi-channel image: it holds recordings (multi-frame "
                      "stacks or sessions), not channel rounds")
         return []
-    inputs = [reference.rows[0].source] + [layout.registered_image(sample, image_stem(s.pieces[0])) for s in moving]
+    inputs = [reference.rows[0].source] + [publish.written(image_stem(s.pieces[0])) for s in moving]
     planes = merged_planes([session.infos[0].channel_names for session in sessions], nuclear,
                            settings.merge_nuclear_once)
     params = ChannelsParams(planes, registration.tile_size, registration.compression)
-    return [Task(safe_id(f"channels-{sample}"), "channels", sample, inputs=inputs,
-                 outputs=[layout.merged_image(sample)], params=params.to_json())]
+    merged = publish.written_merged()
+    return [Task(safe_id(f"channels-{sample}"), "channels", sample, inputs=inputs, outputs=[merged],
+                 params=params.to_json()), *publish.converted(merged)]
 
 
 def _qc_task(sample: str, reference: _Session, session: _Session, unit: RegisterUnit,

@@ -17,7 +17,7 @@ from slimreg import layout
 from slimreg._version import __version__
 from slimreg.atomic import write_json_atomic, write_text_atomic
 from slimreg.errors import InputError, ParameterError
-from slimreg.options import DEFAULT_BATCH_SIZE, DEFAULT_QC_MAX_DIM
+from slimreg.options import DEFAULT_BATCH_SIZE, DEFAULT_FORMAT, DEFAULT_QC_MAX_DIM, FORMATS
 
 TASK_SPEC_FORMAT = "slimreg-task"
 
@@ -34,8 +34,11 @@ class PlanSettings:
     merge_nuclear_once: bool = False  # in it, the registration (nuclear) channel of the reference round only
     qc_max_dim: int = DEFAULT_QC_MAX_DIM
     workers: int = 1
+    output_format: str = DEFAULT_FORMAT  # --format: what registered/<sample>/ and merged/ hold
 
     def validate(self) -> None:
+        if self.output_format not in FORMATS:
+            raise ParameterError(f"unknown --format {self.output_format!r}; choose one of {', '.join(FORMATS)}.")
         if self.batch_size < 1:
             raise ParameterError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if self.max_frames is not None and self.max_frames < 1:

@@ -43,6 +43,7 @@ from slimreg.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_COMPRESSION,
     DEFAULT_ENGINE,
+    DEFAULT_FORMAT,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODE,
     DEFAULT_PRESET,
@@ -138,7 +139,7 @@ def is_complete(plan: Plan, task: Task, root: Path) -> bool:
         record = json.loads(record_path.read_text())
     except (json.JSONDecodeError, OSError):
         return False
-    if not all(resolve(p, root).is_file() for p in task.outputs):
+    if not all(resolve(p, root).exists() for p in task.outputs):
         return False
     if record.get("output_fingerprints") != {p: output_fingerprint(resolve(p, root)) for p in task.outputs}:
         return False  # an output was truncated, replaced or edited since the task finished
@@ -151,7 +152,17 @@ FINGERPRINT_BYTES = 65536
 
 def output_fingerprint(path: Path) -> list[Any]:
     """Size and a SHA-256 of the first and last 64 KiB: a TIFF's header, and where its tile index and last IFDs
-    are written; a truncated or rewritten output no longer matches, and checking costs two small reads."""
+    are written; a truncated or rewritten output no longer matches, and checking costs two small reads. A folder
+    (an OME-Zarr): every file's name and size, and the root metadata's bytes."""
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(f"{file.relative_to(path)}\0{file.stat().st_size}\n".encode())
+        attributes = path / ".zattrs"
+        if attributes.is_file():
+            digest.update(attributes.read_bytes())
+        return [sum(f.stat().st_size for f in files), digest.hexdigest()]
     size = path.stat().st_size
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -165,7 +176,7 @@ def _mark_complete(plan: Plan, task: Task, root: Path, preset: str | None) -> No
     record = completion_record(plan, task, root, preset)
     record["preset_used"] = preset
     record["output_fingerprints"] = {p: output_fingerprint(resolve(p, root)) for p in task.outputs
-                                     if resolve(p, root).is_file()}
+                                     if resolve(p, root).exists()}
     write_json_atomic(_record_path(root, task), record)
 
 
@@ -181,7 +192,7 @@ def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGI
              channel: str | None = None, non_rigid: bool = True, micro: bool = True,
              batch_size: int = DEFAULT_BATCH_SIZE, max_frames: int | None = None, max_chunk_gb: float | None = None,
              merge_chunks: bool = False, merge_channels: bool = False, merge_nuclear_once: bool = False,
-             mode: str = DEFAULT_MODE, workers: int = 1,
+             output_format: str = DEFAULT_FORMAT, mode: str = DEFAULT_MODE, workers: int = 1,
              timeout_per_task: float | None = None, max_retries: int = DEFAULT_MAX_RETRIES, resume: bool = False,
              force: bool = False, memory_debug: bool = False, tile_size: int = DEFAULT_TILE_SIZE,
              compression: str = DEFAULT_COMPRESSION, qc_max_dim: int = DEFAULT_QC_MAX_DIM,
@@ -212,7 +223,8 @@ def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGI
         compression=compression, **(registration_overrides or {}))
     plan_settings = PlanSettings(batch_size=batch_size, max_frames=max_frames, max_chunk_gb=max_chunk_gb,
                                  merge_chunks=merge_chunks, merge_channels=merge_channels,
-                                 merge_nuclear_once=merge_nuclear_once, qc_max_dim=qc_max_dim, workers=workers)
+                                 merge_nuclear_once=merge_nuclear_once, qc_max_dim=qc_max_dim, workers=workers,
+                                 output_format=output_format)
     plan = build_plan(sheet, root, registration, plan_settings)
     inputs = refuse_outputs_over_inputs(plan, sheet, root)
     # nothing slimreg writes, plan files and logs included, may land on the samplesheet or a file it names

@@ -21,6 +21,7 @@ SCHEMA = {name: spec for group in json.loads((ROOT / "nextflow_schema.json").rea
 PIPELINE = {"engine": (options.ENGINES, options.DEFAULT_ENGINE), "preset": (options.PRESET_ORDER,
                                                                           options.DEFAULT_PRESET),
             "compression": (options.COMPRESSIONS, options.DEFAULT_COMPRESSION),
+            "format": (options.FORMATS, options.DEFAULT_FORMAT),
             "tile_size": (None, options.DEFAULT_TILE_SIZE), "batch_size": (None, options.DEFAULT_BATCH_SIZE),
             "qc_max_dim": (None, options.DEFAULT_QC_MAX_DIM)}
 
@@ -45,7 +46,8 @@ def test_the_cli_and_the_python_api_default_to_the_same_values() -> None:
     for name, default in (("engine", options.DEFAULT_ENGINE), ("preset", options.DEFAULT_PRESET),
                           ("compression", options.DEFAULT_COMPRESSION), ("tile_size", options.DEFAULT_TILE_SIZE),
                           ("batch_size", options.DEFAULT_BATCH_SIZE), ("qc_max_dim", options.DEFAULT_QC_MAX_DIM),
-                          ("mode", options.DEFAULT_MODE), ("max_retries", options.DEFAULT_MAX_RETRIES)):
+                          ("mode", options.DEFAULT_MODE), ("max_retries", options.DEFAULT_MAX_RETRIES),
+                          ("output_format", options.DEFAULT_FORMAT)):
         assert getattr(args, name) == default == api[name], name
     settings, plan = RegistrationSettings(), PlanSettings()
     assert (settings.engine, settings.preset, settings.tile_size, settings.compression) == (

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import pyvips
@@ -79,6 +79,19 @@ def pyramid_shapes(height: int, width: int, tile: int, pyramid: bool = True) -> 
         level_height, level_width = shapes[-1]
         shapes.append((max(1, level_height // 2), max(1, level_width // 2)))
     return shapes
+
+
+class TileEncoder(Protocol):
+    """Turns one full-size tile (rows, columns, samples) into what a TileSink stores (TileCodec: TIFF bytes)."""
+
+    def encode(self, tile: np.ndarray) -> Any: ...
+
+
+class TileSink(Protocol):
+    """Where encoded tiles go, in any order (TileStore: a scratch file for the TIFF writer; the OME-Zarr writer:
+    chunk files)."""
+
+    def put(self, level: int, row: int, column: int, data: Any) -> None: ...
 
 
 class TileStore:
@@ -137,8 +150,8 @@ def _halve(array: np.ndarray, out_rows: int, out_columns: int) -> np.ndarray:
 class PyramidRenderer:
     """Walks one plane's quadtree, rendering leaves ahead on a thread and encoding tiles on a pool."""
 
-    def __init__(self, plane: Callable[[], pyvips.Image], shapes: list[tuple[int, int]], tile: int, codec: TileCodec,
-                 store: TileStore, *, block: int = RENDER_BLOCK_PIXELS, workers: int | None = None):
+    def __init__(self, plane: Callable[[], pyvips.Image], shapes: list[tuple[int, int]], tile: int,
+                 codec: TileEncoder, store: TileSink, *, block: int = RENDER_BLOCK_PIXELS, workers: int | None = None):
         self.plane = plane
         probe_image = plane()
         self.samples = probe_image.bands
@@ -156,7 +169,7 @@ class PyramidRenderer:
         while tile << (self.leaf_depth + 1) <= block and self.leaf_depth < self.depth:
             self.leaf_depth += 1
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
-        self._pending: deque[tuple[int, int, int, Future[bytes]]] = deque()
+        self._pending: deque[tuple[int, int, int, Future[Any]]] = deque()
         # a whole block's tiles may queue (they are views of it) plus a few more to keep the encoders busy
         self._max_pending = 2 * self.workers + (1 << (2 * self.leaf_depth))
 

@@ -121,7 +121,7 @@ def write_planes(planes: Sequence[PlaneSource], path: str | Path, meta: OmeMetad
         raise ParameterError(f"{len(planes)} planes given but the metadata describes {meta.planes_expected}.")
     target_format = vips_format(meta.dtype)
     bands = 3 if meta.is_rgb else 1
-    sources = [_plane_recipe(plane, target_format) for plane in planes]
+    sources = [plane_recipe(plane, target_format) for plane in planes]
     for source in sources:
         plane = source()
         if (plane.width, plane.height) != (meta.width, meta.height) or plane.bands != bands:
@@ -147,7 +147,7 @@ def write_planes(planes: Sequence[PlaneSource], path: str | Path, meta: OmeMetad
     return path
 
 
-def _plane_recipe(plane: PlaneSource, target_format: str) -> Callable[[], pyvips.Image]:
+def plane_recipe(plane: PlaneSource, target_format: str) -> Callable[[], pyvips.Image]:
     """A function returning the plane's pipeline cast to the file's band format."""
     def build() -> pyvips.Image:
         image = plane if isinstance(plane, pyvips.Image) else plane()

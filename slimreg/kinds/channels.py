@@ -8,7 +8,7 @@ memory is that of one plane's tiles, whatever the number of rounds or channels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from slimreg.estimate import PROCESS_BASE, SAFETY, output_bytes, write_bytes
@@ -55,6 +55,9 @@ class ChannelsKind:
         kept = {(index, channel) for index, channel, _ in params.planes}
         disk = sum(output_bytes(info, params.compression) * sum((i, c) in kept for c in range(info.channels))
                    // max(1, info.channels) for i, info in enumerate(infos))
+        # the merged image, for a task that reads it (--format ome-zarr converts it)
+        ctx.produced[task.outputs[0]] = replace(one_plane, channels=len(params.planes), channel_names=tuple(
+            name for _, _, name in params.planes), file_bytes=int(disk), page_axes="C", channels_in_samples=False)
         # one plane is rendered, encoded and written at a time: the cost of writing a one-channel image
         return int(SAFETY * (PROCESS_BASE + write_bytes(one_plane, params.tile_size, frames=1)
                              // max(1, one_plane.channels))), int(disk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from slimreg.chunking import merge_pieces
@@ -20,6 +21,9 @@ class MergeKind:
 
     def estimate(self, task: Task, ctx: EstimateContext) -> tuple[int, int]:
         pieces = [ctx.info(p) for p in task.inputs]
+        frames = sum(p.frames for p in pieces)  # the merged stack, for a task that reads it (--format ome-zarr)
+        ctx.produced[task.outputs[0]] = replace(pieces[0], frames=frames, size_t=frames // max(1, pieces[0].size_z),
+                                                file_bytes=sum(p.file_bytes for p in pieces))
         return (int(SAFETY * (PROCESS_BASE + write_bytes(pieces[0], WORK_TILE_SIZE))),
                 int(sum(p.file_bytes for p in pieces) * PYRAMID_DISK_FACTOR))
 

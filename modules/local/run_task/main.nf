@@ -1,6 +1,7 @@
 process RUN_TASK {
     // one task of the plan (split, project, register, merge or qc), included under each kind's process name
-    // (slimreg.kinds: SPLIT_STACK, PROJECT_SESSION, REGISTER, MERGE_CHUNKS, MERGE_CHANNELS, GENERATE_REGISTRATION_QC)
+    // (slimreg.kinds: SPLIT_STACK, PROJECT_SESSION, REGISTER, MERGE_CHUNKS, MERGE_CHANNELS, PUBLISH_IMAGE,
+    // GENERATE_REGISTRATION_QC)
     tag "${meta.id}"
 
     conda "${moduleDir}/../../../environment.yml"
@@ -18,8 +19,9 @@ process RUN_TASK {
     tuple val(meta), val(spec), path(sources, stageAs: 'sources/*/*'), path(products)
 
     output:
-    // a skipped QC or merge (its image did not register) writes nothing: both outputs are optional
-    tuple val(meta), path("{registered,transforms,work,qc,merged}/**"), emit: files, optional: true
+    // a skipped QC or merge (its image did not register) writes nothing: both outputs are optional; hidden: an
+    // OME-Zarr's metadata are dot files (.zattrs, .zgroup, .zarray)
+    tuple val(meta), path("{registered,transforms,work,qc,merged}/**", hidden: true), emit: files, optional: true
     // for the report: its QC files and register logs in their folders (a picture stays beside its JSON), as links
     // in a folder of their own (a folder that held the published files would hide them from publishDir)
     path "report_inputs", type: 'dir', emit: results, optional: true

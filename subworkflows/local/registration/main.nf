@@ -14,6 +14,7 @@ include { RUN_TASK as PROJECT_SESSION          } from '../../../modules/local/ru
 include { RUN_TASK as REGISTER                 } from '../../../modules/local/run_task'
 include { RUN_TASK as MERGE_CHUNKS             } from '../../../modules/local/run_task'
 include { RUN_TASK as MERGE_CHANNELS           } from '../../../modules/local/run_task'
+include { RUN_TASK as PUBLISH_IMAGE            } from '../../../modules/local/run_task'
 include { RUN_TASK as GENERATE_REGISTRATION_QC } from '../../../modules/local/run_task'
 include { REPORT                               } from '../../../modules/local/report'
 include { RUN_OUTCOME                          } from '../../../modules/local/run_outcome'
@@ -21,6 +22,7 @@ include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_SPLITS_AND_PROJECTIONS } from '../wa
 include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_REGISTRATION_TO_MERGE  } from '../wait_for_dependencies'
 include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_REGISTRATION_TO_QC     } from '../wait_for_dependencies'
 include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_ROUNDS_TO_MERGE         } from '../wait_for_dependencies'
+include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_IMAGES_TO_PUBLISH       } from '../wait_for_dependencies'
 
 workflow REGISTRATION {
     take:
@@ -60,6 +62,7 @@ workflow REGISTRATION {
             register: meta.kind == 'register'
             merge: meta.kind == 'merge'
             channels: meta.kind == 'channels'
+            publish: meta.kind == 'publish'
             qc: meta.kind == 'qc'
         }
 
@@ -83,6 +86,11 @@ workflow REGISTRATION {
     // one multi-channel image per sample of fluorescence rounds (--merge_channels), when its REGISTER tasks are done
     WAIT_FOR_ROUNDS_TO_MERGE(ch_tasks.channels, ch_registered)
     MERGE_CHANNELS(WAIT_FOR_ROUNDS_TO_MERGE.out.ready)
+    // the reference into registered/<sample>/ (from its samplesheet file, at once) and, with --format ome-zarr,
+    // each registered or merged OME-TIFF converted, when the task that wrote it is done
+    ch_merged = MERGE_CHUNKS.out.files.mix(MERGE_CHANNELS.out.files).map { meta, files -> [meta.id, [files].flatten()] }
+    WAIT_FOR_IMAGES_TO_PUBLISH(ch_tasks.publish, ch_registered.mix(ch_merged))
+    PUBLISH_IMAGE(WAIT_FOR_IMAGES_TO_PUBLISH.out.ready)
     WAIT_FOR_REGISTRATION_TO_QC(ch_tasks.qc, ch_stage_one.mix(ch_registered))
     GENERATE_REGISTRATION_QC(WAIT_FOR_REGISTRATION_TO_QC.out.ready)
 
@@ -90,7 +98,8 @@ workflow REGISTRATION {
     // waits for all; it runs on an empty list too (a sheet of single-image samples registers nothing)
     ch_report_inputs = REGISTER.out.results
         .mix(GENERATE_REGISTRATION_QC.out.results, SPLIT_STACK.out.memory, PROJECT_SESSION.out.memory,
-            REGISTER.out.memory, MERGE_CHUNKS.out.memory, MERGE_CHANNELS.out.memory, GENERATE_REGISTRATION_QC.out.memory)
+            REGISTER.out.memory, MERGE_CHUNKS.out.memory, MERGE_CHANNELS.out.memory, PUBLISH_IMAGE.out.memory,
+            GENERATE_REGISTRATION_QC.out.memory)
         .flatten()
         .toSortedList { a, b -> a.name <=> b.name ?: a.toString() <=> b.toString() }
     REPORT(ch_report_inputs, PLAN.out.plan)
@@ -106,7 +115,8 @@ workflow REGISTRATION {
 
     ch_versions = ch_versions.mix(
         SPLIT_STACK.out.versions.first(), PROJECT_SESSION.out.versions.first(), REGISTER.out.versions.first(),
-        MERGE_CHUNKS.out.versions.first(), MERGE_CHANNELS.out.versions.first(), GENERATE_REGISTRATION_QC.out.versions.first(),
+        MERGE_CHUNKS.out.versions.first(), MERGE_CHANNELS.out.versions.first(), PUBLISH_IMAGE.out.versions.first(),
+        GENERATE_REGISTRATION_QC.out.versions.first(),
         REPORT.out.versions
     )
 
