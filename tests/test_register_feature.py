@@ -226,3 +226,117 @@ def test_pieces_that_moved_apart_each_get_their_own_correction() -> None:
     assert piece_field(AlignmentScorer(np.where(left, reference, 0).astype(np.float32), left),
                        np.roll(np.where(left, reference, 0), (4, 6), axis=(0, 1)).astype(np.float32),
                        np.roll(left, (4, 6), axis=(0, 1)), 1.0, "affine") is None  # one piece: the affine's job
+
+
+def _grid_of_pieces(rows: int, columns: int, moved: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                               np.ndarray]:
+    """``rows`` x ``columns`` square pieces of one smooth random texture, 64 px apart on a 300 x 420 px image (each
+    large enough to be placed alone): the reference, its mask, and the placed image and mask with the first piece
+    moved by ``moved`` (x, y) px."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(11)
+    smooth = ndimage.gaussian_filter(rng.random((300, 420)), 2.5).astype(np.float32)
+    texture = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    masks = []
+    for row in range(rows):
+        for column in range(columns):
+            mask = np.zeros(texture.shape, bool)
+            mask[20 + row * 140: 20 + row * 140 + 110, 16 + column * 134: 16 + column * 134 + 110] = True
+            masks.append(mask)
+    everything = np.any(masks, axis=0)
+    first = np.roll(masks[0], moved[::-1], axis=(0, 1))
+    placed = (np.where(everything & ~masks[0], texture, 0)
+              + np.roll(np.where(masks[0], texture, 0), moved[::-1], axis=(0, 1))).astype(np.float32)
+    return np.where(everything, texture, 0).astype(np.float32), everything, placed, (everything & ~masks[0]) | first
+
+
+@pytest.mark.parametrize("moved", [(0, 0), (6, 4)])
+def test_refinements_do_not_grow_with_the_number_of_pieces(monkeypatch: pytest.MonkeyPatch,
+                                                           moved: tuple[int, int]) -> None:
+    """Pieces the affine already placed (no start moves them resolvably) are not refined: the tissue of a nuclei
+    image lies in many components, and refining each from several starts took minutes. So two pieces and six cost
+    the same number of SimpleITK refinements: none where nothing moved, those of the one moved piece where one did,
+    which still gets its correction."""
+    from slimreg.register import pieces
+    from slimreg.register.similarity import AlignmentScorer
+
+    original, calls = pieces.refine_affine, []
+
+    def counting(*args: object, **kwargs: object) -> np.ndarray:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pieces, "refine_affine", counting)
+    counts = []
+    for rows, columns in ((1, 2), (2, 3)):
+        calls.clear()
+        reference, mask, placed, placed_mask = _grid_of_pieces(rows, columns, moved)
+        assert len(pieces.pieces_of(placed_mask)[1]) == rows * columns
+        found = pieces.piece_field(AlignmentScorer(reference, mask), placed, placed_mask, 1.0, "affine")
+        counts.append(len(calls))
+        if moved == (0, 0):
+            assert found is None
+        else:
+            assert found is not None
+            first = np.zeros(mask.shape, bool)
+            first[30:120, 26:116] = True  # inside the first piece as it belongs
+            assert np.median(found[0][first, 0]) == pytest.approx(moved[0], abs=0.5)
+            assert np.median(found[0][first, 1]) == pytest.approx(moved[1], abs=0.5)
+    assert counts[0] == counts[1]
+    assert counts[0] == 0 if moved == (0, 0) else counts[0] >= 2
+
+
+def test_a_collapsed_fit_is_no_start_for_a_piece() -> None:
+    """A detector's fit can collapse onto a line (a few matches in a row; seen on the torn kidney pair): it places
+    nothing, so it is dropped rather than inverted, and a piece with no other proposal is left to the affine."""
+    from slimreg.register.pieces import piece_starts
+    from slimreg.register.similarity import AlignmentScorer
+
+    image = np.zeros((120, 160), np.float32)
+    piece = np.zeros(image.shape, bool)
+    piece[30:90, 40:120] = True
+    scorer = AlignmentScorer(np.where(piece, 1.0, 0.0).astype(np.float32), piece)
+    collapsed = np.array([[0.5, 1.0, 3.0], [1.0, 2.0, -4.0], [0.0, 0.0, 1.0]])  # determinant 0
+    shifted = np.array([[1.0, 0.0, 12.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert piece_starts(scorer, [collapsed], piece, 1.0) == []
+    starts = piece_starts(scorer, [collapsed, shifted], piece, 1.0)
+    assert len(starts) == 2 and np.allclose(starts[0], np.eye(3)) and np.allclose(starts[1], shifted)
+
+
+def test_starts_within_one_edge_sigma_of_a_refined_one_are_refined_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detectors that find the same pose (four of them, on a nuclei image) give starts that end in one basin of the
+    edge correlation: only the best-scoring of those is refined; a start further than one sigma away still is."""
+    from scipy import ndimage
+
+    from slimreg.io.read import Downsampled
+    from slimreg.register import feature
+    from slimreg.register.initial import Candidate
+    from slimreg.register.similarity import AlignmentScorer
+
+    texture = ndimage.gaussian_filter(np.random.default_rng(3).random((160, 200)), 2.0).astype(np.float32)
+    mask = np.ones(texture.shape, bool)
+    scorer = AlignmentScorer(texture, mask)
+    base = 4 * scorer.sigma  # the fits' pose: four sigma from the unregistered placement
+
+    def shifted(dx: float) -> np.ndarray:
+        return np.array([[1.0, 0.0, dx], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+    fits = [Candidate("a", shifted(base)), Candidate("b", shifted(base + 0.3 * scorer.sigma)),
+            Candidate("c", shifted(base - 0.3 * scorer.sigma)), Candidate("far", shifted(base + 3 * scorer.sigma))]
+    monkeypatch.setattr(feature, "feature_candidates", lambda *args, **kwargs: list(fits))
+    monkeypatch.setattr(feature, "rotation_search", lambda *args, **kwargs: [])
+    refined: list[np.ndarray] = []
+
+    def recording(reference: np.ndarray, moving: np.ndarray, mask: np.ndarray, pull: np.ndarray,
+                  *args: object, **kwargs: object) -> list[np.ndarray]:
+        refined.append(pull)
+        return [pull]
+
+    monkeypatch.setattr(feature, "refine_both_ways", recording)
+    image = Downsampled(texture, 1.0)
+    feature.best_pose(scorer, image, image, mask, RegistrationSettings(), 1.0)
+    # the unregistered placement and one of the three close fits, and the far one
+    assert len(refined) == 3
+    assert sum(abs(pull[0, 2] - base) < scorer.sigma for pull in refined) == 1
+    assert any(pull[0, 2] == pytest.approx(base + 3 * scorer.sigma) for pull in refined)

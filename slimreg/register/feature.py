@@ -39,16 +39,15 @@ from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from slimreg.errors import RegistrationError
 from slimreg.io.read import Downsampled, TiffImage
 from slimreg.metrics import mutual_information
 from slimreg.register.channel import registration_image
-from slimreg.register.initial import Candidate, feature_candidates, rotation_search
+from slimreg.register.initial import Candidate, Described, describe, feature_candidates, relocated, rotation_search
 from slimreg.register.pieces import piece_field
 from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
-from slimreg.register.preprocess import edge_map, local_contrast, tissue_mask, to_uint8
+from slimreg.register.preprocess import blur, edge_map, local_contrast, tissue_mask, to_uint8
 from slimreg.register.refine import refine_affine, refine_both_ways
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import (
@@ -104,40 +103,54 @@ def corner_distance(pull: np.ndarray, other: np.ndarray, shape: tuple[int, int])
 
 def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_mask: np.ndarray,
               settings: RegistrationSettings, expected: float,
-              unregistered_value: float | None = None) -> tuple[np.ndarray, str, float]:
+              unregistered_value: float | None = None,
+              reference_described: dict[str, Described] | None = None,
+              moving_described: dict[str, Described] | None = None) -> tuple[np.ndarray, str, float]:
     """The best-scoring pose (working pull matrix) among the unregistered placement, every candidate and every
     candidate refined both ways, the name of the candidate it came from (module docstring, step 2) and its edge
     correlation (-inf where no pose shares tissue). ``unregistered_value``: the unregistered placement's edge
-    correlation where the caller has scored it already."""
+    correlation where the caller has scored it already; ``reference_described``, ``moving_described``: the images'
+    keypoints (slimreg.register.initial.describe) where the caller has them already."""
     ref_mask = scorer.mask
     unregistered = to_working(np.eye(3), ref, mov)
-    candidates = [Candidate("unregistered", unregistered)]
-    for mirror in (False, True) if settings.allow_mirror else (False,):
-        candidates.extend(feature_candidates(ref.array, mov.array, ref_mask, mov_mask, mirror=mirror))
+
+    def plausible(candidate: Candidate) -> bool:
+        return plausibility_problem(to_level0(candidate.pull, ref, mov), expected, settings.allow_mirror) is None
+
+    features = [candidate for mirror in ((False, True) if settings.allow_mirror else (False,))
+                for candidate in feature_candidates(ref.array, mov.array, ref_mask, mov_mask, mirror=mirror,
+                                                    reference_described=reference_described,
+                                                    moving_described=moving_described)]
+    candidates = [Candidate("unregistered", unregistered), *features]
     # tissue masks found at different working resolutions differ in area by more than the tissue does (porous
     # tissue fills in at the coarser one): there the scale the pixel sizes imply is searched too
     resolutions_differ = not np.isclose(ref.scale, mov.scale, rtol=0.01)
-    candidates.extend(rotation_search(ref.array, mov.array, ref_mask, mov_mask, scorer.sigma,
-                                      mirror=settings.allow_mirror,
-                                      expected_scale=expected * ref.scale / mov.scale if resolutions_differ else None))
-    plausible = [c for c in candidates
-                 if plausibility_problem(to_level0(c.pull, ref, mov), expected, settings.allow_mirror) is None]
+    candidates.extend(rotation_search(
+        ref.array, mov.array, ref_mask, mov_mask, scorer.sigma, mirror=settings.allow_mirror,
+        expected_scale=expected * ref.scale / mov.scale if resolutions_differ else None))
+    plausible_candidates = [c for c in candidates if plausible(c)]
     # every plausible candidate is refined: a start's score does not predict where refinement takes it
     # (shared kidney pair: BRISK starts at 0.048 and refines to 0.306, AKAZE starts at 0.114 and stops at
     # 0.152; refining only the best three starts lost the true pose once the image was enlarged 20x)
-    starts = [(scorer.score(mov.array, c.pull, mov_mask, ring=False).value, c) for c in plausible]
+    starts = [(scorer.score(mov.array, c.pull, mov_mask, ring=False).value, c) for c in plausible_candidates]
     ranked = [(value, c) for value, c in sorted(starts, key=lambda item: -item[0]) if np.isfinite(value)]
     # no tissue in common where the image lies (a section far off on its slide) scores nan: anything beats it
     best, winner = unregistered, "unregistered"
     if unregistered_value is None:
         unregistered_value = scorer.score(mov.array, unregistered, mov_mask, ring=False).value
     best_value = finite_or_worst(unregistered_value)
+    refined: list[np.ndarray] = []
     for start_value, candidate in ranked:
         # the start stays in the running: refinement maximises its own metric at its own resolutions, and
         # where the images also move locally it can end lower than it began (shared calcium frames: a start
         # at 0.442 refined to 0.371)
         if start_value > best_value:
             best, best_value, winner = candidate.pull, start_value, candidate.name
+        # a start within one edge sigma of a better-scoring one that was refined lies in the same basin of the
+        # edge correlation (refinement begins with edges blurred at twice that sigma) and would end where it did
+        if any(corner_distance(candidate.pull, other, ref.array.shape) < scorer.sigma for other in refined):
+            continue
+        refined.append(candidate.pull)
         for pull in refine_both_ways(ref.array, mov.array, ref_mask, candidate.pull, scorer.sigma,
                                      settings.transform_model, mov_mask):
             if plausibility_problem(to_level0(pull, ref, mov), expected, settings.allow_mirror) is not None:
@@ -149,14 +162,16 @@ def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_m
 
 
 def mirror_decoy(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_mask: np.ndarray,
-                 settings: RegistrationSettings, expected: float) -> tuple[float, np.ndarray]:
+                 settings: RegistrationSettings, expected: float,
+                 reference_described: dict[str, Described] | None = None) -> tuple[float, np.ndarray]:
     """The edge correlation of the best pose the same search finds for the moving image's mirror image: what an
     image of the same kind that does not belong there reaches with the same effort (slimreg.register.similarity,
     "The mirror decoy"), and that pose (reference working px -> the flipped image's). Only without
     ``allow_mirror``, where no mirrored pose can be the answer."""
     flipped = Downsampled(np.ascontiguousarray(mov.array[:, ::-1]), mov.scale, mov.origin)
     flipped_mask = np.ascontiguousarray(mov_mask[:, ::-1])
-    pull, _, value = best_pose(scorer, ref, flipped, flipped_mask, settings, expected)
+    pull, _, value = best_pose(scorer, ref, flipped, flipped_mask, settings, expected,
+                               reference_described=reference_described)
     return value, pull
 
 
@@ -235,7 +250,10 @@ class FeatureEngine:
         unregistered = to_working(np.eye(3), ref, mov)
         expected = expected_scale(reference, moving)
         identity_score = scorer.score(mov.array, unregistered, mov_mask)
-        best, winner, _ = best_pose(scorer, ref, mov, mov_mask, settings, expected, identity_score.value)
+        # the reference's keypoints serve the search and its mirror decoy alike, and both images' the per-piece fits
+        described, mov_described = describe(ref.array, ref_mask), describe(mov.array, mov_mask)
+        best, winner, _ = best_pose(scorer, ref, mov, mov_mask, settings, expected, identity_score.value, described,
+                                    mov_described)
         # the ring of shifted copies (significance) is needed for the winner only
         unmoved = np.array_equal(best, unregistered)
         best_score = identity_score if unmoved else scorer.score(mov.array, best, mov_mask)
@@ -245,7 +263,7 @@ class FeatureEngine:
         moved = corner_distance(best, unregistered, ref.array.shape)
         check_result(best_score, identity_score, moved, path)
         if not settings.allow_mirror:  # the search again, for the mirror image: only for a result worth keeping
-            mirror, decoy_pull = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected)
+            mirror, decoy_pull = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected, described)
             check_result(best_score, identity_score, moved, path,
                          mirror_null(best_score, mirror, decoy_pull, best, mov, mov_mask, stats))
         if settings.micro and max(reference.info.width, reference.info.height) > search_dim:
@@ -254,7 +272,7 @@ class FeatureEngine:
         displacement = None
         if settings.non_rigid:
             displacement, flow_stats = self._non_rigid(reference, moving, reference_channel, moving_channel, affine,
-                                                       settings)
+                                                       settings, SearchKeypoints(ref, described, mov, mov_described))
             stats.update(flow_stats)
         return Transform(affine, displacement, (reference.info.height, reference.info.width),
                          (moving.info.height, moving.info.width), metadata={"engine": self.name, "quality": stats})
@@ -278,8 +296,10 @@ class FeatureEngine:
 
     def _non_rigid(self, reference: TiffImage, moving: TiffImage, reference_channel: int | str,
                    moving_channel: int | str, affine: np.ndarray,
-                   settings: RegistrationSettings) -> tuple[Displacement | None, dict[str, float | str]]:
-        """Smooth displacement (reference frame) from optical flow on the affinely placed pair, if it helps."""
+                   settings: RegistrationSettings, keypoints: SearchKeypoints | None = None
+                   ) -> tuple[Displacement | None, dict[str, float | str]]:
+        """Smooth displacement (reference frame) from optical flow on the affinely placed pair, if it helps.
+        ``keypoints``: the search's, which the per-piece fits reuse (found anew without them)."""
         ref, scorer, placed, placed_mask = placed_for_flow(reference, moving, reference_channel, moving_channel,
                                                            affine, settings.non_rigid_dim)
         ref_mask = scorer.mask
@@ -293,7 +313,8 @@ class FeatureEngine:
         deformation, finer = deformation_candidates(scorer, placed, region)
         # the finer field last, so that it is weighed against every smoother one
         candidates = [*field_candidates(scorer, placed, region), deformation,
-                      *piece_candidates(scorer, placed, placed_mask, settings.transform_model), finer]
+                      *piece_candidates(scorer, placed, placed_mask, settings.transform_model,
+                                        None if keypoints is None else keypoints.on(ref, affine)), finer]
         best: FieldCandidate | None = None
         best_value = before
         for candidate in candidates:
@@ -327,6 +348,24 @@ class FeatureEngine:
         displacement = Displacement(blocks[..., 0] * ref.scale, blocks[..., 1] * ref.scale, spacing=ref.scale * factor)
         return displacement, {**stats, "non_rigid_used": 1.0,
                               "max_displacement_px": float(np.hypot(displacement.dx, displacement.dy).max())}
+
+
+@dataclass(frozen=True)
+class SearchKeypoints:
+    """Both images' keypoints as the search found them (slimreg.register.initial.describe), in its working frames."""
+
+    reference: Downsampled
+    reference_described: dict[str, Described]
+    moving: Downsampled
+    moving_described: dict[str, Described]
+
+    def on(self, grid: Downsampled, affine: np.ndarray) -> tuple[dict[str, Described], dict[str, Described]]:
+        """The reference's keypoints on ``grid`` (a working frame of the reference), and the moving image's where
+        ``affine`` (level-0 pull) places them on it: the per-piece fits match these instead of detecting anew
+        (detection at the non-rigid size took 16 s of the 17 s the pieces of a 1024 px nuclei pair cost)."""
+        to_grid = np.linalg.inv(grid.level0_matrix())
+        return (relocated(self.reference_described, to_grid @ self.reference.level0_matrix()),
+                relocated(self.moving_described, to_grid @ np.linalg.inv(affine) @ self.moving.level0_matrix()))
 
 
 AGREEING = "agreeing flows"
@@ -418,10 +457,11 @@ def deformation_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: 
             FieldCandidate(finest, float("nan"), _regularise(raw, region, finest), motion, DEEPFLOW))
 
 
-def piece_candidates(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.ndarray,
-                     model: str) -> list[FieldCandidate]:
+def piece_candidates(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.ndarray, model: str,
+                     keypoints: tuple[dict[str, Described], dict[str, Described]] | None = None
+                     ) -> list[FieldCandidate]:
     """One correction per piece of the moving tissue (slimreg.register.pieces), where there are pieces."""
-    found = piece_field(scorer, placed, placed_mask, RESOLVABLE_MOTION_SIGMAS, model)
+    found = piece_field(scorer, placed, placed_mask, RESOLVABLE_MOTION_SIGMAS, model, keypoints)
     if found is None:
         return []
     flow, motion = found
@@ -466,14 +506,14 @@ def _disagreement(first: np.ndarray, second: np.ndarray, region: np.ndarray) -> 
 def _regularise(flow: np.ndarray, tissue: np.ndarray, smoothing: float) -> np.ndarray:
     """Normalised convolution: smooth over tissue, fill background from nearby tissue, keep it invertible."""
     sigma = max(2.0, smoothing * max(flow.shape[:2]))
-    weight = ndimage.gaussian_filter(tissue.astype(np.float32), sigma)
+    weight = blur(tissue.astype(np.float32), sigma)
     smooth = np.empty_like(flow)
     for band in range(2):
-        smooth[..., band] = ndimage.gaussian_filter(flow[..., band] * tissue, sigma) / np.maximum(weight, 1e-3)
+        smooth[..., band] = blur(flow[..., band] * tissue, sigma) / np.maximum(weight, 1e-3)
     smooth[weight < 1e-3] = 0.0
     for _ in range(5):
         gradient = max(np.abs(np.gradient(smooth[..., b])).max() for b in range(2))
         if gradient < 0.5:
             break
-        smooth = ndimage.gaussian_filter(smooth, (sigma, sigma, 0))
+        smooth = np.stack([blur(smooth[..., band], sigma) for band in range(2)], axis=-1)
     return smooth

