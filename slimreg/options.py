@@ -8,7 +8,15 @@ Presets (the working resolutions) live with the registration settings they expan
 
 from __future__ import annotations
 
-ENGINES = ("valis", "feature")
+# The engine registry: name -> "module:Class", imported only when chosen (VALIS pulls in torch). A class has
+# ``name`` and either ``register_pair`` (one moving image; wrapped by slimreg.register.engine.PairwiseEngine) or
+# ``register_many``. Its results all pass the one judgement (slimreg.register.judgement) before anything is written;
+# its memory cost is in slimreg.estimate (``pair_bytes``). The CLI, settings, schema check and README read it here.
+ENGINE_CLASSES = {
+    "valis": "slimreg.register.valis_engine:ValisEngine",
+    "feature": "slimreg.register.feature:FeatureEngine",
+}
+ENGINES = tuple(ENGINE_CLASSES)
 DEFAULT_ENGINE = "feature"  # the more accurate on real sections (docs/accuracy.md) and the lighter
 PRESET_ORDER = ("high", "medium", "low")  # an out-of-memory retry steps down this list
 DEFAULT_PRESET = "medium"

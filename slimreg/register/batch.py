@@ -27,6 +27,7 @@ from slimreg.memory import MemoryTracker
 from slimreg.options import WORK_TILE_SIZE
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel
 from slimreg.register.engine import get_engine
+from slimreg.register.judgement import judge_transform
 from slimreg.register.settings import RegistrationSettings
 from slimreg.samplesheet import image_stem
 from slimreg.transform import Transform
@@ -182,8 +183,14 @@ def register_units(reference_path: str | Path, units: list[MovingUnit], settings
                     except Exception as error:
                         transforms[id(unit)] = image_error(error, image.path, "registering it")
                     result.seconds = time.perf_counter() - start
-        for unit, image, _, result in candidates:
+        for unit, image, channel, result in candidates:
             transform = transforms[id(unit)]
+            if not isinstance(transform, Exception) and image is not reference:
+                # whichever engine found it: the one rule that decides whether a result is kept
+                try:
+                    judge_transform(reference, image, reference_channel, channel, transform, settings)
+                except RegistrationError as error:
+                    transform = error
             if isinstance(transform, Exception):
                 result.error = str(transform)
                 continue

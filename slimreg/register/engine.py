@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Protocol
 
 from slimreg.errors import ParameterError, RegistrationError
 from slimreg.io.read import TiffImage
-from slimreg.register.settings import ENGINES, RegistrationSettings
+from slimreg.options import ENGINE_CLASSES
+from slimreg.register.settings import RegistrationSettings
 from slimreg.transform import Transform
 
 
@@ -43,12 +45,9 @@ class PairwiseEngine:
 
 
 def get_engine(name: str) -> Engine:
-    if name == "feature":
-        from slimreg.register.feature import FeatureEngine
-
-        return PairwiseEngine(FeatureEngine())
-    if name == "valis":
-        from slimreg.register.valis_engine import ValisEngine
-
-        return ValisEngine()
-    raise ParameterError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}.")
+    """The registered engine called ``name`` (slimreg.options.ENGINE_CLASSES), imported now."""
+    if name not in ENGINE_CLASSES:
+        raise ParameterError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_CLASSES)}.")
+    module_name, class_name = ENGINE_CLASSES[name].split(":")
+    engine = getattr(importlib.import_module(module_name), class_name)()
+    return engine if hasattr(engine, "register_many") else PairwiseEngine(engine)

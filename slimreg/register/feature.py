@@ -181,11 +181,13 @@ def mirror_null(result: Score, mirror: float, decoy_pull: np.ndarray, result_pul
     same tissue: the result fits no better than the decoy and the moving image matches itself inside its tissue
     through the reflection the two poses imply (bilaterally symmetric tissue; slimreg.register.symmetry)."""
     stats["mirror_edge_correlation"] = mirror
-    if mirror_problem(result, mirror) is None:
-        return mirror
-    symmetry = self_symmetry(mov.array, mov_mask, result_pull, decoy_pull)
-    stats["mirror_self_symmetry_significance"] = symmetry.significance
-    return None if symmetry.significance >= MIN_SIGNIFICANCE else mirror
+    if mirror_problem(result, mirror) is not None:
+        symmetry = self_symmetry(mov.array, mov_mask, result_pull, decoy_pull)
+        stats["mirror_self_symmetry_significance"] = symmetry.significance
+        if symmetry.significance >= MIN_SIGNIFICANCE:
+            return None
+    stats["mirror_null"] = mirror  # slimreg.register.judgement reuses it rather than search again
+    return mirror
 
 
 def check_against_mirror(reference: TiffImage, moving: TiffImage, reference_channel: int | str,

@@ -18,6 +18,7 @@ from slimreg.options import (
     DEFAULT_PRESET,
     DEFAULT_TILE_SIZE,
     DEFAULT_TRANSFORM_MODEL,
+    ENGINE_CLASSES,
     ENGINES,
     PRESET_ORDER,
     TRANSFORM_MODELS,
@@ -62,8 +63,8 @@ class RegistrationSettings:
         return settings
 
     def validate(self) -> None:
-        if self.engine not in ENGINES:
-            raise ParameterError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}.")
+        if self.engine not in ENGINE_CLASSES:
+            raise ParameterError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINE_CLASSES)}.")
         if self.transform_model not in TRANSFORM_MODELS:
             raise ParameterError(f"unknown transform model {self.transform_model!r}; choose affine or similarity.")
         for name in ("processing_dim", "non_rigid_dim", "micro_dim"):

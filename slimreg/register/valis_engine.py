@@ -35,10 +35,11 @@ from slimreg.estimate import pair_bytes
 from slimreg.io.read import TiffImage
 from slimreg.register.bounded import run_within_budget
 from slimreg.register.channel import OPTICAL_DENSITY, registration_image
-from slimreg.register.feature import FeatureEngine, check_against_mirror
+from slimreg.register.feature import FeatureEngine
+from slimreg.register.judgement import judge_transform
 from slimreg.register.plausibility import check_plausible, expected_scale
 from slimreg.register.settings import RegistrationSettings
-from slimreg.register.similarity import check_result, clearly_higher, moved_distance, score_transform
+from slimreg.register.similarity import clearly_higher, score_transform
 from slimreg.register.valis_offline import deep_weights_available, import_valis, no_network, weights_dir
 from slimreg.transform import Displacement, Transform
 
@@ -181,22 +182,9 @@ class ValisEngine:
             transform = self._micro(registrar, processors, ref_link, mov_link, reference, moving, reference_channel,
                                     moving_channel, settings, transform, captured, (ref_span, mov_span))
         check_plausible(transform.affine, moving.info.path, expected_scale(reference, moving))
-        self._judge(reference, moving, reference_channel, moving_channel, transform, settings)
+        # judged here too, so that _better weighs only a result that may be kept against the light engine's
+        judge_transform(reference, moving, reference_channel, moving_channel, transform, settings)
         return transform
-
-    @staticmethod
-    def _judge(reference: TiffImage, moving: TiffImage, reference_channel: int | str, moving_channel: int | str,
-               transform: Transform, settings: RegistrationSettings) -> None:
-        """The light engine's rule: keep VALIS' result only if it is significant, keeps most of the smaller tissue on
-        the other's, beats the best pose of the moving image's mirror image and beats not registering."""
-        ref = registration_image(reference, reference_channel, max(64, settings.processing_dim // 2))
-        mov = registration_image(moving, moving_channel, max(64, settings.processing_dim // 2))
-        result, unregistered = score_transform(ref, mov, transform)
-        transform.metadata["quality"].update({**result.to_json(), **unregistered.to_json("unregistered_")})
-        check_result(result, unregistered, moved_distance(transform, ref), moving.info.path)
-        if not settings.allow_mirror:
-            transform.metadata["quality"].update(check_against_mirror(
-                reference, moving, reference_channel, moving_channel, settings, transform))
 
     def _micro(self, registrar: Any, processors: dict[str, Any], ref_link: Path, mov_link: Path,
                reference: TiffImage, moving: TiffImage, reference_channel: int | str, moving_channel: int | str,
