@@ -82,10 +82,16 @@ def process_high_water_bytes() -> int | None:
     return None
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Resident bytes of ``process`` and all its descendants (processes that vanish are skipped)."""
+def tree_rss(process: psutil.Process | int) -> int:
+    """Resident bytes of ``process`` (or the process of that id) and all its descendants (processes that vanish
+    are skipped; 0 once it is gone)."""
+    try:
+        process = process if isinstance(process, psutil.Process) else psutil.Process(process)
+        members = [process, *process.children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return 0
     total = 0
-    for proc in [process, *process.children(recursive=True)]:
+    for proc in members:
         try:
             total += proc.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):

@@ -24,9 +24,10 @@ import numpy as np
 
 from slimreg import layout
 from slimreg.atomic import write_text_atomic
-from slimreg.errors import InputError
+from slimreg.errors import InputError, ParameterError
 from slimreg.plan_model import Plan, Task
 from slimreg.qc import LANDMARK_LEGEND, LEGEND, QcThresholds
+from slimreg.resources import parse_size
 from slimreg.versions import software_versions
 
 COLUMNS = ("edge_correlation_before", "edge_correlation_after", "significance_after", "tissue_shared_after",
@@ -193,11 +194,10 @@ def _outcomes_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _parse_size(text: str) -> float:
-    units = {"B": 1, "KB": 1024, "MB": MB, "GB": 1024**3, "TB": 1024**4}
-    number, _, unit = text.strip().partition(" ")
+    """Bytes of a trace's memory column (``1.2 GB``); 0 where it holds none (``-``)."""
     try:
-        return float(number) * units.get(unit.upper(), 1)
-    except ValueError:
+        return float(parse_size(text))
+    except ParameterError:
         return 0.0
 
 

@@ -19,9 +19,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import psutil
-
 from slimreg.errors import RegistrationError
+from slimreg.memory import tree_rss
 
 POLL_SECONDS = 0.2
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -72,22 +71,6 @@ def child_of_this_process() -> Callable[[], None]:
         with contextlib.suppress(OSError, AttributeError):
             _libc()
     return functools.partial(end_with_parent, os.getpid())
-
-
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (0 once it is gone)."""
-    try:
-        process = psutil.Process(pid)
-        members = [process, *process.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for member in members:
-        try:
-            total += member.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 def run_within_budget(function: Callable[..., Any], args: tuple[Any, ...], budget_bytes: int, what: str,

@@ -26,7 +26,7 @@ def judge_transform(reference: TiffImage, moving: TiffImage, reference_channel: 
                     moving_channel: int | str, transform: Transform, settings: RegistrationSettings) -> None:
     """Raise the clear failure (slimreg.errors.RegistrationError) for a result that must not be kept; record what
     was measured in ``transform.metadata["quality"]`` either way."""
-    search_dim = max(64, settings.processing_dim // 2)
+    search_dim = settings.search_dim
     ref = registration_image(reference, reference_channel, search_dim)
     mov = registration_image(moving, moving_channel, search_dim)
     result, unregistered = score_transform(ref, mov, transform)

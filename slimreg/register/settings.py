@@ -73,6 +73,12 @@ class RegistrationSettings:
         if self.tile_size < 64 or self.tile_size % 16:
             raise ParameterError(f"tile size must be a multiple of 16 and at least 64, got {self.tile_size}.")
 
+    @property
+    def search_dim(self) -> int:
+        """Long side (px) of the pose search and of the judgement: half the processing size, where coarse edges
+        still outline the tissue, and never under the 64 px any working image needs."""
+        return max(64, self.processing_dim // 2)
+
     def lower_preset(self) -> RegistrationSettings | None:
         """The same settings one preset lower, or None at the lowest (used on out-of-memory retries)."""
         index = PRESET_ORDER.index(self.preset) if self.preset in PRESET_ORDER else len(PRESET_ORDER) - 1

@@ -97,7 +97,7 @@ class ValisEngine:
         if isinstance(valis_result, RegistrationError):
             self.log(f"{moving.path.name}: VALIS failed ({valis_result.message}); keeping the light engine's result")
             return self._labelled(light, "light engine (VALIS failed)", {})
-        dim = max(64, settings.processing_dim // 2)
+        dim = settings.search_dim
         ref = registration_image(reference, reference_channel, dim)
         mov = registration_image(moving, moving_channel, dim)
         valis_score = score_transform(ref, mov, valis_result)[0]
