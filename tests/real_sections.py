@@ -17,6 +17,7 @@ from slimreg.io import write_array
 from slimreg.io.read import TiffImage
 from slimreg.register.channel import choose_channel
 from slimreg.register.feature import FeatureEngine
+from slimreg.register.judgement import judge_transform
 from slimreg.register.settings import RegistrationSettings
 from slimreg.transform import Transform, similarity_matrix
 
@@ -29,9 +30,12 @@ VALIS_PLAINLY = {"kidney_HE <- kidney_PanCK": 3.78, "lung-lesion_HE <- lung-lesi
 
 
 def register(reference: Path, moving: Path, settings: RegistrationSettings = SETTINGS) -> Transform:
+    """The light engine's result as a user gets it: through the one judgement the batch step applies."""
     ref, mov = TiffImage(reference), TiffImage(moving)
-    return FeatureEngine().register_pair(ref, mov, choose_channel(ref.info, None), choose_channel(mov.info, None),
-                                         settings)
+    channels = choose_channel(ref.info, None), choose_channel(mov.info, None)
+    transform = FeatureEngine().register_pair(ref, mov, *channels, settings)
+    judge_transform(ref, mov, *channels, transform, settings)
+    return transform
 
 
 def rotated_copy(pair: SectionPair, folder: Path, degrees: float, mirror: bool) -> tuple[Path, np.ndarray]:

@@ -89,9 +89,11 @@ def test_qc_fails_a_section_of_other_tissue_placed_where_it_scores_best(pairs: d
     the pose the light engine scores best (its judgement switched off to get that pose), stands out from shifted
     copies but leaves most of its tissue on the lung slide's glass, and QC says so without landmarks."""
     import slimreg.register.feature as feature
+    import tests.real_sections as real_sections
 
     kidney, lung = pairs["kidney_HE <- kidney_PanCK"], pairs["lung-lesion_HE <- lung-lesion_proSPC"]
     monkeypatch.setattr(feature, "check_result", lambda *args, **kwargs: None)
+    monkeypatch.setattr(real_sections, "judge_transform", lambda *args, **kwargs: None)  # the batch's, likewise
     other = register(lung.moving, kidney.reference, RegistrationSettings.from_preset(
         "medium", engine="feature", non_rigid=False, micro=False))
     other.save(tmp_path / "other.transform.json")

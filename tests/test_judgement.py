@@ -1,0 +1,72 @@
+"""The judgement weighs a field inside the tissue, away from outlines: a field that does not align the interior
+better than its affine alone is dropped (slimreg.register.judgement)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from slimreg.io import write_array
+from slimreg.io.read import TiffImage
+from slimreg.register.judgement import judge_transform
+from slimreg.register.settings import RegistrationSettings
+from slimreg.transform import Displacement, Transform
+
+HEIGHT, WIDTH = 400, 480
+SPACING = 8.0  # px between the field's grid nodes
+
+
+def smooth_field(amplitude: float, wavelength: float) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth displacement (dx, dy) per reference pixel: waves of ``amplitude`` px and ``wavelength`` px."""
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64)
+    return (amplitude * np.sin(2 * np.pi * yy / wavelength) * np.cos(2 * np.pi * xx / (1.3 * wavelength)),
+            amplitude * np.cos(2 * np.pi * xx / wavelength) * np.sin(2 * np.pi * yy / (0.8 * wavelength)))
+
+
+def on_grid(dx: np.ndarray, dy: np.ndarray) -> Displacement:
+    """The per-pixel field sampled at the grid nodes (node centres at (i + 0.5) * SPACING - 0.5)."""
+    nodes_y = (np.arange(int(np.ceil(HEIGHT / SPACING))) + 0.5) * SPACING - 0.5
+    nodes_x = (np.arange(int(np.ceil(WIDTH / SPACING))) + 0.5) * SPACING - 0.5
+    grid = np.meshgrid(nodes_y, nodes_x, indexing="ij")
+    return Displacement(ndimage.map_coordinates(dx, grid, order=1, mode="nearest"),
+                        ndimage.map_coordinates(dy, grid, order=1, mode="nearest"), SPACING)
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> np.ndarray:
+    rng = np.random.default_rng(8)
+    texture = ndimage.gaussian_filter(rng.random((HEIGHT, WIDTH)), 3.0)
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    tissue = ((xx - 240) / 190) ** 2 + ((yy - 200) / 160) ** 2 < 1
+    return np.where(tissue, 2000 + 60000 * (texture - texture.min()) / np.ptp(texture), 300)
+
+
+def judged(tmp_path: Path, reference: np.ndarray, moving: np.ndarray, field: Displacement) -> Transform:
+    paths = [write_array(image.astype(np.uint16)[None], tmp_path / f"{name}.ome.tif", channel_names=["DAPI"])
+             for name, image in (("reference", reference), ("moving", moving))]
+    transform = Transform(np.eye(3), field, (HEIGHT, WIDTH), (HEIGHT, WIDTH), metadata={"quality": {}})
+    judge_transform(TiffImage(paths[0]), TiffImage(paths[1]), 0, 0, transform,
+                    RegistrationSettings.from_preset("low", allow_mirror=True))
+    return transform
+
+
+def test_a_field_that_follows_the_tissue_is_kept(tmp_path: Path, reference: np.ndarray) -> None:
+    dx, dy = smooth_field(4.0, 220.0)
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64)
+    # the moving image such that reference pixel p lies at p + d(p) in it (to first order in the field's slope)
+    moving = ndimage.map_coordinates(reference, [yy - dy, xx - dx], order=1, mode="nearest")
+    transform = judged(tmp_path, reference, moving, on_grid(dx, dy))
+    quality = transform.metadata["quality"]
+    assert transform.displacement is not None and "field_dropped" not in quality
+    assert quality["interior_edge_correlation_field"] > quality["interior_edge_correlation_affine"]
+
+
+def test_a_field_that_drags_the_interior_is_dropped(tmp_path: Path, reference: np.ndarray) -> None:
+    # the images already agree; the field moves the inside by up to 5 px in waves: no better inside, so dropped
+    transform = judged(tmp_path, reference, reference.copy(), on_grid(*smooth_field(5.0, 90.0)))
+    quality = transform.metadata["quality"]
+    assert transform.displacement is None and "field_dropped" in quality
+    assert quality["interior_edge_correlation_field"] < quality["interior_edge_correlation_affine"]
