@@ -24,8 +24,7 @@ import numpy as np
 from slimreg.atomic import atomic_output
 from slimreg.errors import ParameterError
 from slimreg.io.tiles import PyramidRenderer, pyramid_shapes
-from slimreg.io.vips import vips_format
-from slimreg.io.write import OmeMetadata, PlaneSource, plane_recipe
+from slimreg.io.write import OmeMetadata, PlaneSource, checked_planes
 from slimreg.memory import release_memory
 from slimreg.options import WORK_TILE_SIZE
 
@@ -157,19 +156,8 @@ def write_planes_zarr(planes: Sequence[PlaneSource], path: str | Path, meta: Ome
     """
     path = Path(path)
     require_zarr_compression(compression)
-    if tile_size < 16 or tile_size % 16:
-        raise ParameterError(f"tile size must be a positive multiple of 16, got {tile_size}.")
-    if len(planes) != meta.planes_expected:
-        raise ParameterError(f"{len(planes)} planes given but the metadata describes {meta.planes_expected}.")
-    target_format = vips_format(meta.dtype)
+    sources, tile_size = checked_planes(planes, meta, tile_size)
     bands = 3 if meta.is_rgb else 1
-    sources = [plane_recipe(plane, target_format) for plane in planes]
-    for source in sources:
-        plane = source()
-        if (plane.width, plane.height) != (meta.width, meta.height) or plane.bands != bands:
-            raise ParameterError(f"plane is {plane.width}x{plane.height}x{plane.bands}, expected "
-                                 f"{meta.width}x{meta.height}x{bands}.")
-    tile_size = min(tile_size, max(16, -(-max(meta.width, meta.height) // 16) * 16))
     shapes = pyramid_shapes(meta.height, meta.width, tile_size, pyramid)
     axes = _axes(meta)
     size_c = len(_channel_names(meta))

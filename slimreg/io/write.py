@@ -115,20 +115,7 @@ def write_planes(planes: Sequence[PlaneSource], path: str | Path, meta: OmeMetad
     if compression == "jpeg" and not (meta.is_rgb and meta.dtype == "uint8"):
         raise ParameterError("jpeg compression is only for 8-bit RGB images (it is lossy).",
                              fix="use deflate or zstd for fluorescence images.")
-    if tile_size < 16 or tile_size % 16:
-        raise ParameterError(f"tile size must be a positive multiple of 16, got {tile_size}.")
-    if len(planes) != meta.planes_expected:
-        raise ParameterError(f"{len(planes)} planes given but the metadata describes {meta.planes_expected}.")
-    target_format = vips_format(meta.dtype)
-    bands = 3 if meta.is_rgb else 1
-    sources = [plane_recipe(plane, target_format) for plane in planes]
-    for source in sources:
-        plane = source()
-        if (plane.width, plane.height) != (meta.width, meta.height) or plane.bands != bands:
-            raise ParameterError(f"plane is {plane.width}x{plane.height}x{plane.bands}, expected "
-                                 f"{meta.width}x{meta.height}x{bands}.")
-    # readers (libvips among them) will not take tiles much larger than the image: clamp, in multiples of 16
-    tile_size = min(tile_size, max(16, -(-max(meta.width, meta.height) // 16) * 16))
+    sources, tile_size = checked_planes(planes, meta, tile_size)
     codec = TileCodec(compression, predictor=np.dtype(meta.dtype).kind in "ui" and compression in ("deflate", "lzw"),
                       quality=quality)
     shapes = pyramid_shapes(meta.height, meta.width, tile_size, pyramid)
@@ -145,6 +132,26 @@ def write_planes(planes: Sequence[PlaneSource], path: str | Path, meta: OmeMetad
         finally:
             scratch_path(tmp).unlink(missing_ok=True)
     return path
+
+
+def checked_planes(planes: Sequence[PlaneSource], meta: OmeMetadata,
+                   tile_size: int) -> tuple[list[Callable[[], pyvips.Image]], int]:
+    """Each plane's recipe, every plane checked against ``meta`` before anything is written, and the tile size
+    clamped to the image (readers, libvips among them, will not take tiles much larger than the image). Shared by
+    the OME-TIFF and OME-Zarr writers."""
+    if tile_size < 16 or tile_size % 16:
+        raise ParameterError(f"tile size must be a positive multiple of 16, got {tile_size}.")
+    if len(planes) != meta.planes_expected:
+        raise ParameterError(f"{len(planes)} planes given but the metadata describes {meta.planes_expected}.")
+    target_format = vips_format(meta.dtype)
+    bands = 3 if meta.is_rgb else 1
+    sources = [plane_recipe(plane, target_format) for plane in planes]
+    for source in sources:
+        plane = source()
+        if (plane.width, plane.height) != (meta.width, meta.height) or plane.bands != bands:
+            raise ParameterError(f"plane is {plane.width}x{plane.height}x{plane.bands}, expected "
+                                 f"{meta.width}x{meta.height}x{bands}.")
+    return sources, min(tile_size, max(16, -(-max(meta.width, meta.height) // 16) * 16))
 
 
 def plane_recipe(plane: PlaneSource, target_format: str) -> Callable[[], pyvips.Image]:
