@@ -36,16 +36,16 @@ TEST_SLEEP_HOOK = "SLIMREG_TEST_SLEEP_TASK"  # "<task id>:<seconds>": make a tas
 
 def _not_registered(task: Task, missing: list[str], root: Path) -> bool:
     """Whether the task's missing inputs are missing because its image could not be registered: a register log
-    staged beside the task (``*.register.json``) records a failed unit whose transform or registered copy
-    (``<unit>.transform.json``, ``<unit>.ome.tif``) is among them."""
+    staged beside the task (``*.register.json``) records a failed image one of whose outputs (its transform, its
+    registered copies: named by session or piece, not by the image it registered) is among them."""
     names = {PurePosixPath(path).name for path in missing}
     for log in root.glob(f"*{layout.REGISTER_LOG_SUFFIX}"):
         try:
             images = json.loads(log.read_text()).get("images", [])
         except (OSError, ValueError):
             continue
-        failed = {str(image["stem"]) for image in images if image.get("status") != "ok" and image.get("stem")}
-        if any(f"{stem}.transform.json" in names or f"{stem}.ome.tif" in names for stem in failed):
+        failed = {str(name) for image in images if image.get("status") != "ok" for name in image.get("outputs", [])}
+        if names & failed:
             return True
     return False
 
@@ -88,7 +88,7 @@ def execute(plan: Plan | None, task: Task, root: Path, *, tracker: MemoryTracker
                              "sources/<n>/, as the pipeline's modules do.")
         missing = [p for p, found in inputs.items() if not found.exists()]
         if staged and _not_registered(task, missing, root):
-            raise DependencyNotProducedError(f"task {task.id} has nothing to check: {original} was not written, "
+            raise DependencyNotProducedError(f"task {task.id} has nothing to do: {original} was not written, "
                                              "its image could not be registered (its register log says why).")
         raise InputError(f"input of task {task.id} is missing: {original}.", path,
                          "run the tasks it depends on first (slimreg run does this in order).")

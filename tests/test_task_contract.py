@@ -169,17 +169,18 @@ def test_a_spec_from_elsewhere_is_refused_clearly(tmp_path: Path, capsys: pytest
         Plan.task_from_spec({"format": "slimreg-task", "id": "q", "kind": "qc", "colour": "red"})
 
 
-def _staged_task(demo_dir: Path, tmp_path: Path, task_id: str, images: dict[str, Path]) -> tuple[Path, Path]:
-    """A plan of the H&E pair whose moving image is ``images['he_section1.ome.tif']``, and one task's spec with its
-    sources staged in a work folder of its own (as RUN_TASK gets them)."""
+def _staged_task(demo_dir: Path, tmp_path: Path, task_id: str, images: dict[str, Path],
+                 session: str = "", plan_args: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A plan of the H&E pair whose moving image is ``images['he_section1.ome.tif']`` (in ``session``, if named),
+    and one task's spec with its sources staged in a work folder of its own (as RUN_TASK gets them)."""
     folder = tmp_path / "sheet"
     folder.mkdir()
     for name in ("he_section0.ome.tif", "he_section1.ome.tif"):
         shutil.copy(images.get(name, demo_dir / name), folder / name)
-    (folder / "sheet.csv").write_text("sample,image,reference\nhe,he_section0.ome.tif,true\n"
-                                      "he,he_section1.ome.tif,false\n")
+    (folder / "sheet.csv").write_text("sample,image,reference,session\nhe,he_section0.ome.tif,true,\n"
+                                      f"he,he_section1.ome.tif,false,{session}\n")
     assert main(["plan", "--input", str(folder / "sheet.csv"), "--outdir", str(tmp_path / "plan"), "--engine",
-                 "feature", "--preset", "low"]) == 0
+                 "feature", "--preset", "low", *plan_args]) == 0
     spec = tmp_path / "plan" / "task_specs" / f"{task_id}.json"
     work = tmp_path / task_id
     work.mkdir()
@@ -215,6 +216,36 @@ def test_keep_going_records_an_image_that_cannot_register_and_succeeds(demo_dir:
     # a missing input that no failure explains is still an error, --keep-going or not
     (qc_work / "register-he-b1.register.json").unlink()
     assert main(["run-task", "--spec", str(qc_spec), "--root", str(qc_work), "--keep-going"]) == 2
+
+
+def test_keep_going_skips_converting_an_image_of_a_session_that_did_not_register(
+        demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A session's files are named by the session (s1.transform.json), its registered copy by the image
+    (he_section1.ome.tif): a publish task (--format ome-zarr) that misses the copy learns from the register log
+    that its image failed, and skips; the same missing file with no such log is an error."""
+    import numpy as np
+    import tifffile
+
+    blank = tmp_path / "blank.ome.tif"
+    tifffile.imwrite(blank, np.full((256, 256, 3), 242, np.uint8), photometric="rgb")
+    spec, work = _staged_task(demo_dir, tmp_path, "register-he-b1", {"he_section1.ome.tif": blank}, session="s1",
+                              plan_args=("--format", "ome-zarr"))
+    assert main(["run-task", "--spec", str(spec), "--root", str(work), "--keep-going"]) == 0
+    log = work / "transforms" / "he" / "register-he-b1.register.json"
+    assert [image["stem"] for image in json.loads(log.read_text())["images"]] == ["s1"]
+    publish = json.loads((tmp_path / "plan" / "task_specs" / "publish-he-he-he_section1.json").read_text())
+    assert publish["inputs"] == ["work/he/registered/he_section1.ome.tif"]
+    publish_work = tmp_path / "publish-work"
+    publish_work.mkdir()
+    arguments = ["run-task", "--spec", str(tmp_path / "plan" / "task_specs" / "publish-he-he-he_section1.json"),
+                 "--root", str(publish_work), "--keep-going"]
+    capsys.readouterr()
+    assert main(arguments) == 2  # no register log staged: a plain missing input
+    assert "is missing" in capsys.readouterr().err
+    (publish_work / log.name).symlink_to(log)
+    assert main(arguments) == 0
+    assert "could not be registered" in capsys.readouterr().err
+    assert not (publish_work / "registered").exists()
 
 
 def test_each_attempt_walks_one_preset_down_slimregs_ladder(demo_dir: Path, tmp_path: Path) -> None:

@@ -46,6 +46,8 @@ class ImageResult:
     transform: str | None = None
     seconds: float = 0.0
     quality: dict[str, Any] = field(default_factory=dict)
+    # the file names this image writes, failed or not: a later task that misses one learns why from this log
+    outputs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -134,7 +136,8 @@ def register_units(reference_path: str | Path, units: list[MovingUnit], settings
     candidates: list[tuple[MovingUnit, TiffImage, int | str, ImageResult]] = []
     opened: list[tuple[ImageResult, TiffImage]] = []  # every moving image whose header was read
     for unit in units:
-        result = ImageResult(image=str(unit.registration_image), stem=unit.name, status="failed")
+        result = ImageResult(image=str(unit.registration_image), stem=unit.name, status="failed",
+                             outputs=[path.name for path in (*unit.registered, unit.transform)])
         results.append(result)
         if Path(unit.registration_image).resolve() == Path(reference_path).resolve():
             candidates.append((unit, reference, reference_channel, result))
