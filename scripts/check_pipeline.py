@@ -153,10 +153,12 @@ def check_test_profile(work: Path) -> str:
     results = work / "results"
     with (results / "pipeline_info" / "plan.csv").open() as handle:
         plan = list(csv.DictReader(handle))
-    # every output but the intermediates (split pieces and unregistered projections stay in Nextflow's work
-    # folders: publishing them would double a long recording's disk use), the report and the tasks' own logs
-    promised = [output for row in plan if row["kind"] not in ("split", "project")
+    # every output but the intermediates (split pieces, motion templates, recordings corrected for motion and
+    # unregistered projections stay in Nextflow's work folders: publishing them would double a long recording's
+    # disk use; REGISTER and PUBLISH_IMAGE publish them in the reference frame), the report and the tasks' own logs
+    promised = [output for row in plan if row["kind"] not in ("split", "template", "project")
                 for output in row["outputs"].split(";") if output
+                and not (row["kind"] == "motion" and output.startswith("work/"))
                 and not output.endswith(".memory.json") and not output.startswith("report/")]
     missing = [output for output in promised if not published(results / output)]
     expect(not missing, f"outputs the plan promises but the run did not publish: {missing}")
@@ -165,6 +167,10 @@ def check_test_profile(work: Path) -> str:
         expect((results / name).is_file(), f"{name} missing")
     expect(len(list((results / "pipeline_info" / "task_specs").glob("*.json"))) == len(plan),
            "pipeline_info/task_specs/ should hold one spec per task")
+    corrected = [row["id"] for row in plan if row["kind"] == "motion"]
+    page = (results / "report" / "report.html").read_text()
+    expect(corrected and 'id="motion"' in page and page.count("<tr><td>calcium</td>") == len(corrected),
+           f"the report should list each of the {len(corrected)} recordings corrected for motion")
     rows = metrics(results)
     qc_tasks = [row for row in plan if row["kind"] == "qc"]
     expect(len(rows) == len(qc_tasks), f"{len(rows)} report rows for {len(qc_tasks)} QC tasks")

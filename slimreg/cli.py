@@ -197,6 +197,11 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--format", dest="output_format", choices=options.FORMATS, default=options.DEFAULT_FORMAT,
                        help="what registered/<sample>/ (the reference included) and merged/ hold: tiled pyramidal "
                             f"OME-TIFF or OME-Zarr (NGFF 0.4) (default {options.DEFAULT_FORMAT})")
+    group.add_argument("--motion-correction", choices=options.MOTION_CORRECTION_MODES,
+                       default=options.DEFAULT_MOTION_CORRECTION,
+                       help="align every frame of each recording (multi-frame grey stack) to its session's template "
+                            "before sessions are registered: rigid (default), piecewise (NoRMCorre-style patches) or "
+                            "off; per-frame shifts in transforms/<sample>/<recording>.shifts.csv, QC in the report")
     group.add_argument("--qc-max-dim", type=int, default=options.DEFAULT_QC_MAX_DIM,
                        help=f"long side of QC images in px (default {options.DEFAULT_QC_MAX_DIM})")
 
@@ -215,7 +220,7 @@ def _build_plan(args: argparse.Namespace):
     settings = PlanSettings(batch_size=args.batch_size, max_frames=args.max_frames, max_chunk_gb=args.max_chunk_gb,
                             merge_chunks=args.merge_chunks, merge_channels=args.merge_channels,
                             merge_nuclear_once=args.merge_nuclear_once, qc_max_dim=args.qc_max_dim,
-                            output_format=args.output_format,
+                            output_format=args.output_format, motion_correction=args.motion_correction,
                             workers=getattr(args, "workers", 1))
     settings.validate()
     return build_plan(sheet, args.outdir, registration, settings)
@@ -454,7 +459,8 @@ def run_run(args: argparse.Namespace) -> int:
         args.input, args.outdir, engine=args.engine, preset=args.preset, channel=args.channel,
         non_rigid=args.non_rigid, micro=args.micro, batch_size=args.batch_size, max_frames=args.max_frames,
         max_chunk_gb=args.max_chunk_gb, merge_chunks=args.merge_chunks, merge_channels=args.merge_channels,
-        merge_nuclear_once=args.merge_nuclear_once, output_format=args.output_format, mode=args.mode,
+        merge_nuclear_once=args.merge_nuclear_once, output_format=args.output_format,
+        motion_correction=args.motion_correction, mode=args.mode,
         workers=args.workers,
         timeout_per_task=args.timeout_per_task, max_retries=args.max_retries, resume=args.resume, force=args.force,
         memory_debug=args.memory_debug, tile_size=args.tile_size, compression=args.compression,
@@ -501,7 +507,7 @@ def _versions_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_motion_correct(args: argparse.Namespace) -> int:
-    from slimreg.motion import correct_motion
+    from slimreg.recording import correct_motion
 
     result = correct_motion(args.input, args.outdir, mode=args.mode, chunk_frames=args.chunk_frames)
     print(json.dumps({"frames": result.frames, "mode": result.mode, "blank_frames": result.blank_frames,

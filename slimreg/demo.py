@@ -120,20 +120,54 @@ def _mif_transforms(size: int, seed: int) -> list[Transform | None]:
     return [None, Transform(similarity), Transform(affine), Transform(nonrigid_affine, field)]
 
 
+# how far a demo recording's frames wander (px): the brain moving under a two-photon objective, a few px
+RECORDING_JITTER_PX = 2.0
+
+
+def recording_jitter(frames: int, seed: int) -> np.ndarray:
+    """(dy, dx) by which each frame of a demo recording is moved: uniform within RECORDING_JITTER_PX, mean zero (so
+    the recording's own template sits where its landmarks are)."""
+    shifts = np.random.default_rng(seed + 10_000).uniform(-RECORDING_JITTER_PX, RECORDING_JITTER_PX, (frames, 2))
+    return shifts - shifts.mean(axis=0)
+
+
 def _stack_planes(base: np.ndarray, frames: int, seed: int, transform: Transform | None,
                   first_frame: int = 0) -> list[pyvips.Image]:
-    """Frames of a calcium-imaging-like recording: the same field of view with fluctuating signal."""
+    """Frames of a calcium-imaging-like recording: the same field of view with fluctuating signal, each frame moved
+    by its own known shift (recording_jitter)."""
     rng = np.random.default_rng(seed)
     size = base.shape[0]
     image = from_numpy(base.astype(np.float32))
     if transform is not None:
         image = warp_plane(image, transform, size, size)
+    bicubic = pyvips.Interpolate.new("bicubic")
     planes = []
-    for t in range(first_frame, first_frame + frames):
+    for t, (dy, dx) in zip(range(first_frame, first_frame + frames), recording_jitter(frames, seed), strict=True):
+        moved = image.affine([1, 0, 0, 1], oarea=[0, 0, size, size], odx=float(dx), ody=float(dy),
+                             interpolate=bicubic, extend="copy")
         gain = 0.75 + 0.25 * np.sin(t / 5.0) + rng.uniform(-0.05, 0.05)
-        frame = image * (52000 * gain) + 1500 + pyvips.Image.gaussnoise(size, size, sigma=400, seed=seed + t)
+        frame = moved * (52000 * gain) + 1500 + pyvips.Image.gaussnoise(size, size, sigma=400, seed=seed + t)
         planes.append(frame.cast("ushort"))
     return planes
+
+
+def _recording_parts(frames: int) -> list[tuple[str, str, bool, int, int]]:
+    """The demo recordings: (name, session, moved onto the reference or not, first frame, frames)."""
+    half = frames // 2
+    return [("calcium_s1", "s1", False, 0, frames), ("calcium_s2_part1", "s2", True, 0, half),
+            ("calcium_s2_part2", "s2", True, half, frames - half)]
+
+
+def _recording_seed(seed: int, first: int, moved: bool) -> int:
+    return seed + 100 + first + (50 if moved else 0)
+
+
+def demo_recording_shifts(name: str, frames: int = 40, seed: int = 0) -> np.ndarray:
+    """The known (dy, dx) of every frame of demo recording ``name`` (e.g. "calcium_s2_part1"), for tests."""
+    for part, _, moved, first, count in _recording_parts(frames):
+        if part == name:
+            return recording_jitter(count, _recording_seed(seed, first, moved))
+    raise KeyError(name)
 
 
 def make_demo_data(outdir: str | Path, size: int = 1024, frames: int = 40, seed: int = 0) -> Path:
@@ -225,11 +259,9 @@ def _write_demo(outdir: Path, size: int, frames: int, seed: int) -> Path:
     stack_centre = ((stack_size - 1) / 2, (stack_size - 1) / 2)
     session_shift = Transform(similarity_matrix(1.0, 2.0, 0.03 * stack_size, -0.02 * stack_size, stack_centre))
     stack_points = _landmarks_on_reference(stack_size, 5)
-    half = frames // 2
-    parts = [("calcium_s1", "s1", None, 0, frames), ("calcium_s2_part1", "s2", session_shift, 0, half),
-             ("calcium_s2_part2", "s2", session_shift, half, frames - half)]
-    for name, session, generator, first, count in parts:
-        planes = _stack_planes(nuclei, count, seed + 100 + first + (0 if generator is None else 50), generator, first)
+    for name, session, moved, first, count in _recording_parts(frames):
+        generator = session_shift if moved else None
+        planes = _stack_planes(nuclei, count, _recording_seed(seed, first, moved), generator, first)
         path = outdir / f"{name}.ome.tif"
         write_planes(planes, path, OmeMetadata(stack_size, stack_size, "uint16", ("GCaMP",), (1.0, 1.0),
                                                size_t=count), tile_size=128)

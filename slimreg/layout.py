@@ -7,11 +7,14 @@ under Nextflow, which publishes them to the same places):
                                                      reference itself (.ome.zarr with --format ome-zarr)
     transforms/<sample>/<session>.transform.json     each session's transform (+ .displacement.npz)
     transforms/<sample>/<task>.register.json         what one REGISTER task did, per image
+    transforms/<sample>/<recording>.shifts.csv       per-frame motion of a recording (--motion-correction)
     qc/<sample>/<session>_qc.png, _qc.json           QC overlay and verdict
+    qc/<sample>/<recording>.motion.json, .motion.png motion QC: correlation with the mean, crispness, shifts
     report/report.html, metrics.csv, slimreg_mqc.tsv
     pipeline_info/                                   plan, task specs, pre-flight, run log, per-task records
                                                      and logs
-    work/                                            split pieces and session projections (intermediate)
+    work/                                            split pieces, session projections, motion templates and
+                                                     recordings corrected for motion (intermediate)
 
 Names that go into paths come through :func:`slimreg.samplesheet.safe_id` first, so they are file-name safe.
 """
@@ -30,6 +33,8 @@ MERGED = "merged"
 
 QC_PNG_SUFFIX = "_qc.png"
 QC_JSON_SUFFIX = "_qc.json"
+MOTION_JSON_SUFFIX = ".motion.json"
+MOTION_PNG_SUFFIX = ".motion.png"
 REGISTER_LOG_SUFFIX = ".register.json"
 MEMORY_LOG_SUFFIX = ".memory.json"
 RUN_OUTCOMES = "run_outcomes.json"
@@ -82,6 +87,17 @@ def projection(sample: str, session: str) -> str:
 
 def registered_projection(sample: str, session: str) -> str:
     return f"{WORK}/{sample}/{session}.projection.registered.ome.tif"
+
+
+def motion_template(sample: str, session: str) -> str:
+    """One session's motion template (--motion-correction): what each piece of its recordings is aligned to."""
+    return f"{WORK}/{sample}/motion/{session}.template.tif"
+
+
+def motion_files(sample: str, stem: str) -> list[str]:
+    """A recording (or piece) corrected for motion, its per-frame shifts, and its motion QC (record and plot)."""
+    return [f"{WORK}/{sample}/motion/{stem}.ome.tif", f"{TRANSFORMS}/{sample}/{stem}.shifts.csv",
+            f"{QC}/{sample}/{stem}{MOTION_JSON_SUFFIX}", f"{QC}/{sample}/{stem}{MOTION_PNG_SUFFIX}"]
 
 
 def qc_files(sample: str, stem: str) -> list[str]:

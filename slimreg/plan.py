@@ -3,13 +3,13 @@
 Sessions are the unit of registration. A plain image is a session of its own; rows sharing ``session`` and
 the pieces of a split stack form one session. In a sample with multi-frame stacks or multi-row sessions each
 session is registered through a projection of all its frames (``project`` tasks), and its one transform is
-applied to every piece. Paths of task outputs are relative to the run's output folder; files from the samplesheet
-(a task's ``sources``) are named as :attr:`~slimreg.samplesheet.SampleRow.source` names them: absolute paths, or,
-when the plan was made from PROBE's headers, the samplesheet's own text.
+applied to every piece. With ``--motion-correction`` (on by default) each recording's frames are first aligned to
+its session's template (a ``template`` task, then one ``motion`` task per piece), and the corrected pieces are
+what the session's projection and registration use.
 
-Each task is also written on its own (``task_specs/<id>.json``, :meth:`Plan.task_spec`): everything it needs to run and
-nothing else (no output folder, no other task), so that Nextflow's ``-resume`` keeps every task whose own spec
-and files did not change.
+Paths of task outputs are relative to the run's output folder; files from the samplesheet (a task's ``sources``)
+are named as :attr:`~slimreg.samplesheet.SampleRow.source` names them: absolute paths, or, when the plan was made
+from PROBE's headers, the samplesheet's own text.
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ from slimreg.io.probe import ImageInfo, probe
 from slimreg.kinds import KINDS as TASK_KINDS
 from slimreg.kinds import EstimateContext, kind_named
 from slimreg.kinds.channels import ChannelsParams, merged_planes
+from slimreg.kinds.motion import MotionParams
 from slimreg.kinds.project import ProjectParams
 from slimreg.kinds.publish import PublishParams
 from slimreg.kinds.qc import QcParams
 from slimreg.kinds.register import RegisterParams, RegisterUnit
 from slimreg.kinds.split import SplitParams
+from slimreg.kinds.template import TemplateParams
 from slimreg.options import WORK_TILE_SIZE
 from slimreg.plan_model import Plan, PlanSettings, Task
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel
@@ -70,7 +72,10 @@ def build_plan(sheet: Samplesheet, outdir: str | Path, registration: Registratio
     qc_outputs = [o for t in tasks if t.kind == "qc" for o in t.outputs if o.endswith(layout.QC_JSON_SUFFIX)]
     register_logs = [o for t in tasks if t.kind == "register" for o in t.outputs
                      if o.endswith(layout.REGISTER_LOG_SUFFIX)]
-    tasks.append(Task("report", "report", "", inputs=qc_outputs + register_logs, outputs=list(layout.REPORT_FILES)))
+    motion_records = [o for t in tasks if t.kind == "motion" for o in t.outputs
+                      if o.endswith(layout.MOTION_JSON_SUFFIX)]
+    tasks.append(Task("report", "report", "", inputs=qc_outputs + register_logs + motion_records,
+                      outputs=list(layout.REPORT_FILES)))
     _link_dependencies(tasks)
     estimate_plan_tasks(tasks, known=probed)
     return Plan(samplesheet=str(sheet.path), outdir=str(outdir.resolve()), registration=registration.to_json(),
@@ -103,17 +108,26 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
     reference = next(s for s in sessions if s.name == reference_name)
     moving = [s for s in sessions if s is not reference]
     name = sample.name
-    if not moving:
-        notes.append(f"sample {name}: all images belong to one session; nothing to register, images pass through")
-        return []
-    tasks: list[Task] = []
-    session_mode = any(info.frames > 1 for s in sessions for info in s.infos) or any(len(s.rows) > 1 for s in sessions)
     reference_channel = choose_channel(reference.infos[0], registration.channel)
     channel_name = None if reference_channel == OPTICAL_DENSITY else reference.infos[0].channel_names[reference_channel]
+    if not moving:
+        return _single_session_tasks(name, reference, reference_channel, registration, settings, notes)
+    tasks: list[Task] = []
+    session_mode = any(info.frames > 1 for s in sessions for info in s.infos) or any(len(s.rows) > 1 for s in sessions)
     max_dim = max(registration.processing_dim, registration.non_rigid_dim, registration.micro_dim)
     for session in sessions:
+        index = reference_channel if reference_channel == OPTICAL_DENSITY else _channel_index(
+            session.infos[0], channel_name, registration.channel)
+        template = _template_task(name, session, index, settings)
+        if template is not None:
+            tasks.append(template)
         for row, info in zip(session.rows, session.infos, strict=True):
             per_piece = frames_per_piece(info, settings.max_frames, settings.max_chunk_gb)
+            if template is not None and _is_recording(info):
+                # the reference's recordings are corrected whole (they are not warped, so not split)
+                tasks += _motion_tasks(name, session, row, info, None if session is reference else per_piece,
+                                       template.outputs[0], int(index), settings)
+                continue
             if per_piece is None or session is reference:  # the reference session is never warped
                 session.pieces.append(row.source)
                 session.piece_tasks.append("")
@@ -127,11 +141,11 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
             session.piece_tasks += [task_id] * len(pieces)
         if session_mode:
             factor = projection_factor(session.infos[0], max_dim)
-            index = reference_channel if reference_channel == OPTICAL_DENSITY else _channel_index(
-                session.infos[0], channel_name, registration.channel)
             projection = layout.projection(name, safe_id(session.name))
             task_id = safe_id(f"project-{name}-{session.name}")
-            tasks.append(Task(task_id, "project", name, inputs=[r.source for r in session.rows],
+            # corrected for motion, the session's frames are its pieces (the template the seed registers)
+            frames = session.pieces if template is not None else [r.source for r in session.rows]
+            tasks.append(Task(task_id, "project", name, inputs=frames,
                               outputs=[projection],
                               params=ProjectParams(channel=0 if index == OPTICAL_DENSITY else index,
                                                    factor=factor).to_json()))
@@ -172,7 +186,60 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
         tasks += _channels_task(name, reference, moving, session_mode, channel_name, registration, settings, notes,
                                 publish)
     # the reference itself, beside its registered images: the folder is the whole aligned series
-    tasks += [publish.reference(row.source) for row in reference.rows]
+    tasks += [publish.reference(piece) for piece in reference.pieces]
+    return tasks
+
+
+def _single_session_tasks(sample: str, session: _Session, channel: int | str, registration: RegistrationSettings,
+                          settings: PlanSettings, notes: list[str]) -> list[Task]:
+    """A sample of one session: nothing to register; its recordings, if any, are still corrected for motion and
+    the corrected copies published in registered/<sample>/ (a single long recording is the commonest case)."""
+    template = _template_task(sample, session, channel, settings)
+    if template is None:
+        notes.append(f"sample {sample}: all images belong to one session; nothing to register, images pass through")
+        return []
+    notes.append(f"sample {sample}: all images belong to one session; its recordings are corrected for motion "
+                 "(registered/ holds the corrected copies), nothing else to register")
+    tasks = [template]
+    for row, info in zip(session.rows, session.infos, strict=True):
+        if _is_recording(info):
+            tasks += _motion_tasks(sample, session, row, info, None, template.outputs[0], int(channel), settings)
+    publish = _Publisher(sample, settings.output_format, registration)
+    return tasks + [publish.reference(piece) for piece in session.pieces]
+
+
+def _is_recording(info: ImageInfo) -> bool:
+    """A grey time series (several frames, one Z): what motion correction aligns frame by frame."""
+    return info.frames > 1 and info.size_z == 1 and not info.is_rgb
+
+
+def _template_task(sample: str, session: _Session, channel: int | str, settings: PlanSettings) -> Task | None:
+    """The session's motion template (--motion-correction), from its recordings, or None when it has none."""
+    recordings = [row.source for row, info in zip(session.rows, session.infos, strict=True) if _is_recording(info)]
+    if settings.motion_correction == "off" or not recordings or channel == OPTICAL_DENSITY:
+        return None
+    return Task(safe_id(f"template-{sample}-{session.name}"), "template", sample, inputs=recordings,
+                outputs=[layout.motion_template(sample, safe_id(session.name))],
+                params=TemplateParams(channel=int(channel)).to_json())
+
+
+def _motion_tasks(sample: str, session: _Session, row: SampleRow, info: ImageInfo, per_piece: int | None,
+                  template: str, channel: int, settings: PlanSettings) -> list[Task]:
+    """One task per piece of the recording (the whole recording when it is not split), each correcting its frames
+    against the session's one template; the corrected pieces become the session's pieces."""
+    ranges = [(0, info.frames, row.stem)] if per_piece is None else [
+        (piece.start, piece.stop, image_stem(piece.path))
+        for piece in plan_pieces(info, per_piece, layout.split_folder(sample), row.stem)]
+    tasks = []
+    for start, stop, stem in ranges:
+        outputs = layout.motion_files(sample, safe_id(stem))
+        task_id = safe_id(f"motion-{sample}-{stem}")
+        params = MotionParams(channel=channel, start=start, stop=stop, mode=settings.motion_correction,
+                              tile_size=WORK_TILE_SIZE, compression="deflate")
+        tasks.append(Task(task_id, "motion", sample, inputs=[row.source, template], outputs=outputs,
+                          params=params.to_json()))
+        session.pieces.append(outputs[0])
+        session.piece_tasks.append(task_id)
     return tasks
 
 

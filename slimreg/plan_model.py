@@ -17,7 +17,14 @@ from slimreg import layout
 from slimreg._version import __version__
 from slimreg.atomic import write_json_atomic, write_text_atomic
 from slimreg.errors import InputError, ParameterError
-from slimreg.options import DEFAULT_BATCH_SIZE, DEFAULT_FORMAT, DEFAULT_QC_MAX_DIM, FORMATS
+from slimreg.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FORMAT,
+    DEFAULT_MOTION_CORRECTION,
+    DEFAULT_QC_MAX_DIM,
+    FORMATS,
+    MOTION_CORRECTION_MODES,
+)
 
 TASK_SPEC_FORMAT = "slimreg-task"
 
@@ -35,8 +42,12 @@ class PlanSettings:
     qc_max_dim: int = DEFAULT_QC_MAX_DIM
     workers: int = 1
     output_format: str = DEFAULT_FORMAT  # --format: what registered/<sample>/ and merged/ hold
+    motion_correction: str = DEFAULT_MOTION_CORRECTION  # each recording's frames onto its session's template
 
     def validate(self) -> None:
+        if self.motion_correction not in MOTION_CORRECTION_MODES:
+            raise ParameterError(f"unknown --motion-correction {self.motion_correction!r}; choose one of "
+                                 f"{', '.join(MOTION_CORRECTION_MODES)}.")
         if self.output_format not in FORMATS:
             raise ParameterError(f"unknown --format {self.output_format!r}; choose one of {', '.join(FORMATS)}.")
         if self.batch_size < 1:

@@ -63,7 +63,7 @@ def _has_stacks(plan: Plan) -> bool:
     with neither holds single-frame images only. A session of several single-frame images has project tasks too,
     so their sources' headers decide; a header that cannot be read here (the pipeline plans from headers PROBE
     read elsewhere) counts as a stack, so the hint is never lost where it may help."""
-    if any(task.kind == "split" for task in plan.tasks):
+    if any(task.kind in ("split", "motion") for task in plan.tasks):
         return True
     for task in (t for t in plan.tasks if t.kind == "project"):
         for source in task.sources or task.inputs:

@@ -14,6 +14,7 @@ import fnmatch
 import html
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,52 @@ def _registration_failures(results: Path) -> list[dict[str, Any]]:
                             "status": "failed", "reasons": [image.get("error") or "registration failed"],
                             "metrics": {}, "png_path": None})
     return records
+
+
+def _motion_records(results: Path) -> list[dict[str, Any]]:
+    """Each recording (or piece) corrected for motion: its QC numbers and shift plot (slimreg.recording)."""
+    records = []
+    for path in _find(results, f"*{layout.MOTION_JSON_SUFFIX}"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        shifts = [(s["dy"], s["dx"]) for s in data.get("shifts", []) if s.get("status") == "ok"]
+        records.append({"sample": path.parent.name, "name": path.name.removesuffix(layout.MOTION_JSON_SUFFIX),
+                        "mode": data.get("mode", ""), "frames": data.get("frames", 0),
+                        "first_frame": data.get("first_frame", 0), "qc": data.get("qc", {}),
+                        "flagged": len(data.get("blank_frames", [])) + len(data.get("nan_frames", [])),
+                        "largest_shift": max((math.hypot(dy, dx) for dy, dx in shifts), default=0.0),
+                        "png_path": path.with_name(path.name.replace(layout.MOTION_JSON_SUFFIX,
+                                                                      layout.MOTION_PNG_SUFFIX))})
+    return sorted(records, key=lambda r: (r["sample"], r["name"]))
+
+
+def _motion_section(records: list[dict[str, Any]]) -> str:
+    """A table per run: correlation of each frame with the mean and crispness of the mean, before and after
+    (CaImAn's metrics: both should rise), frames left alone, the largest shift, and the shifts over time."""
+    if not records:
+        return ""
+    rows = []
+    for r in records:
+        qc = r["qc"]
+        link = "/".join(quote(part) for part in ("..", layout.QC, r["png_path"].parent.name, r["png_path"].name))
+        plot = (f'<a href="{html.escape(link)}"><img src="{_thumbnail(r["png_path"], 400)}" '
+                f'alt="shifts of {html.escape(r["name"])}" width="400"></a>') if r["png_path"].is_file() else "no plot"
+        last = r["first_frame"] + r["frames"] - 1
+        correlation = f"{_fmt(qc.get('mean_correlation_before'))} &rarr; {_fmt(qc.get('mean_correlation_after'))}"
+        sharpness = f"{_fmt(qc.get('crispness_before'))} &rarr; {_fmt(qc.get('crispness_after'))}"
+        rows.append(f"<tr><td>{html.escape(r['sample'])}</td><td>{html.escape(r['name'])}</td>"
+                    f"<td>{html.escape(str(r['mode']))}</td><td>{r['first_frame']}-{last}</td><td>{r['flagged']}</td>"
+                    f"<td>{correlation}</td><td>{sharpness}</td><td>{_fmt(r['largest_shift'])}</td><td>{plot}</td></tr>")
+    return ('<h2 id="motion">Motion correction</h2><p class="legend">Each frame aligned to its session\'s template '
+            "before sessions are registered. Correlation: each frame with the recording's mean (mean over frames); "
+            "crispness: sharpness of the mean image (norm of its gradient). Both rise when motion was removed. "
+            "Blank or NaN frames are left as recorded. Per-frame shifts: transforms/&lt;sample&gt;/&lt;recording&gt;"
+            '.shifts.csv.</p><div class="wide"><table class="motion"><thead><tr><th>sample</th><th>recording</th>'
+            "<th>mode</th><th>frames</th><th>blank/NaN frames</th><th>correlation with mean</th><th>crispness</th>"
+            f"<th>largest shift px</th><th>shifts (dy blue, dx red)</th></tr></thead><tbody>{''.join(rows)}"
+            "</tbody></table></div>")
 
 
 def _thumbnail(png: Path, width: int = 320) -> str:
@@ -285,10 +332,11 @@ def _fmt(value: Any) -> str:
 
 
 def _origins(path: str, producers: dict[str, Task]) -> list[str]:
-    """The samplesheet files ``path`` was made from: through split and project tasks, whose outputs are the same
-    images in another form (pieces, a session's projection); any other path is its own origin."""
+    """The samplesheet files ``path`` was made from: through split, motion and project tasks, whose outputs are the
+    same images in another form (pieces, corrected pieces, a session's projection); any other path is its own
+    origin."""
     task = producers.get(path)
-    if task is None or task.kind not in ("split", "project"):
+    if task is None or task.kind not in ("split", "template", "motion", "project"):
         return [path]
     return list(dict.fromkeys(origin for source in task.inputs for origin in _origins(source, producers)))
 
@@ -446,6 +494,7 @@ p.reference {{ font-size: 14px; color: #222; }}
 {_outcomes_table(_task_outcomes(results))}
 {_legend_section(*_thresholds(records)) if records else ''}
 {''.join(sections) or '<p>No QC results found.</p>'}
+{_motion_section(_motion_records(results))}
 {'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
 <h2>Memory and time per task: estimated vs measured</h2>
 {_memory_svg(memory_rows)}

@@ -46,6 +46,7 @@ from slimreg.options import (
     DEFAULT_FORMAT,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODE,
+    DEFAULT_MOTION_CORRECTION,
     DEFAULT_PRESET,
     DEFAULT_QC_MAX_DIM,
     DEFAULT_TILE_SIZE,
@@ -192,7 +193,8 @@ def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGI
              channel: str | None = None, non_rigid: bool = True, micro: bool = True,
              batch_size: int = DEFAULT_BATCH_SIZE, max_frames: int | None = None, max_chunk_gb: float | None = None,
              merge_chunks: bool = False, merge_channels: bool = False, merge_nuclear_once: bool = False,
-             output_format: str = DEFAULT_FORMAT, mode: str = DEFAULT_MODE, workers: int = 1,
+             output_format: str = DEFAULT_FORMAT, motion_correction: str = DEFAULT_MOTION_CORRECTION,
+             mode: str = DEFAULT_MODE, workers: int = 1,
              timeout_per_task: float | None = None, max_retries: int = DEFAULT_MAX_RETRIES, resume: bool = False,
              force: bool = False, memory_debug: bool = False, tile_size: int = DEFAULT_TILE_SIZE,
              compression: str = DEFAULT_COMPRESSION, qc_max_dim: int = DEFAULT_QC_MAX_DIM,
@@ -224,7 +226,7 @@ def run_job(input: str | Path, outdir: str | Path, *, engine: str = DEFAULT_ENGI
     plan_settings = PlanSettings(batch_size=batch_size, max_frames=max_frames, max_chunk_gb=max_chunk_gb,
                                  merge_chunks=merge_chunks, merge_channels=merge_channels,
                                  merge_nuclear_once=merge_nuclear_once, qc_max_dim=qc_max_dim, workers=workers,
-                                 output_format=output_format)
+                                 output_format=output_format, motion_correction=motion_correction)
     plan = build_plan(sheet, root, registration, plan_settings)
     inputs = refuse_outputs_over_inputs(plan, sheet, root)
     # nothing slimreg writes, plan files and logs included, may land on the samplesheet or a file it names

@@ -14,7 +14,8 @@ from scipy import ndimage
 
 from slimreg.cli import main
 from slimreg.errors import InputError
-from slimreg.motion import PatchGrid, correct_motion
+from slimreg.motion import PatchGrid
+from slimreg.recording import correct_motion
 
 MOVIE = Path(__file__).resolve().parents[2] / "shared" / "data" / "calcium-movie" / "sima_example.tif"
 if not MOVIE.exists():

@@ -22,6 +22,7 @@ PIPELINE = {"engine": (options.ENGINES, options.DEFAULT_ENGINE), "preset": (opti
                                                                           options.DEFAULT_PRESET),
             "compression": (options.COMPRESSIONS, options.DEFAULT_COMPRESSION),
             "format": (options.FORMATS, options.DEFAULT_FORMAT),
+            "motion_correction": (options.MOTION_CORRECTION_MODES, options.DEFAULT_MOTION_CORRECTION),
             "tile_size": (None, options.DEFAULT_TILE_SIZE), "batch_size": (None, options.DEFAULT_BATCH_SIZE),
             "qc_max_dim": (None, options.DEFAULT_QC_MAX_DIM)}
 
@@ -47,9 +48,11 @@ def test_the_cli_and_the_python_api_default_to_the_same_values() -> None:
                           ("compression", options.DEFAULT_COMPRESSION), ("tile_size", options.DEFAULT_TILE_SIZE),
                           ("batch_size", options.DEFAULT_BATCH_SIZE), ("qc_max_dim", options.DEFAULT_QC_MAX_DIM),
                           ("mode", options.DEFAULT_MODE), ("max_retries", options.DEFAULT_MAX_RETRIES),
-                          ("output_format", options.DEFAULT_FORMAT)):
+                          ("output_format", options.DEFAULT_FORMAT),
+                          ("motion_correction", options.DEFAULT_MOTION_CORRECTION)):
         assert getattr(args, name) == default == api[name], name
     settings, plan = RegistrationSettings(), PlanSettings()
     assert (settings.engine, settings.preset, settings.tile_size, settings.compression) == (
         options.DEFAULT_ENGINE, options.DEFAULT_PRESET, options.DEFAULT_TILE_SIZE, options.DEFAULT_COMPRESSION)
-    assert (plan.batch_size, plan.qc_max_dim) == (options.DEFAULT_BATCH_SIZE, options.DEFAULT_QC_MAX_DIM)
+    assert (plan.batch_size, plan.qc_max_dim, plan.motion_correction) == (
+        options.DEFAULT_BATCH_SIZE, options.DEFAULT_QC_MAX_DIM, options.DEFAULT_MOTION_CORRECTION)

@@ -69,7 +69,9 @@ def test_long_stack_is_split_into_pieces_of_one_session(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "long.ome.tif", frames, metadata={"axes": "TYX"})
     tifffile.imwrite(tmp_path / "other.ome.tif", frames[:50], metadata={"axes": "TYX"})
     sheet = _sheet(tmp_path, ["rec,other.ome.tif,true,s1,", "rec,long.ome.tif,false,s2,"])
-    plan = build_plan(read_samplesheet(sheet), tmp_path / "out", FEATURE, PlanSettings(max_frames=300))
+    plan = build_plan(read_samplesheet(sheet), tmp_path / "out", FEATURE,
+                      PlanSettings(max_frames=300, motion_correction="off"))
+    assert not [t for t in plan.tasks if t.kind in ("template", "motion")]
     split = [t for t in plan.tasks if t.kind == "split"]
     assert len(split) == 1 and len(split[0].outputs) == 4
     assert [(p["start"], p["stop"]) for p in split[0].params["pieces"]] == [(0, 300), (300, 600), (600, 900),
@@ -79,6 +81,49 @@ def test_long_stack_is_split_into_pieces_of_one_session(tmp_path: Path) -> None:
     assert unit["name"] == "s2" and unit["apply_to"] == split[0].outputs  # one transform for all four pieces
     assert register.params["reference"].endswith("s1.projection.ome.tif")
     assert sorted(register.depends_on) == sorted(["project-rec-s1", "project-rec-s2", split[0].id])
+
+
+def test_recordings_are_corrected_for_motion_in_pieces_against_one_template(tmp_path: Path) -> None:
+    """--motion-correction (on by default): one template task per session, one motion task per piece of each
+    recording (the reference's whole), and the corrected pieces are what the projection, REGISTER and the
+    reference's publish task read; an RGB section or a single-frame image gets none."""
+    frames = np.random.default_rng(0).integers(0, 4000, (1000, 24, 32), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "long.ome.tif", frames, metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "other.ome.tif", frames[:500], metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "still.ome.tif", frames[0], metadata={"axes": "YX"})
+    sheet = _sheet(tmp_path, ["rec,other.ome.tif,true,s1,", "rec,long.ome.tif,false,s2,",
+                              "rec,still.ome.tif,false,s2,"])
+    plan = build_plan(read_samplesheet(sheet), tmp_path / "out", FEATURE,
+                      PlanSettings(max_frames=300, motion_correction="piecewise"))
+    by_id = {t.id: t for t in plan.tasks}
+    assert [t.id for t in plan.tasks if t.kind == "template"] == ["template-rec-s1", "template-rec-s2"]
+    assert by_id["template-rec-s2"].inputs == [str(tmp_path / "long.ome.tif")]  # the recording, not the still
+    motion = [t for t in plan.tasks if t.kind == "motion"]
+    assert [(t.id, t.params["start"], t.params["stop"]) for t in motion] == [
+        ("motion-rec-other", 0, 500), ("motion-rec-long_b1", 0, 300), ("motion-rec-long_b2", 300, 600),
+        ("motion-rec-long_b3", 600, 900), ("motion-rec-long_b4", 900, 1000)]
+    assert all(t.params["mode"] == "piecewise" for t in motion)
+    assert all(t.depends_on == ["template-rec-s1" if t.id.endswith("other") else "template-rec-s2"] for t in motion)
+    assert not [t for t in plan.tasks if t.kind == "split"]
+    corrected = [t.outputs[0] for t in motion[1:]]
+    assert by_id["project-rec-s2"].inputs == [*corrected, str(tmp_path / "still.ome.tif")]
+    (unit,) = by_id["register-rec-b1"].params["units"]
+    assert unit["apply_to"] == [*corrected, str(tmp_path / "still.ome.tif")]
+    assert by_id["publish-rec-reference-other"].inputs == [motion[0].outputs[0]]
+    assert set(by_id["report"].inputs) >= {t.outputs[2] for t in motion}  # the report reads each motion record
+    assert all(t.peak_memory_bytes > 0 and t.disk_bytes > 0 for t in motion)
+
+
+def test_a_single_recording_is_corrected_and_published(demo_dir: Path, tmp_path: Path) -> None:
+    """A sample of one recording has nothing to register, but its frames are still corrected and the corrected
+    copy published (the commonest calcium-imaging case); with --motion-correction off it passes through."""
+    sheet = _sheet(tmp_path, [f"rec,{demo_dir / 'calcium_s1.ome.tif'},true,,"])
+    kinds = [t.kind for t in build_plan(read_samplesheet(sheet), tmp_path / "out", FEATURE).tasks]
+    assert kinds == ["template", "motion", "publish", "report"]
+    off = build_plan(read_samplesheet(sheet), tmp_path / "out", FEATURE, PlanSettings(motion_correction="off"))
+    assert [t.kind for t in off.tasks] == ["report"] and "nothing to register" in off.notes[0]
+    with pytest.raises(ParameterError, match="motion-correction"):
+        PlanSettings(motion_correction="elastic").validate()
 
 
 def test_split_is_lossless(tmp_path: Path) -> None:

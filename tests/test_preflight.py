@@ -42,7 +42,7 @@ def test_cli_prints_summary_and_writes_preflight_json(demo_sheet: Path, tmp_path
     report = json.loads((tmp_path / "out" / "preflight.json").read_text())
     assert report["verdict"] in ("ok", "warn")
     kinds = {t["kind"] for t in report["tasks"]}
-    assert {"split", "project", "register", "qc", "report"} <= kinds
+    assert {"template", "motion", "project", "register", "qc", "report"} <= kinds  # recordings: motion, not split
     assert all(t["peak_memory_bytes"] > 0 and t["disk_bytes"] > 0 for t in report["tasks"])
     assert report["available"]["memory_bytes"] > 0
 

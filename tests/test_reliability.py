@@ -747,10 +747,12 @@ def test_pixel_sizes_no_microscope_has_are_unknown_with_one_warning(tmp_path: Pa
                       PlanSettings())
     projections = [t for t in plan.tasks if t.kind == "project"]
     assert len(projections) == 2
-    for task in projections:
+    # the stacks' frames are corrected for motion first (on by default), then projected: neither writes a size
+    for task in [t for t in plan.tasks if t.kind in ("template", "motion", "project")]:
         execute(plan, task, tmp_path / "out")
-        with tifffile.TiffFile(tmp_path / "out" / task.outputs[0]) as written:
-            assert written.is_ome and "PhysicalSize" not in written.ome_metadata
+        if task.kind != "template":
+            with tifffile.TiffFile(tmp_path / "out" / task.outputs[0]) as written:
+                assert written.is_ome and "PhysicalSize" not in written.ome_metadata
 
 
 def test_microscope_pixel_sizes_are_kept_in_any_unit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

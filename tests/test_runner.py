@@ -35,6 +35,12 @@ def test_end_to_end_outputs_and_qc(demo_sheet: Path, tmp_path: Path, capsys: pyt
     assert len(list((out / "registered" / "calcium").glob("calcium_s2_part*_b*.ome.tif"))) == 4
     assert (out / "registered" / "calcium" / "s2.ome.tif").is_file()  # merged session
     assert json.loads((out / "qc" / "calcium" / "s2_qc.json").read_text())["status"] == "pass"
+    # the recordings' frames were corrected for motion first (on by default): shifts and QC per piece
+    assert (out / "registered" / "calcium" / "calcium_s1.ome.tif").is_file()  # the corrected reference
+    for piece in ("calcium_s1", "calcium_s2_part1_b1", "calcium_s2_part1_b2", "calcium_s2_part2_b2"):
+        assert (out / "transforms" / "calcium" / f"{piece}.shifts.csv").is_file(), piece
+        record = json.loads((out / "qc" / "calcium" / f"{piece}.motion.json").read_text())
+        assert record["qc"]["mean_correlation_after"] >= record["qc"]["mean_correlation_before"], piece
     for name in ("preflight.json", "plan.json", "plan.csv", "versions.yml", "run.log", "run_summary.json"):
         assert (out / "pipeline_info" / name).is_file()
     assert (out / "report" / "report.html").is_file() and (out / "report" / "metrics.csv").is_file()

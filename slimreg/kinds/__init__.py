@@ -7,11 +7,11 @@ order a sample's tasks run in.
 from __future__ import annotations
 
 from slimreg.errors import InputError
-from slimreg.kinds import channels, merge, project, publish, qc, register, report, split
+from slimreg.kinds import channels, merge, motion, project, publish, qc, register, report, split, template
 from slimreg.kinds.base import EstimateContext, Kind, NoParams, Params, RunContext
 
-KINDS: dict[str, Kind] = {k.name: k for k in (split.KIND, project.KIND, register.KIND, merge.KIND, channels.KIND,
-                                               publish.KIND, qc.KIND, report.KIND)}
+KINDS: dict[str, Kind] = {k.name: k for k in (split.KIND, template.KIND, motion.KIND, project.KIND, register.KIND,
+                                               merge.KIND, channels.KIND, publish.KIND, qc.KIND, report.KIND)}
 
 
 def kind_named(name: str, task_id: str = "") -> Kind:

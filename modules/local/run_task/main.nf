@@ -1,7 +1,6 @@
 process RUN_TASK {
-    // one task of the plan (split, project, register, merge or qc), included under each kind's process name
-    // (slimreg.kinds: SPLIT_STACK, PROJECT_SESSION, REGISTER, MERGE_CHUNKS, MERGE_CHANNELS, PUBLISH_IMAGE,
-    // GENERATE_REGISTRATION_QC)
+    // one task of the plan, included under each kind's process name (slimreg.kinds: SPLIT_STACK, BUILD_TEMPLATE,
+    // CORRECT_MOTION, PROJECT_SESSION, REGISTER, MERGE_CHUNKS, MERGE_CHANNELS, PUBLISH_IMAGE, GENERATE_REGISTRATION_QC)
     tag "${meta.id}"
 
     conda "${moduleDir}/../../../environment.yml"
@@ -36,7 +35,7 @@ process RUN_TASK {
 ${spec}
 END_OF_TASK_SPEC
     slimreg run-task --spec task.json --root . --keep-going --memory-log ${meta.id}.memory.json ${args}
-    for made in qc/*/*_qc.* transforms/*/*.register.json; do
+    for made in qc/*/*_qc.* qc/*/*.motion.* transforms/*/*.register.json; do
         if [ -f "\$made" ]; then mkdir -p "report_inputs/\$(dirname "\$made")" && ln "\$made" "report_inputs/\$made"; fi
     done
     slimreg versions --process ${task.process} > versions.yml

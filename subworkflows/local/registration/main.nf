@@ -3,6 +3,7 @@
 // PROBE reads each samplesheet file's header where it is staged; PLAN turns the headers into tasks (plan.csv)
 // and one spec per task; each task runs with `slimreg run-task --spec` in RUN_TASK, included under its kind's
 // process name, its samplesheet files staged by Nextflow and the files of the tasks it depends on beside them.
+// Recordings are corrected for motion first (BUILD_TEMPLATE once per session, then CORRECT_MOTION per piece).
 // An image that cannot be registered is recorded by its REGISTER task, which still succeeds: its batch-mates are
 // registered and checked, the report lists the failure first, and RUN_OUTCOME then ends the run non-zero.
 //
@@ -10,6 +11,8 @@
 include { PROBE                                } from '../../../modules/local/probe'
 include { PLAN                                 } from '../../../modules/local/plan'
 include { RUN_TASK as SPLIT_STACK              } from '../../../modules/local/run_task'
+include { RUN_TASK as BUILD_TEMPLATE           } from '../../../modules/local/run_task'
+include { RUN_TASK as CORRECT_MOTION           } from '../../../modules/local/run_task'
 include { RUN_TASK as PROJECT_SESSION          } from '../../../modules/local/run_task'
 include { RUN_TASK as REGISTER                 } from '../../../modules/local/run_task'
 include { RUN_TASK as MERGE_CHUNKS             } from '../../../modules/local/run_task'
@@ -18,6 +21,8 @@ include { RUN_TASK as PUBLISH_IMAGE            } from '../../../modules/local/ru
 include { RUN_TASK as GENERATE_REGISTRATION_QC } from '../../../modules/local/run_task'
 include { REPORT                               } from '../../../modules/local/report'
 include { RUN_OUTCOME                          } from '../../../modules/local/run_outcome'
+include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_TEMPLATES               } from '../wait_for_dependencies'
+include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_CORRECTED_FRAMES         } from '../wait_for_dependencies'
 include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_SPLITS_AND_PROJECTIONS } from '../wait_for_dependencies'
 include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_REGISTRATION_TO_MERGE  } from '../wait_for_dependencies'
 include { WAIT_FOR_DEPENDENCIES as WAIT_FOR_REGISTRATION_TO_QC     } from '../wait_for_dependencies'
@@ -58,6 +63,8 @@ workflow REGISTRATION {
         }
         .branch { meta, _spec, _sources ->
             split: meta.kind == 'split'
+            template: meta.kind == 'template'
+            motion: meta.kind == 'motion'
             project: meta.kind == 'project'
             register: meta.kind == 'register'
             merge: meta.kind == 'merge'
@@ -66,12 +73,19 @@ workflow REGISTRATION {
             qc: meta.kind == 'qc'
         }
 
-    // splits and projections read samplesheet files only: they start at once
+    // splits and motion templates read samplesheet files only: they start at once. A path output matching one
+    // file is a bare Path (Path + List would iterate its name components): wrap every output in a list
     SPLIT_STACK(ch_tasks.split.map { meta, spec, sources -> [meta, spec, sources, []] })
-    PROJECT_SESSION(ch_tasks.project.map { meta, spec, sources -> [meta, spec, sources, []] })
-    // a path output matching one file is a bare Path (Path + List would iterate its name components): wrap every
-    // output in a list
+    BUILD_TEMPLATE(ch_tasks.template.map { meta, spec, sources -> [meta, spec, sources, []] })
+    // each piece of a recording corrected for motion (--motion_correction) when its session's template is built
+    WAIT_FOR_TEMPLATES(ch_tasks.motion, BUILD_TEMPLATE.out.files.map { meta, files -> [meta.id, [files].flatten()] })
+    CORRECT_MOTION(WAIT_FOR_TEMPLATES.out.ready)
+    ch_corrected = CORRECT_MOTION.out.files.map { meta, files -> [meta.id, [files].flatten()] }
+    // a session's projection from its samplesheet files at once or, corrected for motion, when its pieces are
+    WAIT_FOR_CORRECTED_FRAMES(ch_tasks.project, ch_corrected)
+    PROJECT_SESSION(WAIT_FOR_CORRECTED_FRAMES.out.ready)
     ch_stage_one = SPLIT_STACK.out.files.mix(PROJECT_SESSION.out.files).map { meta, files -> [meta.id, [files].flatten()] }
+        .mix(ch_corrected)
 
     // each REGISTER (the reference plus up to --batch_size moving sessions) when its own splits and projections are
     // done
@@ -89,7 +103,7 @@ workflow REGISTRATION {
     // the reference into registered/<sample>/ (from its samplesheet file, at once) and, with --format ome-zarr,
     // each registered or merged OME-TIFF converted, when the task that wrote it is done
     ch_merged = MERGE_CHUNKS.out.files.mix(MERGE_CHANNELS.out.files).map { meta, files -> [meta.id, [files].flatten()] }
-    WAIT_FOR_IMAGES_TO_PUBLISH(ch_tasks.publish, ch_registered.mix(ch_merged))
+    WAIT_FOR_IMAGES_TO_PUBLISH(ch_tasks.publish, ch_registered.mix(ch_merged, ch_corrected))
     PUBLISH_IMAGE(WAIT_FOR_IMAGES_TO_PUBLISH.out.ready)
     WAIT_FOR_REGISTRATION_TO_QC(ch_tasks.qc, ch_stage_one.mix(ch_registered))
     GENERATE_REGISTRATION_QC(WAIT_FOR_REGISTRATION_TO_QC.out.ready)
@@ -97,7 +111,8 @@ workflow REGISTRATION {
     // the report, from every QC result, every register log and every task's measured memory: the one step that
     // waits for all; it runs on an empty list too (a sheet of single-image samples registers nothing)
     ch_report_inputs = REGISTER.out.results
-        .mix(GENERATE_REGISTRATION_QC.out.results, SPLIT_STACK.out.memory, PROJECT_SESSION.out.memory,
+        .mix(GENERATE_REGISTRATION_QC.out.results, CORRECT_MOTION.out.results, SPLIT_STACK.out.memory,
+            BUILD_TEMPLATE.out.memory, CORRECT_MOTION.out.memory, PROJECT_SESSION.out.memory,
             REGISTER.out.memory, MERGE_CHUNKS.out.memory, MERGE_CHANNELS.out.memory, PUBLISH_IMAGE.out.memory,
             GENERATE_REGISTRATION_QC.out.memory)
         .flatten()
@@ -114,7 +129,8 @@ workflow REGISTRATION {
     RUN_OUTCOME(ch_failures)
 
     ch_versions = ch_versions.mix(
-        SPLIT_STACK.out.versions.first(), PROJECT_SESSION.out.versions.first(), REGISTER.out.versions.first(),
+        SPLIT_STACK.out.versions.first(), BUILD_TEMPLATE.out.versions.first(), CORRECT_MOTION.out.versions.first(),
+        PROJECT_SESSION.out.versions.first(), REGISTER.out.versions.first(),
         MERGE_CHUNKS.out.versions.first(), MERGE_CHANNELS.out.versions.first(), PUBLISH_IMAGE.out.versions.first(),
         GENERATE_REGISTRATION_QC.out.versions.first(),
         REPORT.out.versions

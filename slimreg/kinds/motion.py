@@ -1,0 +1,68 @@
+"""``motion``: frames ``[start, stop)`` of one recording corrected against its session's template
+(``--motion-correction``), written as the piece that the session's projection and registration then use, with its
+per-frame shifts (CSV, JSON) and their plot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from slimreg.estimate import PROCESS_BASE, PYRAMID_DISK_FACTOR, SAFETY, write_bytes
+from slimreg.kinds.base import EstimateContext, Params, RunContext
+
+if TYPE_CHECKING:
+    from slimreg.plan_model import Task
+
+# per pixel of one frame: the template and its spectrum, one frame's FFTs, the two running means (float64), a
+# moved plane, its copy in the file's type and the correlations' float64 copies; piecewise adds cv2.remap's maps
+MOTION_PER_PX = {"rigid": 96, "piecewise": 160}
+
+
+@dataclass(frozen=True)
+class MotionParams(Params):
+    channel: int  # the registration channel: shifts are measured on it and every channel is moved alike
+    start: int
+    stop: int
+    mode: str  # rigid | piecewise
+    tile_size: int
+    compression: str
+
+
+class MotionKind:
+    name = "motion"
+    process = "CORRECT_MOTION"
+    params = MotionParams
+
+    def estimate(self, task: Task, ctx: EstimateContext) -> tuple[int, int]:
+        from slimreg.recording import chunk_frames_for
+
+        params = MotionParams.from_json(task.params)
+        source = ctx.info(task.inputs[0])
+        frames = params.stop - params.start
+        corrected = replace(source, frames=frames, size_t=frames, file_bytes=int(source.file_bytes * frames /
+                                                                                  max(1, source.frames)))
+        ctx.produced[task.outputs[0]] = corrected
+        pixels = source.width * source.height
+        chunk = chunk_frames_for((source.height, source.width))
+        peak = (PROCESS_BASE + 2 * 4 * chunk * pixels + MOTION_PER_PX[params.mode] * pixels
+                + write_bytes(corrected, params.tile_size))
+        raw = frames * source.channels * pixels * np.dtype(source.dtype).itemsize  # the scratch file
+        return int(SAFETY * peak), int(raw + corrected.file_bytes * PYRAMID_DISK_FACTOR)
+
+    def run(self, task: Task, ctx: RunContext) -> None:
+        from slimreg.recording import MotionOutputs, StackFrames, correct_recording, read_template
+
+        params = MotionParams.from_json(task.params)
+        corrected, shifts, record, plot = (ctx.where.output(p) for p in task.outputs)
+        with ctx.tracker.step(task.id):
+            frames = StackFrames(Path(ctx.inputs[task.inputs[0]]), params.channel, params.start, params.stop)
+            template = read_template(ctx.inputs[task.inputs[1]], frames.shape)
+            correct_recording(frames, template, params.mode, MotionOutputs(corrected, shifts, record, plot),
+                              name=Path(task.outputs[0]).name.removesuffix(".ome.tif"), tile_size=params.tile_size,
+                              compression=params.compression)
+
+
+KIND = MotionKind()

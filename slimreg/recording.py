@@ -1,0 +1,398 @@
+"""A recording's frames corrected for motion and written, streamed: what `slimreg motion-correct` runs on one file
+and what the plan's ``template`` and ``motion`` tasks run on a session's stacks (slimreg.kinds.template, .motion).
+
+Frames are read a chunk at a time and every chunk's corrected frames go to a raw scratch file, so peak memory
+depends on the frame size and the chunk, not on the number of frames. Two passes: (1) each frame's shift against
+the template (the registration channel), every channel of the frame moved by it into the scratch file, and the
+means before and after; (2) each frame's correlation with those means (CaImAn's metric). The OME-TIFF is then
+written from the scratch file one plane at a time (``write_planes`` writes under a temporary name). A long
+recording's pieces are corrected as separate tasks against one shared template: each frame is corrected on its
+own, so the pieces hold exactly the frames one task would have written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+import tifffile
+
+from slimreg.atomic import atomic_output
+from slimreg.errors import InputError, ParameterError
+from slimreg.motion import (
+    MODES,
+    FrameShift,
+    PatchGrid,
+    apply_frame_shift,
+    build_template,
+    crispness,
+    frame_correlation,
+    frame_shifts,
+    template_spectrum,
+)
+
+# frames of the registration channel held at once (float32): a few dozen 512 x 512 frames
+CHUNK_BYTES = 32 * 1024**2
+
+
+class Frames(Protocol):
+    """Frames of a recording: ``frame(i)`` is frame ``i``'s registration channel, ``frame(i, c)`` channel ``c``."""
+
+    path: Path
+    count: int
+    shape: tuple[int, int]
+    dtype: np.dtype
+    channel: int
+    channel_names: tuple[str, ...]
+    pixel_size_um: tuple[float, float] | None
+
+    def frame(self, index: int, channel: int | None = None) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class PageFrames:
+    """A plain TIFF of one grey plane per page (`slimreg motion-correct`'s input); every page checked against the
+    first before any pixel is read."""
+
+    channel = 0
+    channel_names = ("frames",)
+    pixel_size_um = None
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tif = tifffile.TiffFile(path)
+        self.tif.pages.cache = False  # a page's header would otherwise be kept: memory growing with length
+        self.count = len(self.tif.pages)
+        if self.count == 0:
+            raise InputError("the file holds no frames.", path=path)
+        first = self.tif.pages[0]
+        self.shape, self.dtype = first.shape, first.dtype
+        if len(self.shape) != 2:
+            raise InputError(f"frame 0 has shape {self.shape}; motion correction takes one grey plane per page.",
+                             path=path, fix="split channels into separate files first.")
+        for index in range(1, self.count):
+            page = self.tif.pages[index]
+            if page.shape != self.shape or page.dtype != self.dtype:
+                raise InputError(f"frame {index} is {page.shape} {page.dtype}, frame 0 is {self.shape} "
+                                 f"{self.dtype}: a recording's frames must all have one size and type.", path=path,
+                                 fix=f"cut the file before frame {index} or resample the frames.")
+
+    def frame(self, index: int, channel: int | None = None) -> np.ndarray:
+        return self.tif.pages[index].asarray().astype(np.float32)
+
+    def close(self) -> None:
+        self.tif.close()
+
+
+class StackFrames:
+    """Frames ``[start, stop)`` of an OME stack (a time series: one Z), every channel, read one plane at a time."""
+
+    def __init__(self, path: Path, channel: int, start: int = 0, stop: int | None = None):
+        from slimreg.io.read import TiffImage
+
+        self.image = TiffImage(path, access="random")
+        info = self.image.info
+        if info.is_rgb or info.size_z > 1:
+            raise InputError("is not a grey time series (RGB, or Z planes): motion correction takes one grey "
+                             "plane per channel and time point.", path,
+                             "register it without motion correction: --motion-correction off.")
+        stop = info.frames if stop is None else stop
+        if not 0 <= start < stop <= info.frames:
+            raise InputError(f"frames {start}-{stop} asked for, but the file holds {info.frames}.", path,
+                             "plan again from the file as it is now.")
+        if not 0 <= channel < info.channels:
+            raise InputError(f"channel {channel} asked for, but the file has {info.channels}.", path,
+                             "plan again from the file as it is now.")
+        self.path, self.start, self.count, self.channel = Path(path), start, stop - start, channel
+        self.shape, self.dtype = (info.height, info.width), np.dtype(info.dtype)
+        self.channel_names, self.pixel_size_um = tuple(info.channel_names), info.pixel_size_um
+
+    def frame(self, index: int, channel: int | None = None) -> np.ndarray:
+        plane = self.image.plane(0, self.channel if channel is None else channel, self.start + index)
+        return np.asarray(plane.numpy(), dtype=np.float32)
+
+    def close(self) -> None:
+        """Nothing held open: each plane is opened when read."""
+
+
+def chunk_frames_for(shape: tuple[int, int]) -> int:
+    """Frames per chunk: CHUNK_BYTES of float32 frames, at least one."""
+    return max(1, CHUNK_BYTES // (4 * shape[0] * shape[1]))
+
+
+def _chunks(frames: Frames, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first index, registration-channel frames) of consecutive chunks of at most ``chunk`` frames."""
+    for start in range(0, frames.count, chunk):
+        stop = min(start + chunk, frames.count)
+        yield start, np.stack([frames.frame(i) for i in range(start, stop)])
+
+
+def session_template(recordings: list[Frames]) -> np.ndarray:
+    """One template for a session's recordings: frames spread over all of them, in order (slimreg.motion)."""
+    offsets = np.cumsum([0] + [r.count for r in recordings])
+
+    def frame_at(index: int) -> np.ndarray:
+        which = int(np.searchsorted(offsets, index, side="right")) - 1
+        return recordings[which].frame(index - int(offsets[which]))
+
+    shapes = {r.shape for r in recordings}
+    if len(shapes) > 1:
+        raise InputError(f"the session's recordings have frames of different sizes ({sorted(shapes)}).",
+                         recordings[0].path, "put recordings of different sizes in different sessions.")
+    return build_template(frame_at, int(offsets[-1]), recordings[0].path)
+
+
+def write_template(template: np.ndarray, path: str | Path) -> Path:
+    """The template as a float32 TIFF, under a temporary name until complete."""
+    with atomic_output(path) as tmp:
+        tifffile.imwrite(tmp, template.astype(np.float32))
+    return Path(path)
+
+
+def read_template(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    template = tifffile.imread(path).astype(np.float32)
+    if template.shape != shape:
+        raise InputError(f"the template is {template.shape}, the frames {shape}: it belongs to another session.",
+                         path, "plan and run again: the template task writes the session's own.")
+    return template
+
+
+@dataclass(frozen=True)
+class MotionOutputs:
+    """Where one corrected recording and its records go."""
+
+    corrected: Path
+    shifts_csv: Path
+    json: Path
+    plot: Path
+
+    @classmethod
+    def in_folder(cls, outdir: Path, stem: str) -> MotionOutputs:
+        return cls(outdir / f"{stem}.corrected.ome.tif", outdir / f"{stem}.shifts.csv", outdir / f"{stem}.motion.json",
+                   outdir / f"{stem}.motion.png")
+
+
+@dataclass
+class MotionResult:
+    """What ``correct_recording`` wrote and measured."""
+
+    outputs: dict[str, str]
+    frames: int
+    mode: str
+    blank_frames: list[int]
+    nan_frames: list[int]
+    qc: dict[str, float]
+    shifts: list[FrameShift] = field(repr=False, default_factory=list)
+
+
+def correct_motion(input_path: str | Path, outdir: str | Path, *, mode: str = "rigid",
+                   chunk_frames: int = 100) -> MotionResult:
+    """`slimreg motion-correct`: one TIFF recording against its own template; outputs in ``outdir``."""
+    _check_mode(mode)
+    if chunk_frames < 1:
+        raise ParameterError(f"--chunk-frames must be at least 1, got {chunk_frames}.")
+    input_path, outdir = Path(input_path), Path(outdir)
+    frames = PageFrames(input_path)  # refuses a mid-file size or type change before anything is written
+    try:
+        template = session_template([frames])
+        outdir.mkdir(parents=True, exist_ok=True)
+        stem = input_path.name.split(".")[0]
+        return correct_recording(frames, template, mode, MotionOutputs.in_folder(outdir, stem), name=stem,
+                                 chunk_frames=chunk_frames, pyramid=False)
+    finally:
+        frames.close()
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ParameterError(f"unknown motion-correction mode {mode!r}.", fix=f"use one of {', '.join(MODES)}.")
+
+
+def correct_recording(frames: Frames, template: np.ndarray, mode: str, outputs: MotionOutputs, *, name: str,
+                      chunk_frames: int | None = None, tile_size: int = 512, compression: str = "deflate",
+                      pyramid: bool = True) -> MotionResult:
+    """Correct every frame against ``template`` and write the corrected OME-TIFF (every channel, moved alike),
+    the shifts (CSV and JSON) and their plot; frame numbers in the records count from the recording's start."""
+    _check_mode(mode)
+    chunk = chunk_frames or chunk_frames_for(frames.shape)
+    outputs.corrected.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=outputs.corrected.parent, prefix=".motion-") as work:
+        scratch = Path(work) / "corrected.raw"
+        shifts, mean_before, mean_after = _correct_to_scratch(frames, template, scratch, mode, chunk)
+        before, after = _frame_correlations(frames, scratch, mean_before, mean_after, chunk)
+        _write_recording(frames, scratch, outputs.corrected, name, tile_size, compression, pyramid)
+    _write_csv(outputs.shifts_csv, shifts, mode)
+    plot_shifts(shifts, outputs.plot)
+    qc = _qc_numbers(mean_before, mean_after, before, after)
+    result = MotionResult({"corrected": str(outputs.corrected), "shifts_csv": str(outputs.shifts_csv),
+                           "plot": str(outputs.plot), "json": str(outputs.json)}, frames.count, mode,
+                          [s.frame for s in shifts if s.status == "blank"],
+                          [s.frame for s in shifts if s.status == "nan"], qc, shifts)
+    _write_json(outputs.json, result, before, after, first_frame=getattr(frames, "start", 0))
+    return result
+
+
+def _channels(frames: Frames) -> int:
+    return len(frames.channel_names)
+
+
+def _scratch_planes(scratch: Path, frames: Frames, first_plane: int, count: int) -> np.ndarray:
+    """Planes [first, first + count) of the raw scratch file (frame-major, channels within a frame), read (not
+    mapped: RSS stays bounded)."""
+    pixels = frames.shape[0] * frames.shape[1]
+    with open(scratch, "rb") as handle:
+        handle.seek(first_plane * pixels * frames.dtype.itemsize)
+        data = np.fromfile(handle, dtype=frames.dtype, count=count * pixels)
+    return data.reshape(count, *frames.shape)
+
+
+def _to_dtype(frame: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A float frame back to the input's type: rounded and clipped for integers."""
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(np.nan_to_num(frame)), info.min, info.max).astype(dtype)
+    return frame.astype(dtype)
+
+
+def _correct_to_scratch(frames: Frames, template: np.ndarray, scratch: Path, mode: str,
+                        chunk: int) -> tuple[list[FrameShift], np.ndarray, np.ndarray]:
+    """Pass 1: shifts, every channel of every frame moved into the scratch file, the means before and after."""
+    grid = PatchGrid.for_shape(frames.shape) if mode == "piecewise" else None
+    spectrum = template_spectrum(template)
+    shifts: list[FrameShift] = []
+    sum_before = np.zeros(frames.shape, np.float64)
+    sum_after = np.zeros(frames.shape, np.float64)
+    good = 0
+    with open(scratch, "wb") as handle:
+        for start, chunk_frames in _chunks(frames, chunk):
+            chunk_shifts = frame_shifts(chunk_frames, start, spectrum, template, grid)
+            for frame, shift in zip(chunk_frames, chunk_shifts, strict=True):
+                for channel in range(_channels(frames)):
+                    plane = frame if channel == frames.channel else frames.frame(shift.frame, channel)
+                    moved = apply_frame_shift(plane, shift, grid)
+                    _to_dtype(moved, frames.dtype).tofile(handle)
+                    if channel == frames.channel and shift.status == "ok":
+                        sum_before += frame
+                        sum_after += moved
+                        good += 1
+            shifts += chunk_shifts
+    good = max(good, 1)
+    return shifts, (sum_before / good).astype(np.float32), (sum_after / good).astype(np.float32)
+
+
+def _frame_correlations(frames: Frames, scratch: Path, mean_before: np.ndarray, mean_after: np.ndarray,
+                        chunk: int) -> tuple[list[float], list[float]]:
+    """Pass 2: each frame's correlation with the raw mean and, corrected, with the corrected mean (CaImAn's)."""
+    channels = _channels(frames)
+    before: list[float] = []
+    after: list[float] = []
+    for start, chunk_frames in _chunks(frames, chunk):
+        before += [frame_correlation(f, mean_before) for f in chunk_frames]
+        for index in range(start, start + len(chunk_frames)):
+            corrected = _scratch_planes(scratch, frames, index * channels + frames.channel, 1)[0]
+            after.append(frame_correlation(corrected, mean_after))
+    return before, after
+
+
+def _qc_numbers(mean_before: np.ndarray, mean_after: np.ndarray, before: list[float],
+                after: list[float]) -> dict[str, float]:
+    """Summary QC: mean correlation with the mean and crispness of the mean, before and after."""
+    return {"mean_correlation_before": float(np.nanmean(before)) if np.isfinite(before).any() else float("nan"),
+            "mean_correlation_after": float(np.nanmean(after)) if np.isfinite(after).any() else float("nan"),
+            "crispness_before": crispness(mean_before), "crispness_after": crispness(mean_after)}
+
+
+def _write_recording(frames: Frames, scratch: Path, path: Path, name: str, tile_size: int, compression: str,
+                     pyramid: bool) -> Path:
+    """The corrected OME-TIFF, planes read from the scratch file when the writer asks for them."""
+    import pyvips
+
+    from slimreg.io.write import OmeMetadata, write_planes
+
+    height, width = frames.shape
+
+    def plane(index: int):
+        def build() -> pyvips.Image:
+            return pyvips.Image.new_from_array(_scratch_planes(scratch, frames, index, 1)[0])
+        return build
+
+    meta = OmeMetadata(width=width, height=height, dtype=str(frames.dtype), channel_names=frames.channel_names,
+                       pixel_size_um=frames.pixel_size_um, size_t=frames.count, name=name)
+    return write_planes([plane(i) for i in range(frames.count * _channels(frames))], path, meta,
+                        tile_size=tile_size, compression=compression, pyramid=pyramid)
+
+
+def _patch_summary(s: FrameShift) -> list[str]:
+    """Spread of the patch shifts around the rigid one: max |residual| in y and x."""
+    if s.patch_dy is None or s.patch_dx is None:
+        return ["", ""]
+    return [f"{float(np.abs(s.patch_dy).max()):.4f}", f"{float(np.abs(s.patch_dx).max()):.4f}"]
+
+
+def _write_csv(path: Path, shifts: list[FrameShift], mode: str) -> None:
+    """frame,dy,dx,status[,patch_max_abs_dy,patch_max_abs_dx], written under a temporary name."""
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
+        out = csv.writer(handle)
+        extra = ["patch_max_abs_dy", "patch_max_abs_dx"] if mode == "piecewise" else []
+        out.writerow(["frame", "dy", "dx", "status", *extra])
+        for s in shifts:
+            out.writerow([s.frame, f"{s.dy:.4f}", f"{s.dx:.4f}", s.status, *(_patch_summary(s) if extra else [])])
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
+def _write_json(path: Path, result: MotionResult, before: list[float], after: list[float], *,
+                first_frame: int = 0) -> None:
+    """Everything in one file: settings, flagged frames, QC, and per-frame shifts and correlations."""
+    payload = {"mode": result.mode, "frames": result.frames, "first_frame": first_frame,
+               "blank_frames": result.blank_frames, "nan_frames": result.nan_frames,
+               "qc": {k: _finite(v) for k, v in result.qc.items()},
+               "outputs": {k: Path(v).name for k, v in result.outputs.items()},
+               "shifts": [{"frame": s.frame, "dy": round(s.dy, 4), "dx": round(s.dx, 4), "status": s.status,
+                           "correlation_before": _finite(b), "correlation_after": _finite(a),
+                           **({"patch_dy": np.round(s.patch_dy, 4).tolist(),
+                               "patch_dx": np.round(s.patch_dx, 4).tolist()} if s.patch_dy is not None else {})}
+                          for s, b, a in zip(result.shifts, before, after, strict=True)]}
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
+
+
+def plot_shifts(shifts: list[FrameShift], path: Path, width: int = 800, height: int = 300) -> None:
+    """dy (blue) and dx (red) over frames, drawn with OpenCV; blank/NaN frames marked grey."""
+    image = np.full((height, width, 3), 255, np.uint8)
+    margin = 30
+    values = np.array([[s.dy, s.dx] for s in shifts], np.float64).reshape(-1, 2)
+    limit = max(float(np.abs(values).max()) if len(values) else 0.0, 0.5)
+    count = max(len(shifts) - 1, 1)
+
+    def point(i: int, v: float) -> tuple[int, int]:
+        x = margin + round(i / count * (width - 2 * margin))
+        return x, round(height / 2 - v / limit * (height / 2 - margin))
+
+    cv2.line(image, (margin, height // 2), (width - margin, height // 2), (200, 200, 200), 1)
+    for i, s in enumerate(shifts):
+        if s.status != "ok":
+            x = point(i, 0)[0]
+            cv2.line(image, (x, margin), (x, height - margin), (160, 160, 160), 1)
+    for column, colour in ((0, (200, 0, 0)), (1, (0, 0, 200))):
+        pts = np.array([point(i, v) for i, v in enumerate(values[:, column])], np.int32).reshape(-1, 1, 2)
+        cv2.polylines(image, [pts], False, colour, 1, cv2.LINE_AA)
+    cv2.putText(image, f"shift px (+/-{limit:.2f}): dy blue, dx red; grey = blank/NaN frames", (margin, 20),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    with atomic_output(path) as tmp:
+        _, encoded = cv2.imencode(".png", image)
+        tmp.write_bytes(encoded.tobytes())
+
+
+__all__ = ["MotionOutputs", "MotionResult", "PageFrames", "StackFrames", "chunk_frames_for", "correct_motion",
+           "correct_recording", "read_template", "session_template", "write_template"]

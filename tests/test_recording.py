@@ -1,0 +1,101 @@
+"""A recording corrected for motion through the plan's tasks (slimreg.recording, kinds template and motion): pieces
+corrected as separate tasks equal one task over the whole recording, every channel moves with the registration
+channel, the demo's known shifts are found, and a single recording is corrected end to end by `slimreg run`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from slimreg.demo import demo_recording_shifts
+from slimreg.errors import InputError
+from slimreg.io import probe
+from slimreg.recording import MotionOutputs, StackFrames, correct_recording, read_template, session_template
+from slimreg.runner import run_job
+
+DEMO_FRAMES = 12  # tests/conftest.py's demo
+
+
+def _frames(path: Path) -> np.ndarray:
+    """Every plane of an OME-TIFF's full-resolution series, (T, C, Y, X) or (T, Y, X)."""
+    with tifffile.TiffFile(path) as tif:
+        return tif.series[0].levels[0].asarray()
+
+
+def _correct(path: Path, template: np.ndarray, start: int, stop: int, folder: Path, mode: str = "rigid",
+             channel: int = 0) -> tuple[np.ndarray, list]:
+    frames = StackFrames(path, channel, start, stop)
+    outputs = MotionOutputs.in_folder(folder, f"f{start}-{stop}")
+    result = correct_recording(frames, template, mode, outputs, name="piece", tile_size=128)
+    return _frames(outputs.corrected), result.shifts
+
+
+@pytest.mark.parametrize("mode", ["rigid", "piecewise"])
+def test_pieces_corrected_apart_equal_the_recording_corrected_whole(demo_dir: Path, tmp_path: Path,
+                                                                    mode: str) -> None:
+    recording = demo_dir / "calcium_s1.ome.tif"
+    template = session_template([StackFrames(recording, 0)])
+    whole, whole_shifts = _correct(recording, template, 0, DEMO_FRAMES, tmp_path, mode)
+    first, first_shifts = _correct(recording, template, 0, 5, tmp_path, mode)
+    rest, rest_shifts = _correct(recording, template, 5, DEMO_FRAMES, tmp_path, mode)
+    assert np.array_equal(np.concatenate([first, rest]), whole)
+    assert [(s.dy, s.dx) for s in first_shifts + rest_shifts] == [(s.dy, s.dx) for s in whole_shifts]
+    assert not np.array_equal(whole, _frames(recording))  # it did move them
+
+
+def test_the_demo_recordings_known_shifts_are_found(demo_dir: Path, tmp_path: Path) -> None:
+    recording = demo_dir / "calcium_s1.ome.tif"
+    template = session_template([StackFrames(recording, 0)])
+    _, shifts = _correct(recording, template, 0, DEMO_FRAMES, tmp_path)
+    truth = demo_recording_shifts("calcium_s1", frames=DEMO_FRAMES)
+    error = np.abs(np.array([[s.dy, s.dx] for s in shifts]) - truth)
+    assert np.median(error) < 0.1 and error.max() < 0.3, error
+
+
+def test_every_channel_moves_with_the_registration_channel(demo_dir: Path, tmp_path: Path) -> None:
+    """A two-channel recording whose second channel is the first one inverted: corrected on channel 0, the second
+    channel must stay the inverse of the corrected first (the same shift applied to both)."""
+    grey = _frames(demo_dir / "calcium_s1.ome.tif").astype(np.uint16)
+    both = np.stack([grey, (65535 - grey).astype(np.uint16)], axis=1)  # (T, C, Y, X)
+    path = tmp_path / "two.ome.tif"
+    tifffile.imwrite(path, both, metadata={"axes": "TCYX", "Channel": {"Name": ["GCaMP", "inverse"]}})
+    template = session_template([StackFrames(path, 0)])
+    corrected, _ = _correct(path, template, 0, DEMO_FRAMES, tmp_path, channel=0)
+    assert corrected.shape == both.shape and probe(tmp_path / f"f0-{DEMO_FRAMES}.corrected.ome.tif").channel_names \
+        == ("GCaMP", "inverse")
+    inverse = 65535 - corrected[:, 0].astype(np.int64)
+    assert np.abs(inverse - corrected[:, 1]).max() <= 1  # rounding of the interpolated values only
+
+
+def test_a_template_of_another_size_and_frames_out_of_range_are_refused(demo_dir: Path, tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((10, 10), np.float32))
+    with pytest.raises(InputError, match="belongs to another session"):
+        read_template(tmp_path / "t.tif", (128, 128))
+    with pytest.raises(InputError, match="frames 0-99 asked for"):
+        StackFrames(demo_dir / "calcium_s1.ome.tif", 0, 0, 99)
+
+
+@pytest.mark.slow
+def test_slimreg_run_corrects_a_single_recording(demo_dir: Path, tmp_path: Path) -> None:
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"sample,image,reference\nrec,{demo_dir / 'calcium_s1.ome.tif'},true\n")
+    out = tmp_path / "out"
+    summary = run_job(sheet, out, engine="feature", preset="low")
+    assert summary.ok
+    published = out / "registered" / "rec" / "calcium_s1.ome.tif"
+    assert _frames(published).shape == _frames(demo_dir / "calcium_s1.ome.tif").shape
+    assert not np.array_equal(_frames(published), _frames(demo_dir / "calcium_s1.ome.tif"))
+    with open(out / "transforms" / "rec" / "calcium_s1.shifts.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    estimated = np.array([[float(r["dy"]), float(r["dx"])] for r in rows])
+    assert np.median(np.abs(estimated - demo_recording_shifts("calcium_s1", frames=DEMO_FRAMES))) < 0.1
+    record = json.loads((out / "qc" / "rec" / "calcium_s1.motion.json").read_text())
+    assert record["qc"]["mean_correlation_after"] > record["qc"]["mean_correlation_before"]
+    assert record["qc"]["crispness_after"] > record["qc"]["crispness_before"]
+    page = (out / "report" / "report.html").read_text()
+    assert "Motion correction" in page and "calcium_s1" in page[page.index('id="motion"'):]
