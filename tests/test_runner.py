@@ -40,7 +40,8 @@ def test_end_to_end_outputs_and_qc(demo_sheet: Path, tmp_path: Path, capsys: pyt
     for piece in ("calcium_s1", "calcium_s2_part1_b1", "calcium_s2_part1_b2", "calcium_s2_part2_b2"):
         assert (out / "transforms" / "calcium" / f"{piece}.shifts.csv").is_file(), piece
         record = json.loads((out / "qc" / "calcium" / f"{piece}.motion.json").read_text())
-        assert record["qc"]["mean_correlation_after"] >= record["qc"]["mean_correlation_before"], piece
+        # a one-frame piece (b2 of a 6-frame part) correlates with its own mean before and after: 1 - rounding
+        assert record["qc"]["mean_correlation_after"] >= record["qc"]["mean_correlation_before"] - 1e-6, piece
     for name in ("preflight.json", "plan.json", "plan.csv", "versions.yml", "run.log", "run_summary.json"):
         assert (out / "pipeline_info" / name).is_file()
     assert (out / "report" / "report.html").is_file() and (out / "report" / "metrics.csv").is_file()
