@@ -296,9 +296,9 @@ def _frame_correlations(frames: Frames, scratch: Path, mean_before: np.ndarray, 
     after: list[float] = []
     for start, chunk_frames in _chunks(frames, chunk):
         before += [frame_correlation(f, mean_before) for f in chunk_frames]
-        for index in range(start, start + len(chunk_frames)):
-            corrected = _scratch_planes(scratch, frames, index * channels + frames.channel, 1)[0]
-            after.append(frame_correlation(corrected, mean_after))
+        # the chunk's corrected planes in one read (every channel: frame-major), its registration channel kept
+        corrected = _scratch_planes(scratch, frames, start * channels, len(chunk_frames) * channels)
+        after += [frame_correlation(plane, mean_after) for plane in corrected[frames.channel::channels]]
     return before, after
 
 
