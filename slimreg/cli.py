@@ -453,21 +453,11 @@ def _report_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from slimreg.runner import print_summary, run_job
+    from slimreg.job_options import JobOptions
+    from slimreg.run_summary import print_summary
+    from slimreg.runner import run_job
 
-    summary = run_job(
-        args.input, args.outdir, engine=args.engine, preset=args.preset, channel=args.channel,
-        non_rigid=args.non_rigid, micro=args.micro, batch_size=args.batch_size, max_frames=args.max_frames,
-        max_chunk_gb=args.max_chunk_gb, merge_chunks=args.merge_chunks, merge_channels=args.merge_channels,
-        merge_nuclear_once=args.merge_nuclear_once, output_format=args.output_format,
-        motion_correction=args.motion_correction, mode=args.mode,
-        workers=args.workers,
-        timeout_per_task=args.timeout_per_task, max_retries=args.max_retries, resume=args.resume, force=args.force,
-        memory_debug=args.memory_debug, tile_size=args.tile_size, compression=args.compression,
-        qc_max_dim=args.qc_max_dim, max_memory=args.max_memory,
-        registration_overrides={k: getattr(args, k) for k in ("processing_dim", "non_rigid_dim", "micro_dim",
-                                                              "transform_model", "allow_mirror")
-                                if getattr(args, k) is not None})
+    summary = run_job(args.input, args.outdir, JobOptions.from_values(args))
     print_summary(summary)
     return 0 if summary.ok else 1
 

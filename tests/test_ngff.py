@@ -12,6 +12,7 @@ import pytest
 import tifffile
 
 from slimreg.atomic import atomic_output, remove_partials
+from slimreg.completion import output_fingerprint
 from slimreg.errors import ParameterError
 from slimreg.io import probe, write_array
 from slimreg.io.convert import rewrite_image
@@ -21,7 +22,6 @@ from slimreg.io.vips import from_numpy
 from slimreg.io.write import OmeMetadata
 from slimreg.plan import PlanSettings, build_plan
 from slimreg.register.settings import RegistrationSettings
-from slimreg.runner import output_fingerprint
 from slimreg.samplesheet import read_samplesheet
 from slimreg.tasks import execute
 

@@ -3,16 +3,16 @@ config all say what slimreg/options.py says (a default changed in one place only
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 from slimreg import options
 from slimreg.cli import build_parser
+from slimreg.job_options import JobOptions
 from slimreg.plan import PlanSettings
 from slimreg.register.settings import RegistrationSettings
-from slimreg.runner import run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = {name: spec for group in json.loads((ROOT / "nextflow_schema.json").read_text())["$defs"].values()
@@ -43,7 +43,7 @@ def test_nextflow_config_defaults_are_slimregs() -> None:
 
 def test_the_cli_and_the_python_api_default_to_the_same_values() -> None:
     args = build_parser().parse_args(["run", "--input", "s.csv", "--outdir", "o"])
-    api = {name: p.default for name, p in inspect.signature(run_job).parameters.items()}
+    api = {f.name: f.default for f in dataclasses.fields(JobOptions)}
     for name, default in (("engine", options.DEFAULT_ENGINE), ("preset", options.DEFAULT_PRESET),
                           ("compression", options.DEFAULT_COMPRESSION), ("tile_size", options.DEFAULT_TILE_SIZE),
                           ("batch_size", options.DEFAULT_BATCH_SIZE), ("qc_max_dim", options.DEFAULT_QC_MAX_DIM),
@@ -56,3 +56,28 @@ def test_the_cli_and_the_python_api_default_to_the_same_values() -> None:
         options.DEFAULT_ENGINE, options.DEFAULT_PRESET, options.DEFAULT_TILE_SIZE, options.DEFAULT_COMPRESSION)
     assert (plan.batch_size, plan.qc_max_dim, plan.motion_correction) == (
         options.DEFAULT_BATCH_SIZE, options.DEFAULT_QC_MAX_DIM, options.DEFAULT_MOTION_CORRECTION)
+
+
+def test_every_job_option_is_a_slimreg_run_flag_and_reaches_the_options_object() -> None:
+    """The CLI hands run_job one JobOptions built from its arguments: a field with no flag of the same name would be
+    silently left at its default."""
+    args = build_parser().parse_args(["run", "--input", "s.csv", "--outdir", "o", "--preset", "low", "--format",
+                                      "ome-zarr", "--workers", "2", "--mode", "parallel", "--max-frames", "7"])
+    missing = [f.name for f in dataclasses.fields(JobOptions) if not hasattr(args, f.name) and f.name != "progress"]
+    assert not missing, missing
+    job = JobOptions.from_values(args)
+    assert (job.preset, job.output_format, job.workers, job.mode, job.max_frames) == (
+        "low", "ome-zarr", 2, "parallel", 7)
+    assert job.registration_settings().preset == "low" and job.plan_settings().max_frames == 7
+
+
+def test_job_options_refuse_impossible_values_and_unknown_names_at_once() -> None:
+    import pytest
+
+    from slimreg.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="needs --mode parallel"):
+        JobOptions(workers=2)
+    with pytest.raises(ParameterError, match=r"unknown option\(s\) engin; the options are"):
+        JobOptions().changed(engin="feature")
+    assert JobOptions().changed(preset="low").preset == "low"

@@ -118,6 +118,11 @@ def test_one_failed_image_does_not_block_the_others_qc_or_the_report(pairs: dict
     assert (tmp_path / "out" / "qc" / "kidney" / "kidney_PanCK_qc.json").is_file()
     qc = json.loads((tmp_path / "out" / "qc" / "kidney" / "kidney_PanCK_qc.json").read_text())
     assert qc["status"] == "pass"
+    # run_job's result says the same per image: the kidney section registered with QC pass, the lung one refused
+    images = {image.image: image for image in summary.images}
+    assert images["kidney_PanCK"].registered and images["kidney_PanCK"].qc == "pass"
+    assert not images["lung-lesion_proSPC"].registered and images["lung-lesion_proSPC"].qc is None
+    assert "Fix:" in images["lung-lesion_proSPC"].error
     page = (tmp_path / "out" / "report" / "report.html").read_text()
     assert page.index("lung-lesion_proSPC") < page.index("kidney_PanCK")  # the failure is listed first
     assert "Fix:" in page

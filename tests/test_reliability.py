@@ -162,8 +162,8 @@ def test_non_finite_numbers_are_refused_with_one_line(tmp_path: Path, flag: str,
 
 
 def test_resume_redoes_a_task_whose_output_was_truncated(tmp_path: Path) -> None:
+    from slimreg.completion import is_complete, mark_complete
     from slimreg.plan import Plan, Task
-    from slimreg.runner import _mark_complete, is_complete
 
     source = write_array(np.arange(4096, dtype=np.uint16).reshape(64, 64), tmp_path / "in.ome.tif")
     output = tmp_path / "out" / "registered" / "s" / "in.ome.tif"
@@ -172,7 +172,7 @@ def test_resume_redoes_a_task_whose_output_was_truncated(tmp_path: Path) -> None
     task = Task("register-s-b1", "register", "s", inputs=[str(source)], outputs=["registered/s/in.ome.tif"])
     plan = Plan(samplesheet="s.csv", outdir=str(tmp_path / "out"), registration={}, settings={}, tasks=[task],
                 notes=[])
-    _mark_complete(plan, task, tmp_path / "out", None)
+    mark_complete(plan, task, tmp_path / "out", None)
     assert is_complete(plan, task, tmp_path / "out")
     output.write_bytes(source.read_bytes()[:-100])  # truncated after the task finished
     assert not is_complete(plan, task, tmp_path / "out")
@@ -225,6 +225,9 @@ def test_a_run_with_a_damaged_tile_fails_that_image_and_names_file_and_tile(tmp_
     assert "copy the file again" in register.message
     assert not (tmp_path / "out" / "registered" / "mif" / "mif_round1.ome.tif").exists()
     assert summary.report is not None  # the report is still written, with the failure in it
+    [image] = summary.images  # and the result names the image, unregistered, with the same reason
+    assert (image.sample, image.image, image.registered, image.qc) == ("mif", "mif_round1", False, None)
+    assert "is damaged: page 0, tile 0" in image.error
 
 
 def _one_task_plan(tmp_path: Path, ids: tuple[str, ...] = ("register-a-b1", "register-b-b1")):
@@ -271,10 +274,11 @@ def test_a_subprocess_task_that_writes_much_to_stderr_does_not_hang(tmp_path: Pa
     import time
 
     import slimreg.runner as runner
+    import slimreg.supervise as supervise
 
     plan, plan_path, root = _one_task_plan(tmp_path, ("register-a-b1",))
     chatty = "import sys; sys.stderr.write('x' * 1_000_000 + '\\nthe last words\\n'); sys.exit(3)"
-    monkeypatch.setattr(runner, "_subprocess_command", lambda *args: [sys.executable, "-c", chatty])
+    monkeypatch.setattr(supervise, "task_command", lambda *args: [sys.executable, "-c", chatty])
     log = runner.RunLog(root / "pipeline_info" / "run.log", echo=False)
     start = time.monotonic()
     outcome = runner._execute_plan(plan, plan_path, root, "subprocess", 1, 60.0, 0, False, False, log, False)[0]
@@ -425,6 +429,7 @@ def test_a_task_past_its_budget_is_stopped_by_slimreg_and_retried_lower(tmp_path
     """The runner measures each task's process tree and stops it past its budget (the estimate times the margin,
     or --max-memory if lower), naming the budget, then retries one preset lower: never the kernel's OOM killer."""
     import slimreg.runner as runner
+    import slimreg.supervise as supervise
     from slimreg.demo import make_demo_data
 
     make_demo_data(tmp_path / "demo", size=256, frames=4)
@@ -435,7 +440,7 @@ def test_a_task_past_its_budget_is_stopped_by_slimreg_and_retried_lower(tmp_path
     if limit == "--max-memory":
         options["max_memory"] = 40 * 1024**2  # a Python process with numpy alone is larger
     else:
-        monkeypatch.setattr(runner, "BUDGET_MARGIN", 0.1)
+        monkeypatch.setattr(supervise, "BUDGET_MARGIN", 0.1)
     summary = runner.run_job(sheet, tmp_path / "out", preset="medium", progress=False, **options)
     register = next(o for o in summary.outcomes if o.kind == "register")
     assert register.status == "killed" and register.attempts == 2 and register.presets == ["", "low"]
@@ -468,16 +473,16 @@ def test_peaks_are_labelled_by_where_they_were_measured(tmp_path: Path) -> None:
 def test_a_failed_batch_names_every_image_and_its_fix_in_the_summary(tmp_path: Path) -> None:
     """A batch's message joins its failed images (about 300 characters each); the summary shows them whole, and
     cuts only a runaway line, at a word, naming the log that has all of it."""
-    from slimreg.runner import _last_line
+    from slimreg.run_summary import last_message
 
     log = tmp_path / "register-s-b1.log"
     failures = [f"img{i}: /data/img{i}.ome.tif: shows no tissue in its registration channel (blank or saturated). "
                 "Fix: check the image, or choose another --channel." + " detail" * 20 for i in range(4)]
     message = "slimreg run-task: error: " + "; ".join(failures)
     assert len(message) > 500
-    assert _last_line(f"=== attempt 1\n{message}\n", log) == message
+    assert last_message(f"=== attempt 1\n{message}\n", log) == message
     runaway = "word " * 2000
-    cut = _last_line(runaway, log)
+    cut = last_message(runaway, log)
     assert cut.endswith(f"... (cut here; all of it is in {log})")
     assert cut.startswith("word word") and "wor ..." not in cut and len(cut) < len(runaway)
 
