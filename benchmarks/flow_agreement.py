@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/flow_agreement.py [--workdir DIR]
 
 Each pair of ../shared/data is placed by the light engine's affine (non-rigid off); then the engine's own field
-candidates are computed (slimreg.register.feature.field_candidates: DIS flow on intensities and on edge maps,
+candidates are computed (slimreg.register.fields.field_candidates: DIS flow on intensities and on edge maps,
 smoothed over each fraction of the image). Printed per candidate:
 - disagreement: median distance between the two estimates / their median length (a field is kept below
   FEATURE.FLOW_AGREEMENT; noise alone gives about sqrt(2), a shared motion twice the noise sqrt(2/5));
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.realdata import calcium_frames, convert_if_rounds, landmark_errors, section_pairs
 from slimreg.io.read import TiffImage
 from slimreg.register import feature
+from slimreg.register import fields as flow_fields
 from slimreg.register.channel import choose_channel
 from slimreg.register.settings import RegistrationSettings
 from slimreg.transform import Displacement, Transform
@@ -39,10 +40,10 @@ def affine_and_fields(reference: Path, moving: Path) -> tuple[Transform, list[tu
     ref_image, mov_image = TiffImage(reference), TiffImage(moving)
     ref_channel, mov_channel = choose_channel(ref_image.info, None), choose_channel(mov_image.info, None)
     affine = feature.FeatureEngine().register_pair(ref_image, mov_image, ref_channel, mov_channel, SETTINGS)
-    ref, scorer, placed, placed_mask = feature.placed_for_flow(ref_image, mov_image, ref_channel, mov_channel,
+    ref, scorer, placed, placed_mask = flow_fields.placed_for_flow(ref_image, mov_image, ref_channel, mov_channel,
                                                                affine.affine, SETTINGS.non_rigid_dim)
     fields = []
-    for candidate in feature.field_candidates(scorer, placed, scorer.mask | placed_mask):
+    for candidate in flow_fields.field_candidates(scorer, placed, scorer.mask | placed_mask):
         displacement = Displacement(candidate.flow[..., 0] * ref.scale, candidate.flow[..., 1] * ref.scale,
                                     spacing=ref.scale)
         fields.append((candidate.smoothing, candidate.disagreement,
@@ -58,7 +59,7 @@ def sections(workdir: Path) -> None:
         before = np.median(landmark_errors(affine, pair))
         for smoothing, disagreement, transform in fields:
             print(f"| {pair.name} | {smoothing:.0%} | {disagreement:.2f} | "
-                  f"{'yes' if disagreement < feature.FLOW_AGREEMENT else 'no'} | {before:.2f} | "
+                  f"{'yes' if disagreement < flow_fields.FLOW_AGREEMENT else 'no'} | {before:.2f} | "
                   f"{np.median(landmark_errors(transform, pair)):.2f} |", flush=True)
 
 
@@ -76,14 +77,14 @@ def one_signal(workdir: Path) -> None:
         apart = np.median(np.hypot(*(back.pull(there.pull(grid)) - grid).T))
         moved = np.median(np.hypot(*there.displacement.at(grid).T))  # type: ignore[union-attr]
         print(f"| calcium frames, both directions | {smoothing:.0%} | {one:.2f} / {other:.2f} | "
-              f"{'yes' if max(one, other) < feature.FLOW_AGREEMENT else 'no'} | {apart:.2f} | {moved:.2f} |",
+              f"{'yes' if max(one, other) < flow_fields.FLOW_AGREEMENT else 'no'} | {apart:.2f} | {moved:.2f} |",
               flush=True)
     rounds = convert_if_rounds(workdir / "if")
     for a, b in ((0, 1), (1, 2), (0, 2)):
         _, fields = affine_and_fields(rounds[a], rounds[b])
         for smoothing, disagreement, _ in fields:
             print(f"| IF rounds {a + 1} <- {b + 1} | {smoothing:.0%} | {disagreement:.2f} | "
-                  f"{'yes' if disagreement < feature.FLOW_AGREEMENT else 'no'} | - | - |", flush=True)
+                  f"{'yes' if disagreement < flow_fields.FLOW_AGREEMENT else 'no'} | - | - |", flush=True)
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ from slimreg.io import write_array
 from slimreg.io.read import TiffImage
 from slimreg.qc import run_qc
 from slimreg.register.channel import OPTICAL_DENSITY
-from slimreg.register.feature import to_level0, to_working
+from slimreg.register.pose import to_level0, to_working
 from slimreg.register.refine import refine_both_ways, tissue_at_border
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import AlignmentScorer

@@ -105,7 +105,7 @@ def test_flow_is_trusted_only_where_two_estimates_agree() -> None:
     """A real smooth motion is found alike from intensities and from edges; what two unrelated images give is not."""
     from scipy import ndimage
 
-    from slimreg.register.feature import FLOW_AGREEMENT, field_candidates
+    from slimreg.register.fields import FLOW_AGREEMENT, field_candidates
     from slimreg.register.similarity import AlignmentScorer
 
     rng = np.random.default_rng(7)
@@ -135,7 +135,7 @@ def test_a_single_flow_is_trusted_only_when_its_motion_is_resolvable() -> None:
     from noise by edge measures)."""
     from scipy import ndimage
 
-    from slimreg.register.feature import deformation_candidates
+    from slimreg.register.fields import deformation_candidates
     from slimreg.register.similarity import AlignmentScorer
 
     rng = np.random.default_rng(11)

@@ -53,7 +53,7 @@ def test_the_affine_through_a_whole_transform_is_its_affine_where_it_has_no_fiel
     """The valis engine derives the implied reflection from the affine that follows VALIS' whole transform; with no
     field that must be the transform's own affine, in working px."""
     from slimreg.io.read import Downsampled
-    from slimreg.register.feature import affine_through, to_working
+    from slimreg.register.pose import affine_through, to_working
     from slimreg.transform import Transform
 
     ref = Downsampled(np.zeros((60, 80), np.float32), 4.0, (10.0, 0.0))

@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from slimreg.io.read import Downsampled, TiffImage
 from slimreg.register.channel import registration_image
-from slimreg.register.feature import check_against_mirror
+from slimreg.register.mirror import check_against_mirror
 from slimreg.register.preprocess import edge_map, edge_sigma, tissue_mask
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import (

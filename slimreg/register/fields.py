@@ -1,0 +1,188 @@
+"""The light engine's non-rigid candidates (slimreg.register.feature, module docstring, step 4): smoothed dense
+flows on the affinely placed pair, each with the evidence that it is motion and not noise, and the per-piece
+correction. Which one is kept is the engine's choice; these only propose."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+
+from slimreg.io.read import Downsampled, TiffImage
+from slimreg.register.channel import registration_image
+from slimreg.register.initial import Described
+from slimreg.register.pieces import piece_field
+from slimreg.register.pose import to_working
+from slimreg.register.preprocess import blur, edge_map, local_contrast, tissue_mask, to_uint8
+from slimreg.register.similarity import (
+    AlignmentScorer,
+)
+
+# How far flow is smoothed, as a share of the image; each is a candidate (the edge score picks).
+FLOW_SMOOTHING_FRACTIONS = (0.02, 0.08)
+# A field is kept only where two flows estimated independently, one on intensities and one on edge maps,
+# agree. Each is the true motion t plus its own noise n: they differ by about sqrt(2) n and each is about
+# sqrt(t^2 + n^2) long, so a disagreement below sqrt(2/5) of their length means the shared motion is at least
+# twice the noise. Measured: the calcium frames (real motion) 0.30-0.54; every shared section pair across stains
+# 1.07-1.77, where every field made the landmarks worse (benchmarks/flow_agreement.py, docs/accuracy.md).
+FLOW_AGREEMENT = float(np.sqrt(2 / 5))
+# Differently stained sections give no second estimate to agree with (DIS on edges fits other structure than DIS
+# on intensities), yet sections do bend. DeepFlow (VALIS' flow) on local contrast, smoothed on tissue, is tried
+# when the motion it finds is resolvable: its median over tissue is at least one edge-smoothing sigma, the blur of
+# the structures every measure here compares; finer motion cannot be told from noise by them. Measured
+# (docs/accuracy.md, "Deformed sections"): on the shared pairs as they are, and under uneven light, the median
+# motion is 0.20-0.99 sigma; on the bent variant it is 0.90-3.89 sigma, and the three fields above one sigma take
+# those directions from 15.7 / 9.5 / 9.0 px to 5.4 / 5.1 / 7.1 px.
+RESOLVABLE_MOTION_SIGMAS = 1.0
+
+
+AGREEING = "agreeing flows"
+DEEPFLOW = "deepflow"
+PIECES = "pieces"
+
+
+@dataclass(frozen=True)
+class FieldCandidate:
+    """A smoothed field (working px, reference grid) and the evidence that it is motion, not noise: how far its
+    two estimates disagreed (``AGREEING``), or, for a single estimate (``DEEPFLOW``), its median motion over
+    tissue in edge-smoothing sigmas."""
+
+    smoothing: float
+    disagreement: float
+    flow: np.ndarray
+    motion: float = float("nan")
+    source: str = AGREEING
+
+    @property
+    def admissible(self) -> bool:
+        """Whether the field may be tried at all (it must then still raise the edge score and mutual information)."""
+        if self.source in (DEEPFLOW, PIECES):
+            return self.motion >= RESOLVABLE_MOTION_SIGMAS
+        return self.disagreement < FLOW_AGREEMENT
+
+
+def placed_for_flow(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
+                    moving_channel: int | str, affine: np.ndarray,
+                    dim: int) -> tuple[Downsampled, AlignmentScorer, np.ndarray, np.ndarray]:
+    """The reference at ``dim``, its scorer, and the moving image and its mask placed on it by ``affine``."""
+    ref = registration_image(reference, reference_channel, dim)
+    mov = registration_image(moving, moving_channel, dim)
+    scorer = AlignmentScorer(ref.array, tissue_mask(ref.array))
+    placed, placed_mask = scorer.place(mov.array, to_working(affine, ref, mov))
+    return ref, scorer, placed, placed_mask
+
+
+def field_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.ndarray) -> list[FieldCandidate]:
+    """Flow estimated on intensities and on edge maps, smoothed at each fraction; each candidate is their mean.
+
+    Whether the two agree is judged on the flows from the reference to the placed image, the estimates
+    ``FLOW_AGREEMENT`` was measured on. Where they agree, the field averages each with the flow estimated the other
+    way (``_both_ways``); a candidate that may not be tried keeps the one-way mean, for reports only, and costs no
+    flows the other way. Judged on the averaged flows instead, the bent lung proSPC <- H&E pair, whose one-way flows
+    agree just inside the limit (0.630, 0.622), fell outside it (0.732, 0.673) and lost its field (5.94 -> 7.05 px)."""
+    # the scorer holds the reference's edges
+    pairs = ((scorer.reference, placed), (_unit(scorer.edges), _unit(edge_map(placed, scorer.sigma))))
+    forward = [_flow(reference, moved) for reference, moved in pairs]
+    candidates = []
+    for smoothing in FLOW_SMOOTHING_FRACTIONS:
+        first, second = (_regularise(flow, region, smoothing) for flow in forward)
+        # two witnesses of one motion: their mean carries the motion with sqrt(2) less noise than either
+        candidates.append(FieldCandidate(smoothing, _disagreement(first, second, region), (first + second) / 2))
+    if not any(candidate.admissible for candidate in candidates):
+        return candidates
+    # one flow at a time: the step's peak memory stays near that of one-way flows
+    averaged = [_both_ways(forward.pop(0), _flow(moved, reference)) for reference, moved in pairs]
+    both_ways = []
+    for candidate in candidates:
+        if candidate.admissible:
+            first, second = (_regularise(flow, region, candidate.smoothing) for flow in averaged)
+            candidate = replace(candidate, flow=(first + second) / 2)
+        both_ways.append(candidate)
+    return both_ways
+
+
+def deformation_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.ndarray
+                           ) -> tuple[FieldCandidate, FieldCandidate]:
+    """DeepFlow on local contrast (slimreg.register.preprocess.local_contrast), smoothed on tissue at the finer
+    fraction, and the same flow smoothed at one edge sigma; both admissible where the motion of the first is
+    resolvable (``RESOLVABLE_MOTION_SIGMAS``). The caller keeps the second only where it scores clearly higher
+    than every smoother field (``slimreg.register.similarity.clearly_higher``): it has the more freedom to fit
+    noise.
+
+    Pieces of a section can move apart by more than a field smoothed over 2 % of the image follows. On VALIS'
+    example IHC series the smoother fields take slide 5 onto slide 1 from 0.22 to at most 0.37 edge correlation,
+    DeepFlow smoothed at one edge sigma to 0.44 (4.5 noise sd more), and DeepFlow as VALIS uses it, unsmoothed, to
+    0.48. One edge sigma is the finest scale the measures compare, so no field is left finer than what can judge it
+    (docs/accuracy.md, "Deformed sections")."""
+    deep = cv2.optflow.createOptFlow_DeepFlow()
+    reference, moved = (to_uint8(local_contrast(image, scorer.sigma)) for image in (scorer.reference, placed))
+    raw = deep.calc(reference, moved, None)
+    smoothing = FLOW_SMOOTHING_FRACTIONS[0]
+    flow = _regularise(raw, region, smoothing)
+    motion = float(np.median(np.hypot(*flow[region].T)) / scorer.sigma) if region.any() else 0.0
+    finest = scorer.sigma / max(placed.shape[:2])
+    return (FieldCandidate(smoothing, float("nan"), flow, motion, DEEPFLOW),
+            FieldCandidate(finest, float("nan"), _regularise(raw, region, finest), motion, DEEPFLOW))
+
+
+def piece_candidates(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.ndarray, model: str,
+                     keypoints: tuple[dict[str, Described], dict[str, Described]] | None = None
+                     ) -> list[FieldCandidate]:
+    """One correction per piece of the moving tissue (slimreg.register.pieces), where there are pieces."""
+    found = piece_field(scorer, placed, placed_mask, RESOLVABLE_MOTION_SIGMAS, model, keypoints)
+    if found is None:
+        return []
+    flow, motion = found
+    return [FieldCandidate(float("nan"), float("nan"), flow, motion, PIECES)]
+
+
+def _unit(image: np.ndarray) -> np.ndarray:
+    high = float(np.percentile(image, 99.5))
+    return np.clip(image / high, 0, 1).astype(np.float32) if high > 0 else image
+
+
+def _flow(reference: np.ndarray, placed: np.ndarray) -> np.ndarray:
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis.setFinestScale(0)
+    dis.setVariationalRefinementIterations(10)
+    return dis.calc(to_uint8(reference), to_uint8(placed), None)
+
+
+def _both_ways(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """A flow from the reference to the placed image averaged with the reverse of ``backward``, the flow estimated
+    the other way, read where ``forward`` points (for a pull ``u``, the reverse is ``-u`` there).
+
+    A flow estimator treats its two images differently, so one direction's error is not the other's reversed, and
+    maps estimated one way do not compose: registered both ways, the calcium frames' light maps came back 1.02 px
+    from where they started (VALIS' 0.47), and on VALIS' example IHC slides 1-4 a->b->c missed a->c by 1.17 px where
+    the affines alone missed by 0.53. Measured with the affines held fixed (docs/accuracy.md, "Flows estimated both
+    ways"): calcium 1.02 -> 0.48 px, IHC slides 1-4 1.17 -> 0.99 px, edge scores within 0.014 of before."""
+    height, width = forward.shape[:2]
+    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
+    reverse = [cv2.remap(backward[..., band], grid_x + forward[..., 0], grid_y + forward[..., 1], cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE) for band in range(2)]
+    return (forward - np.stack(reverse, axis=-1)) / 2
+
+
+def _disagreement(first: np.ndarray, second: np.ndarray, region: np.ndarray) -> float:
+    """Median distance between two flows over ``region``, as a share of their median length (NaN if no motion)."""
+    difference = np.median(np.hypot(*(first - second)[region].T)) if region.any() else float("nan")
+    length = np.median((np.hypot(*first[region].T) + np.hypot(*second[region].T)) / 2) if region.any() else 0.0
+    return float(difference / length) if length > 0 else float("nan")
+
+
+def _regularise(flow: np.ndarray, tissue: np.ndarray, smoothing: float) -> np.ndarray:
+    """Normalised convolution: smooth over tissue, fill background from nearby tissue, keep it invertible."""
+    sigma = max(2.0, smoothing * max(flow.shape[:2]))
+    weight = blur(tissue.astype(np.float32), sigma)
+    smooth = np.empty_like(flow)
+    for band in range(2):
+        smooth[..., band] = blur(flow[..., band] * tissue, sigma) / np.maximum(weight, 1e-3)
+    smooth[weight < 1e-3] = 0.0
+    for _ in range(5):
+        gradient = max(np.abs(np.gradient(smooth[..., b])).max() for b in range(2))
+        if gradient < 0.5:
+            break
+        smooth = np.stack([blur(smooth[..., band], sigma) for band in range(2)], axis=-1)
+    return smooth

@@ -1,0 +1,105 @@
+"""The light engine's pose search: every candidate pose (unregistered, one per feature detector, the rotation
+search) scored, the plausible ones refined both ways, the best edge correlation kept; and the conversions between
+level-0 and working-frame matrices the engine's steps share (slimreg.register.feature, module docstring, step 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slimreg.io.read import Downsampled
+from slimreg.register.initial import Candidate, Described, feature_candidates, rotation_search
+from slimreg.register.plausibility import plausibility_problem
+from slimreg.register.refine import refine_both_ways
+from slimreg.register.settings import RegistrationSettings
+from slimreg.register.similarity import (
+    AlignmentScorer,
+    finite_or_worst,
+)
+from slimreg.transform import Transform
+
+
+def to_working(level0: np.ndarray, reference: Downsampled, moving: Downsampled) -> np.ndarray:
+    """A level-0 pull matrix in working frames."""
+    return np.linalg.inv(moving.level0_matrix()) @ level0 @ reference.level0_matrix()
+
+def to_level0(pull: np.ndarray, reference: Downsampled, moving: Downsampled) -> np.ndarray:
+    """A working-frame pull matrix at level 0."""
+    return moving.level0_matrix() @ pull @ np.linalg.inv(reference.level0_matrix())
+
+def corner_distance(pull: np.ndarray, other: np.ndarray, shape: tuple[int, int]) -> float:
+    """Largest distance (working px) between where two pulls send the reference frame's corners."""
+    height, width = shape
+    corners = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]], float)
+    return float(np.abs((corners @ pull.T - corners @ other.T)[:, :2]).max())
+
+def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_mask: np.ndarray,
+              settings: RegistrationSettings, expected: float,
+              unregistered_value: float | None = None,
+              reference_described: dict[str, Described] | None = None,
+              moving_described: dict[str, Described] | None = None) -> tuple[np.ndarray, str, float]:
+    """The best-scoring pose (working pull matrix) among the unregistered placement, every candidate and every
+    candidate refined both ways, the name of the candidate it came from (module docstring, step 2) and its edge
+    correlation (-inf where no pose shares tissue). ``unregistered_value``: the unregistered placement's edge
+    correlation where the caller has scored it already; ``reference_described``, ``moving_described``: the images'
+    keypoints (slimreg.register.initial.describe) where the caller has them already."""
+    ref_mask = scorer.mask
+    unregistered = to_working(np.eye(3), ref, mov)
+
+    def plausible(candidate: Candidate) -> bool:
+        return plausibility_problem(to_level0(candidate.pull, ref, mov), expected, settings.allow_mirror) is None
+
+    features = [candidate for mirror in ((False, True) if settings.allow_mirror else (False,))
+                for candidate in feature_candidates(ref.array, mov.array, ref_mask, mov_mask, mirror=mirror,
+                                                    reference_described=reference_described,
+                                                    moving_described=moving_described)]
+    candidates = [Candidate("unregistered", unregistered), *features]
+    # tissue masks found at different working resolutions differ in area by more than the tissue does (porous
+    # tissue fills in at the coarser one): there the scale the pixel sizes imply is searched too
+    resolutions_differ = not np.isclose(ref.scale, mov.scale, rtol=0.01)
+    candidates.extend(rotation_search(
+        ref.array, mov.array, ref_mask, mov_mask, scorer.sigma, mirror=settings.allow_mirror,
+        expected_scale=expected * ref.scale / mov.scale if resolutions_differ else None))
+    plausible_candidates = [c for c in candidates if plausible(c)]
+    # every plausible candidate is refined: a start's score does not predict where refinement takes it
+    # (shared kidney pair: BRISK starts at 0.048 and refines to 0.306, AKAZE starts at 0.114 and stops at
+    # 0.152; refining only the best three starts lost the true pose once the image was enlarged 20x)
+    starts = [(scorer.score(mov.array, c.pull, mov_mask, ring=False).value, c) for c in plausible_candidates]
+    ranked = [(value, c) for value, c in sorted(starts, key=lambda item: -item[0]) if np.isfinite(value)]
+    # no tissue in common where the image lies (a section far off on its slide) scores nan: anything beats it
+    best, winner = unregistered, "unregistered"
+    if unregistered_value is None:
+        unregistered_value = scorer.score(mov.array, unregistered, mov_mask, ring=False).value
+    best_value = finite_or_worst(unregistered_value)
+    refined: list[np.ndarray] = []
+    for start_value, candidate in ranked:
+        # the start stays in the running: refinement maximises its own metric at its own resolutions, and
+        # where the images also move locally it can end lower than it began (shared calcium frames: a start
+        # at 0.442 refined to 0.371)
+        if start_value > best_value:
+            best, best_value, winner = candidate.pull, start_value, candidate.name
+        # a start within one edge sigma of a better-scoring one that was refined lies in the same basin of the
+        # edge correlation (refinement begins with edges blurred at twice that sigma) and would end where it did
+        if any(corner_distance(candidate.pull, other, ref.array.shape) < scorer.sigma for other in refined):
+            continue
+        refined.append(candidate.pull)
+        for pull in refine_both_ways(ref.array, mov.array, ref_mask, candidate.pull, scorer.sigma,
+                                     settings.transform_model, mov_mask):
+            if plausibility_problem(to_level0(pull, ref, mov), expected, settings.allow_mirror) is not None:
+                continue
+            value = scorer.score(mov.array, pull, mov_mask, ring=False).value
+            if value > best_value:
+                best, best_value, winner = pull, value, candidate.name
+    return best, winner, best_value
+
+def affine_through(transform: Transform, ref: Downsampled, mov: Downsampled, ref_mask: np.ndarray) -> np.ndarray:
+    """The working-frame pull matrix that best follows a whole transform, field included, over the reference tissue
+    (least squares). VALIS' affine is its rigid step alone, 10 px off its result on the shared kidney pair
+    (``check_against_mirror``); the reflection a self-symmetry check derived from it would be off as far."""
+    ys, xs = np.nonzero(ref_mask)
+    step = max(1, xs.size // 4000)  # a few thousand tissue points fix six parameters
+    points = np.stack([xs[::step], ys[::step]], axis=1).astype(np.float64)
+    if len(points) < 3:
+        return to_working(transform.affine, ref, mov)
+    source = mov.from_level0(transform.pull(ref.to_level0(points)))
+    solution, *_ = np.linalg.lstsq(np.hstack([points, np.ones((len(points), 1))]), source, rcond=None)
+    return np.vstack([solution.T, [0.0, 0.0, 1.0]])
