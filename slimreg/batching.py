@@ -1,4 +1,6 @@
-"""Reference-plus-N batching (shared/seeds/001): a REGISTER task holds one reference and a few moving units."""
+"""Reference-plus-N batching (from the VALIS-in-Nextflow memory notes this project started from): a REGISTER task
+holds one reference and a few moving units.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Multi-frame stacks: split into pieces, project sessions, merge pieces, always one frame at a time.
 
-Following CaliAli's low-memory strategy (shared/seeds/000): a recording too big for one task is split into
-``<stem>_b1.ome.tif``, ``_b2``, ... that stay tied to their session; a session is registered once, through a
-projection of all its frames, and that one transform is applied to every piece.
+Following CaliAli's low-memory strategy (CaliAli's documentation, "Low-Memory Processing Strategy"): a recording too
+big for one task is split into ``<stem>_b1.ome.tif``, ``_b2``, ... that stay tied to their session; a session is
+registered once, through a projection of all its frames, and that one transform is applied to every piece.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from slimreg.options import WORK_TILE_SIZE
 if TYPE_CHECKING:
     import pyvips
 
-PROJECTION_CHANNELS = ("mean", "max")
 GB = 1024**3
 
 

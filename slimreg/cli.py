@@ -23,12 +23,11 @@ Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, str]] = {}
 
 
-def command(name: str, help_text: str) -> Callable[[Callable[[argparse.ArgumentParser], None]],
-                                                    Callable[[argparse.ArgumentParser], None]]:
-    """Register ``add_arguments`` for subcommand ``name``; its handler is ``run_<name>`` below."""
+def command(name: str, handler: Handler, help_text: str) -> Callable[[Callable[[argparse.ArgumentParser], None]],
+                                                                     Callable[[argparse.ArgumentParser], None]]:
+    """Register ``add_arguments`` for subcommand ``name``, run by ``handler``."""
 
     def decorate(add_arguments: Callable[[argparse.ArgumentParser], None]):
-        handler = globals().get("run_" + name.replace("-", "_")) or globals()[f"run_{name}_command"]
         COMMANDS[name] = (add_arguments, handler, help_text)
         return add_arguments
 
@@ -45,7 +44,7 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("info", "describe images from their headers (JSON)")
+@command("info", run_info, "describe images from their headers (JSON)")
 def _info_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
 
@@ -58,7 +57,8 @@ def run_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("probe", "write one samplesheet file's header for PLAN (the pipeline's PROBE task; see `plan --headers`)")
+@command("probe", run_probe,
+         "write one samplesheet file's header for PLAN (the pipeline's PROBE task; see `plan --headers`)")
 def _probe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file", type=Path, required=True, help="the image or landmarks CSV, where it is staged")
     parser.add_argument("--given", help="the file as the samplesheet names it (default: --file)")
@@ -73,7 +73,7 @@ def run_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("demo-data", "write a small demo series with known transforms and a samplesheet")
+@command("demo-data", run_demo_data, "write a small demo series with known transforms and a samplesheet")
 def _demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--size", type=int, default=1024, help="side of the slide images in px (default 1024)")
@@ -91,7 +91,7 @@ def run_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("validate", "check a samplesheet and its images; list every problem")
+@command("validate", run_validate, "check a samplesheet and its images; list every problem")
 def _validate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("samplesheet", type=Path)
 
@@ -122,7 +122,7 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compression", choices=options.COMPRESSIONS, default=options.DEFAULT_COMPRESSION)
 
 
-def registration_settings(args: argparse.Namespace):
+def settings_from_arguments(args: argparse.Namespace):
     from slimreg.io.write import require_writable_compression
     from slimreg.register.settings import RegistrationSettings
 
@@ -138,7 +138,7 @@ def run_register(args: argparse.Namespace) -> int:
     from slimreg.memory import MemoryTracker
     from slimreg.register.batch import register_images
 
-    settings = registration_settings(args)
+    settings = settings_from_arguments(args)
     _refuse_register_outputs_over_inputs(args)
     with MemoryTracker(debug=args.memory_debug) as tracker:
         batch = register_images(args.reference, args.moving, args.outdir, settings, tracker=tracker,
@@ -169,7 +169,7 @@ def _refuse_register_outputs_over_inputs(args: argparse.Namespace) -> None:
                                    "folder): registered images are named after their originals.")
 
 
-@command("register", "register moving images onto a reference and write registered OME-TIFFs")
+@command("register", run_register, "register moving images onto a reference and write registered OME-TIFFs")
 def _register_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", type=Path, required=True)
     parser.add_argument("--moving", type=Path, nargs="+", required=True, metavar="IMAGE")
@@ -215,7 +215,7 @@ def _build_plan(args: argparse.Namespace):
         from slimreg.io.header import read_headers
 
         headers = read_headers(args.headers)
-    registration = registration_settings(args)  # an option this machine cannot honour fails before any reading
+    registration = settings_from_arguments(args)  # an option this machine cannot honour fails before any reading
     sheet = read_samplesheet(args.input, headers=headers)
     settings = PlanSettings(batch_size=args.batch_size, max_frames=args.max_frames, max_chunk_gb=args.max_chunk_gb,
                             merge_chunks=args.merge_chunks, merge_channels=args.merge_channels,
@@ -321,12 +321,13 @@ def _common_plan_command(parser: argparse.ArgumentParser) -> None:
     _plan_options(parser)
 
 
-@command("preflight", "estimate every task's peak memory and disk from headers; refuse what cannot fit")
+@command("preflight", run_preflight_command,
+         "estimate every task's peak memory and disk from headers; refuse what cannot fit")
 def _preflight_args(parser: argparse.ArgumentParser) -> None:
     _common_plan_command(parser)
 
 
-@command("plan", "write plan.json / plan.csv: every task of a run, with its memory estimate")
+@command("plan", run_plan, "write plan.json / plan.csv: every task of a run, with its memory estimate")
 def _plan_args(parser: argparse.ArgumentParser) -> None:
     _common_plan_command(parser)
 
@@ -376,7 +377,8 @@ def run_run_task(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("run-task", "execute one task of a plan (used by `slimreg run --mode subprocess` and by Nextflow)")
+@command("run-task", run_run_task,
+         "execute one task of a plan (used by `slimreg run --mode subprocess` and by Nextflow)")
 def _run_task_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", type=Path, help="the task's own spec (task_specs/<id>.json of a plan); its "
                         "samplesheet files are read where Nextflow stages them, sources/<n>/<name>")
@@ -414,7 +416,7 @@ def run_qc(args: argparse.Namespace) -> int:
     return 1 if (args.strict and result.status != "pass") else 0
 
 
-@command("qc", "QC numbers and overlay picture for one registered image (downsampled, bounded memory)")
+@command("qc", run_qc, "QC numbers and overlay picture for one registered image (downsampled, bounded memory)")
 def _qc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", type=Path, required=True)
     parser.add_argument("--registered", type=Path, required=True)
@@ -445,7 +447,7 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("report", "one HTML report (plus metrics.csv and a MultiQC table) from a results folder")
+@command("report", run_report, "one HTML report (plus metrics.csv and a MultiQC table) from a results folder")
 def _report_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, required=True, help="the run's output folder")
     parser.add_argument("--plan", type=Path, help="plan.json with the estimates (default: found in --results)")
@@ -462,7 +464,7 @@ def run_run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
-@command("run", "the whole job on this machine: validate, pre-flight, plan, register, QC, report")
+@command("run", run_run, "the whole job on this machine: validate, pre-flight, plan, register, QC, report")
 def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, required=True, metavar="SAMPLESHEET")
     parser.add_argument("--outdir", type=Path, required=True)
@@ -491,7 +493,7 @@ def run_versions(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("versions", "software versions as nf-core versions.yml")
+@command("versions", run_versions, "software versions as nf-core versions.yml")
 def _versions_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--process", default="SLIMREG", help="process name for the YAML key")
 
@@ -505,7 +507,8 @@ def run_motion_correct(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("motion-correct", "align every frame of a recording to its own template (rigid or piecewise), streamed")
+@command("motion-correct", run_motion_correct,
+         "align every frame of a recording to its own template (rigid or piecewise), streamed")
 def _motion_correct_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, required=True, help="multi-page TIFF recording, one frame per page")
     parser.add_argument("--outdir", type=Path, required=True, help="folder for <stem>.corrected.ome.tif and QC")

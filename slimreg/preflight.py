@@ -1,9 +1,9 @@
 """Pre-flight: refuse, before any work starts, a run that cannot fit in memory or on disk.
 
-Like exo2micro's check (shared/seeds/002) but per task and cgroup-aware: the peak of the ``workers`` largest
-tasks running at once is compared with the memory this process may really use, and the disk all tasks write
-with the free space where outputs go. At most 80 %: silent; 80-100 %: a warning; above: ``MemoryError`` /
-``OSError`` with a remediation list that shows the user's current values. ``force`` turns refusal into a warning.
+Like exo2micro's check (its "Memory and Performance" documentation) but per task and cgroup-aware: the peak of the
+``workers`` largest tasks running at once is compared with the memory this process may really use, and the disk all
+tasks write with the free space where outputs go. At most 80 %: silent; 80-100 %: a warning; above: ``MemoryError``
+/ ``OSError`` with a remediation list that shows the user's current values. ``force`` turns refusal into a warning.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """GENERATE_REGISTRATION_QC: pictures and numbers for one registered image, at a size independent of the image.
 
-Only downsampled registration channels are read (``max_dim`` px on the long side), so QC is never the step
-that runs out of memory (the pipeline this project learned from warped full-resolution QC images inside
-REGISTER: shared/seeds/001). "Before" compares the reference with the original image placed on the reference
-grid unchanged; "after" compares it with the registered image.
+Only downsampled registration channels are read (``max_dim`` px on the long side), so QC is never the step that runs
+out of memory (the pipeline this project learned from warped full-resolution QC images inside REGISTER: the
+VALIS-in-Nextflow memory notes this project started from). "Before" compares the reference with the original image
+placed on the reference grid unchanged; "after" compares it with the registered image.
 """
 
 from __future__ import annotations

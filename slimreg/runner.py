@@ -1,6 +1,6 @@
 """`slimreg run`: the whole job on one machine, executing the same plan as the Nextflow pipeline.
 
-Modes (exo2micro's, shared/seeds/002, made plan-aware):
+Modes (exo2micro's, from its "Memory and Performance" documentation, made plan-aware):
 - ``subprocess`` (default): each task runs in a fresh process, one at a time; leaks cannot accumulate, each
   task's peak is its own, and its budget is enforced (below).
 - ``parallel``: up to ``workers`` fresh processes at once (the pre-flight multiplies memory by ``workers``).

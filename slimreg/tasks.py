@@ -25,7 +25,7 @@ from slimreg.guard import protecting, refuse_outputs_over_inputs
 from slimreg.io.integrity import damaged_input_error, is_decode_error
 from slimreg.io.vips import pyvips
 from slimreg.kinds import RunContext, kind_named
-from slimreg.kinds.register import registration_settings
+from slimreg.kinds.register import task_registration_settings
 from slimreg.locations import Locations, resolve, staged_source
 from slimreg.memory import MemoryTracker
 from slimreg.plan_model import Plan, Task
@@ -122,10 +122,10 @@ def lower_preset_for_retry(task: Task, current: str | None) -> str | None:
     """The next lower preset for a register task after an out-of-memory kill (None: no lower one)."""
     if task.kind != "register":
         return current
-    settings = registration_settings(task, current)
+    settings = task_registration_settings(task, current)
     lower = settings.lower_preset()
     return lower.preset if lower else None
 
 
-__all__ = ["Locations", "execute", "lower_preset_for_retry", "preset_for_attempt", "registration_settings", "resolve",
+__all__ = ["Locations", "execute", "lower_preset_for_retry", "preset_for_attempt", "resolve",
            "staged_source"]

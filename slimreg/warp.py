@@ -19,8 +19,6 @@ from slimreg.io.write import OmeMetadata, write_planes
 from slimreg.options import WORK_TILE_SIZE
 from slimreg.transform import Transform
 
-INTERPOLATORS = ("nearest", "bilinear", "bicubic")
-
 
 def pull_index(transform: Transform, width: int, height: int) -> pyvips.Image:
     """A lazy 2-band float image: for each output pixel, the moving-image position it samples."""

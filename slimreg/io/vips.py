@@ -1,8 +1,8 @@
 """One place that imports pyvips and sets it up for bounded memory.
 
-The operation cache is turned off: it keeps references to every image a pipeline touched, which is how
-the pipeline this project learned from grew to hundreds of GB (see shared/seeds/001). glibc's malloc arenas
-are capped before libvips starts its threads (``slimreg.memory.limit_malloc_arenas``).
+The operation cache is turned off: it keeps references to every image a pipeline touched, which is how the pipeline
+this project learned from grew to hundreds of GB (its VALIS memory notes cite libvips issue 1254 and pyvips issue
+234). glibc's malloc arenas are capped before libvips starts its threads (``slimreg.memory.limit_malloc_arenas``).
 """
 
 from __future__ import annotations

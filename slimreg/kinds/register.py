@@ -41,7 +41,7 @@ class RegisterParams(Params):
                    [RegisterUnit(**u) for u in data["units"]])
 
 
-def registration_settings(task: Task, preset: str | None = None) -> RegistrationSettings:
+def task_registration_settings(task: Task, preset: str | None = None) -> RegistrationSettings:
     """A register task's settings (it carries all of them), optionally moved to another preset (out-of-memory
     retries)."""
     values: dict[str, Any] = dict(task.settings)
@@ -60,7 +60,7 @@ class RegisterKind:
 
     def estimate(self, task: Task, ctx: EstimateContext) -> tuple[int, int]:
         params = RegisterParams.from_json(task.params)
-        settings = registration_settings(task)
+        settings = task_registration_settings(task)
         units = [(ctx.info(u.registration_image), [ctx.info(p) for p in u.apply_to]) for u in params.units]
         frame = (params.reference_shape[0], params.reference_shape[1])
         disk = 0
@@ -75,7 +75,7 @@ class RegisterKind:
         from slimreg.register.batch import MovingUnit, register_units
 
         params = RegisterParams.from_json(task.params)
-        settings = registration_settings(task, ctx.preset)
+        settings = task_registration_settings(task, ctx.preset)
         where, inputs = ctx.where, ctx.inputs  # inputs: resolved once by execute()
         units = [MovingUnit(name=u.name, registration_image=inputs[u.registration_image],
                             apply_to=[inputs[p] for p in u.apply_to],
