@@ -123,15 +123,12 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_arguments(args: argparse.Namespace):
+    """The registration settings of ``register`` and ``run-task``-style commands, assembled as ``run`` does."""
     from slimreg.io.write import require_writable_compression
-    from slimreg.register.settings import RegistrationSettings
+    from slimreg.job_options import JobOptions
 
     require_writable_compression(args.compression)  # before any work, not when the first output is written
-    return RegistrationSettings.from_preset(
-        args.preset, engine=args.engine, channel=args.channel, non_rigid=args.non_rigid, micro=args.micro,
-        processing_dim=args.processing_dim, non_rigid_dim=args.non_rigid_dim, micro_dim=args.micro_dim,
-        transform_model=args.transform_model, allow_mirror=args.allow_mirror, tile_size=args.tile_size,
-        compression=args.compression)
+    return JobOptions.from_values(args).registration_settings()
 
 
 def run_register(args: argparse.Namespace) -> int:

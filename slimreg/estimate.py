@@ -17,12 +17,12 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
 - VALIS engine, per moving image: a two-image VALIS run, dominated by a constant (``VALIS_PAIR_BASE``; measured
   2.2-2.7 GB whatever the image size) plus ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
   (``VALIS_IMPORT``, measured 1.17 GB).
-- Streamed warp and OME-TIFF writing: planes are written one at a time, each rendered in square blocks and
-  encoded tile by tile (slimreg.io.tiles), so the cost does not grow with the image's width, height or number of
-  channels. Writing alone (split, merge, projections) costs ``WRITE_BASE`` plus ``WRITE_PER_TILE_BYTE`` per byte
-  of one output tile (tiles queued for the encoders, one per pyramid level) plus ``WRITE_PER_BLOCK_BYTE`` per
-  byte of one render block plus ``WRITE_PER_PLANE`` per plane; a warp adds the ``RESAMPLE_*`` terms (the index
-  pipeline, the displacement field, libvips' ``mapim`` buffers for a block).
+- Streamed warp and OME-TIFF writing: planes are written one at a time, each rendered in square blocks and encoded
+  tile by tile (slimreg.io.tiles), so the cost does not grow with the image's width, height or number of channels.
+  Writing alone (split, merge, projections) costs ``WRITE_BASE`` plus ``WRITE_PER_TILE_BYTE`` per byte of one output
+  tile (tiles queued for the encoders, one per pyramid level) plus ``WRITE_PER_BLOCK_BYTE`` per byte of one render
+  block plus ``WRITE_PER_PLANE`` (and ``WRITE_PER_PLANE_TILE`` per tile) per plane; a warp adds the ``RESAMPLE_*``
+  terms (the index pipeline, the displacement field, libvips' ``mapim`` buffers for a block).
 - Projection: two float64 accumulators at the projection's size. QC: ~``QC_PER_PX`` per pixel at ``max_dim``.
 
 The constants were measured on this project's machine (2 cores, 24 GB) with ``benchmarks/preflight_accuracy.py``
@@ -57,7 +57,10 @@ ECC_PER_PX = 120
 WRITE_BASE = 12 * MB
 WRITE_PER_TILE_BYTE = 4
 WRITE_PER_BLOCK_BYTE = 2
-WRITE_PER_PLANE = MB // 2
+# what the TIFF writer keeps per plane written (its pages' entries and tile offsets): 0.5-0.8 KB per one-tile plane
+# measured (docs/memory-model.md, "Many planes"), and 16 bytes per tile offset and byte count
+WRITE_PER_PLANE = 1024
+WRITE_PER_PLANE_TILE = 32
 RESAMPLE_BASE = 33 * MB  # with WRITE_*: 45 MB + 12 B per tile byte + 8 B per block byte for a warp
 RESAMPLE_PER_TILE_BYTE = 8
 RESAMPLE_PER_BLOCK_BYTE = 6
@@ -65,6 +68,9 @@ PROJECT_PER_PX = 40
 QC_PER_PX = 125
 QC_OVERHEAD = 10 * MB
 SAFETY = 1.1
+# a step's processes may use its estimate times this before slimreg stops them (`slimreg run`'s tasks, the valis
+# engine's VALIS child): the pre-flight predicts peaks within 1.1-1.5x (docs/memory-model.md)
+BUDGET_MARGIN = 2.0
 PYRAMID_DISK_FACTOR = 1.4
 COMPRESSION_RATIO = {"none": 1.0, "deflate": 0.8, "lzw": 0.9, "zstd": 0.8, "jpeg": 0.2}
 
@@ -107,8 +113,9 @@ def write_bytes(info: ImageInfo, tile_size: int, frames: int | None = None, *, r
     planes = (1 if info.is_rgb else info.channels) * (frames if frames is not None else info.frames)
     tile_bytes = tile_size**2 * (3 if info.is_rgb else 1) * np.dtype(info.dtype).itemsize
     block_bytes = tile_bytes * (max(tile_size, RENDER_BLOCK_PIXELS) // tile_size) ** 2
+    level_tiles = -(-info.width // tile_size) * -(-info.height // tile_size) * 4 // 3 + 1  # every pyramid level
     total = (WRITE_BASE + WRITE_PER_TILE_BYTE * tile_bytes + WRITE_PER_BLOCK_BYTE * block_bytes
-             + WRITE_PER_PLANE * planes)
+             + (WRITE_PER_PLANE + WRITE_PER_PLANE_TILE * level_tiles) * planes)
     if resampled:
         total += RESAMPLE_BASE + RESAMPLE_PER_TILE_BYTE * tile_bytes + RESAMPLE_PER_BLOCK_BYTE * block_bytes
     return int(total)

@@ -111,14 +111,24 @@ def build_template(frame_at: Callable[[int], np.ndarray], total: int, path: Path
     """Mean of a spread-out subset of good frames, each re-registered to that mean and averaged again (once).
 
     ``frame_at(i)``: frame ``i`` of ``total`` (the registration channel, float32); ``path`` names the recording
-    in the error raised when every sampled frame is blank or NaN."""
+    in the error raised when every sampled frame is blank or NaN. Frames are read twice rather than held: memory
+    is a few frames whatever ``count`` (slimreg.kinds.template's estimate)."""
     picks = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
-    frames = [f for f in (frame_at(int(i)) for i in picks) if frame_status(f) == "ok"]
-    if not frames:
+    good, total_sum = [], None
+    for index in picks:
+        frame = frame_at(int(index))
+        if frame_status(frame) == "ok":
+            good.append(int(index))
+            total_sum = frame.astype(np.float64) if total_sum is None else total_sum + frame
+    if total_sum is None:
         raise InputError("every frame sampled for the template is blank or NaN.", path=path,
                          fix="check the recording: it holds no image to align its frames to.")
-    first = np.mean(frames, axis=0)
-    return np.mean([apply_shift(f, *estimate_shift(first, f)) for f in frames], axis=0).astype(np.float32)
+    first = (total_sum / len(good)).astype(np.float32)
+    aligned = np.zeros(first.shape, np.float64)
+    for index in good:
+        frame = frame_at(index)
+        aligned += apply_shift(frame, *estimate_shift(first, frame))
+    return (aligned / len(good)).astype(np.float32)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 
 from slimreg import layout
+from slimreg.estimate import BUDGET_MARGIN
 from slimreg.guard import open_append
 from slimreg.memory import tree_rss
 from slimreg.plan_model import Task
@@ -19,9 +20,6 @@ from slimreg.register.bounded import child_of_this_process
 from slimreg.run_summary import TaskOutcome
 
 KILLED_CODES = (-9, 137)
-# a task's process tree may use its estimate times this before slimreg stops it (the pre-flight predicts peaks
-# within 1.1-1.5x; the valis engine's own child budget uses the same factor)
-BUDGET_MARGIN = 2.0
 
 Running = tuple[subprocess.Popen[bytes], float, TaskOutcome, str | None]  # process, start, outcome, preset
 

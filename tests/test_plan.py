@@ -189,3 +189,19 @@ def test_bad_plan_inputs(demo_dir: Path, tmp_path: Path) -> None:
     outputs = [output for task in shared_plan.tasks for output in task.outputs]
     assert len(ids) == len(set(ids)) and len(outputs) == len(set(outputs))
     assert {"qc-s-x", "qc-t-x"} <= set(ids)
+
+
+def test_a_long_recordings_write_estimate_grows_by_what_the_writer_keeps_per_plane(tmp_path: Path) -> None:
+    """The writer keeps about 1 KB per plane it has written (its pages' entries; docs/memory-model.md, "Many
+    planes"): a 100 000-frame recording's estimate is its 1 000-frame estimate plus that, not half a megabyte a
+    frame (50 GB, which the pre-flight refused)."""
+    from dataclasses import replace
+
+    from slimreg.estimate import write_bytes
+
+    path = tmp_path / "rec.ome.tif"
+    tifffile.imwrite(path, np.zeros((3, 512, 512), np.uint16), metadata={"axes": "TYX"})
+    info = probe(path)
+    short, long = (write_bytes(replace(info, frames=n, size_t=n), 1024) for n in (1_000, 100_000))
+    assert 0 < (long - short) / 99_000 < 2048, (short, long)
+    assert long < 200 * 1024**2

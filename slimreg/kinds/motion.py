@@ -16,9 +16,12 @@ from slimreg.kinds.base import EstimateContext, Params, RunContext
 if TYPE_CHECKING:
     from slimreg.plan_model import Task
 
-# per pixel of one frame: the template and its spectrum, one frame's FFTs, the two running means (float64), a
-# moved plane, its copy in the file's type and the correlations' float64 copies; piecewise adds cv2.remap's maps
-MOTION_PER_PX = {"rigid": 96, "piecewise": 160}
+# the recording path's imports beyond the process baseline (scipy.fft, skimage, matplotlib for the plot); per
+# pixel of one frame: the template and its spectrum, one frame's FFTs, the two running means (float64) and a moved
+# plane; piecewise adds cv2.remap's maps. Measured 202-204 / 233-240 / 455-471 MB at 512 / 1024 / 2048 px frames
+# (docs/motion.md, "Memory"), whatever the number of frames
+MOTION_BASE = 40 * 1024**2
+MOTION_PER_PX = {"rigid": 72, "piecewise": 80}
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class MotionKind:
         ctx.produced[task.outputs[0]] = corrected
         pixels = source.width * source.height
         chunk = chunk_frames_for((source.height, source.width))
-        peak = (PROCESS_BASE + 2 * 4 * chunk * pixels + MOTION_PER_PX[params.mode] * pixels
+        peak = (PROCESS_BASE + MOTION_BASE + 2 * 4 * chunk * pixels + MOTION_PER_PX[params.mode] * pixels
                 + write_bytes(corrected, params.tile_size))
         raw = frames * source.channels * pixels * np.dtype(source.dtype).itemsize  # the scratch file
         return int(SAFETY * peak), int(raw + corrected.file_bytes * PYRAMID_DISK_FACTOR)

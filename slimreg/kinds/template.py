@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING
 
 from slimreg.estimate import PROCESS_BASE, SAFETY
 from slimreg.kinds.base import EstimateContext, Params, RunContext
-from slimreg.motion import TEMPLATE_FRAMES
 
 if TYPE_CHECKING:
     from slimreg.plan_model import Task
 
-# the sampled frames (float32), each shifted copy, and the FFTs of one frame at a time
-TEMPLATE_BYTES_PER_FRAME_PX = 2 * 4
-TEMPLATE_PER_PX = 64
+# the recording path's imports beyond the process baseline, and per frame pixel: the two float64 sums, one frame,
+# its shifted copy and the FFTs of one shift (docs/motion.md, "Memory"; measured 105 / 164 / 401 MB at 512 /
+# 1024 / 2048 px frames, however many frames are sampled: they are read twice, never held)
+TEMPLATE_BASE = 16 * 1024**2
+TEMPLATE_PER_PX = 80
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class TemplateKind:
     def estimate(self, task: Task, ctx: EstimateContext) -> tuple[int, int]:
         source = ctx.info(task.inputs[0])
         pixels = source.width * source.height
-        peak = PROCESS_BASE + (TEMPLATE_FRAMES * TEMPLATE_BYTES_PER_FRAME_PX + TEMPLATE_PER_PX) * pixels
+        peak = PROCESS_BASE + TEMPLATE_BASE + TEMPLATE_PER_PX * pixels
         return int(SAFETY * peak), 4 * pixels
 
     def run(self, task: Task, ctx: RunContext) -> None:

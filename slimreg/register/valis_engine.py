@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from slimreg.errors import RegistrationError
-from slimreg.estimate import pair_bytes
+from slimreg.estimate import BUDGET_MARGIN, pair_bytes
 from slimreg.io.read import TiffImage
 from slimreg.register.bounded import run_within_budget
 from slimreg.register.channel import OPTICAL_DENSITY, registration_image
@@ -43,7 +43,6 @@ from slimreg.register.similarity import clearly_higher, score_transform
 from slimreg.register.valis_offline import deep_weights_available, import_valis, no_network, weights_dir
 from slimreg.transform import Displacement, Transform
 
-MEMORY_BUDGET_FACTOR = 2.0  # a VALIS attempt may use twice its estimate before it is stopped
 # VALIS' maps are sampled at every processed pixel, up to this many a side (a field of 1024 x 1024 nodes is 8 MB).
 # Measured on the shared section pairs (median landmark px, VALIS used plainly 3.78 / 4.38 / 5.56 / 42.12): a node
 # every 8 processed px gave 3.80 / 4.27 / 5.64 / 6.27, every 2 px 3.76 / 4.36 / 5.58 / 6.27, every pixel 3.75 / 4.36 /
@@ -67,7 +66,7 @@ class ValisEngine:
         self.log(matcher_note)
         results: list[Transform | RegistrationError] = []
         for index, (image, channel) in enumerate(zip(moving, moving_channels, strict=True)):
-            budget = int(MEMORY_BUDGET_FACTOR * pair_bytes(reference.info, image.info, settings))
+            budget = int(BUDGET_MARGIN * pair_bytes(reference.info, image.info, settings))
             valis_result: Transform | RegistrationError
             try:
                 transform, peak = run_within_budget(
