@@ -67,6 +67,25 @@ def release_memory() -> None:
         _MALLOC_TRIM(0)  # type: ignore[operator]
 
 
+# the libvips buffers a writer may free between two releases: a release costs a full garbage collection (36 ms in a
+# task's process), which per 512 px frame of a recording was a third of its write; a slide's plane is past it alone
+RELEASE_EVERY_BYTES = 64 * 1024**2
+
+
+class PlaneReleases:
+    """``release_memory`` after planes of ``plane_bytes`` once they add up to ``RELEASE_EVERY_BYTES``: after every
+    plane of a large image, after every 128th 512 px 16-bit frame of a recording."""
+
+    def __init__(self, plane_bytes: int, every: int = RELEASE_EVERY_BYTES):
+        self.plane_bytes, self.every, self.pending = plane_bytes, every, 0
+
+    def plane_written(self) -> None:
+        self.pending += self.plane_bytes
+        if self.pending >= self.every:
+            release_memory()
+            self.pending = 0
+
+
 def process_high_water_bytes() -> int | None:
     """Peak RSS of this process's address space (Linux ``VmHWM``), or None where not available.
 

@@ -25,7 +25,7 @@ from slimreg.atomic import atomic_output
 from slimreg.errors import ParameterError
 from slimreg.io.tiles import PyramidRenderer, pyramid_shapes
 from slimreg.io.write import OmeMetadata, PlaneSource, checked_planes
-from slimreg.memory import release_memory
+from slimreg.memory import PlaneReleases
 from slimreg.options import WORK_TILE_SIZE
 
 NGFF_VERSION = "0.4"
@@ -177,6 +177,7 @@ def write_planes_zarr(planes: Sequence[PlaneSource], path: str | Path, meta: Ome
                 indent=1))
         windows: list[tuple[float, float]] = [(0.0, 1.0)] * size_c
         tiles_per_plane = sum(-(-h // tile_size) * -(-w // tile_size) for h, w in shapes)
+        releases = PlaneReleases(meta.width * meta.height * bands * np.dtype(meta.dtype).itemsize)
         for number, source in enumerate(sources):
             channel = (number % per_plane) if not meta.is_rgb else 0
             index = {"t": number // (per_plane * meta.size_z), "z": (number // per_plane) % meta.size_z}
@@ -189,6 +190,6 @@ def write_planes_zarr(planes: Sequence[PlaneSource], path: str | Path, meta: Ome
                 for sample in range(bands):
                     windows[channel + sample] = _window(tmp, len(shapes), axes, index, channel + sample, codec,
                                                         dtype, shapes[-1])
-            release_memory()
+            releases.plane_written()
         (tmp / ".zattrs").write_text(json.dumps(_attributes(meta, axes, len(shapes), windows), indent=1))
     return path

@@ -24,7 +24,7 @@ from slimreg.atomic import atomic_output
 from slimreg.errors import ParameterError
 from slimreg.io.tiles import JPEG_SUBSAMPLING, TileCodec, TileStore, pyramid_shapes, render_plane_tiles, scratch_path
 from slimreg.io.vips import from_numpy, vips_format
-from slimreg.memory import release_memory
+from slimreg.memory import PlaneReleases
 from slimreg.options import COMPRESSIONS, WORK_TILE_SIZE
 
 OME_TYPES = {"uint8": "uint8", "int8": "int8", "uint16": "uint16", "int16": "int16", "uint32": "uint32",
@@ -122,13 +122,15 @@ def write_planes(planes: Sequence[PlaneSource], path: str | Path, meta: OmeMetad
     resolution = (1e4 / meta.pixel_size_um[0], 1e4 / meta.pixel_size_um[1]) if meta.pixel_size_um else None
     with atomic_output(path) as tmp, open(scratch_path(tmp), "w+b") as scratch:
         try:
+            plane_bytes = meta.width * meta.height * (3 if meta.is_rgb else 1) * np.dtype(meta.dtype).itemsize
+            releases = PlaneReleases(plane_bytes)
             with tifffile.TiffWriter(tmp, bigtiff=True, ome=False) as writer:
                 for index, source in enumerate(sources):
                     store = render_plane_tiles(source, shapes, tile_size, codec, scratch)
                     _append_pyramid(writer, store, shapes, tile_size, codec, meta,
                                     description=meta.to_xml().encode() if index == 0 else None,
                                     resolution=resolution)
-                    release_memory()
+                    releases.plane_written()
         finally:
             scratch_path(tmp).unlink(missing_ok=True)
     return path
