@@ -310,7 +310,7 @@ def test_starts_within_one_edge_sigma_of_a_refined_one_are_refined_once(monkeypa
     from scipy import ndimage
 
     from slimreg.io.read import Downsampled
-    from slimreg.register import feature
+    from slimreg.register import pose
     from slimreg.register.initial import Candidate
     from slimreg.register.similarity import AlignmentScorer
 
@@ -324,8 +324,8 @@ def test_starts_within_one_edge_sigma_of_a_refined_one_are_refined_once(monkeypa
 
     fits = [Candidate("a", shifted(base)), Candidate("b", shifted(base + 0.3 * scorer.sigma)),
             Candidate("c", shifted(base - 0.3 * scorer.sigma)), Candidate("far", shifted(base + 3 * scorer.sigma))]
-    monkeypatch.setattr(feature, "feature_candidates", lambda *args, **kwargs: list(fits))
-    monkeypatch.setattr(feature, "rotation_search", lambda *args, **kwargs: [])
+    monkeypatch.setattr(pose, "feature_candidates", lambda *args, **kwargs: list(fits))
+    monkeypatch.setattr(pose, "rotation_search", lambda *args, **kwargs: [])
     refined: list[np.ndarray] = []
 
     def recording(reference: np.ndarray, moving: np.ndarray, mask: np.ndarray, pull: np.ndarray,
@@ -333,9 +333,9 @@ def test_starts_within_one_edge_sigma_of_a_refined_one_are_refined_once(monkeypa
         refined.append(pull)
         return [pull]
 
-    monkeypatch.setattr(feature, "refine_both_ways", recording)
+    monkeypatch.setattr(pose, "refine_both_ways", recording)
     image = Downsampled(texture, 1.0)
-    feature.best_pose(scorer, image, image, mask, RegistrationSettings(), 1.0)
+    pose.best_pose(scorer, image, image, mask, RegistrationSettings(), 1.0)
     # the unregistered placement and one of the three close fits, and the far one
     assert len(refined) == 3
     assert sum(abs(pull[0, 2] - base) < scorer.sigma for pull in refined) == 1
