@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from slimreg import options
+import slimreg.options as options
 from slimreg._version import __version__
 from slimreg.errors import SlimregError, os_error_message
 

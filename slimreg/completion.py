@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg.atomic import write_json_atomic
 from slimreg.locations import resolve
 from slimreg.plan_model import Plan, Task

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg.plan_model import Task
 
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg.batching import collate
 from slimreg.chunking import check_session_shapes, frames_per_piece, plan_pieces, projection_factor
 from slimreg.estimate import SAFETY

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg._version import __version__
 from slimreg.atomic import write_json_atomic, write_text_atomic
 from slimreg.errors import InputError, ParameterError

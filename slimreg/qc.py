@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg.atomic import atomic_output, write_json_atomic
 from slimreg.errors import InputError
 from slimreg.io.read import Downsampled, TiffImage

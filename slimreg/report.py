@@ -23,7 +23,7 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg.atomic import write_text_atomic
 from slimreg.errors import InputError, ParameterError
 from slimreg.plan_model import Plan, Task

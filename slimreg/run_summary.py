@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg.guard import open_append
 from slimreg.plan_model import Task
 

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg.atomic import remove_partials, write_json_atomic, write_text_atomic
 from slimreg.completion import is_complete, mark_complete
 from slimreg.errors import ParameterError, SlimregError, os_error_message

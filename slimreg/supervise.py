@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg.estimate import BUDGET_MARGIN
 from slimreg.guard import open_append
 from slimreg.memory import tree_rss

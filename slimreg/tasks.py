@@ -19,7 +19,7 @@ import signal
 import time
 from pathlib import Path, PurePosixPath
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg.errors import DependencyNotProducedError, InputError
 from slimreg.guard import protecting, refuse_outputs_over_inputs
 from slimreg.io.integrity import damaged_input_error, is_decode_error

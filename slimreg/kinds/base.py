@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg.io.probe import ImageInfo, probe
 
 if TYPE_CHECKING:

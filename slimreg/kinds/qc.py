@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg.estimate import PROCESS_BASE, QC_OVERHEAD, QC_PER_PX, SAFETY, working_pixels
 from slimreg.kinds.base import EstimateContext, Params, RunContext
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from slimreg import layout
+import slimreg.layout as layout
 from slimreg.estimate import MB, PROCESS_BASE, SAFETY
 from slimreg.kinds.base import EstimateContext, NoParams, RunContext
 
