@@ -111,3 +111,25 @@ def test_every_image_gets_a_pyramid_and_its_own_name(tmp_path: Path) -> None:
     assert len(levels) > 1 and max(levels[-1]) <= OVERVIEW_PX
     with tifffile.TiffFile(path) as tif:
         assert 'Name="round2"' in tif.pages[0].description
+
+
+@pytest.mark.parametrize(("shape", "tile", "rgb"), [
+    ((787, 1164), 1024, True),   # the shared kidney section registered at the default tile: levels of 291 and 145 px
+    ((1000, 1300), 512, False),
+])
+def test_every_level_opens_in_libvips(tmp_path: Path, shape: tuple[int, int], tile: int, rgb: bool) -> None:
+    """libvips (and VALIS, which reads through it) refuses a level whose tile is larger than twice its long side
+    rounded up to 256 px: the levels smaller than one tile are written in tiles that hold them, and read back in
+    libvips as in tifffile."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 255, (*shape, 3) if rgb else shape).astype(np.uint8)
+    path = write_array(data, tmp_path / "levels.ome.tif", is_rgb=rgb, tile_size=tile)
+    with tifffile.TiffFile(path) as tif:
+        levels = tif.series[0].levels
+        assert len(levels) > 2
+        for index, level in enumerate(levels):
+            page = level.pages[0]
+            long_side = max(page.imagewidth, page.imagelength)
+            assert page.tilewidth <= -(-2 * long_side // 256) * 256 and page.tilewidth % 16 == 0
+            by_libvips = pyvips.Image.new_from_file(str(path), subifd=index - 1, n=1).numpy()
+            assert np.array_equal(by_libvips.reshape(level.shape), level.asarray())

@@ -71,6 +71,15 @@ class TileCodec:
 OVERVIEW_PX = 256  # a pyramid ends at a level this small, whatever the tile: a viewer's overview of the whole image
 
 
+def level_tile_sizes(shapes: list[tuple[int, int]], tile: int) -> list[int]:
+    """The tile size each level is written with: ``tile``, except that a level smaller than one tile gets the
+    smallest power of two (at least 16) that holds it. libvips refuses to read a level whose tile is larger than
+    twice its long side rounded up to 256 px ("tiff2vips: tile size out of range"; pyvips 8.18, and VALIS reads
+    through it), so a 1164 px image's 291 px level written in 1024 px tiles could not be opened."""
+    return [tile if max(height, width) >= tile else min(tile, max(16, 1 << (max(height, width) - 1).bit_length()))
+            for height, width in shapes]
+
+
 def pyramid_shapes(height: int, width: int, tile: int, pyramid: bool = True) -> list[tuple[int, int]]:
     """(height, width) of each level: halved (rounded down, at least 1 px) until one tile holds it and it is an
     overview (OVERVIEW_PX): so a 1024 px image written in 1024 px tiles has a pyramid too, as viewers expect."""
@@ -151,8 +160,12 @@ class PyramidRenderer:
     """Walks one plane's quadtree, rendering leaves ahead on a thread and encoding tiles on a pool."""
 
     def __init__(self, plane: Callable[[], pyvips.Image], shapes: list[tuple[int, int]], tile: int,
-                 codec: TileEncoder, store: TileSink, *, block: int = RENDER_BLOCK_PIXELS, workers: int | None = None):
+                 codec: TileEncoder, store: TileSink, *, block: int = RENDER_BLOCK_PIXELS, workers: int | None = None,
+                 level_tiles: list[int] | None = None):
+        """``level_tiles``: the size each level's tiles are padded to (``level_tile_sizes``; ``tile`` throughout
+        without it); a smaller one only for a level that one tile holds, so the quadtree walk is the same."""
         self.plane = plane
+        self.level_tiles = level_tiles or [tile] * len(shapes)
         probe_image = plane()
         self.samples = probe_image.bands
         self.dtype = np.dtype(VIPS_TO_NUMPY[probe_image.format])
@@ -199,8 +212,9 @@ class PyramidRenderer:
         """Queue one tile (padded to full size) for encoding; store finished tiles in submission order."""
         if level >= len(self.shapes) or data.shape[0] == 0 or data.shape[1] == 0:
             return
-        if data.shape[:2] != (self.tile, self.tile):
-            padded = np.zeros((self.tile, self.tile, self.samples), data.dtype)
+        size = self.level_tiles[level]
+        if data.shape[:2] != (size, size):
+            padded = np.zeros((size, size, self.samples), data.dtype)
             padded[: data.shape[0], : data.shape[1]] = data
             data = padded
         self._pending.append((level, row, column, pool.submit(self.codec.encode, data)))
@@ -300,12 +314,13 @@ class PyramidRenderer:
 
 def render_plane_tiles(plane: Callable[[], pyvips.Image], shapes: list[tuple[int, int]], tile: int, codec: TileCodec,
                        scratch: BinaryIO) -> TileStore:
-    """Render the plane ``plane()`` builds (called once per block) into a TileStore over ``scratch``.
+    """Render the plane ``plane()`` builds (called once per block) into a TileStore over ``scratch``, each level in
+    its ``level_tile_sizes`` tiles.
 
     Raises if any tile of any level went missing (a walk that does not cover the grid is a bug, not data).
     """
     store = TileStore(scratch, shapes, tile)
-    PyramidRenderer(plane, shapes, tile, codec, store).run()
+    PyramidRenderer(plane, shapes, tile, codec, store, level_tiles=level_tile_sizes(shapes, tile)).run()
     missing = store.missing()
     if missing:
         raise RuntimeError(f"internal error: {len(missing)} pyramid tiles were not rendered, e.g. {missing[:3]}")

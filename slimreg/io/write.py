@@ -22,7 +22,15 @@ import tifffile
 
 from slimreg.atomic import atomic_output
 from slimreg.errors import ParameterError
-from slimreg.io.tiles import JPEG_SUBSAMPLING, TileCodec, TileStore, pyramid_shapes, render_plane_tiles, scratch_path
+from slimreg.io.tiles import (
+    JPEG_SUBSAMPLING,
+    TileCodec,
+    TileStore,
+    level_tile_sizes,
+    pyramid_shapes,
+    render_plane_tiles,
+    scratch_path,
+)
 from slimreg.io.vips import from_numpy, vips_format
 from slimreg.memory import PlaneReleases
 from slimreg.options import COMPRESSIONS, WORK_TILE_SIZE
@@ -169,9 +177,9 @@ def _append_pyramid(writer: tifffile.TiffWriter, store: TileStore, shapes: list[
                     resolution: tuple[float, float] | None) -> None:
     """Write one plane's levels (level 0, then its reductions as SubIFDs) from the tile store, in TIFF order."""
     samples = 3 if meta.is_rgb else 1
-    for level, (height, width) in enumerate(shapes):
+    for level, ((height, width), level_tile) in enumerate(zip(shapes, level_tile_sizes(shapes, tile), strict=True)):
         writer.write(store.level_tiles(level), shape=(height, width, samples) if meta.is_rgb else (height, width),
-                     dtype=meta.dtype, tile=(tile, tile), compression=codec.tag,
+                     dtype=meta.dtype, tile=(level_tile, level_tile), compression=codec.tag,
                      predictor=2 if codec.predictor else None,
                      photometric="rgb" if meta.is_rgb else "minisblack",
                      subsampling=JPEG_SUBSAMPLING if codec.compression == "jpeg" else None,
