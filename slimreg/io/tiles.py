@@ -108,6 +108,7 @@ class TileStore:
 
     def __init__(self, handle: BinaryIO, shapes: list[tuple[int, int]], tile: int):
         self.handle = handle
+        self.tile_sizes = level_tile_sizes(shapes, tile)  # each level's tiles, as rendered and as written
         grids = [(-(-h // tile), -(-w // tile)) for h, w in shapes]
         self.offsets = [np.full(grid, -1, np.int64) for grid in grids]
         self.counts = [np.zeros(grid, np.int64) for grid in grids]
@@ -320,7 +321,7 @@ def render_plane_tiles(plane: Callable[[], pyvips.Image], shapes: list[tuple[int
     Raises if any tile of any level went missing (a walk that does not cover the grid is a bug, not data).
     """
     store = TileStore(scratch, shapes, tile)
-    PyramidRenderer(plane, shapes, tile, codec, store, level_tiles=level_tile_sizes(shapes, tile)).run()
+    PyramidRenderer(plane, shapes, tile, codec, store, level_tiles=store.tile_sizes).run()
     missing = store.missing()
     if missing:
         raise RuntimeError(f"internal error: {len(missing)} pyramid tiles were not rendered, e.g. {missing[:3]}")

@@ -26,7 +26,6 @@ from slimreg.io.tiles import (
     JPEG_SUBSAMPLING,
     TileCodec,
     TileStore,
-    level_tile_sizes,
     pyramid_shapes,
     render_plane_tiles,
     scratch_path,
@@ -177,7 +176,7 @@ def _append_pyramid(writer: tifffile.TiffWriter, store: TileStore, shapes: list[
                     resolution: tuple[float, float] | None) -> None:
     """Write one plane's levels (level 0, then its reductions as SubIFDs) from the tile store, in TIFF order."""
     samples = 3 if meta.is_rgb else 1
-    for level, ((height, width), level_tile) in enumerate(zip(shapes, level_tile_sizes(shapes, tile), strict=True)):
+    for level, ((height, width), level_tile) in enumerate(zip(shapes, store.tile_sizes, strict=True)):
         writer.write(store.level_tiles(level), shape=(height, width, samples) if meta.is_rgb else (height, width),
                      dtype=meta.dtype, tile=(level_tile, level_tile), compression=codec.tag,
                      predictor=2 if codec.predictor else None,
