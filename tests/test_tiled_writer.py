@@ -10,7 +10,7 @@ import pyvips
 import tifffile
 
 from slimreg.io import OmeMetadata, open_image, probe, write_array, write_planes
-from slimreg.io.tiles import RENDER_BLOCK_PIXELS
+from slimreg.io.tiles import RENDER_BLOCK_PIXELS, _halve
 from slimreg.io.vips import from_numpy
 
 
@@ -42,6 +42,26 @@ def test_every_level_is_the_exact_mean_of_the_level_below(tmp_path: Path, shape:
         expected = halved(expected)
         assert level.shape == expected.shape and np.array_equal(level, expected)
     assert probe(path).levels == tuple(level.shape for level in levels)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32])
+@pytest.mark.parametrize("samples", [1, 3, 5])
+@pytest.mark.parametrize("shape", [(2, 2), (9, 14), (1, 9), (7, 1), (64, 64)])
+def test_halving_a_tile_is_the_exact_mean(dtype: type, samples: int, shape: tuple[int, int]) -> None:
+    """Each pyramid tile's halving, whichever way it is computed (OpenCV's area resize where it gives the same
+    integers, summed views elsewhere), equals the reference mean: half-way values round up, none overflows."""
+    rng = np.random.default_rng(samples * 100 + shape[0])
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    low, high = (info.min, info.max) if info else (-1e3, 1e3)
+    array = rng.uniform(low, high, (*shape, samples)).astype(dtype)
+    array[0, 0] = high  # the largest values summed: an accumulator too narrow would wrap
+    expected = halved(array)
+    out = _halve(array, *expected.shape[:2])
+    assert out.dtype == array.dtype and out.shape == expected.shape
+    if array.dtype.kind == "f":
+        assert np.allclose(out, expected, rtol=1e-6)
+    else:
+        assert np.array_equal(out, expected)
 
 
 def test_float_pyramid_keeps_fractions(tmp_path: Path) -> None:
