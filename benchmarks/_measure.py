@@ -34,5 +34,7 @@ def measure_cli(args: list[str], timeout: float | None = None) -> dict[str, floa
     return _run([sys.executable, "-c", CLI_WRAPPER, *args], timeout)
 
 
-def measure_snippet(code: str, timeout: float | None = None) -> dict[str, float | str]:
-    return _run([sys.executable, "-c", code + SNIPPET_SUFFIX], timeout)
+def measure_snippet(code: str, timeout: float | None = None, python: str = sys.executable
+                    ) -> dict[str, float | str]:
+    """``code`` run by ``python`` (another venv's, for a peer kept out of the project's dependencies)."""
+    return _run([python, "-c", code + SNIPPET_SUFFIX], timeout)

@@ -16,6 +16,14 @@ engine, which registers in a child process under a memory budget, the child's pe
 slimreg engines run as a user runs them (`slimreg register`, warp and write included); VALIS used plainly is
 `Valis(...).register()` with its defaults and the weights-free VGG matcher (this machine is offline), its
 landmarks mapped by `Slide.warp_xy_from_to`.
+
+palom (``--engines palom --palom-python VENV/bin/python``; IF rounds only, the modality it is built for; kept out of
+the project's dependencies: ``python3.11 -m venv /tmp/palomenv && /tmp/palomenv/bin/pip install palom``) runs as
+its README's OME-TIFF example does: `palom.align.get_aligner` at full resolution with the thumbnail level nearest
+2000 px, `coarse_register_affine(n_keypoints=4000)`, `compute_shifts()`, `constrain_shifts()` (where there is more
+than one block: on one block it fails, and the README says it may not be needed for small images), and the moving
+image warped block by block and written with `palom.pyramid.write_pyramid`. Points map through the affine of the
+reference block they fall in (palom's blocks are its reference image's dask chunks).
 """
 
 from __future__ import annotations
@@ -64,6 +72,35 @@ json.dump({{"mapped": np.asarray(mapped).tolist(), "rigid": np.asarray(rigid).to
 """
 
 
+PALOM = """
+import json, warnings; warnings.filterwarnings("ignore")
+import numpy as np, palom
+from loguru import logger
+logger.remove()
+reference, moving = palom.reader.OmePyramidReader({reference!r}), palom.reader.OmePyramidReader({moving!r})
+aligner = palom.align.get_aligner(reference, moving,
+                                  thumbnail_level1=reference.get_thumbnail_level_of_size(2000),
+                                  thumbnail_level2=moving.get_thumbnail_level_of_size(2000))
+aligner.coarse_register_affine(n_keypoints=4000, plot_match_result=False)
+aligner.compute_shifts()
+if aligner.num_blocks > 1:  # its outlier filter needs several blocks ("maybe not needed for ROI images")
+    aligner.constrain_shifts()
+moved = palom.align.block_affine_transformed_moving_img(aligner.ref_img, moving.read_level_channels(0, 0),
+                                                        mxs=aligner.block_affine_matrices_da)
+palom.pyramid.write_pyramid([moved], {output!r}, pixel_size=reference.pixel_size)
+# each block's matrix maps moving px to reference px (palom.block_affine inverts it for the warp)
+points = np.asarray(json.load(open({points!r})), float)
+row_edges, column_edges = (np.cumsum((0,) + tuple(c)) for c in aligner.ref_img.chunks)
+rows = np.clip(np.searchsorted(row_edges, points[:, 1], side="right") - 1, 0, len(row_edges) - 2)
+columns = np.clip(np.searchsorted(column_edges, points[:, 0], side="right") - 1, 0, len(column_edges) - 2)
+pulls = np.linalg.inv(aligner.block_affine_matrices)[rows * (len(column_edges) - 1) + columns]
+mapped = np.einsum("nij,nj->ni", pulls, np.hstack([points, np.ones((len(points), 1))]))[:, :2]
+json.dump({{"mapped": mapped.tolist(), "blocks": int(aligner.num_blocks)}}, open({result!r}, "w"))
+"""
+# the python of a venv that has palom (--palom-python); palom is never a project dependency
+PEER_PYTHON: dict[str, str] = {}
+
+
 class PointMap:
     """Reference points -> moving points, from a slimreg transform file or VALIS' mapped points."""
 
@@ -86,6 +123,17 @@ def run_engine(engine: str, reference: Path, moving: Path, points: np.ndarray, o
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    if engine == "palom":
+        if "palom" not in PEER_PYTHON:
+            return {"status": "not run: give --palom-python", "seconds": float("nan"), "peak_mb": float("nan")}, None
+        result, points_file = out / "mapped.json", out / "points.json"
+        points_file.write_text(json.dumps(np.asarray(points).tolist()))
+        measured = measure_snippet(PALOM.format(reference=str(reference), moving=str(moving), points=str(points_file),
+                                                output=str(out / "registered.ome.tif"), result=str(result)),
+                                   timeout=timeout, python=PEER_PYTHON["palom"])
+        if measured["status"] != "ok" or not result.is_file():
+            return measured, None
+        return measured, PointMap(mapped=np.array(json.loads(result.read_text())["mapped"]))
     if engine == "valis-plain":
         src = out / "src"
         src.mkdir()
@@ -140,7 +188,7 @@ def sections(engines: list[str], workdir: Path, timeout: float, upscale: int = 1
             rows.append(_section_row(pair, f"affine fitted to the landmarks ({label})", before,
                                      landmark_errors(fitted, pair), diagonal, not_run,
                                      verdict="not a registration: fitted to the answer"))
-        for engine in engines:
+        for engine in (e for e in engines if e != "palom"):  # palom is for IF rounds
             measured, point_map = run_engine(engine, pair.reference, pair.moving, pair.reference_landmarks,
                                              workdir / "runs" / engine / pair.name.replace(" <- ", "__"), timeout)
             after = landmark_errors(point_map, pair) if point_map is not None else None
@@ -187,7 +235,8 @@ def if_rounds(engines: list[str], workdir: Path, timeout: float) -> list[str]:
 
 def calcium(engines: list[str], workdir: Path, timeout: float) -> list[str]:
     header = "inverse consistency, median px | p90 px | wall s (2 pairs)"
-    return _consistency("calcium frames", header, calcium_frames(), ((0, 1), (1, 0)), engines, workdir, timeout)
+    return _consistency("calcium frames", header, calcium_frames(), ((0, 1), (1, 0)),
+                        [e for e in engines if e != "palom"], workdir, timeout)
 
 
 def _consistency(label: str, header: str, images: list[Path], steps: tuple[tuple[int, int], ...],
@@ -231,7 +280,8 @@ def _consistency_row(label: str, engine: str, maps: dict, grid: np.ndarray, seco
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", nargs="+", default=["feature", "valis", "valis-plain"],
-                        choices=["feature", "valis", "valis-plain"])
+                        choices=["feature", "valis", "valis-plain", "palom"])
+    parser.add_argument("--palom-python", default="", help="python of a venv with palom (IF rounds only)")
     parser.add_argument("--sets", nargs="+", default=["sections", "if", "calcium"],
                         choices=["sections", "if", "calcium"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/slimreg-bench-accuracy"))
@@ -239,6 +289,8 @@ def main() -> int:
     parser.add_argument("--upscale", type=int, default=1,
                         help="register the sections enlarged N times (20: whole-slide size, 23280 x 15740 px)")
     args = parser.parse_args()
+    if args.palom_python:
+        PEER_PYTHON["palom"] = args.palom_python
     if not available():
         print("the shared real data is not here; set SLIMREG_SHARED_DATA to its folder", file=sys.stderr)
         return 2
