@@ -12,13 +12,12 @@ own, so the pieces hold exactly the frames one task would have written.
 
 from __future__ import annotations
 
-import csv
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, overload
 
 import cv2
 import numpy as np
@@ -28,7 +27,6 @@ from slimreg.atomic import atomic_output
 from slimreg.errors import InputError, ParameterError
 from slimreg.motion import (
     MODES,
-    FrameShift,
     PatchGrid,
     apply_frame_shift,
     build_template,
@@ -37,6 +35,10 @@ from slimreg.motion import (
     frame_shifts,
     template_spectrum,
 )
+from slimreg.motion_records import FrameTable
+
+if TYPE_CHECKING:
+    import pyvips
 
 # frames of the registration channel held at once (float32): a few dozen 512 x 512 frames
 CHUNK_BYTES = 32 * 1024**2
@@ -190,7 +192,7 @@ class MotionResult:
     blank_frames: list[int]
     nan_frames: list[int]
     qc: dict[str, float]
-    shifts: list[FrameShift] = field(repr=False, default_factory=list)
+    shifts: FrameTable = field(repr=False)
 
 
 def correct_motion(input_path: str | Path, outdir: str | Path, *, mode: str = "rigid",
@@ -220,23 +222,27 @@ def correct_recording(frames: Frames, template: np.ndarray, mode: str, outputs: 
                       chunk_frames: int | None = None, tile_size: int = 512, compression: str = "deflate",
                       pyramid: bool = True) -> MotionResult:
     """Correct every frame against ``template`` and write the corrected OME-TIFF (every channel, moved alike),
-    the shifts (CSV and JSON) and their plot; frame numbers in the records count from the recording's start."""
+    the shifts (CSV, per frame), the summary (JSON) and the shift plot; frame numbers in the records count from the
+    recording's start. Memory does not grow with the number of frames beyond a few bytes each
+    (slimreg.motion_records)."""
     _check_mode(mode)
     chunk = chunk_frames or chunk_frames_for(frames.shape)
     outputs.corrected.parent.mkdir(parents=True, exist_ok=True)
+    grid = PatchGrid.for_shape(frames.shape) if mode == "piecewise" else None
+    table = FrameTable(frames.count, len(grid.starts_y) * len(grid.starts_x) if grid else 0,
+                       scratch_dir=outputs.corrected.parent)
     with tempfile.TemporaryDirectory(dir=outputs.corrected.parent, prefix=".motion-") as work:
         scratch = Path(work) / "corrected.raw"
-        shifts, mean_before, mean_after = _correct_to_scratch(frames, template, scratch, mode, chunk)
-        before, after = _frame_correlations(frames, scratch, mean_before, mean_after, chunk)
+        mean_before, mean_after = _correct_to_scratch(frames, template, scratch, grid, chunk, table)
+        _frame_correlations(frames, scratch, mean_before, mean_after, chunk, table)
         _write_recording(frames, scratch, outputs.corrected, name, tile_size, compression, pyramid)
-    _write_csv(outputs.shifts_csv, shifts, mode)
-    plot_shifts(shifts, outputs.plot)
-    qc = _qc_numbers(mean_before, mean_after, before, after)
+    table.write_csv(outputs.shifts_csv)
+    plot_shifts(table, outputs.plot)
+    qc = _qc_numbers(mean_before, mean_after, table)
     result = MotionResult({"corrected": str(outputs.corrected), "shifts_csv": str(outputs.shifts_csv),
                            "plot": str(outputs.plot), "json": str(outputs.json)}, frames.count, mode,
-                          [s.frame for s in shifts if s.status == "blank"],
-                          [s.frame for s in shifts if s.status == "nan"], qc, shifts)
-    _write_json(outputs.json, result, before, after, first_frame=getattr(frames, "start", 0))
+                          table.frames_with("blank"), table.frames_with("nan"), qc, table)
+    _write_json(outputs.json, result, grid, first_frame=getattr(frames, "start", 0))
     return result
 
 
@@ -262,12 +268,11 @@ def _to_dtype(frame: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return frame.astype(dtype)
 
 
-def _correct_to_scratch(frames: Frames, template: np.ndarray, scratch: Path, mode: str,
-                        chunk: int) -> tuple[list[FrameShift], np.ndarray, np.ndarray]:
-    """Pass 1: shifts, every channel of every frame moved into the scratch file, the means before and after."""
-    grid = PatchGrid.for_shape(frames.shape) if mode == "piecewise" else None
+def _correct_to_scratch(frames: Frames, template: np.ndarray, scratch: Path, grid: PatchGrid | None, chunk: int,
+                        table: FrameTable) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1: shifts into ``table``, every channel of every frame moved into the scratch file, the means before
+    and after."""
     spectrum = template_spectrum(template)
-    shifts: list[FrameShift] = []
     sum_before = np.zeros(frames.shape, np.float64)
     sum_after = np.zeros(frames.shape, np.float64)
     good = 0
@@ -283,110 +288,126 @@ def _correct_to_scratch(frames: Frames, template: np.ndarray, scratch: Path, mod
                         sum_before += frame
                         sum_after += moved
                         good += 1
-            shifts += chunk_shifts
+            table.extend(chunk_shifts)
     good = max(good, 1)
-    return shifts, (sum_before / good).astype(np.float32), (sum_after / good).astype(np.float32)
+    return (sum_before / good).astype(np.float32), (sum_after / good).astype(np.float32)
 
 
 def _frame_correlations(frames: Frames, scratch: Path, mean_before: np.ndarray, mean_after: np.ndarray,
-                        chunk: int) -> tuple[list[float], list[float]]:
-    """Pass 2: each frame's correlation with the raw mean and, corrected, with the corrected mean (CaImAn's)."""
+                        chunk: int, table: FrameTable) -> None:
+    """Pass 2: each frame's correlation with the raw mean and, corrected, with the corrected mean (CaImAn's), into
+    ``table``."""
     channels = _channels(frames)
-    before: list[float] = []
-    after: list[float] = []
     for start, chunk_frames in _chunks(frames, chunk):
-        before += [frame_correlation(f, mean_before) for f in chunk_frames]
+        stop = start + len(chunk_frames)
+        table.correlation_before[start:stop] = [frame_correlation(f, mean_before) for f in chunk_frames]
         # the chunk's corrected planes in one read (every channel: frame-major), its registration channel kept
         corrected = _scratch_planes(scratch, frames, start * channels, len(chunk_frames) * channels)
-        after += [frame_correlation(plane, mean_after) for plane in corrected[frames.channel::channels]]
-    return before, after
+        table.correlation_after[start:stop] = [frame_correlation(plane, mean_after)
+                                               for plane in corrected[frames.channel::channels]]
 
 
-def _qc_numbers(mean_before: np.ndarray, mean_after: np.ndarray, before: list[float],
-                after: list[float]) -> dict[str, float]:
+def _qc_numbers(mean_before: np.ndarray, mean_after: np.ndarray, table: FrameTable) -> dict[str, float]:
     """Summary QC: mean correlation with the mean and crispness of the mean, before and after."""
-    return {"mean_correlation_before": float(np.nanmean(before)) if np.isfinite(before).any() else float("nan"),
-            "mean_correlation_after": float(np.nanmean(after)) if np.isfinite(after).any() else float("nan"),
+    def mean(values: np.ndarray) -> float:
+        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+    return {"mean_correlation_before": mean(table.correlation_before),
+            "mean_correlation_after": mean(table.correlation_after),
             "crispness_before": crispness(mean_before), "crispness_after": crispness(mean_after)}
+
+
+class _ScratchPlanes(Sequence):
+    """The corrected planes as the writer asks for them, each read from the raw scratch file when its pipeline is
+    built; no per-plane object is kept (a list of 100 000 closures would be 30 MB)."""
+
+    def __init__(self, scratch: Path, frames: Frames):
+        self.scratch, self.frames = scratch, frames
+        self.count = frames.count * _channels(frames)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @overload
+    def __getitem__(self, index: int) -> Callable[[], pyvips.Image]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Callable[[], pyvips.Image]]: ...
+
+    def __getitem__(self, index: int | slice) -> Callable[[], pyvips.Image] | list[Callable[[], pyvips.Image]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+
+        def build() -> pyvips.Image:
+            import pyvips
+
+            return pyvips.Image.new_from_array(_scratch_planes(self.scratch, self.frames, index, 1)[0])
+        return build
 
 
 def _write_recording(frames: Frames, scratch: Path, path: Path, name: str, tile_size: int, compression: str,
                      pyramid: bool) -> Path:
     """The corrected OME-TIFF, planes read from the scratch file when the writer asks for them."""
-    import pyvips
-
     from slimreg.io.write import OmeMetadata, write_planes
 
     height, width = frames.shape
-
-    def plane(index: int):
-        def build() -> pyvips.Image:
-            return pyvips.Image.new_from_array(_scratch_planes(scratch, frames, index, 1)[0])
-        return build
-
     meta = OmeMetadata(width=width, height=height, dtype=str(frames.dtype), channel_names=frames.channel_names,
                        pixel_size_um=frames.pixel_size_um, size_t=frames.count, name=name)
-    return write_planes([plane(i) for i in range(frames.count * _channels(frames))], path, meta,
-                        tile_size=tile_size, compression=compression, pyramid=pyramid)
+    return write_planes(_ScratchPlanes(scratch, frames), path, meta, tile_size=tile_size, compression=compression,
+                        pyramid=pyramid)
 
 
-def _patch_summary(s: FrameShift) -> list[str]:
-    """Spread of the patch shifts around the rigid one: max |residual| in y and x."""
-    if s.patch_dy is None or s.patch_dx is None:
-        return ["", ""]
-    return [f"{float(np.abs(s.patch_dy).max()):.4f}", f"{float(np.abs(s.patch_dx).max()):.4f}"]
-
-
-def _write_csv(path: Path, shifts: list[FrameShift], mode: str) -> None:
-    """frame,dy,dx,status[,patch_max_abs_dy,patch_max_abs_dx], written under a temporary name."""
-    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
-        out = csv.writer(handle)
-        extra = ["patch_max_abs_dy", "patch_max_abs_dx"] if mode == "piecewise" else []
-        out.writerow(["frame", "dy", "dx", "status", *extra])
-        for s in shifts:
-            out.writerow([s.frame, f"{s.dy:.4f}", f"{s.dx:.4f}", s.status, *(_patch_summary(s) if extra else [])])
+def _write_json(path: Path, result: MotionResult, grid: PatchGrid | None, *, first_frame: int = 0) -> None:
+    """The summary: settings, flagged frames, QC, the largest shift and the patch grid; the frames themselves are
+    in the CSV (one row each), so this file and the report that reads it stay small however long the recording."""
+    payload = {"mode": result.mode, "frames": result.frames, "first_frame": first_frame,
+               "blank_frames": result.blank_frames, "nan_frames": result.nan_frames,
+               "qc": {k: _finite(v) for k, v in result.qc.items()},
+               "largest_shift_px": round(result.shifts.largest_shift(), 4),
+               "per_frame": Path(result.outputs["shifts_csv"]).name,
+               "outputs": {k: Path(v).name for k, v in result.outputs.items()}}
+    if grid is not None:
+        payload["patch_grid"] = {"size": grid.size, "starts_y": grid.starts_y, "starts_x": grid.starts_x,
+                                 "order": "row-major: patch k is row k // len(starts_x), column k % len(starts_x)"}
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
 
 
 def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _write_json(path: Path, result: MotionResult, before: list[float], after: list[float], *,
-                first_frame: int = 0) -> None:
-    """Everything in one file: settings, flagged frames, QC, and per-frame shifts and correlations."""
-    payload = {"mode": result.mode, "frames": result.frames, "first_frame": first_frame,
-               "blank_frames": result.blank_frames, "nan_frames": result.nan_frames,
-               "qc": {k: _finite(v) for k, v in result.qc.items()},
-               "outputs": {k: Path(v).name for k, v in result.outputs.items()},
-               "shifts": [{"frame": s.frame, "dy": round(s.dy, 4), "dx": round(s.dx, 4), "status": s.status,
-                           "correlation_before": _finite(b), "correlation_after": _finite(a),
-                           **({"patch_dy": np.round(s.patch_dy, 4).tolist(),
-                               "patch_dx": np.round(s.patch_dx, 4).tolist()} if s.patch_dy is not None else {})}
-                          for s, b, a in zip(result.shifts, before, after, strict=True)]}
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
-
-
-def plot_shifts(shifts: list[FrameShift], path: Path, width: int = 800, height: int = 300) -> None:
-    """dy (blue) and dx (red) over frames, drawn with OpenCV; blank/NaN frames marked grey."""
+def plot_shifts(table: FrameTable, path: Path, width: int = 800, height: int = 300) -> None:
+    """dy (blue) and dx (red) over frames, drawn with OpenCV; blank/NaN frames marked grey. A long recording is
+    drawn as each pixel column's lowest and highest shift (the frames that column covers), so drawing it holds a
+    few arrays of the plot's width, not of the recording's length."""
     image = np.full((height, width, 3), 255, np.uint8)
     margin = 30
-    values = np.array([[s.dy, s.dx] for s in shifts], np.float64).reshape(-1, 2)
-    limit = max(float(np.abs(values).max()) if len(values) else 0.0, 0.5)
-    count = max(len(shifts) - 1, 1)
+    count = len(table)
+    span = width - 2 * margin
+    if count > span:  # several frames per pixel column: each column's envelope
+        firsts = np.linspace(0, count, span + 1).astype(np.int64)[:-1]
+        xs = np.arange(span) + margin
+        series = [(np.minimum.reduceat(values[:count], firsts), np.maximum.reduceat(values[:count], firsts))
+                  for values in (table.dy, table.dx)]
+    else:
+        xs = margin + np.rint(np.arange(count) / max(count - 1, 1) * span).astype(np.int64)
+        series = [(table.dy[:count], table.dy[:count]), (table.dx[:count], table.dx[:count])]
+    limit = max(max((float(np.abs(v).max()) for pair in series for v in pair if len(v)), default=0.0), 0.5)
 
-    def point(i: int, v: float) -> tuple[int, int]:
-        x = margin + round(i / count * (width - 2 * margin))
-        return x, round(height / 2 - v / limit * (height / 2 - margin))
+    def rows(v: np.ndarray) -> np.ndarray:
+        return np.rint(height / 2 - v / limit * (height / 2 - margin)).astype(np.int32)
 
     cv2.line(image, (margin, height // 2), (width - margin, height // 2), (200, 200, 200), 1)
-    for i, s in enumerate(shifts):
-        if s.status != "ok":
-            x = point(i, 0)[0]
-            cv2.line(image, (x, margin), (x, height - margin), (160, 160, 160), 1)
-    for column, colour in ((0, (200, 0, 0)), (1, (0, 0, 200))):
-        pts = np.array([point(i, v) for i, v in enumerate(values[:, column])], np.int32).reshape(-1, 1, 2)
-        cv2.polylines(image, [pts], False, colour, 1, cv2.LINE_AA)
+    flagged = np.flatnonzero(table.status[:count] != 0)
+    for x in np.unique(margin + np.rint(flagged / max(count - 1, 1) * span).astype(np.int64)):
+        cv2.line(image, (int(x), margin), (int(x), height - margin), (160, 160, 160), 1)
+    for (low, high), colour in zip(series, ((200, 0, 0), (0, 0, 200)), strict=True):
+        # down each column from its highest to its lowest shift, then on to the next column
+        pts = np.stack([np.repeat(xs, 2), np.column_stack([rows(high), rows(low)]).ravel()], axis=1)
+        cv2.polylines(image, [pts.astype(np.int32).reshape(-1, 1, 2)], False, colour, 1, cv2.LINE_AA)
     cv2.putText(image, f"shift px (+/-{limit:.2f}): dy blue, dx red; grey = blank/NaN frames", (margin, 20),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     with atomic_output(path) as tmp:

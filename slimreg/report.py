@@ -129,12 +129,14 @@ def _motion_records(results: Path) -> list[dict[str, Any]]:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
+        # the per-frame list of records written before the summary held the largest shift
         shifts = [(s["dy"], s["dx"]) for s in data.get("shifts", []) if s.get("status") == "ok"]
+        largest = data.get("largest_shift_px", max((math.hypot(dy, dx) for dy, dx in shifts), default=0.0))
         records.append({"sample": path.parent.name, "name": path.name.removesuffix(layout.MOTION_JSON_SUFFIX),
                         "mode": data.get("mode", ""), "frames": data.get("frames", 0),
                         "first_frame": data.get("first_frame", 0), "qc": data.get("qc", {}),
                         "flagged": len(data.get("blank_frames", [])) + len(data.get("nan_frames", [])),
-                        "largest_shift": max((math.hypot(dy, dx) for dy, dx in shifts), default=0.0),
+                        "largest_shift": largest,
                         "png_path": path.with_name(path.name.replace(layout.MOTION_JSON_SUFFIX,
                                                                       layout.MOTION_PNG_SUFFIX))})
     return sorted(records, key=lambda r: (r["sample"], r["name"]))

@@ -84,6 +84,10 @@ def test_piecewise_follows_smoothly_varying_shifts(tmp_path):
     truth = np.array([[[dy[c], dx[c]] for c in centres] for dy, dx in fields])
     error = centred_error(estimated, truth)
     assert np.median(error) < 0.3, np.median(error)
+    with open(tmp_path / "out" / "warped.shifts.csv") as handle:  # every patch's residual, one row per frame
+        rows = list(csv.DictReader(handle))
+    written = np.array([[float(r[f"patch_dy_{k}"]) for k in range(len(centres))] for r in rows])
+    assert np.allclose(written, [s.patch_dy for s in result.shifts], atol=1e-4)
     rigid = correct_motion(stack, tmp_path / "rigid", mode="rigid")
     assert result.qc["mean_correlation_after"] > rigid.qc["mean_correlation_after"]
 
@@ -97,8 +101,11 @@ def test_cli_writes_readable_outputs_with_every_frame(tmp_path):
     with open(tmp_path / "sima_example.shifts.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["frame"]) for r in rows] == list(range(20))
+    assert all(-1 <= float(r["correlation_after"]) <= 1 for r in rows)
     payload = json.loads((tmp_path / "sima_example.motion.json").read_text())
-    assert len(payload["shifts"]) == 20 and payload["mode"] == "rigid"
+    assert payload["frames"] == 20 and payload["mode"] == "rigid" and payload["per_frame"] == "sima_example.shifts.csv"
+    largest = max(np.hypot(float(r["dy"]), float(r["dx"])) for r in rows)
+    assert payload["largest_shift_px"] == pytest.approx(largest, abs=1e-3)
     assert cv2.imread(str(tmp_path / "sima_example.motion.png")) is not None
 
 

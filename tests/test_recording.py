@@ -44,7 +44,7 @@ def test_pieces_corrected_apart_equal_the_recording_corrected_whole(demo_dir: Pa
     first, first_shifts = _correct(recording, template, 0, 5, tmp_path, mode)
     rest, rest_shifts = _correct(recording, template, 5, DEMO_FRAMES, tmp_path, mode)
     assert np.array_equal(np.concatenate([first, rest]), whole)
-    assert [(s.dy, s.dx) for s in first_shifts + rest_shifts] == [(s.dy, s.dx) for s in whole_shifts]
+    assert [(s.dy, s.dx) for s in [*first_shifts, *rest_shifts]] == [(s.dy, s.dx) for s in whole_shifts]
     assert not np.array_equal(whole, _frames(recording))  # it did move them
 
 

@@ -15,6 +15,7 @@ import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import pyvips
@@ -143,8 +144,30 @@ def write_planes(planes: Sequence[PlaneSource], path: str | Path, meta: OmeMetad
     return path
 
 
+class _Recipes(Sequence):
+    """Each plane's recipe, made when asked for: a recording of 100 000 frames would otherwise hold 100 000
+    closures (about 300 bytes each) for the whole write."""
+
+    def __init__(self, planes: Sequence[PlaneSource], target_format: str):
+        self.planes, self.target_format = planes, target_format
+
+    def __len__(self) -> int:
+        return len(self.planes)
+
+    @overload
+    def __getitem__(self, index: int) -> Callable[[], pyvips.Image]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Callable[[], pyvips.Image]]: ...
+
+    def __getitem__(self, index: int | slice) -> Callable[[], pyvips.Image] | list[Callable[[], pyvips.Image]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return plane_recipe(self.planes[index], self.target_format)
+
+
 def checked_planes(planes: Sequence[PlaneSource], meta: OmeMetadata,
-                   tile_size: int) -> tuple[list[Callable[[], pyvips.Image]], int]:
+                   tile_size: int) -> tuple[Sequence[Callable[[], pyvips.Image]], int]:
     """Each plane's recipe, every plane checked against ``meta`` before anything is written, and the tile size
     clamped to the image (readers, libvips among them, will not take tiles much larger than the image). Shared by
     the OME-TIFF and OME-Zarr writers."""
@@ -152,9 +175,8 @@ def checked_planes(planes: Sequence[PlaneSource], meta: OmeMetadata,
         raise ParameterError(f"tile size must be a positive multiple of 16, got {tile_size}.")
     if len(planes) != meta.planes_expected:
         raise ParameterError(f"{len(planes)} planes given but the metadata describes {meta.planes_expected}.")
-    target_format = vips_format(meta.dtype)
     bands = 3 if meta.is_rgb else 1
-    sources = [plane_recipe(plane, target_format) for plane in planes]
+    sources = _Recipes(planes, vips_format(meta.dtype))
     for source in sources:
         plane = source()
         if (plane.width, plane.height) != (meta.width, meta.height) or plane.bands != bands:
