@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, overload
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
@@ -317,46 +317,24 @@ def _qc_numbers(mean_before: np.ndarray, mean_after: np.ndarray, table: FrameTab
             "crispness_before": crispness(mean_before), "crispness_after": crispness(mean_after)}
 
 
-class _ScratchPlanes(Sequence):
-    """The corrected planes as the writer asks for them, each read from the raw scratch file when its pipeline is
-    built; no per-plane object is kept (a list of 100 000 closures would be 30 MB)."""
-
-    def __init__(self, scratch: Path, frames: Frames):
-        self.scratch, self.frames = scratch, frames
-        self.count = frames.count * _channels(frames)
-
-    def __len__(self) -> int:
-        return self.count
-
-    @overload
-    def __getitem__(self, index: int) -> Callable[[], pyvips.Image]: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Callable[[], pyvips.Image]]: ...
-
-    def __getitem__(self, index: int | slice) -> Callable[[], pyvips.Image] | list[Callable[[], pyvips.Image]]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.count))]
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-
-        def build() -> pyvips.Image:
-            import pyvips
-
-            return pyvips.Image.new_from_array(_scratch_planes(self.scratch, self.frames, index, 1)[0])
-        return build
-
-
 def _write_recording(frames: Frames, scratch: Path, path: Path, name: str, tile_size: int, compression: str,
                      pyramid: bool) -> Path:
     """The corrected OME-TIFF, planes read from the scratch file when the writer asks for them."""
-    from slimreg.io.write import OmeMetadata, write_planes
+    import pyvips
+
+    from slimreg.io.write import OmeMetadata, PlaneSequence, write_planes
 
     height, width = frames.shape
     meta = OmeMetadata(width=width, height=height, dtype=str(frames.dtype), channel_names=frames.channel_names,
                        pixel_size_um=frames.pixel_size_um, size_t=frames.count, name=name)
-    return write_planes(_ScratchPlanes(scratch, frames), path, meta, tile_size=tile_size, compression=compression,
-                        pyramid=pyramid)
+    def plane_at(index: int) -> Callable[[], pyvips.Image]:
+        def build() -> pyvips.Image:
+            return pyvips.Image.new_from_array(_scratch_planes(scratch, frames, index, 1)[0])
+        return build
+
+    # made when the writer reaches each plane: no per-plane object is kept (docs/motion.md, "Length")
+    return write_planes(PlaneSequence(frames.count * _channels(frames), plane_at), path, meta, tile_size=tile_size,
+                        compression=compression, pyramid=pyramid)
 
 
 def _write_json(path: Path, result: MotionResult, grid: PatchGrid | None, *, first_frame: int = 0) -> None:

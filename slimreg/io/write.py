@@ -144,15 +144,15 @@ def write_planes(planes: Sequence[PlaneSource], path: str | Path, meta: OmeMetad
     return path
 
 
-class _Recipes(Sequence):
-    """Each plane's recipe, made when asked for: a recording of 100 000 frames would otherwise hold 100 000
-    closures (about 300 bytes each) for the whole write."""
+class PlaneSequence(Sequence):
+    """Planes made when the writer asks for them, from their index: a recording of 100 000 frames given as a list
+    would hold 100 000 closures (about 300 bytes each) for the whole write."""
 
-    def __init__(self, planes: Sequence[PlaneSource], target_format: str):
-        self.planes, self.target_format = planes, target_format
+    def __init__(self, count: int, plane_at: Callable[[int], Callable[[], pyvips.Image]]):
+        self.count, self.plane_at = count, plane_at
 
     def __len__(self) -> int:
-        return len(self.planes)
+        return self.count
 
     @overload
     def __getitem__(self, index: int) -> Callable[[], pyvips.Image]: ...
@@ -162,8 +162,10 @@ class _Recipes(Sequence):
 
     def __getitem__(self, index: int | slice) -> Callable[[], pyvips.Image] | list[Callable[[], pyvips.Image]]:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        return plane_recipe(self.planes[index], self.target_format)
+            return [self[i] for i in range(*index.indices(self.count))]
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return self.plane_at(index)
 
 
 def checked_planes(planes: Sequence[PlaneSource], meta: OmeMetadata,
@@ -176,7 +178,8 @@ def checked_planes(planes: Sequence[PlaneSource], meta: OmeMetadata,
     if len(planes) != meta.planes_expected:
         raise ParameterError(f"{len(planes)} planes given but the metadata describes {meta.planes_expected}.")
     bands = 3 if meta.is_rgb else 1
-    sources = _Recipes(planes, vips_format(meta.dtype))
+    target_format = vips_format(meta.dtype)
+    sources = PlaneSequence(len(planes), lambda index: plane_recipe(planes[index], target_format))
     for source in sources:
         plane = source()
         if (plane.width, plane.height) != (meta.width, meta.height) or plane.bands != bands:
