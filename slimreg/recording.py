@@ -327,6 +327,7 @@ def _write_recording(frames: Frames, scratch: Path, path: Path, name: str, tile_
     height, width = frames.shape
     meta = OmeMetadata(width=width, height=height, dtype=str(frames.dtype), channel_names=frames.channel_names,
                        pixel_size_um=frames.pixel_size_um, size_t=frames.count, name=name)
+
     def plane_at(index: int) -> Callable[[], pyvips.Image]:
         def build() -> pyvips.Image:
             return pyvips.Image.new_from_array(_scratch_planes(scratch, frames, index, 1)[0])
