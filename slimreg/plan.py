@@ -48,6 +48,7 @@ class _Session:
     infos: list[ImageInfo]
     pieces: list[str] = field(default_factory=list)  # files the transform is applied to
     piece_tasks: list[str] = field(default_factory=list)
+    piece_shifts: list[str] = field(default_factory=list)  # each piece's per-frame shifts CSV ("" if not corrected)
     registration_image: str = ""
     registration_scale: int = 1
     registration_task: str | None = None
@@ -131,6 +132,7 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
             if per_piece is None or session is reference:  # the reference session is never warped
                 session.pieces.append(row.source)
                 session.piece_tasks.append("")
+                session.piece_shifts.append("")
                 continue
             pieces = plan_pieces(info, per_piece, layout.split_folder(name), row.stem)
             task_id = safe_id(f"split-{name}-{row.stem}")
@@ -139,6 +141,7 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
                               params=SplitParams(pieces, WORK_TILE_SIZE).to_json()))
             session.pieces += [p.path for p in pieces]
             session.piece_tasks += [task_id] * len(pieces)
+            session.piece_shifts += [""] * len(pieces)
         if session_mode:
             factor = projection_factor(session.infos[0], max_dim)
             projection = layout.projection(name, safe_id(session.name))
@@ -163,10 +166,11 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
                               registered=[publish.written(image_stem(p)) for p in session.pieces],
                               transform=layout.transform_file(name, safe_id(session.name)),
                               registered_projection=(layout.registered_projection(name, safe_id(session.name))
-                                                     if session_mode else None))
+                                                     if session_mode else None),
+                              frame_shifts=session.piece_shifts if any(session.piece_shifts) else [])
                  for session in batch]
         inputs = [reference.registration_image] + [u.registration_image for u in units] + \
-            [p for u in units for p in u.apply_to]
+            [p for u in units for p in u.apply_to] + [c for u in units for c in u.frame_shifts if c]
         outputs = [o for u in units for o in [*u.registered, u.transform]]
         outputs += [u.registered_projection for u in units if u.registered_projection]
         outputs.append(layout.register_log(name, task_id))
@@ -240,6 +244,7 @@ def _motion_tasks(sample: str, session: _Session, row: SampleRow, info: ImageInf
                           params=params.to_json()))
         session.pieces.append(outputs[0])
         session.piece_tasks.append(task_id)
+        session.piece_shifts.append(outputs[1])
     return tasks
 
 

@@ -109,6 +109,11 @@ def test_recordings_are_corrected_for_motion_in_pieces_against_one_template(tmp_
     assert by_id["project-rec-s2"].inputs == [*corrected, str(tmp_path / "still.ome.tif")]
     (unit,) = by_id["register-rec-b1"].params["units"]
     assert unit["apply_to"] == [*corrected, str(tmp_path / "still.ome.tif")]
+    # each corrected piece's shifts go into the session's transform file: the register task reads them
+    shifts = [t.outputs[1] for t in motion[1:]]
+    assert all(path.endswith(".shifts.csv") for path in shifts)
+    assert unit["frame_shifts"] == [*shifts, ""]
+    assert set(shifts) <= set(by_id["register-rec-b1"].inputs)
     assert by_id["publish-rec-reference-other"].inputs == [motion[0].outputs[0]]
     assert set(by_id["report"].inputs) >= {t.outputs[2] for t in motion}  # the report reads each motion record
     assert all(t.peak_memory_bytes > 0 and t.disk_bytes > 0 for t in motion)

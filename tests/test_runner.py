@@ -5,6 +5,7 @@ pytest-xdist, so the two run side by side)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -42,6 +43,14 @@ def test_end_to_end_outputs_and_qc(demo_sheet: Path, tmp_path: Path, capsys: pyt
         record = json.loads((out / "qc" / "calcium" / f"{piece}.motion.json").read_text())
         # a one-frame piece (b2 of a 6-frame part) correlates with its own mean before and after: 1 - rounding
         assert record["qc"]["mean_correlation_after"] >= record["qc"]["mean_correlation_before"] - 1e-6, piece
+    # the session's transform file carries every corrected frame's shift, as its piece's CSV has it
+    motion = json.loads((out / "transforms" / "calcium" / "s2.transform.json").read_text())["metadata"]["motion"]
+    assert [p["file"] for p in motion["pieces"]] == [f"calcium_s2_part{k}_b{b}.ome.tif" for k in (1, 2) for b in (1, 2)]
+    for piece in motion["pieces"]:
+        with open(out / "transforms" / "calcium" / piece["shifts_csv"]) as handle:
+            rows = list(csv.DictReader(handle))
+        assert piece["frames"] == len(rows) == len(piece["dy"]) > 0
+        assert piece["dy"] == [float(r["dy"]) for r in rows] and piece["dx"] == [float(r["dx"]) for r in rows]
     for name in ("preflight.json", "plan.json", "plan.csv", "versions.yml", "run.log", "run_summary.json"):
         assert (out / "pipeline_info" / name).is_file()
     assert (out / "report" / "report.html").is_file() and (out / "report" / "metrics.csv").is_file()

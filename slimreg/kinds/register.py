@@ -3,7 +3,7 @@ transform found on its registration image and applied, tile by tile, to every fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from slimreg.errors import RegistrationError
@@ -26,6 +26,9 @@ class RegisterUnit:
     registered: list[str]  # one output per file of apply_to
     transform: str
     registered_projection: str | None  # sessions: the registered projection, for QC
+    # the per-frame shifts CSV of each file of apply_to that was corrected for motion ("" for one that was not;
+    # empty where none was): copied into the transform file
+    frame_shifts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ class RegisterKind:
                             registered=[where.output(p) for p in u.registered], transform=where.output(u.transform),
                             scale=u.scale,
                             registered_projection=where.output(u.registered_projection)
-                            if u.registered_projection else None) for u in params.units]
+                            if u.registered_projection else None,
+                            frame_shifts=[inputs[c] if c else None for c in u.frame_shifts]) for u in params.units]
         log = where.output(task.outputs[-1])
         batch = register_units(inputs[params.reference], units, settings, log_dir=log.parent,
                                reference_scale=params.reference_scale,

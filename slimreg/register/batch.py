@@ -24,6 +24,7 @@ from slimreg.io.integrity import damaged_input_error, is_decode_error
 from slimreg.io.read import TiffImage
 from slimreg.io.vips import pyvips
 from slimreg.memory import MemoryTracker
+from slimreg.motion_records import frame_shifts_record
 from slimreg.options import WORK_TILE_SIZE
 from slimreg.register.channel import OPTICAL_DENSITY, choose_channel
 from slimreg.register.engine import get_engine
@@ -99,6 +100,7 @@ class MovingUnit:
     transform: Path
     scale: int = 1  # level-0 pixels of ``apply_to`` per pixel of ``registration_image``
     registered_projection: Path | None = None
+    frame_shifts: list[Path | None] = field(default_factory=list)  # per file of apply_to: its motion shifts CSV
 
 
 def units_for_images(paths: list[str | Path], outdir: Path) -> list[MovingUnit]:
@@ -277,6 +279,11 @@ def _write_outputs(reference: TiffImage, registration_image: TiffImage, unit: Mo
                 written.append(warp_file(TiffImage(source), level0, target, reference_shape=output_shape,
                                          pixel_size_um=pixel_size, compression=settings.compression,
                                          tile_size=settings.tile_size, interpolation=settings.interpolation))
+        shifts_files = unit.frame_shifts or [None] * len(unit.apply_to)
+        corrected = [(source, shifts) for source, shifts in zip(unit.apply_to, shifts_files, strict=True)
+                     if shifts is not None]
+        if corrected:
+            level0.metadata["motion"] = frame_shifts_record(corrected)
         transform_path = level0.save(unit.transform)
     except BaseException as error:
         for path in written:  # all or nothing: a registered copy without its transform is not left behind
