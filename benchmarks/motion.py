@@ -3,7 +3,9 @@
 Cases: the real two-photon movie (20 frames, 128 x 256), long recordings built from its real frames with known
 shifts (rigid drift + jitter; smoothly varying across the frame), and 512 x 512 recordings of two lengths for
 memory against length. Every run is a fresh process (benchmarks/_measure.py: peak RSS from VmHWM). suite2p runs in
-its own venv (``--suite2p-python``; never a project dependency) on the same frames, on the CPU.
+its own venv (``--suite2p-python``; never a project dependency) on the same frames, on the CPU. A last table moves
+the real movie's frames by slimreg's own shifts in several ways, to show how much of CaImAn's two numbers the
+interpolation alone decides (docs/motion.md, "Interpolation").
 
     .venv/bin/python benchmarks/motion.py --frames 2000 --memory-frames 1000,4000 \
         --suite2p-python /tmp/s2p/bin/python
@@ -23,7 +25,7 @@ import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._measure import HWM, measure_cli
-from slimreg.motion import PatchGrid, crispness
+from slimreg.motion import PatchGrid, apply_shift, build_template, crispness, frame_shifts, template_spectrum
 
 MOVIE = Path(__file__).resolve().parents[2] / "shared" / "data" / "calcium-movie" / "sima_example.tif"
 # largest known shift: within NoRMCorre's and suite2p's default search ranges (suite2p: 10 % of the frame)
@@ -220,6 +222,8 @@ def main() -> None:
                 lines.append(row(name, "suite2p 1.1.0 (CPU)", mode,
                                  _run_s2p_capture(args.suite2p_python, stack, mode, truth, frames)))
             print("\n".join(lines[-2:]), flush=True)
+    lines += ["", *interpolation_rows(real_frames())]
+    print("\n".join(lines[-9:]), flush=True)
     side = args.memory_side
     lines += ["", f"| {side}x{side} frames | mode | peak RSS MB | frames/s | seconds |", "|---|---|---|---|---|"]
     for count in (int(c) for c in args.memory_frames.split(",")):
@@ -233,6 +237,36 @@ def main() -> None:
         print(lines[-1], flush=True)
         stack.unlink()
     print("\n".join(lines))
+
+
+def interpolation_rows(frames: np.ndarray) -> list[str]:
+    """The real movie moved back by slimreg's own shifts (rigid, and piecewise for the last row) through several
+    interpolations: each frame's correlation with the mean and the mean's crispness, whole frame."""
+    template = build_template(lambda index: frames[index], len(frames), MOVIE)
+    grid = PatchGrid.for_shape(frames.shape[1:])
+    shifts = frame_shifts(frames, 0, template_spectrum(template), template, grid)
+
+    def warp(frame: np.ndarray, dy: float, dx: float, flag: int) -> np.ndarray:
+        return cv2.warpAffine(frame, np.float32([[1, 0, -dx], [0, 1, -dy]]), frame.shape[::-1], flags=flag,
+                              borderMode=cv2.BORDER_REPLICATE)
+
+    def piecewise_bilinear(frame: np.ndarray, shift) -> np.ndarray:
+        rows, cols = np.indices(frame.shape, dtype=np.float32)
+        return cv2.remap(frame, cols + shift.dx + grid.field(shift.patch_dx), rows + shift.dy +
+                         grid.field(shift.patch_dy), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    ways = {"not moved": lambda f, s: f,
+            "whole pixels (shifts rounded)": lambda f, s: warp(f, round(s.dy), round(s.dx), cv2.INTER_NEAREST),
+            "bilinear": lambda f, s: warp(f, s.dy, s.dx, cv2.INTER_LINEAR),
+            "bicubic": lambda f, s: warp(f, s.dy, s.dx, cv2.INTER_CUBIC),
+            "Lanczos": lambda f, s: warp(f, s.dy, s.dx, cv2.INTER_LANCZOS4),
+            "Fourier phase ramp (slimreg)": lambda f, s: apply_shift(f, s.dy, s.dx),
+            "piecewise field, bilinear": piecewise_bilinear}
+    rows = ["| frames moved by | mean corr. with mean | crispness |", "|---|---|---|"]
+    for name, move in ways.items():
+        out = np.stack([move(frame, shift) for frame, shift in zip(frames, shifts, strict=True)])
+        rows.append(f"| {name} | {_raw_corr(out):.4f} | {crispness(out.mean(0)):.0f} |")
+    return rows
 
 
 def _raw_corr(frames: np.ndarray) -> float:

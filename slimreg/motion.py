@@ -33,6 +33,9 @@ MODES = ("rigid", "piecewise")
 SMOOTH_SIGMA = 1.15
 # FFTs of one frame use one core: chunks are processed on one core and the benchmark compares on 2 cores
 FFT_WORKERS = 1
+# mirror padding (px) around a frame shifted in the Fourier domain: the sinc tails of the jump between opposite
+# edges fall below a hundredth of it within about 16 px, outside the frame
+SHIFT_PAD = 16
 
 
 @dataclass
@@ -100,10 +103,33 @@ def upsampled_dft(data: np.ndarray, region: int, start: np.ndarray) -> np.ndarra
 
 
 def apply_shift(frame: np.ndarray, dy: float, dx: float) -> np.ndarray:
-    """The frame moved back by (dy, dx): bicubic, borders replicated so no dark band is dragged in."""
-    matrix = np.float32([[1, 0, -dx], [0, 1, -dy]])
-    return cv2.warpAffine(frame, matrix, frame.shape[::-1], flags=cv2.INTER_CUBIC,
-                          borderMode=cv2.BORDER_REPLICATE)
+    """The frame moved back by (dy, dx) in the Fourier domain, which changes each spatial frequency's phase and none
+    of its amplitude: the frame's noise is left as it was, as NoRMCorre's FFT shifts leave it, for the cell
+    extraction and spike inference that read it next. A bicubic warp low-passes every subpixel-shifted frame: on
+    the shared two-photon movie it lowered the mean image's crispness below the uncorrected mean's while raising
+    each frame's correlation with the mean through the smoothing alone (docs/motion.md, "Interpolation"). The
+    frame is mirror-padded so that its opposite edges do not ring into it, and the strips that come from beyond
+    the frame copy the nearest row or column moved in from inside, as a replicated border would."""
+    pad = SHIFT_PAD
+    height, width = frame.shape
+    # at least SHIFT_PAD on every side, and a length the FFT factors well (512 + 32 = 2^5 * 17 is not)
+    after = [fft.next_fast_len(length + 2 * pad, real=True) - length - pad for length in (height, width)]
+    padded = np.pad(frame.astype(np.float32, copy=False), ((pad, after[0]), (pad, after[1])), mode="reflect")
+    spectrum = fft.rfft2(padded, workers=FFT_WORKERS)
+    # the phase ramp is separable: two vectors instead of an exponential per frequency
+    spectrum *= np.exp(2j * np.pi * dy * fft.fftfreq(padded.shape[0])).astype(np.complex64)[:, None]
+    spectrum *= np.exp(2j * np.pi * dx * fft.rfftfreq(padded.shape[1])).astype(np.complex64)[None, :]
+    moved = fft.irfft2(spectrum, padded.shape, workers=FFT_WORKERS)[pad:pad + height, pad:pad + width]
+    rows, cols = _inside(height, dy), _inside(width, dx)
+    return np.ascontiguousarray(moved[rows][:, cols], dtype=np.float32)
+
+
+def _inside(length: int, shift: float) -> np.ndarray:
+    """Index of each output row (column) after a move back by ``shift``: itself where it samples inside the frame,
+    else the nearest one that does (output i samples input i + shift)."""
+    first = min(length - 1, max(0, int(np.ceil(-shift))))
+    last = max(first, min(length - 1, int(np.floor(length - 1 - shift))))
+    return np.clip(np.arange(length), first, last)
 
 
 def build_template(frame_at: Callable[[int], np.ndarray], total: int, path: Path,
@@ -186,16 +212,17 @@ def piecewise_shifts(frame: np.ndarray, template: np.ndarray, grid: PatchGrid, d
 
 
 def apply_frame_shift(frame: np.ndarray, shift: FrameShift, grid: PatchGrid | None) -> np.ndarray:
-    """The frame (any channel of it) moved back by its shift: rigid, or rigid plus its patch residuals
-    interpolated to a per-pixel field and applied by cv2.remap. Blank and NaN frames are returned as they are."""
+    """The frame (any channel of it) moved back by its shift: rigid (``apply_shift``), or rigid and then its patch
+    residuals interpolated to a per-pixel field and applied by cv2.remap with the Lanczos kernel, which of OpenCV's
+    kernels smooths least. Blank and NaN frames are returned as they are."""
     if shift.status != "ok":
         return frame
+    moved = apply_shift(frame, shift.dy, shift.dx)
     if grid is None or shift.patch_dy is None or shift.patch_dx is None:
-        return apply_shift(frame, shift.dy, shift.dx)
+        return moved
     rows, cols = np.indices(frame.shape, dtype=np.float32)
-    map_y = rows + shift.dy + grid.field(shift.patch_dy)
-    map_x = cols + shift.dx + grid.field(shift.patch_dx)
-    return cv2.remap(frame, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(moved, cols + grid.field(shift.patch_dx), rows + grid.field(shift.patch_dy),
+                     cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REPLICATE)
 
 
 def frame_shifts(frames: np.ndarray, start: int, template_fft_conj: np.ndarray, template: np.ndarray,

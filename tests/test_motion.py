@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from slimreg.cli import main
 from slimreg.errors import InputError
-from slimreg.motion import PatchGrid
+from slimreg.motion import PatchGrid, apply_shift
 from slimreg.recording import correct_motion
 
 MOVIE = Path(__file__).resolve().parents[2] / "shared" / "data" / "calcium-movie" / "sima_example.tif"
@@ -43,6 +43,19 @@ def centred_error(estimated: np.ndarray, true: np.ndarray) -> np.ndarray:
     """|estimate - truth| after removing the template's own offset (the template is built from the frames)."""
     diff = estimated - true
     return np.abs(diff - np.median(diff, axis=0))
+
+
+def test_subpixel_moves_keep_the_frames_noise_and_integer_moves_are_exact():
+    """A frame moved back by half a pixel keeps its noise (a bicubic warp leaves 72 % of white noise's standard
+    deviation); a whole-pixel move is the frame's own pixels, the strip moved in from outside the frame's edge."""
+    noise = np.random.default_rng(0).standard_normal((128, 256)).astype(np.float32)
+    inside = (slice(20, -20), slice(20, -20))
+    assert apply_shift(noise, 0.5, -0.5)[inside].std() / noise[inside].std() > 0.97
+    frame = real_frame()
+    moved = apply_shift(frame, 2, -3)
+    expected = cv2.warpAffine(frame, np.float32([[1, 0, 3], [0, 1, -2]]), frame.shape[::-1],
+                              flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+    np.testing.assert_allclose(moved, expected, atol=1e-2)
 
 
 def test_rigid_recovers_known_subpixel_shifts(tmp_path):
