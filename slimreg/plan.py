@@ -125,9 +125,9 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
         for row, info in zip(session.rows, session.infos, strict=True):
             per_piece = frames_per_piece(info, settings.max_frames, settings.max_chunk_gb)
             if template is not None and _is_recording(info):
-                # the reference's recordings are corrected whole (they are not warped, so not split)
-                tasks += _motion_tasks(name, session, row, info, None if session is reference else per_piece,
-                                       template.outputs[0], int(index), settings)
+                # the reference's recordings too: not warped, but corrected in pieces like every long recording
+                tasks += _motion_tasks(name, session, row, info, per_piece, template.outputs[0], int(index),
+                                       settings)
                 continue
             if per_piece is None or session is reference:  # the reference session is never warped
                 session.pieces.append(row.source)
@@ -190,7 +190,18 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
         tasks += _channels_task(name, reference, moving, session_mode, channel_name, registration, settings, notes,
                                 publish)
     # the reference itself, beside its registered images: the folder is the whole aligned series
-    tasks += [publish.reference(piece) for piece in reference.pieces]
+    return tasks + _reference_tasks(name, reference, settings, publish)
+
+
+def _reference_tasks(sample: str, session: _Session, settings: PlanSettings, publish: _Publisher) -> list[Task]:
+    """The reference session's files published as they are (or as corrected for motion), and, with
+    --merge-chunks, its recordings' corrected pieces written back as one stack, as a moving session's are."""
+    tasks = [publish.reference(piece) for piece in session.pieces]
+    if settings.merge_chunks and len(session.pieces) > 1 and any(session.piece_shifts):
+        merged = publish.written(safe_id(session.name))
+        tasks.append(Task(safe_id(f"merge-{sample}-{session.name}"), "merge", sample, inputs=list(session.pieces),
+                          outputs=[merged]))
+        tasks += publish.converted(merged)
     return tasks
 
 
@@ -207,9 +218,14 @@ def _single_session_tasks(sample: str, session: _Session, channel: int | str, re
     tasks = [template]
     for row, info in zip(session.rows, session.infos, strict=True):
         if _is_recording(info):
-            tasks += _motion_tasks(sample, session, row, info, None, template.outputs[0], int(channel), settings)
-    publish = _Publisher(sample, settings.output_format, registration)
-    return tasks + [publish.reference(piece) for piece in session.pieces]
+            tasks += _motion_tasks(sample, session, row, info,
+                                   frames_per_piece(info, settings.max_frames, settings.max_chunk_gb),
+                                   template.outputs[0], int(channel), settings)
+        else:
+            session.pieces.append(row.source)
+            session.piece_shifts.append("")
+    return tasks + _reference_tasks(sample, session, settings,
+                                    _Publisher(sample, settings.output_format, registration))
 
 
 def _is_recording(info: ImageInfo) -> bool:

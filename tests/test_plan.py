@@ -85,8 +85,8 @@ def test_long_stack_is_split_into_pieces_of_one_session(tmp_path: Path) -> None:
 
 def test_recordings_are_corrected_for_motion_in_pieces_against_one_template(tmp_path: Path) -> None:
     """--motion-correction (on by default): one template task per session, one motion task per piece of each
-    recording (the reference's whole), and the corrected pieces are what the projection, REGISTER and the
-    reference's publish task read; an RGB section or a single-frame image gets none."""
+    recording (the reference's too, though it is never warped), and the corrected pieces are what the projection,
+    REGISTER and the reference's publish tasks read; an RGB section or a single-frame image gets none."""
     frames = np.random.default_rng(0).integers(0, 4000, (1000, 24, 32), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "long.ome.tif", frames, metadata={"axes": "TYX"})
     tifffile.imwrite(tmp_path / "other.ome.tif", frames[:500], metadata={"axes": "TYX"})
@@ -100,21 +100,23 @@ def test_recordings_are_corrected_for_motion_in_pieces_against_one_template(tmp_
     assert by_id["template-rec-s2"].inputs == [str(tmp_path / "long.ome.tif")]  # the recording, not the still
     motion = [t for t in plan.tasks if t.kind == "motion"]
     assert [(t.id, t.params["start"], t.params["stop"]) for t in motion] == [
-        ("motion-rec-other", 0, 500), ("motion-rec-long_b1", 0, 300), ("motion-rec-long_b2", 300, 600),
-        ("motion-rec-long_b3", 600, 900), ("motion-rec-long_b4", 900, 1000)]
+        ("motion-rec-other_b1", 0, 300), ("motion-rec-other_b2", 300, 500), ("motion-rec-long_b1", 0, 300),
+        ("motion-rec-long_b2", 300, 600), ("motion-rec-long_b3", 600, 900), ("motion-rec-long_b4", 900, 1000)]
     assert all(t.params["mode"] == "piecewise" for t in motion)
-    assert all(t.depends_on == ["template-rec-s1" if t.id.endswith("other") else "template-rec-s2"] for t in motion)
+    assert all(t.depends_on == ["template-rec-s1" if "-other_" in t.id else "template-rec-s2"] for t in motion)
     assert not [t for t in plan.tasks if t.kind == "split"]
-    corrected = [t.outputs[0] for t in motion[1:]]
+    corrected = [t.outputs[0] for t in motion[2:]]
     assert by_id["project-rec-s2"].inputs == [*corrected, str(tmp_path / "still.ome.tif")]
     (unit,) = by_id["register-rec-b1"].params["units"]
     assert unit["apply_to"] == [*corrected, str(tmp_path / "still.ome.tif")]
     # each corrected piece's shifts go into the session's transform file: the register task reads them
-    shifts = [t.outputs[1] for t in motion[1:]]
+    shifts = [t.outputs[1] for t in motion[2:]]
     assert all(path.endswith(".shifts.csv") for path in shifts)
     assert unit["frame_shifts"] == [*shifts, ""]
     assert set(shifts) <= set(by_id["register-rec-b1"].inputs)
-    assert by_id["publish-rec-reference-other"].inputs == [motion[0].outputs[0]]
+    assert [by_id[f"publish-rec-reference-other_b{k}"].inputs for k in (1, 2)] == [[motion[0].outputs[0]],
+                                                                                [motion[1].outputs[0]]]
+    assert not [t for t in plan.tasks if t.kind == "merge"]  # without --merge-chunks the pieces stay pieces
     assert set(by_id["report"].inputs) >= {t.outputs[2] for t in motion}  # the report reads each motion record
     assert all(t.peak_memory_bytes > 0 and t.disk_bytes > 0 for t in motion)
 
@@ -129,6 +131,18 @@ def test_a_single_recording_is_corrected_and_published(demo_dir: Path, tmp_path:
     assert [t.kind for t in off.tasks] == ["report"] and "nothing to register" in off.notes[0]
     with pytest.raises(ParameterError, match="motion-correction"):
         PlanSettings(motion_correction="elastic").validate()
+    # a long one: its pieces corrected as parallel tasks against the one template, written back as one stack with
+    # --merge-chunks
+    split = build_plan(read_samplesheet(sheet), tmp_path / "out", FEATURE, PlanSettings(max_frames=3,
+                                                                                        merge_chunks=True))
+    motion = [t for t in split.tasks if t.kind == "motion"]
+    frames = probe(demo_dir / "calcium_s1.ome.tif").frames
+    assert [(t.params["start"], t.params["stop"]) for t in motion] == [(k, min(k + 3, frames))
+                                                                      for k in range(0, frames, 3)]
+    assert len(motion) > 1 and all(t.depends_on == ["template-rec-calcium_s1"] for t in motion)
+    (merge,) = [t for t in split.tasks if t.kind == "merge"]
+    assert merge.inputs == [t.outputs[0] for t in motion]
+    assert merge.outputs == ["registered/rec/calcium_s1.ome.tif"]
 
 
 def test_split_is_lossless(tmp_path: Path) -> None:

@@ -99,3 +99,10 @@ def test_slimreg_run_corrects_a_single_recording(demo_dir: Path, tmp_path: Path)
     assert record["qc"]["crispness_after"] > record["qc"]["crispness_before"]
     page = (out / "report" / "report.html").read_text()
     assert "Motion correction" in page and "calcium_s1" in page[page.index('id="motion"'):]
+
+    # long enough to be split: its pieces are corrected as parallel tasks against the one template, and with
+    # --merge-chunks written back as one stack, the same frames as corrected in one task
+    pieces = tmp_path / "pieces"
+    assert run_job(sheet, pieces, engine="feature", preset="low", max_frames=5, merge_chunks=True).ok
+    assert len(list((pieces / "transforms" / "rec").glob("calcium_s1_b*.shifts.csv"))) == -(-DEMO_FRAMES // 5)
+    np.testing.assert_array_equal(_frames(pieces / "registered" / "rec" / "calcium_s1.ome.tif"), _frames(published))

@@ -37,8 +37,10 @@ def test_end_to_end_outputs_and_qc(demo_sheet: Path, tmp_path: Path, capsys: pyt
     assert (out / "registered" / "calcium" / "s2.ome.tif").is_file()  # merged session
     assert json.loads((out / "qc" / "calcium" / "s2_qc.json").read_text())["status"] == "pass"
     # the recordings' frames were corrected for motion first (on by default): shifts and QC per piece
-    assert (out / "registered" / "calcium" / "calcium_s1.ome.tif").is_file()  # the corrected reference
-    for piece in ("calcium_s1", "calcium_s2_part1_b1", "calcium_s2_part1_b2", "calcium_s2_part2_b2"):
+    # the corrected reference, in pieces corrected in parallel, and merged (--merge-chunks) as a moving session is
+    assert len(list((out / "registered" / "calcium").glob("calcium_s1_b*.ome.tif"))) == 3
+    assert (out / "registered" / "calcium" / "s1.ome.tif").is_file()
+    for piece in ("calcium_s1_b1", "calcium_s2_part1_b1", "calcium_s2_part1_b2", "calcium_s2_part2_b2"):
         assert (out / "transforms" / "calcium" / f"{piece}.shifts.csv").is_file(), piece
         record = json.loads((out / "qc" / "calcium" / f"{piece}.motion.json").read_text())
         # a one-frame piece (b2 of a 6-frame part) correlates with its own mean before and after: 1 - rounding
