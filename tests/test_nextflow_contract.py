@@ -10,6 +10,7 @@ threads, and the samplesheet schema accepts what slimreg accepts.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -77,6 +78,48 @@ def test_each_kind_goes_to_run_task_under_its_process_name() -> None:
         assert re.search(rf"{process}\((?:\w+\.out\.ready|ch_tasks\.{kind}\b)", text), f"{kind} not wired"
     assert "--spec task.json" in MODULE_PROCESSES["RUN_TASK"]["script"]
     assert KINDS["report"].process == "REPORT"
+
+
+def _channel_definitions(text: str) -> dict[str, str]:
+    """``ch_name`` -> the text of its assignment (continuation lines that start with ``.`` included)."""
+    found = {}
+    for match in re.finditer(r"^\s*(ch_\w+) = (.*?)(?=\n(?!\s*\.))", text, re.S | re.M):
+        found[match.group(1)] = match.group(2)
+    return found
+
+
+def _processes_in(expression: str, definitions: dict[str, str], seen: frozenset[str] = frozenset()) -> set[str]:
+    """The processes whose outputs flow into a channel expression, following ``ch_`` names to their definitions."""
+    processes = set(re.findall(r"\b([A-Z][A-Z_]+)\.out\b", expression))
+    for name in set(re.findall(r"\bch_\w+\b", expression)) - seen:
+        if name in definitions:
+            processes |= _processes_in(definitions[name], definitions, seen | {name})
+    return processes
+
+
+def test_every_task_is_handed_the_files_of_every_kind_it_depends_on() -> None:
+    """Each kind's tasks wait (WAIT_FOR_DEPENDENCIES) on a channel of finished tasks: every kind of task a task of
+    the stub plan (every kind, the demo's samples) depends on must flow into that channel, or the task never starts
+    and its outputs are silently missing (a reference's corrected pieces merged from CORRECT_MOTION were)."""
+    text = SUBWORKFLOW.read_text()
+    definitions = _channel_definitions(text)
+    waits = {}  # kind -> processes whose finished tasks its tasks are released by
+    for wait, kind in re.findall(r"^\s*(WAIT_\w+)\(ch_tasks\.(\w+),", text, re.M):
+        call = re.search(rf"^\s*{wait}\(ch_tasks\.{kind}, (.*)\)\s*$", text, re.M).group(1)
+        waits[kind] = _processes_in(call, definitions)
+    with open(ROOT / "assets" / "stub" / "plan.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    kind_of = {row["id"]: row["kind"] for row in rows}
+    checked = 0
+    for row in rows:
+        if row["kind"] == "report" or not row["depends_on"]:
+            continue
+        for dependency in row["depends_on"].split(";"):
+            assert KIND_TO_PROCESS[kind_of[dependency]] in waits.get(row["kind"], set()), (
+                f"{row['id']} depends on {dependency}, whose process {KIND_TO_PROCESS[kind_of[dependency]]} does "
+                f"not feed the wait of {row['kind']} tasks")
+            checked += 1
+    assert checked > 20
 
 
 def _slimreg_help(command: str) -> str:

@@ -94,8 +94,10 @@ workflow REGISTRATION {
     ch_registered = REGISTER.out.files.map { meta, files -> [meta.id, [files].flatten()] }
 
     // MERGE and QC when their REGISTER (and, for QC of sessions, the projections) are done; they never depend on
-    // split pieces, which share file names with their registered copies (products are staged flat, found by name)
-    WAIT_FOR_REGISTRATION_TO_MERGE(ch_tasks.merge, ch_registered)
+    // split pieces, which share file names with their registered copies (products are staged flat, found by name).
+    // A reference session's corrected pieces are merged when their CORRECT_MOTION tasks are done: each task is
+    // handed only the files of the tasks it depends on, so a moving session's merge never sees corrected pieces
+    WAIT_FOR_REGISTRATION_TO_MERGE(ch_tasks.merge, ch_registered.mix(ch_corrected))
     MERGE_CHUNKS(WAIT_FOR_REGISTRATION_TO_MERGE.out.ready)
     // one multi-channel image per sample of fluorescence rounds (--merge_channels), when its REGISTER tasks are done
     WAIT_FOR_ROUNDS_TO_MERGE(ch_tasks.channels, ch_registered)
