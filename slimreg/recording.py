@@ -30,8 +30,8 @@ from slimreg.motion import (
     PatchGrid,
     apply_frame_shift,
     build_template,
+    correlations_with,
     crispness,
-    frame_correlation,
     frame_shifts,
     template_spectrum,
 )
@@ -300,11 +300,10 @@ def _frame_correlations(frames: Frames, scratch: Path, mean_before: np.ndarray, 
     channels = _channels(frames)
     for start, chunk_frames in _chunks(frames, chunk):
         stop = start + len(chunk_frames)
-        table.correlation_before[start:stop] = [frame_correlation(f, mean_before) for f in chunk_frames]
+        table.correlation_before[start:stop] = correlations_with(mean_before, chunk_frames)
         # the chunk's corrected planes in one read (every channel: frame-major), its registration channel kept
         corrected = _scratch_planes(scratch, frames, start * channels, len(chunk_frames) * channels)
-        table.correlation_after[start:stop] = [frame_correlation(plane, mean_after)
-                                               for plane in corrected[frames.channel::channels]]
+        table.correlation_after[start:stop] = correlations_with(mean_after, corrected[frames.channel::channels])
 
 
 def _qc_numbers(mean_before: np.ndarray, mean_after: np.ndarray, table: FrameTable) -> dict[str, float]:

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from slimreg.cli import main
 from slimreg.errors import InputError
-from slimreg.motion import PatchGrid, apply_shift
+from slimreg.motion import PatchGrid, apply_shift, correlations_with
 from slimreg.recording import correct_motion
 
 MOVIE = Path(__file__).resolve().parents[2] / "shared" / "data" / "calcium-movie" / "sima_example.tif"
@@ -56,6 +56,15 @@ def test_subpixel_moves_keep_the_frames_noise_and_integer_moves_are_exact():
     expected = cv2.warpAffine(frame, np.float32([[1, 0, 3], [0, 1, -2]]), frame.shape[::-1],
                               flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
     np.testing.assert_allclose(moved, expected, atol=1e-2)
+
+
+def test_correlations_with_the_mean_are_pearsons_and_nan_for_flat_or_nan_frames():
+    frames = np.stack([real_frame(i) for i in range(6)]).astype(np.uint16)
+    mean = frames.mean(axis=0)
+    expected = [np.corrcoef(f.ravel().astype(np.float64), mean.ravel())[0, 1] for f in frames]
+    np.testing.assert_allclose(correlations_with(mean, frames), expected, rtol=1e-9)
+    odd = np.stack([np.full(mean.shape, 7.0), np.where(np.eye(*mean.shape, dtype=bool), np.nan, mean)])
+    assert np.isnan(correlations_with(mean, odd)).all()
 
 
 def test_rigid_recovers_known_subpixel_shifts(tmp_path):
