@@ -33,8 +33,8 @@ MODES = ("rigid", "piecewise")
 SMOOTH_SIGMA = 1.15
 # FFTs of one frame use one core: chunks are processed on one core and the benchmark compares on 2 cores
 FFT_WORKERS = 1
-# mirror padding (px) around a frame shifted in the Fourier domain: the sinc tails of the jump between opposite
-# edges fall below a hundredth of it within about 16 px, outside the frame
+# mirror padding (px) around a frame shifted in the Fourier domain, faded to the frame's mean across it: wide enough
+# that the fade is smooth (a half cosine over 16 px rings at under 1 % of the jump it replaces), small against a frame
 SHIFT_PAD = 16
 
 
@@ -107,14 +107,25 @@ def apply_shift(frame: np.ndarray, dy: float, dx: float) -> np.ndarray:
     of its amplitude: the frame's noise is left as it was, as NoRMCorre's FFT shifts leave it, for the cell
     extraction and spike inference that read it next. A bicubic warp low-passes every subpixel-shifted frame: on
     the shared two-photon movie it lowered the mean image's crispness below the uncorrected mean's while raising
-    each frame's correlation with the mean through the smoothing alone (docs/motion.md, "Interpolation"). The
-    frame is mirror-padded so that its opposite edges do not ring into it, and the strips that come from beyond
-    the frame copy the nearest row or column moved in from inside, as a replicated border would."""
+    each frame's correlation with the mean through the smoothing alone (docs/motion.md, "Interpolation").
+
+    The frame is mirror-padded and the padding faded to the frame's mean, so that the FFT's periodic extension is
+    continuous and no jump between opposite edges rings into the frame; the strips that come from beyond the frame
+    copy the nearest row or column moved in from inside, as a replicated border would. A plane with non-finite
+    pixels (another channel than the one checked) is moved by a bicubic warp instead, which keeps a NaN local
+    where the FFT would spread it over the whole plane."""
+    if not np.isfinite(frame).all():
+        matrix = np.float32([[1, 0, -dx], [0, 1, -dy]])
+        return cv2.warpAffine(frame.astype(np.float32, copy=False), matrix, frame.shape[::-1],
+                              flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     pad = SHIFT_PAD
     height, width = frame.shape
     # at least SHIFT_PAD on every side, and a length the FFT factors well (512 + 32 = 2^5 * 17 is not)
     after = [fft.next_fast_len(length + 2 * pad, real=True) - length - pad for length in (height, width)]
     padded = np.pad(frame.astype(np.float32, copy=False), ((pad, after[0]), (pad, after[1])), mode="reflect")
+    level = float(frame.mean())
+    fade = [_fade(length, pad, extra) for length, extra in zip((height, width), after, strict=True)]
+    padded = level + (padded - level) * fade[0][:, None] * fade[1][None, :]
     spectrum = fft.rfft2(padded, workers=FFT_WORKERS)
     # the phase ramp is separable: two vectors instead of an exponential per frequency
     spectrum *= np.exp(2j * np.pi * dy * fft.fftfreq(padded.shape[0])).astype(np.complex64)[:, None]
@@ -122,6 +133,14 @@ def apply_shift(frame: np.ndarray, dy: float, dx: float) -> np.ndarray:
     moved = fft.irfft2(spectrum, padded.shape, workers=FFT_WORKERS)[pad:pad + height, pad:pad + width]
     rows, cols = _inside(height, dy), _inside(width, dx)
     return np.ascontiguousarray(moved[rows][:, cols], dtype=np.float32)
+
+
+def _fade(length: int, before: int, after: int) -> np.ndarray:
+    """1 over the frame, falling as a half cosine to 0 across each padding: the padded frame then meets its own
+    periodic copy at one level on every side."""
+    def ramp(width: int) -> np.ndarray:
+        return 0.5 * (1 - np.cos(np.pi * (np.arange(width) + 0.5) / width)) if width else np.zeros(0)
+    return np.concatenate([ramp(before), np.ones(length), ramp(after)[::-1]]).astype(np.float32)
 
 
 def _inside(length: int, shift: float) -> np.ndarray:
@@ -265,10 +284,10 @@ def correlations_with(mean: np.ndarray, frames: np.ndarray) -> np.ndarray:
         return out
     reference /= norm
     for index, frame in enumerate(frames):
-        values = frame.ravel()
+        values = frame.ravel().astype(np.float64)
         if not np.isfinite(values).all():
             continue
-        centred = values - values.mean(dtype=np.float64)
+        centred = values - values.mean()
         spread = float(np.linalg.norm(centred))
         if spread > 0:
             out[index] = float(np.dot(centred, reference)) / spread

@@ -22,6 +22,7 @@ from typing import Any
 import slimreg.layout as layout
 from slimreg.batching import collate
 from slimreg.chunking import check_session_shapes, frames_per_piece, plan_pieces, projection_factor
+from slimreg.errors import InputError
 from slimreg.estimate import SAFETY
 from slimreg.io.probe import ImageInfo, probe
 from slimreg.kinds import KINDS as TASK_KINDS
@@ -77,6 +78,7 @@ def build_plan(sheet: Samplesheet, outdir: str | Path, registration: Registratio
                       if o.endswith(layout.MOTION_JSON_SUFFIX)]
     tasks.append(Task("report", "report", "", inputs=qc_outputs + register_logs + motion_records,
                       outputs=list(layout.REPORT_FILES)))
+    _refuse_shared_outputs(tasks, sheet.path)
     _link_dependencies(tasks)
     estimate_plan_tasks(tasks, known=probed)
     return Plan(samplesheet=str(sheet.path), outdir=str(outdir.resolve()), registration=registration.to_json(),
@@ -197,7 +199,8 @@ def _reference_tasks(sample: str, session: _Session, settings: PlanSettings, pub
     """The reference session's files published as they are (or as corrected for motion), and, with
     --merge-chunks, its recordings' corrected pieces written back as one stack, as a moving session's are."""
     tasks = [publish.reference(piece) for piece in session.pieces]
-    if settings.merge_chunks and len(session.pieces) > 1 and any(session.piece_shifts):
+    # only a session of corrected recordings: stills are not frames of the stack
+    if settings.merge_chunks and len(session.pieces) > 1 and all(session.piece_shifts):
         merged = publish.written(safe_id(session.name))
         tasks.append(Task(safe_id(f"merge-{sample}-{session.name}"), "merge", sample, inputs=list(session.pieces),
                           outputs=[merged]))
@@ -346,6 +349,20 @@ def _channel_index(info: ImageInfo, name: str | None, requested: str | None) -> 
         return [n.lower() for n in info.channel_names].index(name.lower())
     chosen = choose_channel(info, requested)
     return 0 if chosen == OPTICAL_DENSITY else int(chosen)
+
+
+def _refuse_shared_outputs(tasks: list[Task], sheet: Path) -> None:
+    """One clear error where two tasks would write one file (a session's merged stack named like one of its images'
+    copies), before anything runs: otherwise the later one silently replaces the other's output."""
+    writer: dict[str, str] = {}
+    for task in tasks:
+        for output in task.outputs:
+            if output in writer and writer[output] != task.id:
+                raise InputError(f"tasks {writer[output]} and {task.id} would both write {output}: a session is "
+                                 "named like one of its images, and its merged stack would take that image's name.",
+                                 path=sheet, fix="give the session (the samplesheet's session column) a name that "
+                                 "none of its images has.")
+            writer[output] = task.id
 
 
 def _link_dependencies(tasks: list[Task]) -> None:

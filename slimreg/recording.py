@@ -282,11 +282,12 @@ def _correct_to_scratch(frames: Frames, template: np.ndarray, scratch: Path, gri
             for frame, shift in zip(chunk_frames, chunk_shifts, strict=True):
                 for channel in range(_channels(frames)):
                     plane = frame if channel == frames.channel else frames.frame(shift.frame, channel)
-                    moved = apply_frame_shift(plane, shift, grid)
-                    _to_dtype(moved, frames.dtype).tofile(handle)
+                    # the QC's mean is of the frames as written (rounded and clipped to the input's type)
+                    written = _to_dtype(apply_frame_shift(plane, shift, grid), frames.dtype)
+                    written.tofile(handle)
                     if channel == frames.channel and shift.status == "ok":
                         sum_before += frame
-                        sum_after += moved
+                        sum_after += written
                         good += 1
             table.extend(chunk_shifts)
     good = max(good, 1)

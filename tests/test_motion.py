@@ -58,11 +58,24 @@ def test_subpixel_moves_keep_the_frames_noise_and_integer_moves_are_exact():
     np.testing.assert_allclose(moved, expected, atol=1e-2)
 
 
+def test_a_fourier_move_neither_rings_from_the_frames_edges_nor_spreads_a_nan():
+    """A brightness gradient across the frame (its opposite edges 200 counts apart) moved by half a pixel is the
+    gradient moved (plain mirror padding left stripes of 1.5 counts near the edges); a NaN in a plane stays local."""
+    gradient = np.tile(np.linspace(100, 300, 512, dtype=np.float32)[:, None], (1, 512))
+    moved = apply_shift(gradient, 0.5, 0)
+    assert np.abs(moved - (gradient + 0.5 * 200 / 511))[2:-4].max() < 0.1
+    frame = real_frame()
+    frame[10, 10] = np.nan
+    assert np.isnan(apply_shift(frame, 0.5, 0.5)).sum() <= 16
+
+
 def test_correlations_with_the_mean_are_pearsons_and_nan_for_flat_or_nan_frames():
-    frames = np.stack([real_frame(i) for i in range(6)]).astype(np.uint16)
-    mean = frames.mean(axis=0)
-    expected = [np.corrcoef(f.ravel().astype(np.float64), mean.ravel())[0, 1] for f in frames]
-    np.testing.assert_allclose(correlations_with(mean, frames), expected, rtol=1e-9)
+    for frames in (np.stack([real_frame(i) for i in range(6)]), np.stack([real_frame(i) for i in range(6)]).astype(
+            np.uint16)):
+        mean = frames.mean(axis=0)
+        expected = [np.corrcoef(f.ravel().astype(np.float64), mean.ravel().astype(np.float64))[0, 1]
+                    for f in frames]
+        np.testing.assert_allclose(correlations_with(mean, frames), expected, rtol=1e-9)
     odd = np.stack([np.full(mean.shape, 7.0), np.where(np.eye(*mean.shape, dtype=bool), np.nan, mean)])
     assert np.isnan(correlations_with(mean, odd)).all()
 

@@ -224,3 +224,20 @@ def test_a_long_recordings_write_estimate_grows_by_what_the_writer_keeps_per_pla
     short, long = (write_bytes(replace(info, frames=n, size_t=n), 1024) for n in (1_000, 100_000))
     assert 0 < (long - short) / 99_000 < 2048, (short, long)
     assert long < 200 * 1024**2
+
+
+def test_a_merged_stack_named_like_an_image_of_its_session_is_refused(tmp_path: Path) -> None:
+    """A session named like one of its (unsplit) recordings: its merged stack and that recording's corrected copy
+    would both be registered/<sample>/<name>.ome.tif. One clear error naming the sheet, before anything runs; a
+    still is never stacked onto the recordings."""
+    frames = np.random.default_rng(0).integers(0, 4000, (8, 24, 32), dtype=np.uint16)
+    for name in ("cal", "more"):
+        tifffile.imwrite(tmp_path / f"{name}.ome.tif", frames, metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "still.ome.tif", frames[0], metadata={"axes": "YX"})
+    clash = _sheet(tmp_path, ["rec,cal.ome.tif,true,cal,", "rec,more.ome.tif,false,cal,"])
+    with pytest.raises(InputError, match="would both write registered/rec/cal.ome.tif") as refused:
+        build_plan(read_samplesheet(clash), tmp_path / "out", FEATURE, PlanSettings(merge_chunks=True))
+    assert refused.value.path == str(clash) and "session" in refused.value.fix
+    stills = _sheet(tmp_path, ["rec,cal.ome.tif,true,s,", "rec,still.ome.tif,false,s,"])
+    plan = build_plan(read_samplesheet(stills), tmp_path / "out", FEATURE, PlanSettings(merge_chunks=True))
+    assert not [t for t in plan.tasks if t.kind == "merge"]
