@@ -241,7 +241,8 @@ def main() -> None:
 
 def interpolation_rows(frames: np.ndarray) -> list[str]:
     """The real movie moved back by slimreg's own shifts (rigid, and piecewise for the last row) through several
-    interpolations: each frame's correlation with the mean and the mean's crispness, whole frame."""
+    interpolations: each frame's correlation with the mean and the mean's crispness, whole frame, on the float frames
+    and on the frames as a uint16 file holds them (negative overshoots clipped to 0)."""
     template = build_template(lambda index: frames[index], len(frames), MOVIE)
     grid = PatchGrid.for_shape(frames.shape[1:])
     shifts = frame_shifts(frames, 0, template_spectrum(template), template, grid)
@@ -262,10 +263,13 @@ def interpolation_rows(frames: np.ndarray) -> list[str]:
             "Lanczos": lambda f, s: warp(f, s.dy, s.dx, cv2.INTER_LANCZOS4),
             "Fourier phase ramp (slimreg)": lambda f, s: apply_shift(f, s.dy, s.dx),
             "piecewise field, bilinear": piecewise_bilinear}
-    rows = ["| frames moved by | mean corr. with mean | crispness |", "|---|---|---|"]
+    rows = ["| frames moved by | corr. with mean, float | crispness, float | corr. with mean, as written (uint16) | "
+            "crispness, as written |", "|---|---|---|---|---|"]
     for name, move in ways.items():
         out = np.stack([move(frame, shift) for frame, shift in zip(frames, shifts, strict=True)])
-        rows.append(f"| {name} | {_raw_corr(out):.4f} | {crispness(out.mean(0)):.0f} |")
+        written = np.clip(np.rint(out), 0, 65535)  # what the corrected file holds (the movie is uint16)
+        rows.append(f"| {name} | {_raw_corr(out):.4f} | {crispness(out.mean(0)):.0f} | {_raw_corr(written):.4f} | "
+                    f"{crispness(written.mean(0)):.0f} |")
     return rows
 
 
