@@ -121,23 +121,25 @@ def _number(value: float) -> str:
 # How a session transform's "motion" block (``frame_shifts_record``) reads: what a user needs to go from a raw frame
 # to the reference frame without slimreg.
 FRAME_SHIFTS_CONVENTION = (
-    "frame t of a corrected piece is the raw frame t of that piece moved back by its shift: corrected_t(x, y) = "
-    "raw_t(x + dx[t], y + dy[t]), plus, in piecewise mode, the patch residuals in the piece's shifts CSV; blank and "
-    "nan frames have shift 0 and are left as they were. The transform's pull map then takes reference pixels to the "
-    "corrected frames' pixels")
+    "frame t of a corrected piece is frame first_frame + t of its recording moved back by its shift: "
+    "corrected_t(x, y) = raw_(first_frame + t)(x + dx[t], y + dy[t]), plus, in piecewise mode, the patch residuals "
+    "in the piece's shifts CSV; blank and nan frames have shift 0 and are left as they were. The transform's pull "
+    "map then takes reference pixels to the corrected frames' pixels")
 
 
-def frame_shifts_record(pieces: list[tuple[Path, Path]]) -> dict[str, object]:
-    """Each motion-corrected piece's per-frame rigid shifts (``(corrected piece, its shifts CSV)`` pairs), for the
+def frame_shifts_record(pieces: list[tuple[Path, Path, str, int]]) -> dict[str, object]:
+    """Each motion-corrected piece's per-frame rigid shifts (``(corrected piece, its shifts CSV, its recording's file
+    name, the recording's frame the piece starts at)``), for the
     session's transform file: the transform alone then maps every raw frame to the reference. The CSV is read a
     row at a time into two arrays of doubles (16 bytes per frame); the lists JSON needs are made per piece."""
     records = []
-    for corrected, shifts_csv in pieces:
+    for corrected, shifts_csv, recording, first_frame in pieces:
         dy, dx = array("d"), array("d")
         with open(shifts_csv, newline="") as handle:
             for row in csv.DictReader(handle):
                 dy.append(float(row["dy"]))
                 dx.append(float(row["dx"]))
-        records.append({"file": Path(corrected).name, "shifts_csv": Path(shifts_csv).name, "frames": len(dy),
+        records.append({"file": Path(corrected).name, "recording": recording, "first_frame": first_frame,
+                        "shifts_csv": Path(shifts_csv).name, "frames": len(dy),
                         "dy": dy.tolist(), "dx": dx.tolist()})
     return {"convention": FRAME_SHIFTS_CONVENTION, "pieces": records}

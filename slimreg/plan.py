@@ -50,6 +50,7 @@ class _Session:
     pieces: list[str] = field(default_factory=list)  # files the transform is applied to
     piece_tasks: list[str] = field(default_factory=list)
     piece_shifts: list[str] = field(default_factory=list)  # each piece's per-frame shifts CSV ("" if not corrected)
+    piece_origins: list[tuple[str, int]] = field(default_factory=list)  # its recording's file name and first frame
     registration_image: str = ""
     registration_scale: int = 1
     registration_task: str | None = None
@@ -135,6 +136,7 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
                 session.pieces.append(row.source)
                 session.piece_tasks.append("")
                 session.piece_shifts.append("")
+                session.piece_origins.append((Path(row.source).name, 0))
                 continue
             pieces = plan_pieces(info, per_piece, layout.split_folder(name), row.stem)
             task_id = safe_id(f"split-{name}-{row.stem}")
@@ -144,6 +146,7 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
             session.pieces += [p.path for p in pieces]
             session.piece_tasks += [task_id] * len(pieces)
             session.piece_shifts += [""] * len(pieces)
+            session.piece_origins += [(Path(row.source).name, p.start) for p in pieces]
         if session_mode:
             factor = projection_factor(session.infos[0], max_dim)
             projection = layout.projection(name, safe_id(session.name))
@@ -169,7 +172,11 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
                               transform=layout.transform_file(name, safe_id(session.name)),
                               registered_projection=(layout.registered_projection(name, safe_id(session.name))
                                                      if session_mode else None),
-                              frame_shifts=session.piece_shifts if any(session.piece_shifts) else [])
+                              frame_shifts=session.piece_shifts if any(session.piece_shifts) else [],
+                              frame_sources=[name for name, _ in session.piece_origins]
+                              if any(session.piece_shifts) else [],
+                              frame_starts=[start for _, start in session.piece_origins]
+                              if any(session.piece_shifts) else [])
                  for session in batch]
         inputs = [reference.registration_image] + [u.registration_image for u in units] + \
             [p for u in units for p in u.apply_to] + [c for u in units for c in u.frame_shifts if c]
@@ -227,6 +234,7 @@ def _single_session_tasks(sample: str, session: _Session, channel: int | str, re
         else:
             session.pieces.append(row.source)
             session.piece_shifts.append("")
+            session.piece_origins.append((Path(row.source).name, 0))
     return tasks + _reference_tasks(sample, session, settings,
                                     _Publisher(sample, settings.output_format, registration))
 
@@ -264,6 +272,7 @@ def _motion_tasks(sample: str, session: _Session, row: SampleRow, info: ImageInf
         session.pieces.append(outputs[0])
         session.piece_tasks.append(task_id)
         session.piece_shifts.append(outputs[1])
+        session.piece_origins.append((Path(row.source).name, start))
     return tasks
 
 

@@ -113,6 +113,8 @@ def test_recordings_are_corrected_for_motion_in_pieces_against_one_template(tmp_
     shifts = [t.outputs[1] for t in motion[2:]]
     assert all(path.endswith(".shifts.csv") for path in shifts)
     assert unit["frame_shifts"] == [*shifts, ""]
+    assert unit["frame_sources"] == ["long.ome.tif"] * 4 + ["still.ome.tif"]
+    assert unit["frame_starts"] == [0, 300, 600, 900, 0]
     assert set(shifts) <= set(by_id["register-rec-b1"].inputs)
     assert [by_id[f"publish-rec-reference-other_b{k}"].inputs for k in (1, 2)] == [[motion[0].outputs[0]],
                                                                                 [motion[1].outputs[0]]]

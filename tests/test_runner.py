@@ -48,6 +48,8 @@ def test_end_to_end_outputs_and_qc(demo_sheet: Path, tmp_path: Path, capsys: pyt
     # the session's transform file carries every corrected frame's shift, as its piece's CSV has it
     motion = json.loads((out / "transforms" / "calcium" / "s2.transform.json").read_text())["metadata"]["motion"]
     assert [p["file"] for p in motion["pieces"]] == [f"calcium_s2_part{k}_b{b}.ome.tif" for k in (1, 2) for b in (1, 2)]
+    assert [(p["recording"], p["first_frame"]) for p in motion["pieces"]] == [
+        (f"calcium_s2_part{k}.ome.tif", start) for k in (1, 2) for start in (0, 5)]
     for piece in motion["pieces"]:
         with open(out / "transforms" / "calcium" / piece["shifts_csv"]) as handle:
             rows = list(csv.DictReader(handle))

@@ -29,6 +29,8 @@ class RegisterUnit:
     # the per-frame shifts CSV of each file of apply_to that was corrected for motion ("" for one that was not;
     # empty where none was): copied into the transform file
     frame_shifts: list[str] = field(default_factory=list)
+    frame_sources: list[str] = field(default_factory=list)  # per file of apply_to: its recording's file name
+    frame_starts: list[int] = field(default_factory=list)  # and the recording's frame its first frame is
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,9 @@ class RegisterKind:
                             scale=u.scale,
                             registered_projection=where.output(u.registered_projection)
                             if u.registered_projection else None,
-                            frame_shifts=[inputs[c] if c else None for c in u.frame_shifts]) for u in params.units]
+                            frame_shifts=[inputs[c] if c else None for c in u.frame_shifts],
+                            frame_origins=list(zip(u.frame_sources, u.frame_starts, strict=True)))
+                 for u in params.units]
         log = where.output(task.outputs[-1])
         batch = register_units(inputs[params.reference], units, settings, log_dir=log.parent,
                                reference_scale=params.reference_scale,

@@ -101,6 +101,7 @@ class MovingUnit:
     scale: int = 1  # level-0 pixels of ``apply_to`` per pixel of ``registration_image``
     registered_projection: Path | None = None
     frame_shifts: list[Path | None] = field(default_factory=list)  # per file of apply_to: its motion shifts CSV
+    frame_origins: list[tuple[str, int]] = field(default_factory=list)  # and its recording's name and first frame
 
 
 def units_for_images(paths: list[str | Path], outdir: Path) -> list[MovingUnit]:
@@ -280,7 +281,9 @@ def _write_outputs(reference: TiffImage, registration_image: TiffImage, unit: Mo
                                          pixel_size_um=pixel_size, compression=settings.compression,
                                          tile_size=settings.tile_size, interpolation=settings.interpolation))
         shifts_files = unit.frame_shifts or [None] * len(unit.apply_to)
-        corrected = [(source, shifts) for source, shifts in zip(unit.apply_to, shifts_files, strict=True)
+        origins = unit.frame_origins or [("", 0)] * len(unit.apply_to)
+        corrected = [(source, shifts, *origin)
+                     for source, shifts, origin in zip(unit.apply_to, shifts_files, origins, strict=True)
                      if shifts is not None]
         if corrected:
             level0.metadata["motion"] = frame_shifts_record(corrected)
