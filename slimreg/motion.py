@@ -265,11 +265,6 @@ def crispness(image: np.ndarray) -> float:
     return float(np.linalg.norm(np.hypot(gy, gx)))
 
 
-def frame_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two frames (NaN when either is flat or not finite)."""
-    return correlations_with(b, a[None])[0]
-
-
 def correlations_with(mean: np.ndarray, frames: np.ndarray) -> np.ndarray:
     """Pearson correlation of each of ``frames`` with ``mean`` (NaN for a flat or non-finite frame): the mean centred
     and normalised once, each frame by one dot product, in float64 sums (np.corrcoef per frame, which copies both

@@ -55,6 +55,14 @@ class _Session:
     registration_scale: int = 1
     registration_task: str | None = None
 
+    def frame_records(self) -> dict[str, list]:
+        """RegisterUnit's per-piece motion fields (each piece's shifts CSV, recording and first frame), or none where
+        no piece was corrected for motion."""
+        if not any(self.piece_shifts):
+            return {"frame_shifts": [], "frame_sources": [], "frame_starts": []}
+        return {"frame_shifts": list(self.piece_shifts), "frame_sources": [name for name, _ in self.piece_origins],
+                "frame_starts": [start for _, start in self.piece_origins]}
+
 
 def build_plan(sheet: Samplesheet, outdir: str | Path, registration: RegistrationSettings,
                settings: PlanSettings | None = None) -> Plan:
@@ -172,11 +180,7 @@ def _sample_tasks(sample: Sample, registration: RegistrationSettings, settings: 
                               transform=layout.transform_file(name, safe_id(session.name)),
                               registered_projection=(layout.registered_projection(name, safe_id(session.name))
                                                      if session_mode else None),
-                              frame_shifts=session.piece_shifts if any(session.piece_shifts) else [],
-                              frame_sources=[name for name, _ in session.piece_origins]
-                              if any(session.piece_shifts) else [],
-                              frame_starts=[start for _, start in session.piece_origins]
-                              if any(session.piece_shifts) else [])
+                              **session.frame_records())
                  for session in batch]
         inputs = [reference.registration_image] + [u.registration_image for u in units] + \
             [p for u in units for p in u.apply_to] + [c for u in units for c in u.frame_shifts if c]
