@@ -199,6 +199,9 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
                        help="align every frame of each recording (multi-frame grey stack) to its session's template "
                             "before sessions are registered: rigid (default), piecewise (NoRMCorre-style patches) or "
                             "off; per-frame shifts in transforms/<sample>/<recording>.shifts.csv, QC in the report")
+    group.add_argument("--motion-dtype", choices=options.MOTION_DTYPES, default=options.DEFAULT_MOTION_DTYPE,
+                       help="the corrected frames' type: the recording's own (default) or float32, twice the disk of "
+                            "a 16-bit recording, which keeps what subpixel moves overshoot below zero")
     group.add_argument("--qc-max-dim", type=int, default=options.DEFAULT_QC_MAX_DIM,
                        help=f"long side of QC images in px (default {options.DEFAULT_QC_MAX_DIM})")
 
@@ -218,6 +221,7 @@ def _build_plan(args: argparse.Namespace):
                             merge_chunks=args.merge_chunks, merge_channels=args.merge_channels,
                             merge_nuclear_once=args.merge_nuclear_once, qc_max_dim=args.qc_max_dim,
                             output_format=args.output_format, motion_correction=args.motion_correction,
+                            motion_dtype=args.motion_dtype,
                             workers=getattr(args, "workers", 1))
     settings.validate()
     return build_plan(sheet, args.outdir, registration, settings)
@@ -498,9 +502,11 @@ def _versions_args(parser: argparse.ArgumentParser) -> None:
 def run_motion_correct(args: argparse.Namespace) -> int:
     from slimreg.recording import correct_motion
 
-    result = correct_motion(args.input, args.outdir, mode=args.mode, chunk_frames=args.chunk_frames)
-    print(json.dumps({"frames": result.frames, "mode": result.mode, "blank_frames": result.blank_frames,
-                      "nan_frames": result.nan_frames, "qc": result.qc, "outputs": result.outputs}, indent=2))
+    result = correct_motion(args.input, args.outdir, mode=args.mode, chunk_frames=args.chunk_frames,
+                            dtype=args.dtype)
+    print(json.dumps({"frames": result.frames, "mode": result.mode, "dtype": result.dtype,
+                      "blank_frames": result.blank_frames, "nan_frames": result.nan_frames, "qc": result.qc,
+                      "outputs": result.outputs}, indent=2))
     return 0
 
 
@@ -512,6 +518,8 @@ def _motion_correct_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("rigid", "piecewise"), default="rigid", help="rigid (default) or "
                         "NoRMCorre-style piecewise rigid")
     parser.add_argument("--chunk-frames", type=int, default=100, help="frames held in memory at once")
+    parser.add_argument("--dtype", choices=options.MOTION_DTYPES, default=options.DEFAULT_MOTION_DTYPE,
+                        help="the corrected frames' type: the recording's own (default) or float32")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from slimreg.options import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_MODE,
     DEFAULT_MOTION_CORRECTION,
+    DEFAULT_MOTION_DTYPE,
     DEFAULT_PRESET,
     DEFAULT_QC_MAX_DIM,
     DEFAULT_TILE_SIZE,
@@ -58,6 +59,7 @@ class JobOptions:
     merge_nuclear_once: bool = False
     output_format: str = DEFAULT_FORMAT
     motion_correction: str = DEFAULT_MOTION_CORRECTION
+    motion_dtype: str = DEFAULT_MOTION_DTYPE
     qc_max_dim: int = DEFAULT_QC_MAX_DIM
     # how this machine runs the plan
     mode: str = DEFAULT_MODE
@@ -115,4 +117,4 @@ class JobOptions:
                             merge_chunks=self.merge_chunks, merge_channels=self.merge_channels,
                             merge_nuclear_once=self.merge_nuclear_once, qc_max_dim=self.qc_max_dim,
                             workers=self.workers, output_format=self.output_format,
-                            motion_correction=self.motion_correction)
+                            motion_correction=self.motion_correction, motion_dtype=self.motion_dtype)

@@ -31,6 +31,10 @@ DEFAULT_FORMAT = "ome-tiff"
 # at half the speed (docs/motion.md)
 MOTION_CORRECTION_MODES = ("rigid", "piecewise", "off")
 DEFAULT_MOTION_CORRECTION = "rigid"
+# the corrected frames' type: the recording's own (half the disk of float32 for uint16 movies), or float32, which
+# keeps what subpixel moves overshoot below zero or above the type's range (docs/motion.md, "Interpolation")
+MOTION_DTYPES = ("input", "float32")
+DEFAULT_MOTION_DTYPE = "input"
 DEFAULT_TILE_SIZE = 1024  # tiles of the registered images users keep
 WORK_TILE_SIZE = 512  # tiles of intermediate files (split pieces, projections, merged stacks, demo data)
 DEFAULT_BATCH_SIZE = 3  # moving images (sessions) per REGISTER task, besides the reference

@@ -270,7 +270,7 @@ def _motion_tasks(sample: str, session: _Session, row: SampleRow, info: ImageInf
         outputs = layout.motion_files(sample, safe_id(stem))
         task_id = safe_id(f"motion-{sample}-{stem}")
         params = MotionParams(channel=channel, start=start, stop=stop, mode=settings.motion_correction,
-                              tile_size=WORK_TILE_SIZE, compression="deflate")
+                              tile_size=WORK_TILE_SIZE, compression="deflate", dtype=settings.motion_dtype)
         tasks.append(Task(task_id, "motion", sample, inputs=[row.source, template], outputs=outputs,
                           params=params.to_json()))
         session.pieces.append(outputs[0])

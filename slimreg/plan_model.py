@@ -21,9 +21,11 @@ from slimreg.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_FORMAT,
     DEFAULT_MOTION_CORRECTION,
+    DEFAULT_MOTION_DTYPE,
     DEFAULT_QC_MAX_DIM,
     FORMATS,
     MOTION_CORRECTION_MODES,
+    MOTION_DTYPES,
 )
 
 TASK_SPEC_FORMAT = "slimreg-task"
@@ -43,11 +45,15 @@ class PlanSettings:
     workers: int = 1
     output_format: str = DEFAULT_FORMAT  # --format: what registered/<sample>/ and merged/ hold
     motion_correction: str = DEFAULT_MOTION_CORRECTION  # each recording's frames onto its session's template
+    motion_dtype: str = DEFAULT_MOTION_DTYPE  # the corrected frames' type (--motion-dtype)
 
     def validate(self) -> None:
         if self.motion_correction not in MOTION_CORRECTION_MODES:
             raise ParameterError(f"unknown --motion-correction {self.motion_correction!r}; choose one of "
                                  f"{', '.join(MOTION_CORRECTION_MODES)}.")
+        if self.motion_dtype not in MOTION_DTYPES:
+            raise ParameterError(f"unknown --motion-dtype {self.motion_dtype!r}; choose one of "
+                                 f"{', '.join(MOTION_DTYPES)}.")
         if self.output_format not in FORMATS:
             raise ParameterError(f"unknown --format {self.output_format!r}; choose one of {', '.join(FORMATS)}.")
         if self.batch_size < 1:

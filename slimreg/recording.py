@@ -36,6 +36,7 @@ from slimreg.motion import (
     template_spectrum,
 )
 from slimreg.motion_records import FrameTable
+from slimreg.options import MOTION_DTYPES
 
 if TYPE_CHECKING:
     import pyvips
@@ -193,12 +194,16 @@ class MotionResult:
     nan_frames: list[int]
     qc: dict[str, float]
     shifts: FrameTable = field(repr=False)
+    dtype: str = ""  # the corrected frames' type
 
 
 def correct_motion(input_path: str | Path, outdir: str | Path, *, mode: str = "rigid",
-                   chunk_frames: int = 100) -> MotionResult:
-    """`slimreg motion-correct`: one TIFF recording against its own template; outputs in ``outdir``."""
+                   chunk_frames: int = 100, dtype: str = "input") -> MotionResult:
+    """`slimreg motion-correct`: one TIFF recording against its own template; outputs in ``outdir``, frames of the
+    recording's type or of ``dtype``."""
     _check_mode(mode)
+    if dtype not in MOTION_DTYPES:
+        raise ParameterError(f"unknown --dtype {dtype!r}.", fix=f"use one of {', '.join(MOTION_DTYPES)}.")
     if chunk_frames < 1:
         raise ParameterError(f"--chunk-frames must be at least 1, got {chunk_frames}.")
     input_path, outdir = Path(input_path), Path(outdir)
@@ -208,7 +213,8 @@ def correct_motion(input_path: str | Path, outdir: str | Path, *, mode: str = "r
         outdir.mkdir(parents=True, exist_ok=True)
         stem = input_path.name.split(".")[0]
         return correct_recording(frames, template, mode, MotionOutputs.in_folder(outdir, stem), name=stem,
-                                 chunk_frames=chunk_frames, pyramid=False)
+                                 chunk_frames=chunk_frames, pyramid=False,
+                                 dtype=None if dtype == "input" else np.dtype(dtype))
     finally:
         frames.close()
 
@@ -220,12 +226,13 @@ def _check_mode(mode: str) -> None:
 
 def correct_recording(frames: Frames, template: np.ndarray, mode: str, outputs: MotionOutputs, *, name: str,
                       chunk_frames: int | None = None, tile_size: int = 512, compression: str = "deflate",
-                      pyramid: bool = True) -> MotionResult:
-    """Correct every frame against ``template`` and write the corrected OME-TIFF (every channel, moved alike),
-    the shifts (CSV, per frame), the summary (JSON) and the shift plot; frame numbers in the records count from the
-    recording's start. Memory does not grow with the number of frames beyond a few bytes each
-    (slimreg.motion_records)."""
+                      pyramid: bool = True, dtype: np.dtype | None = None) -> MotionResult:
+    """Correct every frame against ``template`` and write the corrected OME-TIFF (every channel, moved alike, of
+    type ``dtype``, the recording's own when None), the shifts (CSV, per frame), the summary (JSON) and the shift
+    plot; frame numbers in the records count from the recording's start. Memory does not grow with the number of
+    frames beyond a few bytes each (slimreg.motion_records)."""
     _check_mode(mode)
+    dtype = np.dtype(dtype or frames.dtype)
     chunk = chunk_frames or chunk_frames_for(frames.shape)
     outputs.corrected.parent.mkdir(parents=True, exist_ok=True)
     grid = PatchGrid.for_shape(frames.shape) if mode == "piecewise" else None
@@ -233,15 +240,15 @@ def correct_recording(frames: Frames, template: np.ndarray, mode: str, outputs: 
                        scratch_dir=outputs.corrected.parent)
     with tempfile.TemporaryDirectory(dir=outputs.corrected.parent, prefix=".motion-") as work:
         scratch = Path(work) / "corrected.raw"
-        mean_before, mean_after = _correct_to_scratch(frames, template, scratch, grid, chunk, table)
-        _frame_correlations(frames, scratch, mean_before, mean_after, chunk, table)
-        _write_recording(frames, scratch, outputs.corrected, name, tile_size, compression, pyramid)
+        mean_before, mean_after = _correct_to_scratch(frames, template, scratch, dtype, grid, chunk, table)
+        _frame_correlations(frames, scratch, dtype, mean_before, mean_after, chunk, table)
+        _write_recording(frames, scratch, dtype, outputs.corrected, name, tile_size, compression, pyramid)
     table.write_csv(outputs.shifts_csv)
     plot_shifts(table, outputs.plot)
     qc = _qc_numbers(mean_before, mean_after, table)
     result = MotionResult({"corrected": str(outputs.corrected), "shifts_csv": str(outputs.shifts_csv),
                            "plot": str(outputs.plot), "json": str(outputs.json)}, frames.count, mode,
-                          table.frames_with("blank"), table.frames_with("nan"), qc, table)
+                          table.frames_with("blank"), table.frames_with("nan"), qc, table, str(dtype))
     _write_json(outputs.json, result, grid, first_frame=getattr(frames, "start", 0))
     return result
 
@@ -250,26 +257,26 @@ def _channels(frames: Frames) -> int:
     return len(frames.channel_names)
 
 
-def _scratch_planes(scratch: Path, frames: Frames, first_plane: int, count: int) -> np.ndarray:
-    """Planes [first, first + count) of the raw scratch file (frame-major, channels within a frame), read (not
-    mapped: RSS stays bounded)."""
+def _scratch_planes(scratch: Path, frames: Frames, dtype: np.dtype, first_plane: int, count: int) -> np.ndarray:
+    """Planes [first, first + count) of the raw scratch file (frame-major, channels within a frame, of ``dtype``),
+    read (not mapped: RSS stays bounded)."""
     pixels = frames.shape[0] * frames.shape[1]
     with open(scratch, "rb") as handle:
-        handle.seek(first_plane * pixels * frames.dtype.itemsize)
-        data = np.fromfile(handle, dtype=frames.dtype, count=count * pixels)
+        handle.seek(first_plane * pixels * dtype.itemsize)
+        data = np.fromfile(handle, dtype=dtype, count=count * pixels)
     return data.reshape(count, *frames.shape)
 
 
 def _to_dtype(frame: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A float frame back to the input's type: rounded and clipped for integers."""
+    """A float frame in the output's type: rounded and clipped for integers."""
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
         return np.clip(np.rint(np.nan_to_num(frame)), info.min, info.max).astype(dtype)
     return frame.astype(dtype)
 
 
-def _correct_to_scratch(frames: Frames, template: np.ndarray, scratch: Path, grid: PatchGrid | None, chunk: int,
-                        table: FrameTable) -> tuple[np.ndarray, np.ndarray]:
+def _correct_to_scratch(frames: Frames, template: np.ndarray, scratch: Path, dtype: np.dtype, grid: PatchGrid | None,
+                        chunk: int, table: FrameTable) -> tuple[np.ndarray, np.ndarray]:
     """Pass 1: shifts into ``table``, every channel of every frame moved into the scratch file, the means before
     and after."""
     spectrum = template_spectrum(template)
@@ -282,8 +289,8 @@ def _correct_to_scratch(frames: Frames, template: np.ndarray, scratch: Path, gri
             for frame, shift in zip(chunk_frames, chunk_shifts, strict=True):
                 for channel in range(_channels(frames)):
                     plane = frame if channel == frames.channel else frames.frame(shift.frame, channel)
-                    # the QC's mean is of the frames as written (rounded and clipped to the input's type)
-                    written = _to_dtype(apply_frame_shift(plane, shift, grid), frames.dtype)
+                    # the QC's mean is of the frames as written (rounded and clipped to an integer type)
+                    written = _to_dtype(apply_frame_shift(plane, shift, grid), dtype)
                     written.tofile(handle)
                     if channel == frames.channel and shift.status == "ok":
                         sum_before += frame
@@ -294,8 +301,8 @@ def _correct_to_scratch(frames: Frames, template: np.ndarray, scratch: Path, gri
     return (sum_before / good).astype(np.float32), (sum_after / good).astype(np.float32)
 
 
-def _frame_correlations(frames: Frames, scratch: Path, mean_before: np.ndarray, mean_after: np.ndarray,
-                        chunk: int, table: FrameTable) -> None:
+def _frame_correlations(frames: Frames, scratch: Path, dtype: np.dtype, mean_before: np.ndarray,
+                        mean_after: np.ndarray, chunk: int, table: FrameTable) -> None:
     """Pass 2: each frame's correlation with the raw mean and, corrected, with the corrected mean (CaImAn's), into
     ``table``."""
     channels = _channels(frames)
@@ -303,7 +310,7 @@ def _frame_correlations(frames: Frames, scratch: Path, mean_before: np.ndarray, 
         stop = start + len(chunk_frames)
         table.correlation_before[start:stop] = correlations_with(mean_before, chunk_frames)
         # the chunk's corrected planes in one read (every channel: frame-major), its registration channel kept
-        corrected = _scratch_planes(scratch, frames, start * channels, len(chunk_frames) * channels)
+        corrected = _scratch_planes(scratch, frames, dtype, start * channels, len(chunk_frames) * channels)
         table.correlation_after[start:stop] = correlations_with(mean_after, corrected[frames.channel::channels])
 
 
@@ -317,20 +324,20 @@ def _qc_numbers(mean_before: np.ndarray, mean_after: np.ndarray, table: FrameTab
             "crispness_before": crispness(mean_before), "crispness_after": crispness(mean_after)}
 
 
-def _write_recording(frames: Frames, scratch: Path, path: Path, name: str, tile_size: int, compression: str,
-                     pyramid: bool) -> Path:
+def _write_recording(frames: Frames, scratch: Path, dtype: np.dtype, path: Path, name: str, tile_size: int,
+                     compression: str, pyramid: bool) -> Path:
     """The corrected OME-TIFF, planes read from the scratch file when the writer asks for them."""
     import pyvips
 
     from slimreg.io.write import OmeMetadata, PlaneSequence, write_planes
 
     height, width = frames.shape
-    meta = OmeMetadata(width=width, height=height, dtype=str(frames.dtype), channel_names=frames.channel_names,
+    meta = OmeMetadata(width=width, height=height, dtype=str(dtype), channel_names=frames.channel_names,
                        pixel_size_um=frames.pixel_size_um, size_t=frames.count, name=name)
 
     def plane_at(index: int) -> Callable[[], pyvips.Image]:
         def build() -> pyvips.Image:
-            return pyvips.Image.new_from_array(_scratch_planes(scratch, frames, index, 1)[0])
+            return pyvips.Image.new_from_array(_scratch_planes(scratch, frames, dtype, index, 1)[0])
         return build
 
     # made when the writer reaches each plane: no per-plane object is kept (docs/motion.md, "Length")
@@ -341,7 +348,7 @@ def _write_recording(frames: Frames, scratch: Path, path: Path, name: str, tile_
 def _write_json(path: Path, result: MotionResult, grid: PatchGrid | None, *, first_frame: int = 0) -> None:
     """The summary: settings, flagged frames, QC, the largest shift and the patch grid; the frames themselves are
     in the CSV (one row each), so this file and the report that reads it stay small however long the recording."""
-    payload = {"mode": result.mode, "frames": result.frames, "first_frame": first_frame,
+    payload = {"mode": result.mode, "dtype": result.dtype, "frames": result.frames, "first_frame": first_frame,
                "blank_frames": result.blank_frames, "nan_frames": result.nan_frames,
                "qc": {k: _finite(v) for k, v in result.qc.items()},
                "largest_shift_px": round(result.shifts.largest_shift(), 4),

@@ -13,7 +13,7 @@ import tifffile
 from scipy import ndimage
 
 from slimreg.cli import main
-from slimreg.errors import InputError
+from slimreg.errors import InputError, ParameterError
 from slimreg.motion import PatchGrid, apply_shift, correlations_with
 from slimreg.recording import correct_motion
 
@@ -142,6 +142,26 @@ def test_cli_writes_readable_outputs_with_every_frame(tmp_path):
     largest = max(np.hypot(float(r["dy"]), float(r["dx"])) for r in rows)
     assert payload["largest_shift_px"] == pytest.approx(largest, abs=1e-3)
     assert cv2.imread(str(tmp_path / "sima_example.motion.png")) is not None
+
+
+def test_float32_output_keeps_what_the_recordings_own_type_clips(tmp_path):
+    """--dtype float32: the same moves, written unrounded; the 16-bit file is that output rounded and clipped, and
+    the clipped overshoots (below zero beside the movie's bright specks) are what make its mean less crisp."""
+    as_input = correct_motion(MOVIE, tmp_path / "input", chunk_frames=8)
+    as_float = correct_motion(MOVIE, tmp_path / "float", chunk_frames=8, dtype="float32")
+    assert as_float.dtype == "float32" and as_input.dtype == "uint16"
+    assert [(s.dy, s.dx) for s in as_float.shifts] == [(s.dy, s.dx) for s in as_input.shifts]
+    with tifffile.TiffFile(as_float.outputs["corrected"]) as tif:
+        floats = tif.series[0].asarray()
+    with tifffile.TiffFile(as_input.outputs["corrected"]) as tif:
+        integers = tif.series[0].asarray()
+    assert floats.dtype == np.float32 and floats.shape == integers.shape
+    assert np.array_equal(np.clip(np.rint(floats), 0, 65535).astype(np.uint16), integers)
+    assert (floats < -0.5).mean() > 0.01  # overshoots the 16-bit file sets to 0
+    assert as_float.qc["crispness_after"] > as_input.qc["crispness_after"]
+    assert json.loads(Path(as_float.outputs["json"]).read_text())["dtype"] == "float32"
+    with pytest.raises(ParameterError, match="--dtype"):
+        correct_motion(MOVIE, tmp_path / "bad", dtype="int8")
 
 
 def test_blank_and_nan_frames_reported_and_not_moved(tmp_path):

@@ -23,6 +23,7 @@ PIPELINE = {"engine": (options.ENGINES, options.DEFAULT_ENGINE), "preset": (opti
             "compression": (options.COMPRESSIONS, options.DEFAULT_COMPRESSION),
             "format": (options.FORMATS, options.DEFAULT_FORMAT),
             "motion_correction": (options.MOTION_CORRECTION_MODES, options.DEFAULT_MOTION_CORRECTION),
+            "motion_dtype": (options.MOTION_DTYPES, options.DEFAULT_MOTION_DTYPE),
             "tile_size": (None, options.DEFAULT_TILE_SIZE), "batch_size": (None, options.DEFAULT_BATCH_SIZE),
             "qc_max_dim": (None, options.DEFAULT_QC_MAX_DIM)}
 
@@ -49,13 +50,15 @@ def test_the_cli_and_the_python_api_default_to_the_same_values() -> None:
                           ("batch_size", options.DEFAULT_BATCH_SIZE), ("qc_max_dim", options.DEFAULT_QC_MAX_DIM),
                           ("mode", options.DEFAULT_MODE), ("max_retries", options.DEFAULT_MAX_RETRIES),
                           ("output_format", options.DEFAULT_FORMAT),
-                          ("motion_correction", options.DEFAULT_MOTION_CORRECTION)):
+                          ("motion_correction", options.DEFAULT_MOTION_CORRECTION),
+                          ("motion_dtype", options.DEFAULT_MOTION_DTYPE)):
         assert getattr(args, name) == default == api[name], name
     settings, plan = RegistrationSettings(), PlanSettings()
     assert (settings.engine, settings.preset, settings.tile_size, settings.compression) == (
         options.DEFAULT_ENGINE, options.DEFAULT_PRESET, options.DEFAULT_TILE_SIZE, options.DEFAULT_COMPRESSION)
-    assert (plan.batch_size, plan.qc_max_dim, plan.motion_correction) == (
-        options.DEFAULT_BATCH_SIZE, options.DEFAULT_QC_MAX_DIM, options.DEFAULT_MOTION_CORRECTION)
+    assert (plan.batch_size, plan.qc_max_dim, plan.motion_correction, plan.motion_dtype) == (
+        options.DEFAULT_BATCH_SIZE, options.DEFAULT_QC_MAX_DIM, options.DEFAULT_MOTION_CORRECTION,
+        options.DEFAULT_MOTION_DTYPE)
 
 
 def test_every_job_option_is_a_slimreg_run_flag_and_reaches_the_options_object() -> None:

@@ -123,6 +123,26 @@ def test_recordings_are_corrected_for_motion_in_pieces_against_one_template(tmp_
     assert all(t.peak_memory_bytes > 0 and t.disk_bytes > 0 for t in motion)
 
 
+def test_float32_corrected_frames_are_planned_and_estimated_at_their_size(demo_dir: Path, tmp_path: Path) -> None:
+    """--motion-dtype float32: each motion task writes float32 frames, so its disk (the scratch file and the
+    corrected piece) is twice that of the 16-bit recording's own type, and what reads the piece later is estimated
+    from float32 frames too."""
+    sheet = read_samplesheet(_sheet(tmp_path, [f"rec,{demo_dir / 'calcium_s1.ome.tif'},true,,",
+                                               f"rec,{demo_dir / 'calcium_s2_part1.ome.tif'},false,,"]))
+    as_input = build_plan(sheet, tmp_path / "a", FEATURE)
+    as_float = build_plan(sheet, tmp_path / "b", FEATURE, PlanSettings(motion_dtype="float32"))
+    motion_input = [t for t in as_input.tasks if t.kind == "motion"]
+    motion_float = [t for t in as_float.tasks if t.kind == "motion"]
+    assert {t.params["dtype"] for t in motion_input} == {"input"}
+    assert {t.params["dtype"] for t in motion_float} == {"float32"}
+    for narrow, wide in zip(motion_input, motion_float, strict=True):
+        assert 1.95 < wide.disk_bytes / narrow.disk_bytes < 2.05
+    register = [(t for t in plan.tasks if t.kind == "register") for plan in (as_input, as_float)]
+    assert next(register[1]).disk_bytes > next(register[0]).disk_bytes
+    with pytest.raises(ParameterError, match="motion-dtype"):
+        PlanSettings(motion_dtype="float64").validate()
+
+
 def test_a_single_recording_is_corrected_and_published(demo_dir: Path, tmp_path: Path) -> None:
     """A sample of one recording has nothing to register, but its frames are still corrected and the corrected
     copy published (the commonest calcium-imaging case); with --motion-correction off it passes through."""

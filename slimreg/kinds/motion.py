@@ -32,6 +32,10 @@ class MotionParams(Params):
     mode: str  # rigid | piecewise
     tile_size: int
     compression: str
+    dtype: str  # the corrected frames' type: "input" (the recording's) or a numpy type name (--motion-dtype)
+
+    def output_dtype(self, source_dtype: str) -> str:
+        return source_dtype if self.dtype == "input" else self.dtype
 
 
 class MotionKind:
@@ -45,14 +49,16 @@ class MotionKind:
         params = MotionParams.from_json(task.params)
         source = ctx.info(task.inputs[0])
         frames = params.stop - params.start
-        corrected = replace(source, frames=frames, size_t=frames, file_bytes=int(source.file_bytes * frames /
-                                                                                  max(1, source.frames)))
+        dtype = params.output_dtype(source.dtype)
+        widening = np.dtype(dtype).itemsize / np.dtype(source.dtype).itemsize
+        corrected = replace(source, frames=frames, size_t=frames, dtype=dtype,
+                            file_bytes=int(source.file_bytes * widening * frames / max(1, source.frames)))
         ctx.produced[task.outputs[0]] = corrected
         pixels = source.width * source.height
         chunk = chunk_frames_for((source.height, source.width))
         peak = (PROCESS_BASE + MOTION_BASE + 2 * 4 * chunk * pixels + MOTION_PER_PX[params.mode] * pixels
                 + write_bytes(corrected, params.tile_size))
-        raw = frames * source.channels * pixels * np.dtype(source.dtype).itemsize  # the scratch file
+        raw = frames * source.channels * pixels * np.dtype(dtype).itemsize  # the scratch file
         return int(SAFETY * peak), int(raw + corrected.file_bytes * PYRAMID_DISK_FACTOR)
 
     def run(self, task: Task, ctx: RunContext) -> None:
@@ -65,7 +71,7 @@ class MotionKind:
             template = read_template(ctx.inputs[task.inputs[1]], frames.shape)
             correct_recording(frames, template, params.mode, MotionOutputs(corrected, shifts, record, plot),
                               name=Path(task.outputs[0]).name.removesuffix(".ome.tif"), tile_size=params.tile_size,
-                              compression=params.compression)
+                              compression=params.compression, dtype=np.dtype(params.output_dtype(str(frames.dtype))))
 
 
 KIND = MotionKind()
