@@ -1,8 +1,9 @@
 """Completion records: what a finished task read and wrote, so that ``--resume`` skips a task only while its
-inputs, settings and outputs are still the ones it finished with."""
+inputs, settings, outputs and slimreg's own code are still the ones it finished with."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -24,9 +25,23 @@ def completion_record(plan: Plan, task: Task, root: Path, preset: str | None) ->
         stat = resolved.stat() if resolved.exists() else None
         inputs[path] = [stat.st_size, int(stat.st_mtime_ns)] if stat else None
     settings = {"task_settings": task.settings, "params": task.params, "registration": plan.registration,
-                "preset": preset}
+                "preset": preset, "code": code_digest()}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     return {"task": task.id, "inputs": inputs, "settings_sha256": digest, "outputs": task.outputs}
+
+
+@functools.cache
+def code_digest() -> str:
+    """A SHA-256 of slimreg's own source files: a task finished by other code (an upgrade, a local change) is run
+    again on ``--resume``, since its outputs may differ from what this code writes (a recording's pieces corrected
+    by a bicubic warp before, a phase ramp after, would be merged into one stack). The version string alone does
+    not change between commits."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(f"{source.relative_to(package)}\0".encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
 
 
 def is_complete(plan: Plan, task: Task, root: Path) -> bool:

@@ -178,6 +178,26 @@ def test_resume_redoes_a_task_whose_output_was_truncated(tmp_path: Path) -> None
     assert not is_complete(plan, task, tmp_path / "out")
 
 
+def test_resume_redoes_a_task_that_other_code_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task finished by another slimreg (an upgrade, a local change) is run again: its outputs may not be what
+    this code writes. The record holds a digest of slimreg's own source files."""
+    from slimreg import completion
+    from slimreg.plan import Plan, Task
+
+    source = write_array(np.arange(4096, dtype=np.uint16).reshape(64, 64), tmp_path / "in.ome.tif")
+    output = tmp_path / "out" / "registered" / "s" / "in.ome.tif"
+    output.parent.mkdir(parents=True)
+    output.write_bytes(source.read_bytes())
+    task = Task("register-s-b1", "register", "s", inputs=[str(source)], outputs=["registered/s/in.ome.tif"])
+    plan = Plan(samplesheet="s.csv", outdir=str(tmp_path / "out"), registration={}, settings={}, tasks=[task],
+                notes=[])
+    completion.mark_complete(plan, task, tmp_path / "out", None)
+    assert completion.is_complete(plan, task, tmp_path / "out")
+    assert len(completion.code_digest()) == 64
+    monkeypatch.setattr(completion, "code_digest", lambda: "0" * 64)  # slimreg's code changed since
+    assert not completion.is_complete(plan, task, tmp_path / "out")
+
+
 def _damage_one_tile(path: Path, tile: int = 1) -> None:
     """Overwrite the compressed bytes of one level-0 tile (the header and tile index stay intact)."""
     with tifffile.TiffFile(path) as tiff:
