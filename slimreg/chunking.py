@@ -70,9 +70,10 @@ def plan_pieces(info: ImageInfo, per_piece: int, outdir: Path, stem: str) -> lis
 
 
 def _stack_meta(info: ImageInfo, frames: int, width: int | None = None, height: int | None = None,
-                names: tuple[str, ...] | None = None, pixel_size: tuple[float, float] | None = None) -> OmeMetadata:
+                names: tuple[str, ...] | None = None, pixel_size: tuple[float, float] | None = None,
+                dtype: str | None = None) -> OmeMetadata:
     size_z = info.size_z if info.size_z > 1 and frames % info.size_z == 0 else 1
-    return OmeMetadata(width or info.width, height or info.height, info.dtype, names or info.channel_names,
+    return OmeMetadata(width or info.width, height or info.height, dtype or info.dtype, names or info.channel_names,
                        pixel_size if pixel_size is not None else info.pixel_size_um, size_z=size_z,
                        size_t=frames // size_z, is_rgb=info.is_rgb and names is None)
 
@@ -95,12 +96,14 @@ def split_stack(path: str | Path, pieces: list[Piece], tile_size: int = WORK_TIL
     return written
 
 
-def check_session_shapes(infos: list[ImageInfo]) -> None:
-    """All pieces of one session must share frame size, channels and pixel type."""
+def check_session_shapes(infos: list[ImageInfo], same_type: bool = True) -> None:
+    """All pieces of one session must share frame size, channels and (``same_type``) pixel type. The pieces a
+    session's projection and merge read may differ in type: a recording corrected as float32 (--motion-dtype) beside
+    a still of the samplesheet's own type."""
     first = infos[0]
     for info in infos[1:]:
-        if (info.width, info.height, info.channels, info.dtype, info.is_rgb) != \
-                (first.width, first.height, first.channels, first.dtype, first.is_rgb):
+        if (info.width, info.height, info.channels, info.dtype if same_type else "", info.is_rgb) != \
+                (first.width, first.height, first.channels, first.dtype if same_type else "", first.is_rgb):
             raise InputError(f"has frames of {info.width}x{info.height}x{info.channels} {info.dtype}, but "
                              f"{first.path} in the same session has {first.width}x{first.height}x{first.channels} "
                              f"{first.dtype}.", info.path, "give pieces of one session the same frame shape, or "
@@ -119,7 +122,7 @@ def project_session(paths: list[str | Path], out_path: str | Path, channel: int,
     Streams frame by frame: memory is two float32 accumulators at the projection's size.
     """
     infos = [probe(p) for p in paths]
-    check_session_shapes(infos)
+    check_session_shapes(infos, same_type=False)  # every frame is read as float64
     first = infos[0]
     height, width = first.height // factor, first.width // factor
     total = np.zeros((height, width), np.float64)
@@ -147,10 +150,17 @@ def project_session(paths: list[str | Path], out_path: str | Path, channel: int,
 
 def merge_pieces(paths: list[str | Path], out_path: str | Path, tile_size: int = WORK_TILE_SIZE,
                  compression: str = "deflate") -> Path:
-    """Concatenate registered pieces of one session into one stack, frame by frame."""
+    """Concatenate registered pieces of one session into one stack, frame by frame, in the type that holds every
+    piece's values (``stack_dtype``)."""
     images = [TiffImage(p, access="random") for p in paths]
-    check_session_shapes([im.info for im in images])
+    check_session_shapes([im.info for im in images], same_type=False)
     planes = [p for image in images for frame in range(image.info.frames) for p in _frame_planes(image, frame)]
     frames = sum(image.info.frames for image in images)
-    return write_planes(planes, out_path, _stack_meta(images[0].info, frames), tile_size=tile_size,
-                        compression=compression)
+    meta = _stack_meta(images[0].info, frames, dtype=stack_dtype([im.info for im in images]))
+    return write_planes(planes, out_path, meta, tile_size=tile_size, compression=compression)
+
+
+def stack_dtype(infos: list[ImageInfo]) -> str:
+    """The type a merged stack of these pieces is written in: one that holds every piece's values (a uint16 still
+    beside a recording corrected as float32: float32)."""
+    return np.result_type(*(np.dtype(info.dtype) for info in infos)).name

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import slimreg.layout as layout
+from slimreg._version import __version__
 from slimreg.atomic import write_json_atomic
 from slimreg.locations import resolve
 from slimreg.plan_model import Plan, Task
@@ -37,10 +38,16 @@ def code_digest() -> str:
     by a bicubic warp before, a phase ramp after, would be merged into one stack). The version string alone does
     not change between commits."""
     package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(__version__.encode())  # all there is of an install without its sources
     for source in sorted(package.rglob("*.py")):
+        if source.name.startswith(".") or not source.is_file():
+            continue  # an editor's lock file, a dangling link
+        try:
+            content = source.read_bytes()
+        except OSError:
+            continue
         digest.update(f"{source.relative_to(package)}\0".encode())
-        digest.update(source.read_bytes())
+        digest.update(content)
     return digest.hexdigest()
 
 

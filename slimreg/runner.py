@@ -29,7 +29,7 @@ from typing import Any
 
 import slimreg.layout as layout
 from slimreg.atomic import remove_partials, write_json_atomic, write_text_atomic
-from slimreg.completion import is_complete, mark_complete
+from slimreg.completion import code_digest, is_complete, mark_complete
 from slimreg.errors import ParameterError, SlimregError, os_error_message
 from slimreg.guard import open_append, protecting, refuse_links
 from slimreg.io.write import require_writable_compression
@@ -77,6 +77,7 @@ def run_job(input: str | Path, outdir: str | Path, options: JobOptions | None = 
     sheet = read_samplesheet(input)
     root = Path(outdir).resolve()
     plan = build_plan(sheet, root, options.registration_settings(), options.plan_settings())
+    code_digest()  # of the code this run starts with, before any task runs (completion records)
     inputs = job_inputs(plan, sheet, root)
     # nothing slimreg writes, plan files and logs included, may land on the samplesheet or a file it names
     with protecting({Path(input), *inputs}), OutputFolderLock(root) as lock:  # before anything is written there

@@ -106,3 +106,24 @@ def test_slimreg_run_corrects_a_single_recording(demo_dir: Path, tmp_path: Path)
     assert run_job(sheet, pieces, engine="feature", preset="low", max_frames=5, merge_chunks=True).ok
     assert len(list((pieces / "transforms" / "rec").glob("calcium_s1_b*.shifts.csv"))) == -(-DEMO_FRAMES // 5)
     np.testing.assert_array_equal(_frames(pieces / "registered" / "rec" / "calcium_s1.ome.tif"), _frames(published))
+
+
+def test_a_float32_corrected_recording_and_a_16_bit_still_of_one_session_project_and_merge(tmp_path: Path) -> None:
+    """--motion-dtype float32 makes a session's corrected recording float32 while a still of the session keeps the
+    samplesheet's type: the session's projection reads both, and its merged stack is float32, each frame as given."""
+    from slimreg.chunking import merge_pieces, project_session
+
+    rng = np.random.default_rng(0)
+    frames = rng.normal(100, 30, (4, 32, 24)).astype(np.float32)
+    frames[0, 0, 0] = -5.5  # an overshoot below zero that only a float file keeps
+    still = rng.integers(0, 4000, (32, 24), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "rec.ome.tif", frames, metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "still.ome.tif", still, metadata={"axes": "YX"})
+    pieces = [tmp_path / "rec.ome.tif", tmp_path / "still.ome.tif"]
+    projection = tifffile.imread(project_session(pieces, tmp_path / "projection.ome.tif", channel=0, factor=1))
+    expected = np.concatenate([frames, still[None].astype(np.float32)]).astype(np.float64)
+    assert np.allclose(projection[0], expected.mean(0), atol=1e-3)
+    assert np.allclose(projection[1], expected.max(0))
+    merged = tifffile.imread(merge_pieces(pieces, tmp_path / "merged.ome.tif"))
+    assert merged.dtype == np.float32 and merged.shape == (5, 32, 24)
+    assert np.array_equal(merged[:4], frames) and np.array_equal(merged[4], still.astype(np.float32))

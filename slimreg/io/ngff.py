@@ -113,8 +113,10 @@ def _attributes(meta: OmeMetadata, axes: list[str], levels: int, windows: list[t
         scale = {"t": 1.0, "c": 1.0, "z": 1.0, "y": pixel_y * factor, "x": pixel_x * factor}
         datasets.append({"path": str(level),
                          "coordinateTransformations": [{"type": "scale", "scale": [scale[a] for a in axes]}]})
-    limit = float(np.iinfo(meta.dtype).max) if np.dtype(meta.dtype).kind in "ui" else 1.0
-    lowest = float(np.iinfo(meta.dtype).min) if np.dtype(meta.dtype).kind in "ui" else 0.0
+    integer = np.dtype(meta.dtype).kind in "ui"
+    # a float image's range is its data's (a recording corrected as float32 holds counts, not 0-1)
+    limit = float(np.iinfo(meta.dtype).max) if integer else max([1.0, *(end for _, end in windows)])
+    lowest = float(np.iinfo(meta.dtype).min) if integer else min([0.0, *(start for start, _ in windows)])
     names = _channel_names(meta)
     colours = ("FF0000", "00FF00", "0000FF") if meta.is_rgb else PALETTE
     channels = [{"label": name, "color": colours[i % len(colours)], "active": True,

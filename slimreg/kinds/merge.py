@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from slimreg.chunking import merge_pieces
+import numpy as np
+
+from slimreg.chunking import merge_pieces, stack_dtype
 from slimreg.estimate import PROCESS_BASE, PYRAMID_DISK_FACTOR, SAFETY, write_bytes
 from slimreg.kinds.base import EstimateContext, NoParams, RunContext
 from slimreg.options import WORK_TILE_SIZE
@@ -22,10 +24,13 @@ class MergeKind:
     def estimate(self, task: Task, ctx: EstimateContext) -> tuple[int, int]:
         pieces = [ctx.info(p) for p in task.inputs]
         frames = sum(p.frames for p in pieces)  # the merged stack, for a task that reads it (--format ome-zarr)
-        ctx.produced[task.outputs[0]] = replace(pieces[0], frames=frames, size_t=frames // max(1, pieces[0].size_z),
-                                                file_bytes=sum(p.file_bytes for p in pieces))
-        return (int(SAFETY * (PROCESS_BASE + write_bytes(pieces[0], WORK_TILE_SIZE))),
-                int(sum(p.file_bytes for p in pieces) * PYRAMID_DISK_FACTOR))
+        dtype = stack_dtype(pieces)
+        file_bytes = sum(int(p.file_bytes * np.dtype(dtype).itemsize / np.dtype(p.dtype).itemsize) for p in pieces)
+        merged = replace(pieces[0], frames=frames, size_t=frames // max(1, pieces[0].size_z), dtype=dtype,
+                         file_bytes=file_bytes)
+        ctx.produced[task.outputs[0]] = merged
+        return (int(SAFETY * (PROCESS_BASE + write_bytes(replace(pieces[0], dtype=dtype), WORK_TILE_SIZE))),
+                int(file_bytes * PYRAMID_DISK_FACTOR))
 
     def run(self, task: Task, ctx: RunContext) -> None:
         with ctx.tracker.step(task.id):
