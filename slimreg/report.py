@@ -133,7 +133,7 @@ def _motion_records(results: Path) -> list[dict[str, Any]]:
         shifts = [(s["dy"], s["dx"]) for s in data.get("shifts", []) if s.get("status") == "ok"]
         largest = data.get("largest_shift_px", max((math.hypot(dy, dx) for dy, dx in shifts), default=0.0))
         records.append({"sample": path.parent.name, "name": path.name.removesuffix(layout.MOTION_JSON_SUFFIX),
-                        "mode": data.get("mode", ""), "frames": data.get("frames", 0),
+                        "mode": data.get("mode", ""), "dtype": data.get("dtype", ""), "frames": data.get("frames", 0),
                         "first_frame": data.get("first_frame", 0), "qc": data.get("qc", {}),
                         "flagged": len(data.get("blank_frames", [])) + len(data.get("nan_frames", [])),
                         "largest_shift": largest,
@@ -157,14 +157,18 @@ def _motion_section(records: list[dict[str, Any]]) -> str:
         correlation = f"{_fmt(qc.get('mean_correlation_before'))} &rarr; {_fmt(qc.get('mean_correlation_after'))}"
         sharpness = f"{_fmt(qc.get('crispness_before'))} &rarr; {_fmt(qc.get('crispness_after'))}"
         rows.append(f"<tr><td>{html.escape(r['sample'])}</td><td>{html.escape(r['name'])}</td>"
-                    f"<td>{html.escape(str(r['mode']))}</td><td>{r['first_frame']}-{last}</td><td>{r['flagged']}</td>"
+                    f"<td>{html.escape(str(r['mode']))}</td><td>{html.escape(str(r['dtype']))}</td>"
+                    f"<td>{r['first_frame']}-{last}</td><td>{r['flagged']}</td>"
                     f"<td>{correlation}</td><td>{sharpness}</td><td>{_fmt(r['largest_shift'])}</td><td>{plot}</td></tr>")
     return ('<h2 id="motion">Motion correction</h2><p class="legend">Each frame aligned to its session\'s template '
             "before sessions are registered. Correlation: each frame with the recording's mean (mean over frames); "
             "crispness: sharpness of the mean image (norm of its gradient). Both rise when motion was removed. "
-            "Blank or NaN frames are left as recorded. Per-frame shifts: transforms/&lt;sample&gt;/&lt;recording&gt;"
+            "Blank or NaN frames are left as recorded. The QC is of the frames as written: an integer type clips "
+            "what subpixel moves overshoot, which lowers crispness (float32 keeps it; --motion-dtype). Per-frame "
+            "shifts: transforms/&lt;sample&gt;/&lt;recording&gt;"
             '.shifts.csv.</p><div class="wide"><table class="motion"><thead><tr><th>sample</th><th>recording</th>'
-            "<th>mode</th><th>frames</th><th>blank/NaN frames</th><th>correlation with mean</th><th>crispness</th>"
+            "<th>mode</th><th>written as</th><th>frames</th><th>blank/NaN frames</th><th>correlation with mean</th>"
+            "<th>crispness</th>"
             f"<th>largest shift px</th><th>shifts (dy blue, dx red)</th></tr></thead><tbody>{''.join(rows)}"
             "</tbody></table></div>")
 

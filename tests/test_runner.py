@@ -58,6 +58,8 @@ def test_end_to_end_outputs_and_qc(demo_sheet: Path, tmp_path: Path, capsys: pyt
     for name in ("preflight.json", "plan.json", "plan.csv", "versions.yml", "run.log", "run_summary.json"):
         assert (out / "pipeline_info" / name).is_file()
     assert (out / "report" / "report.html").is_file() and (out / "report" / "metrics.csv").is_file()
+    page = (out / "report" / "report.html").read_text()  # the motion table says what type the QC was measured on
+    assert "<th>written as</th>" in page and "<td>rigid</td><td>uint16</td>" in page
 
 
 def test_oom_kill_is_retried_with_a_lower_preset(demo_sheet: Path, tmp_path: Path,
