@@ -161,8 +161,9 @@ def test_non_finite_numbers_are_refused_with_one_line(tmp_path: Path, flag: str,
     assert f"'{value}' must be a finite number above 0" in capsys.readouterr().err
 
 
-def test_resume_redoes_a_task_whose_output_was_truncated(tmp_path: Path) -> None:
-    from slimreg.completion import is_complete, mark_complete
+def _finished_register_task(tmp_path: Path):
+    """A one-task plan whose task has finished: its output in place and its completion record written."""
+    from slimreg.completion import mark_complete
     from slimreg.plan import Plan, Task
 
     source = write_array(np.arange(4096, dtype=np.uint16).reshape(64, 64), tmp_path / "in.ome.tif")
@@ -173,6 +174,13 @@ def test_resume_redoes_a_task_whose_output_was_truncated(tmp_path: Path) -> None
     plan = Plan(samplesheet="s.csv", outdir=str(tmp_path / "out"), registration={}, settings={}, tasks=[task],
                 notes=[])
     mark_complete(plan, task, tmp_path / "out", None)
+    return plan, task, source, output
+
+
+def test_resume_redoes_a_task_whose_output_was_truncated(tmp_path: Path) -> None:
+    from slimreg.completion import is_complete
+
+    plan, task, source, output = _finished_register_task(tmp_path)
     assert is_complete(plan, task, tmp_path / "out")
     output.write_bytes(source.read_bytes()[:-100])  # truncated after the task finished
     assert not is_complete(plan, task, tmp_path / "out")
@@ -182,16 +190,8 @@ def test_resume_redoes_a_task_that_other_code_finished(tmp_path: Path, monkeypat
     """A task finished by another slimreg (an upgrade, a local change) is run again: its outputs may not be what
     this code writes. The record holds a digest of slimreg's own source files."""
     from slimreg import completion
-    from slimreg.plan import Plan, Task
 
-    source = write_array(np.arange(4096, dtype=np.uint16).reshape(64, 64), tmp_path / "in.ome.tif")
-    output = tmp_path / "out" / "registered" / "s" / "in.ome.tif"
-    output.parent.mkdir(parents=True)
-    output.write_bytes(source.read_bytes())
-    task = Task("register-s-b1", "register", "s", inputs=[str(source)], outputs=["registered/s/in.ome.tif"])
-    plan = Plan(samplesheet="s.csv", outdir=str(tmp_path / "out"), registration={}, settings={}, tasks=[task],
-                notes=[])
-    completion.mark_complete(plan, task, tmp_path / "out", None)
+    plan, task, _, _ = _finished_register_task(tmp_path)
     assert completion.is_complete(plan, task, tmp_path / "out")
     assert len(completion.code_digest()) == 64
     monkeypatch.setattr(completion, "code_digest", lambda: "0" * 64)  # slimreg's code changed since
