@@ -100,10 +100,12 @@ def check_session_shapes(infos: list[ImageInfo], same_type: bool = True) -> None
     """All pieces of one session must share frame size, channels and (``same_type``) pixel type. The pieces a
     session's projection and merge read may differ in type: a recording corrected as float32 (--motion-dtype) beside
     a still of the samplesheet's own type."""
+    def frame_kind(info: ImageInfo) -> tuple:
+        return (info.width, info.height, info.channels, info.is_rgb, *((info.dtype,) if same_type else ()))
+
     first = infos[0]
     for info in infos[1:]:
-        if (info.width, info.height, info.channels, info.dtype if same_type else "", info.is_rgb) != \
-                (first.width, first.height, first.channels, first.dtype if same_type else "", first.is_rgb):
+        if frame_kind(info) != frame_kind(first):
             raise InputError(f"has frames of {info.width}x{info.height}x{info.channels} {info.dtype}, but "
                              f"{first.path} in the same session has {first.width}x{first.height}x{first.channels} "
                              f"{first.dtype}.", info.path, "give pieces of one session the same frame shape, or "

@@ -35,6 +35,11 @@ DEFAULT_MOTION_CORRECTION = "rigid"
 # keeps what subpixel moves overshoot below zero or above the type's range (docs/motion.md, "Interpolation")
 MOTION_DTYPES = ("input", "float32")
 DEFAULT_MOTION_DTYPE = "input"
+
+
+def corrected_dtype(choice: str, recording_dtype: str) -> str:
+    """The type corrected frames are written in, for a --motion-dtype ``choice`` and the recording's own type."""
+    return recording_dtype if choice == "input" else choice
 DEFAULT_TILE_SIZE = 1024  # tiles of the registered images users keep
 WORK_TILE_SIZE = 512  # tiles of intermediate files (split pieces, projections, merged stacks, demo data)
 DEFAULT_BATCH_SIZE = 3  # moving images (sessions) per REGISTER task, besides the reference

@@ -36,7 +36,7 @@ from slimreg.motion import (
     template_spectrum,
 )
 from slimreg.motion_records import FrameTable
-from slimreg.options import MOTION_DTYPES
+from slimreg.options import MOTION_DTYPES, corrected_dtype
 
 if TYPE_CHECKING:
     import pyvips
@@ -214,7 +214,7 @@ def correct_motion(input_path: str | Path, outdir: str | Path, *, mode: str = "r
         stem = input_path.name.split(".")[0]
         return correct_recording(frames, template, mode, MotionOutputs.in_folder(outdir, stem), name=stem,
                                  chunk_frames=chunk_frames, pyramid=False,
-                                 dtype=None if dtype == "input" else np.dtype(dtype))
+                                 dtype=np.dtype(corrected_dtype(dtype, str(frames.dtype))))
     finally:
         frames.close()
 

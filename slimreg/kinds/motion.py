@@ -12,6 +12,7 @@ import numpy as np
 
 from slimreg.estimate import PROCESS_BASE, PYRAMID_DISK_FACTOR, SAFETY, write_bytes
 from slimreg.kinds.base import EstimateContext, Params, RunContext
+from slimreg.options import corrected_dtype
 
 if TYPE_CHECKING:
     from slimreg.plan_model import Task
@@ -35,7 +36,7 @@ class MotionParams(Params):
     dtype: str = "input"  # the corrected frames' type: "input" (the recording's) or a numpy type name (--motion-dtype)
 
     def output_dtype(self, source_dtype: str) -> str:
-        return source_dtype if self.dtype == "input" else self.dtype
+        return corrected_dtype(self.dtype, source_dtype)
 
 
 class MotionKind:
