@@ -119,11 +119,11 @@ class StackFrames:
         self.channel_names, self.pixel_size_um = tuple(info.channel_names), info.pixel_size_um
 
     def frame(self, index: int, channel: int | None = None) -> np.ndarray:
-        plane = self.image.plane(0, self.channel if channel is None else channel, self.start + index)
-        return np.asarray(plane.numpy(), dtype=np.float32)
+        plane = self.image.plane_array(self.channel if channel is None else channel, self.start + index)
+        return plane.astype(np.float32)
 
     def close(self) -> None:
-        """Nothing held open: each plane is opened when read."""
+        self.image.close()
 
 
 def chunk_frames_for(shape: tuple[int, int]) -> int:

@@ -210,3 +210,43 @@ def test_multichannel_pyramid_written_plane_by_plane(tmp_path: Path) -> None:
         expected = data[channel, : 2 * h, : 2 * w].reshape(h, 2, w, 2).astype(float).mean(axis=(1, 3))
         assert np.abs(level1 - expected).max() <= 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pyramid.ome.tif"]
+
+
+def test_frames_of_a_many_page_file_are_read_as_libvips_reads_them(tmp_path: Path) -> None:
+    """A recording's frames are read through tifffile (libvips counts every page of the file on each open): the
+    planes must be the ones libvips gives, for channels in pages and in samples, and a damaged page must be named."""
+    import pyvips
+
+    from slimreg.io.read import MANY_PAGES, TiffImage
+
+    rng = np.random.default_rng(5)
+    frames = MANY_PAGES + 6
+    grey = rng.integers(0, 60000, (frames, 2, 48, 40), dtype=np.uint16)
+    rgb = rng.integers(0, 255, (frames, 48, 40, 3), dtype=np.uint8)
+    grey_path, rgb_path = tmp_path / "grey.ome.tif", tmp_path / "rgb.ome.tif"
+    tifffile.imwrite(grey_path, grey, ome=True, metadata={"axes": "TCYX"}, compression="zlib", tile=(16, 16))
+    tifffile.imwrite(rgb_path, rgb, ome=True, photometric="rgb", metadata={"axes": "TYXS"}, compression="zlib")
+    image = TiffImage(grey_path)
+    for frame, channel in ((0, 0), (frames - 1, 1), (37, 1)):
+        page = frame * 2 + channel
+        by_libvips = pyvips.Image.tiffload(str(grey_path), page=page, n=1).numpy()
+        np.testing.assert_array_equal(image.plane_array(channel, frame), by_libvips)
+        np.testing.assert_array_equal(image.plane(0, channel, frame).numpy(), grey[frame, channel])
+    colour = TiffImage(rgb_path)
+    np.testing.assert_array_equal(colour.plane_array(None, frames - 2), rgb[frames - 2])
+    np.testing.assert_array_equal(colour.plane_array(1, 3), rgb[3, :, :, 1])
+    with pytest.raises(InputError, match="has no frame"):
+        image.plane_array(0, frames)
+
+    damaged = tmp_path / "damaged.ome.tif"
+    data = bytearray(grey_path.read_bytes())
+    with tifffile.TiffFile(grey_path) as tif:
+        offset = tif.pages[2 * 50].dataoffsets[0]
+    data[offset:offset + 64] = bytes(64)  # the first tile of frame 50's channel 0: no longer a deflate stream
+    damaged.write_bytes(bytes(data))
+    reader = TiffImage(damaged)
+    np.testing.assert_array_equal(reader.plane_array(0, 49), grey[49, 0])
+    with pytest.raises(InputError, match=r"frame 50.*could not be decoded") as error:
+        reader.plane_array(0, 50)
+    assert "damaged.ome.tif" in str(error.value)
+    image.close(), colour.close(), reader.close()

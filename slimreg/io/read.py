@@ -15,11 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pyvips
+import tifffile
 
 from slimreg.errors import InputError
 from slimreg.io.integrity import verify_jpeg_page
 from slimreg.io.probe import ImageInfo, probe
-from slimreg.io.vips import to_numpy
+from slimreg.io.vips import from_numpy, to_numpy
+
+# libvips' tiffload walks every IFD of a file to count its pages, each time a page is opened: 0.67 s a frame of a
+# 20 000-frame stack of 64 px frames here (docs/motion.md, "Reading long stacks"). Whole level-0 planes of a file
+# with more pages than this are read through one tifffile handle instead, which keeps each page's offset once seen
+MANY_PAGES = 64
+# ... when a plane is this small: it is then decoded whole (a writer calls a plane's recipe once per block)
+WHOLE_PLANE_BYTES = 16 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,13 @@ class TiffImage:
         self.info = source if isinstance(source, ImageInfo) else probe(source)
         self.path = Path(self.info.path)
         self.access = access
+        self._pages: tifffile.TiffFile | None = None  # opened on the first plane read through tifffile
+
+    def close(self) -> None:
+        """Close the tifffile handle of a many-page file, if one was opened (pyvips images hold their own)."""
+        if self._pages is not None:
+            self._pages.close()
+            self._pages = None
 
     def _page_sizes(self) -> list[tuple[str, int]]:
         sizes = {"C": 1 if self.info.channels_in_samples else self.info.channels,
@@ -81,20 +96,13 @@ class TiffImage:
         return ratio
 
     def plane(self, level: int = 0, channel: int | None = 0, frame: int = 0) -> pyvips.Image:
-        """A lazy pyvips image of one channel (``channel=None``: all samples, for RGB) of one frame."""
+        """A pyvips image of one channel (``channel=None``: all samples, for RGB) of one frame: lazy, or for a small
+        plane of a many-page file (a recording's frame) decoded whole."""
+        self._check_plane(level, channel, frame)
+        if self._reads_whole_pages(level):
+            return from_numpy(self._page_array(channel, frame))
         info = self.info
-        if not 0 <= level < len(info.levels):
-            raise InputError(f"has no pyramid level {level} (it has {len(info.levels)}).", info.path)
-        if channel is not None and not 0 <= channel < info.channels:
-            raise InputError(f"has no channel {channel} (it has {info.channels}: "
-                             f"{', '.join(info.channel_names)}).", info.path, "pick an existing channel.")
-        if not 0 <= frame < info.frames:
-            raise InputError(f"has no frame {frame} (it has {info.frames}).", info.path)
-        index = self.page_number(channel or 0, frame)
-        if info.subifd_pyramid:
-            page, subifd = info.level_page_index[0][index], level - 1
-        else:
-            page, subifd = info.level_page_index[level][index], -1
+        page, subifd = self._page(level, channel, frame)
         if info.compression == "jpeg":  # libvips reads a damaged JPEG tile as grey, silently (slimreg.io.integrity)
             verify_jpeg_page(self.path, page, subifd)
         try:
@@ -109,6 +117,56 @@ class TiffImage:
         elif image.bands > 1 and channel is not None and not info.channels_in_samples:
             image = image[0]
         return image
+
+    def plane_array(self, channel: int | None = 0, frame: int = 0) -> np.ndarray:
+        """One channel (``None``: all samples, for RGB) of one frame of level 0, decoded, as ``plane`` gives it."""
+        self._check_plane(0, channel, frame)
+        if self._reads_whole_pages(0):
+            return self._page_array(channel, frame)
+        return to_numpy(self.plane(0, channel, frame))
+
+    def _check_plane(self, level: int, channel: int | None, frame: int) -> None:
+        info = self.info
+        if not 0 <= level < len(info.levels):
+            raise InputError(f"has no pyramid level {level} (it has {len(info.levels)}).", info.path)
+        if channel is not None and not 0 <= channel < info.channels:
+            raise InputError(f"has no channel {channel} (it has {info.channels}: "
+                             f"{', '.join(info.channel_names)}).", info.path, "pick an existing channel.")
+        if not 0 <= frame < info.frames:
+            raise InputError(f"has no frame {frame} (it has {info.frames}).", info.path)
+
+    def _page(self, level: int, channel: int | None, frame: int) -> tuple[int, int]:
+        """(IFD index in the main chain, SubIFD index or -1) of a plane."""
+        index = self.page_number(channel or 0, frame)
+        if self.info.subifd_pyramid:
+            return self.info.level_page_index[0][index], level - 1
+        return self.info.level_page_index[level][index], -1
+
+    def _reads_whole_pages(self, level: int) -> bool:
+        info = self.info
+        samples = 3 if info.is_rgb else 1
+        return (level == 0 and len(info.level_page_index) > 0 and len(info.level_page_index[0]) > MANY_PAGES
+                and info.plane_bytes * samples <= WHOLE_PLANE_BYTES)
+
+    def _page_array(self, channel: int | None, frame: int) -> np.ndarray:
+        """A level-0 plane decoded by tifffile (imagecodecs), as the pyvips path would give it: one channel, or
+        every sample interleaved (H x W x S) for ``channel=None``."""
+        page_index, _ = self._page(0, channel, frame)
+        try:
+            if self._pages is None:
+                self._pages = tifffile.TiffFile(self.path)
+                self._pages.pages.cache = False  # keep offsets only: a page's header per frame would grow with length
+            page = self._pages.pages[page_index]
+            array = page.asarray()
+            axes = page.axes
+        except Exception as error:  # tifffile and imagecodecs raise many types for a damaged page
+            raise InputError(f"page {page_index} (frame {frame}) could not be decoded: {error}", self.info.path,
+                             "check that the file is a complete TIFF.") from error
+        if array.ndim == 3 and "S" in axes:
+            array = np.moveaxis(array, axes.index("S"), -1)
+            if channel is not None:
+                array = array[..., channel if self.info.channels_in_samples else 0]
+        return np.ascontiguousarray(array)
 
     def region(self, x: int, y: int, width: int, height: int, *, level: int = 0, channel: int | None = 0,
                frame: int = 0) -> np.ndarray:
