@@ -1,11 +1,11 @@
 """A recording's frames corrected for motion and written, streamed: what `slimreg motion-correct` runs on one file
 and what the plan's ``template`` and ``motion`` tasks run on a session's stacks (slimreg.kinds.template, .motion).
 
-Frames are read a chunk at a time and every chunk's corrected frames go to a raw scratch file, so peak memory
-depends on the frame size and the chunk, not on the number of frames. Two passes: (1) each frame's shift against
-the template (the registration channel), every channel of the frame moved by it into the scratch file, and the
-means before and after; (2) each frame's correlation with those means (CaImAn's metric). The OME-TIFF is then
-written from the scratch file one plane at a time (``write_planes`` writes under a temporary name). A long
+Frames are read and corrected a chunk at a time as the writer reaches their planes, so peak memory depends on the
+frame size and the chunk, not on the number of frames, and the disk holds only the input and the output. Two passes:
+(1) each frame's shift against the template (the registration channel), every channel of the frame moved by it and
+written (``write_planes`` writes under a temporary name), and the means before and after; (2) each frame's
+correlation with those means (CaImAn's metric), the corrected frames read back from the file written. A long
 recording's pieces are corrected as separate tasks against one shared template: each frame is corrected on its
 own, so the pieces hold exactly the frames one task would have written.
 """
@@ -13,7 +13,6 @@ own, so the pieces hold exactly the frames one task would have written.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,7 +229,7 @@ def correct_recording(frames: Frames, template: np.ndarray, mode: str, outputs: 
     """Correct every frame against ``template`` and write the corrected OME-TIFF (every channel, moved alike, of
     type ``dtype``, the recording's own when None), the shifts (CSV, per frame), the summary (JSON) and the shift
     plot; frame numbers in the records count from the recording's start. Memory does not grow with the number of
-    frames beyond a few bytes each (slimreg.motion_records)."""
+    frames beyond a few bytes each (slimreg.motion_records), and the disk holds the input and the output only."""
     _check_mode(mode)
     dtype = np.dtype(dtype or frames.dtype)
     chunk = chunk_frames or chunk_frames_for(frames.shape)
@@ -238,11 +237,10 @@ def correct_recording(frames: Frames, template: np.ndarray, mode: str, outputs: 
     grid = PatchGrid.for_shape(frames.shape) if mode == "piecewise" else None
     table = FrameTable(frames.count, len(grid.starts_y) * len(grid.starts_x) if grid else 0,
                        scratch_dir=outputs.corrected.parent)
-    with tempfile.TemporaryDirectory(dir=outputs.corrected.parent, prefix=".motion-") as work:
-        scratch = Path(work) / "corrected.raw"
-        mean_before, mean_after = _correct_to_scratch(frames, template, scratch, dtype, grid, chunk, table)
-        _frame_correlations(frames, scratch, dtype, mean_before, mean_after, chunk, table)
-        _write_recording(frames, scratch, dtype, outputs.corrected, name, tile_size, compression, pyramid)
+    corrected = CorrectedPlanes(frames, template, dtype, grid, chunk, table)
+    _write_recording(frames, corrected, dtype, outputs.corrected, name, tile_size, compression, pyramid)
+    mean_before, mean_after = corrected.means()
+    _frame_correlations(frames, outputs.corrected, mean_before, mean_after, chunk, table)
     table.write_csv(outputs.shifts_csv)
     plot_shifts(table, outputs.plot)
     qc = _qc_numbers(mean_before, mean_after, table)
@@ -257,16 +255,6 @@ def _channels(frames: Frames) -> int:
     return len(frames.channel_names)
 
 
-def _scratch_planes(scratch: Path, frames: Frames, dtype: np.dtype, first_plane: int, count: int) -> np.ndarray:
-    """Planes [first, first + count) of the raw scratch file (frame-major, channels within a frame, of ``dtype``),
-    read (not mapped: RSS stays bounded)."""
-    pixels = frames.shape[0] * frames.shape[1]
-    with open(scratch, "rb") as handle:
-        handle.seek(first_plane * pixels * dtype.itemsize)
-        data = np.fromfile(handle, dtype=dtype, count=count * pixels)
-    return data.reshape(count, *frames.shape)
-
-
 def _to_dtype(frame: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """A float frame in the output's type: rounded and clipped for integers."""
     if dtype.kind in "ui":
@@ -275,43 +263,77 @@ def _to_dtype(frame: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return frame.astype(dtype)
 
 
-def _correct_to_scratch(frames: Frames, template: np.ndarray, scratch: Path, dtype: np.dtype, grid: PatchGrid | None,
-                        chunk: int, table: FrameTable) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 1: shifts into ``table``, every channel of every frame moved into the scratch file, the means before
-    and after."""
-    spectrum = template_spectrum(template)
-    sum_before = np.zeros(frames.shape, np.float64)
-    sum_after = np.zeros(frames.shape, np.float64)
-    good = 0
-    with open(scratch, "wb") as handle:
-        for start, chunk_frames in _chunks(frames, chunk):
-            chunk_shifts = frame_shifts(chunk_frames, start, spectrum, template, grid)
-            for frame, shift in zip(chunk_frames, chunk_shifts, strict=True):
-                for channel in range(_channels(frames)):
-                    plane = frame if channel == frames.channel else frames.frame(shift.frame, channel)
-                    # the QC's mean is of the frames as written (rounded and clipped to an integer type)
-                    written = _to_dtype(apply_frame_shift(plane, shift, grid), dtype)
-                    written.tofile(handle)
-                    if channel == frames.channel and shift.status == "ok":
-                        sum_before += frame
-                        sum_after += written
-                        good += 1
-            table.extend(chunk_shifts)
-    good = max(good, 1)
-    return (sum_before / good).astype(np.float32), (sum_after / good).astype(np.float32)
+class CorrectedPlanes:
+    """Every channel of every frame, corrected, made a chunk of frames at a time as the writer asks for its planes
+    (frame-major, channels within a frame). The first time a chunk is corrected, its shifts go into the table and
+    its frames into the means before and after. The corrected planes go straight to the output file: a scratch copy
+    of the whole recording (52 GB for 100 000 frames of 512 px) is not needed. A plane asked for again (the writer
+    renders a large plane in several blocks) comes from the chunk held; a chunk asked for out of order is corrected
+    again and not counted twice."""
+
+    def __init__(self, frames: Frames, template: np.ndarray, dtype: np.dtype, grid: PatchGrid | None, chunk: int,
+                 table: FrameTable):
+        self.frames, self.template, self.dtype, self.grid, self.chunk, self.table = (
+            frames, template, dtype, grid, chunk, table)
+        self.spectrum = template_spectrum(template)
+        self.sum_before = np.zeros(frames.shape, np.float64)
+        self.sum_after = np.zeros(frames.shape, np.float64)
+        self.good = 0
+        self.counted = 0  # frames whose shifts and sums are in: chunks are counted in order, once
+        self.held_start = -1
+        self.held = np.empty((0, _channels(frames), *frames.shape), dtype)
+
+    def plane(self, index: int) -> np.ndarray:
+        """Plane ``index`` of the corrected recording (frame ``index // channels``, channel ``index % channels``)."""
+        frame, channel = divmod(index, _channels(self.frames))
+        start = frame - frame % self.chunk
+        if start != self.held_start:
+            self._correct_chunk(start)
+        return self.held[frame - start, channel]
+
+    def means(self) -> tuple[np.ndarray, np.ndarray]:
+        """The registration channel's mean before and after correction, over the frames that were corrected."""
+        if self.counted != self.frames.count:
+            raise RuntimeError(f"internal error: {self.counted} of {self.frames.count} frames were corrected")
+        good = max(self.good, 1)
+        return (self.sum_before / good).astype(np.float32), (self.sum_after / good).astype(np.float32)
+
+    def _correct_chunk(self, start: int) -> None:
+        frames, channels = self.frames, _channels(self.frames)
+        stop = min(start + self.chunk, frames.count)
+        chunk_frames = np.stack([frames.frame(i) for i in range(start, stop)])
+        shifts = frame_shifts(chunk_frames, start, self.spectrum, self.template, self.grid)
+        self.held = np.empty((0, channels, *frames.shape), self.dtype)  # the last chunk's planes go before these come
+        held = np.empty((stop - start, channels, *frames.shape), self.dtype)
+        counting = start == self.counted
+        for row, (frame, shift) in enumerate(zip(chunk_frames, shifts, strict=True)):
+            for channel in range(channels):
+                plane = frame if channel == frames.channel else frames.frame(shift.frame, channel)
+                held[row, channel] = _to_dtype(apply_frame_shift(plane, shift, self.grid), self.dtype)
+            if counting and shift.status == "ok":
+                # the QC's mean is of the frames as written (rounded and clipped to an integer type)
+                self.sum_before += frame
+                self.sum_after += held[row, frames.channel]
+                self.good += 1
+        if counting:
+            self.table.extend(shifts)
+            self.counted = stop
+        self.held, self.held_start = held, start
 
 
-def _frame_correlations(frames: Frames, scratch: Path, dtype: np.dtype, mean_before: np.ndarray,
-                        mean_after: np.ndarray, chunk: int, table: FrameTable) -> None:
-    """Pass 2: each frame's correlation with the raw mean and, corrected, with the corrected mean (CaImAn's), into
-    ``table``."""
+def _frame_correlations(frames: Frames, corrected_path: Path, mean_before: np.ndarray, mean_after: np.ndarray,
+                        chunk: int, table: FrameTable) -> None:
+    """Each frame's correlation with the raw mean and, corrected, with the corrected mean (CaImAn's), into
+    ``table``: the corrected frames read back from the file just written (its level-0 pages, frame-major)."""
     channels = _channels(frames)
-    for start, chunk_frames in _chunks(frames, chunk):
-        stop = start + len(chunk_frames)
-        table.correlation_before[start:stop] = correlations_with(mean_before, chunk_frames)
-        # the chunk's corrected planes in one read (every channel: frame-major), its registration channel kept
-        corrected = _scratch_planes(scratch, frames, dtype, start * channels, len(chunk_frames) * channels)
-        table.correlation_after[start:stop] = correlations_with(mean_after, corrected[frames.channel::channels])
+    with tifffile.TiffFile(corrected_path) as written:
+        written.pages.cache = False  # offsets only: a page's header kept per frame would grow with length
+        for start, chunk_frames in _chunks(frames, chunk):
+            stop = start + len(chunk_frames)
+            table.correlation_before[start:stop] = correlations_with(mean_before, chunk_frames)
+            corrected = np.stack([written.pages[frame * channels + frames.channel].asarray().astype(np.float32)
+                                  for frame in range(start, stop)])
+            table.correlation_after[start:stop] = correlations_with(mean_after, corrected)
 
 
 def _qc_numbers(mean_before: np.ndarray, mean_after: np.ndarray, table: FrameTable) -> dict[str, float]:
@@ -324,9 +346,9 @@ def _qc_numbers(mean_before: np.ndarray, mean_after: np.ndarray, table: FrameTab
             "crispness_before": crispness(mean_before), "crispness_after": crispness(mean_after)}
 
 
-def _write_recording(frames: Frames, scratch: Path, dtype: np.dtype, path: Path, name: str, tile_size: int,
-                     compression: str, pyramid: bool) -> Path:
-    """The corrected OME-TIFF, planes read from the scratch file when the writer asks for them."""
+def _write_recording(frames: Frames, corrected: CorrectedPlanes, dtype: np.dtype, path: Path, name: str,
+                     tile_size: int, compression: str, pyramid: bool) -> Path:
+    """The corrected OME-TIFF, each plane corrected when the writer reaches it."""
     import pyvips
 
     from slimreg.io.write import OmeMetadata, PlaneSequence, write_planes
@@ -337,7 +359,7 @@ def _write_recording(frames: Frames, scratch: Path, dtype: np.dtype, path: Path,
 
     def plane_at(index: int) -> Callable[[], pyvips.Image]:
         def build() -> pyvips.Image:
-            return pyvips.Image.new_from_array(_scratch_planes(scratch, frames, dtype, index, 1)[0])
+            return pyvips.Image.new_from_array(corrected.plane(index))
         return build
 
     # made when the writer reaches each plane: no per-plane object is kept (docs/motion.md, "Length")

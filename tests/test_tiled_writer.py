@@ -9,6 +9,7 @@ import pytest
 import pyvips
 import tifffile
 
+from slimreg.errors import ParameterError
 from slimreg.io import OmeMetadata, open_image, probe, write_array, write_planes
 from slimreg.io.tiles import RENDER_BLOCK_PIXELS, _halve
 from slimreg.io.vips import from_numpy
@@ -117,6 +118,29 @@ def test_a_failing_plane_leaves_no_output_and_no_scratch(tmp_path: Path) -> None
     with pytest.raises(RuntimeError, match="source went away"):
         write_planes([recipe], tmp_path / "x.ome.tif", OmeMetadata(width, height, "uint16", ("a",)), tile_size=256)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_planes_are_built_in_turn_and_a_wrong_late_plane_leaves_nothing(tmp_path: Path) -> None:
+    """A recording's planes are made as the writer reaches them (slimreg.recording corrects frames then): no plane
+    but the first is built before its turn, and a plane of the wrong size at the end fails the write, naming it,
+    with nothing left behind."""
+    planes_made: list[int] = []
+
+    def plane_at(index: int, size: int = 32):
+        def build() -> pyvips.Image:
+            if not planes_made or planes_made[-1] != index:
+                planes_made.append(index)
+            return from_numpy(np.full((size, size), index, np.uint16))
+        return build
+
+    meta = OmeMetadata(32, 32, "uint16", ("a",), size_t=5)
+    path = write_planes([plane_at(i) for i in range(5)], tmp_path / "ok.ome.tif", meta, tile_size=32)
+    assert planes_made == [0, 1, 2, 3, 4]  # plane 0 checked at once and then written; each later one in its turn
+    assert [int(page.asarray()[0, 0]) for page in tifffile.TiffFile(path).pages] == [0, 1, 2, 3, 4]
+    wrong = [plane_at(i) for i in range(4)] + [plane_at(4, size=16)]
+    with pytest.raises(ParameterError, match="plane 4 is 16x16x1, expected 32x32x1"):
+        write_planes(wrong, tmp_path / "bad.ome.tif", meta, tile_size=32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.ome.tif"]
 
 
 def test_every_image_gets_a_pyramid_and_its_own_name(tmp_path: Path) -> None:

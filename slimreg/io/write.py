@@ -170,28 +170,32 @@ class PlaneSequence(Sequence):
 
 def checked_planes(planes: Sequence[PlaneSource], meta: OmeMetadata,
                    tile_size: int) -> tuple[Sequence[Callable[[], pyvips.Image]], int]:
-    """Each plane's recipe, every plane checked against ``meta`` before anything is written, and the tile size
-    clamped to the image (readers, libvips among them, will not take tiles much larger than the image). Shared by
-    the OME-TIFF and OME-Zarr writers."""
+    """Each plane's recipe, checked against ``meta`` whenever it is built (the first plane at once, so that a
+    mismatch is found before any work), and the tile size clamped to the image (readers, libvips among them, will
+    not take tiles much larger than the image). A plane is not built ahead of its turn: a recording's planes are
+    made as they are corrected, and the writers write under a temporary name, so a bad plane late in the sequence
+    leaves nothing behind. Shared by the OME-TIFF and OME-Zarr writers."""
     if tile_size < 16 or tile_size % 16:
         raise ParameterError(f"tile size must be a positive multiple of 16, got {tile_size}.")
     if len(planes) != meta.planes_expected:
         raise ParameterError(f"{len(planes)} planes given but the metadata describes {meta.planes_expected}.")
-    bands = 3 if meta.is_rgb else 1
     target_format = vips_format(meta.dtype)
-    sources = PlaneSequence(len(planes), lambda index: plane_recipe(planes[index], target_format))
-    for source in sources:
-        plane = source()
-        if (plane.width, plane.height) != (meta.width, meta.height) or plane.bands != bands:
-            raise ParameterError(f"plane is {plane.width}x{plane.height}x{plane.bands}, expected "
-                                 f"{meta.width}x{meta.height}x{bands}.")
+    sources = PlaneSequence(len(planes), lambda index: plane_recipe(planes[index], target_format, meta, index))
+    if len(sources):
+        sources[0]()
     return sources, min(tile_size, max(16, -(-max(meta.width, meta.height) // 16) * 16))
 
 
-def plane_recipe(plane: PlaneSource, target_format: str) -> Callable[[], pyvips.Image]:
-    """A function returning the plane's pipeline cast to the file's band format."""
+def plane_recipe(plane: PlaneSource, target_format: str, meta: OmeMetadata,
+                 index: int) -> Callable[[], pyvips.Image]:
+    """A function returning the plane's pipeline, checked against ``meta`` and cast to the file's band format."""
+    bands = 3 if meta.is_rgb else 1
+
     def build() -> pyvips.Image:
         image = plane if isinstance(plane, pyvips.Image) else plane()
+        if (image.width, image.height) != (meta.width, meta.height) or image.bands != bands:
+            raise ParameterError(f"plane {index} is {image.width}x{image.height}x{image.bands}, expected "
+                                 f"{meta.width}x{meta.height}x{bands}.")
         return image.cast(target_format) if image.format != target_format else image
     return build
 

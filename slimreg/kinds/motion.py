@@ -52,18 +52,19 @@ class MotionKind:
         frames = params.stop - params.start
         dtype = params.output_dtype(source.dtype)
         pixels = source.width * source.height
-        raw = frames * source.channels * pixels * np.dtype(dtype).itemsize  # the scratch file
+        raw = frames * source.channels * pixels * np.dtype(dtype).itemsize
         # another type than the input's is given no credit for compression: float32 is written without a predictor,
         # and deflate gains little on noisy float frames (the real movie: 2.10 times its uint16 file)
         file_bytes = (int(source.file_bytes * frames / max(1, source.frames)) if dtype == source.dtype else raw)
         corrected = replace(source, frames=frames, size_t=frames, dtype=dtype, file_bytes=file_bytes)
         ctx.produced[task.outputs[0]] = corrected
         chunk = chunk_frames_for((source.height, source.width))
-        # a chunk of float32 frames, and (QC pass) its corrected planes of every channel read back
+        # a chunk of float32 frames and its corrected planes of every channel (held for the writer; read back as
+        # float32 in the QC pass)
         per_chunk_px = max(2 * 4, 4 + source.channels * np.dtype(dtype).itemsize)
         peak = (PROCESS_BASE + MOTION_BASE + per_chunk_px * chunk * pixels + MOTION_PER_PX[params.mode] * pixels
                 + write_bytes(corrected, params.tile_size))
-        return int(SAFETY * peak), int(raw + corrected.file_bytes * PYRAMID_DISK_FACTOR)
+        return int(SAFETY * peak), int(corrected.file_bytes * PYRAMID_DISK_FACTOR)  # no scratch copy
 
     def run(self, task: Task, ctx: RunContext) -> None:
         from slimreg.recording import MotionOutputs, StackFrames, correct_recording, read_template
