@@ -131,10 +131,14 @@ def chunk_frames_for(shape: tuple[int, int]) -> int:
 
 
 def _chunks(frames: Frames, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(first index, registration-channel frames) of consecutive chunks of at most ``chunk`` frames."""
+    """(first index, registration-channel frames) of consecutive chunks of at most ``chunk`` frames, read into one
+    buffer that every chunk reuses (a list stacked would hold each chunk twice)."""
+    buffer = np.empty((min(chunk, frames.count), *frames.shape), np.float32)
     for start in range(0, frames.count, chunk):
         stop = min(start + chunk, frames.count)
-        yield start, np.stack([frames.frame(i) for i in range(start, stop)])
+        for row, index in enumerate(range(start, stop)):
+            buffer[row] = frames.frame(index)
+        yield start, buffer[:stop - start]
 
 
 def session_template(recordings: list[Frames]) -> np.ndarray:
@@ -240,6 +244,7 @@ def correct_recording(frames: Frames, template: np.ndarray, mode: str, outputs: 
     corrected = CorrectedPlanes(frames, template, dtype, grid, chunk, table)
     _write_recording(frames, corrected, dtype, outputs.corrected, name, tile_size, compression, pyramid)
     mean_before, mean_after = corrected.means()
+    del corrected  # its chunk buffers, before the QC pass takes its own
     _frame_correlations(frames, outputs.corrected, mean_before, mean_after, chunk, table)
     table.write_csv(outputs.shifts_csv)
     plot_shifts(table, outputs.plot)
@@ -281,15 +286,18 @@ class CorrectedPlanes:
         self.good = 0
         self.counted = 0  # frames whose shifts and sums are in: chunks are counted in order, once
         self.held_start = -1
-        self.held = np.empty((0, _channels(frames), *frames.shape), dtype)
+        # one chunk's registration-channel frames and its corrected planes, reused by every chunk
+        self.raw = np.empty((min(chunk, frames.count), *frames.shape), np.float32)
+        self.held = np.empty((min(chunk, frames.count), _channels(frames), *frames.shape), dtype)
 
     def plane(self, index: int) -> np.ndarray:
-        """Plane ``index`` of the corrected recording (frame ``index // channels``, channel ``index % channels``)."""
+        """Plane ``index`` of the corrected recording (frame ``index // channels``, channel ``index % channels``),
+        a copy: the chunk's buffer is overwritten by the next chunk."""
         frame, channel = divmod(index, _channels(self.frames))
         start = frame - frame % self.chunk
         if start != self.held_start:
             self._correct_chunk(start)
-        return self.held[frame - start, channel]
+        return self.held[frame - start, channel].copy()
 
     def means(self) -> tuple[np.ndarray, np.ndarray]:
         """The registration channel's mean before and after correction, over the frames that were corrected."""
@@ -301,24 +309,25 @@ class CorrectedPlanes:
     def _correct_chunk(self, start: int) -> None:
         frames, channels = self.frames, _channels(self.frames)
         stop = min(start + self.chunk, frames.count)
-        chunk_frames = np.stack([frames.frame(i) for i in range(start, stop)])
+        self.held_start = -1  # the buffer is being overwritten
+        for row, index in enumerate(range(start, stop)):
+            self.raw[row] = frames.frame(index)
+        chunk_frames = self.raw[:stop - start]
         shifts = frame_shifts(chunk_frames, start, self.spectrum, self.template, self.grid)
-        self.held = np.empty((0, channels, *frames.shape), self.dtype)  # the last chunk's planes go before these come
-        held = np.empty((stop - start, channels, *frames.shape), self.dtype)
         counting = start == self.counted
         for row, (frame, shift) in enumerate(zip(chunk_frames, shifts, strict=True)):
             for channel in range(channels):
                 plane = frame if channel == frames.channel else frames.frame(shift.frame, channel)
-                held[row, channel] = _to_dtype(apply_frame_shift(plane, shift, self.grid), self.dtype)
+                self.held[row, channel] = _to_dtype(apply_frame_shift(plane, shift, self.grid), self.dtype)
             if counting and shift.status == "ok":
                 # the QC's mean is of the frames as written (rounded and clipped to an integer type)
                 self.sum_before += frame
-                self.sum_after += held[row, frames.channel]
+                self.sum_after += self.held[row, frames.channel]
                 self.good += 1
         if counting:
             self.table.extend(shifts)
             self.counted = stop
-        self.held, self.held_start = held, start
+        self.held_start = start
 
 
 def _frame_correlations(frames: Frames, corrected_path: Path, mean_before: np.ndarray, mean_after: np.ndarray,
@@ -326,14 +335,15 @@ def _frame_correlations(frames: Frames, corrected_path: Path, mean_before: np.nd
     """Each frame's correlation with the raw mean and, corrected, with the corrected mean (CaImAn's), into
     ``table``: the corrected frames read back from the file just written (its level-0 pages, frame-major)."""
     channels = _channels(frames)
+    corrected = np.empty((min(chunk, frames.count), *frames.shape), np.float32)
     with tifffile.TiffFile(corrected_path) as written:
         written.pages.cache = False  # offsets only: a page's header kept per frame would grow with length
         for start, chunk_frames in _chunks(frames, chunk):
             stop = start + len(chunk_frames)
             table.correlation_before[start:stop] = correlations_with(mean_before, chunk_frames)
-            corrected = np.stack([written.pages[frame * channels + frames.channel].asarray().astype(np.float32)
-                                  for frame in range(start, stop)])
-            table.correlation_after[start:stop] = correlations_with(mean_after, corrected)
+            for row, frame in enumerate(range(start, stop)):
+                corrected[row] = written.pages[frame * channels + frames.channel].asarray()
+            table.correlation_after[start:stop] = correlations_with(mean_after, corrected[:stop - start])
 
 
 def _qc_numbers(mean_before: np.ndarray, mean_after: np.ndarray, table: FrameTable) -> dict[str, float]:
