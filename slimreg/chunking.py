@@ -7,6 +7,7 @@ registered once, through a projection of all its frames, and that one transform 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable
@@ -87,12 +88,12 @@ def _frame_planes(image: TiffImage, frame: int) -> list[Callable[[], pyvips.Imag
 def split_stack(path: str | Path, pieces: list[Piece], tile_size: int = WORK_TILE_SIZE,
                 compression: str = "deflate") -> list[Path]:
     """Write each piece by streaming its frames from the source, block by block."""
-    image = TiffImage(path, access="random")
     written = []
-    for piece in pieces:
-        planes = [p for frame in range(piece.start, piece.stop) for p in _frame_planes(image, frame)]
-        meta = _stack_meta(image.info, piece.stop - piece.start)
-        written.append(write_planes(planes, piece.path, meta, tile_size=tile_size, compression=compression))
+    with TiffImage(path, access="random") as image:
+        for piece in pieces:
+            planes = [p for frame in range(piece.start, piece.stop) for p in _frame_planes(image, frame)]
+            meta = _stack_meta(image.info, piece.stop - piece.start)
+            written.append(write_planes(planes, piece.path, meta, tile_size=tile_size, compression=compression))
     return written
 
 
@@ -131,17 +132,17 @@ def project_session(paths: list[str | Path], out_path: str | Path, channel: int,
     peak = np.full((height, width), -np.inf, np.float64)
     count = 0
     for info in infos:
-        image = TiffImage(info, access="random")
-        for frame in range(info.frames):
-            plane = image.plane(0, None if first.is_rgb else channel, frame)
-            if first.is_rgb:
-                plane = plane.colourspace("b-w")[0] if plane.bands >= 3 else plane
-            if factor > 1:
-                plane = plane.crop(0, 0, width * factor, height * factor).shrink(factor, factor)
-            array = plane.numpy().astype(np.float64)
-            total += array
-            np.maximum(peak, array, out=peak)
-            count += 1
+        with TiffImage(info, access="random") as image:
+            for frame in range(info.frames):
+                plane = image.plane(0, None if first.is_rgb else channel, frame)
+                if first.is_rgb:
+                    plane = plane.colourspace("b-w")[0] if plane.bands >= 3 else plane
+                if factor > 1:
+                    plane = plane.crop(0, 0, width * factor, height * factor).shrink(factor, factor)
+                array = plane.numpy().astype(np.float64)
+                total += array
+                np.maximum(peak, array, out=peak)
+                count += 1
     mean = (total / max(1, count)).astype(np.float32)
     planes = [from_numpy(mean), from_numpy(peak.astype(np.float32))]
     pixel = tuple(s * factor for s in first.pixel_size_um) if first.pixel_size_um else None
@@ -154,12 +155,13 @@ def merge_pieces(paths: list[str | Path], out_path: str | Path, tile_size: int =
                  compression: str = "deflate") -> Path:
     """Concatenate registered pieces of one session into one stack, frame by frame, in the type that holds every
     piece's values (``stack_dtype``)."""
-    images = [TiffImage(p, access="random") for p in paths]
-    check_session_shapes([im.info for im in images], same_type=False)
-    planes = [p for image in images for frame in range(image.info.frames) for p in _frame_planes(image, frame)]
-    frames = sum(image.info.frames for image in images)
-    meta = _stack_meta(images[0].info, frames, dtype=stack_dtype([im.info for im in images]))
-    return write_planes(planes, out_path, meta, tile_size=tile_size, compression=compression)
+    with contextlib.ExitStack() as opened:
+        images = [opened.enter_context(TiffImage(p, access="random")) for p in paths]
+        check_session_shapes([im.info for im in images], same_type=False)
+        planes = [p for image in images for frame in range(image.info.frames) for p in _frame_planes(image, frame)]
+        frames = sum(image.info.frames for image in images)
+        meta = _stack_meta(images[0].info, frames, dtype=stack_dtype([im.info for im in images]))
+        return write_planes(planes, out_path, meta, tile_size=tile_size, compression=compression)
 
 
 def stack_dtype(infos: list[ImageInfo]) -> str:

@@ -235,6 +235,17 @@ def test_frames_of_a_many_page_file_are_read_as_libvips_reads_them(tmp_path: Pat
     colour = TiffImage(rgb_path)
     np.testing.assert_array_equal(colour.plane_array(None, frames - 2), rgb[frames - 2])
     np.testing.assert_array_equal(colour.plane_array(1, 3), rgb[3, :, :, 1])
+    # labelled as libvips labels them: a 16-bit RGB plane taken for 8-bit would be clipped by a colour conversion
+    deep_path, white_path = tmp_path / "rgb16.ome.tif", tmp_path / "miniswhite.tif"
+    tifffile.imwrite(deep_path, rgb.astype(np.uint16) * 257, ome=True, photometric="rgb",
+                     metadata={"axes": "TYXS"})
+    deep, by_libvips = TiffImage(deep_path).plane(0, None, 7), pyvips.Image.tiffload(str(deep_path), page=7, n=1)
+    assert deep.interpretation == by_libvips.interpretation == "rgb16"
+    assert deep.colourspace("b-w").avg() == pytest.approx(by_libvips.colourspace("b-w").avg())
+    # colours libvips translates (min-is-white is inverted) stay with libvips
+    tifffile.imwrite(white_path, grey[:, 0], photometric="miniswhite")
+    np.testing.assert_array_equal(TiffImage(white_path).plane_array(0, 9),
+                                  pyvips.Image.tiffload(str(white_path), page=9, n=1).numpy())
     with pytest.raises(InputError, match="has no frame"):
         image.plane_array(0, frames)
 
@@ -244,9 +255,8 @@ def test_frames_of_a_many_page_file_are_read_as_libvips_reads_them(tmp_path: Pat
         offset = tif.pages[2 * 50].dataoffsets[0]
     data[offset:offset + 64] = bytes(64)  # the first tile of frame 50's channel 0: no longer a deflate stream
     damaged.write_bytes(bytes(data))
-    reader = TiffImage(damaged)
-    np.testing.assert_array_equal(reader.plane_array(0, 49), grey[49, 0])
-    with pytest.raises(InputError, match=r"frame 50.*could not be decoded") as error:
-        reader.plane_array(0, 50)
+    with TiffImage(damaged) as reader:
+        np.testing.assert_array_equal(reader.plane_array(0, 49), grey[49, 0])
+        with pytest.raises(InputError, match=r"frame 50, channel 0.*could not be decoded") as error:
+            reader.plane_array(0, 50)
     assert "damaged.ome.tif" in str(error.value)
-    image.close(), colour.close(), reader.close()

@@ -28,6 +28,18 @@ from slimreg.io.vips import from_numpy, to_numpy
 MANY_PAGES = 64
 # ... when a plane is this small: it is then decoded whole (a writer calls a plane's recipe once per block)
 WHOLE_PLANE_BYTES = 16 * 1024**2
+# photometric interpretations whose samples libvips hands out as stored; others (min-is-white, palette, CMYK, Lab)
+# it translates, so their pages stay with libvips
+AS_STORED = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
+
+
+def _as_tiffload_would(image: pyvips.Image) -> pyvips.Image:
+    """An in-memory plane labelled as tiffload labels it: 16-bit grey and RGB are grey16 / rgb16 (from_numpy says
+    b-w / srgb, and a colourspace conversion would then clip them to 8 bits)."""
+    sixteen = image.format in ("ushort", "short")
+    if image.bands >= 3:
+        return image.copy(interpretation="rgb16" if sixteen else "srgb")
+    return image.copy(interpretation="grey16" if sixteen else "b-w")
 
 
 @dataclass(frozen=True)
@@ -64,12 +76,21 @@ class TiffImage:
         self.path = Path(self.info.path)
         self.access = access
         self._pages: tifffile.TiffFile | None = None  # opened on the first plane read through tifffile
+        # the last plane decoded whole, by (page, channel): a writer calls a plane's recipe once per block
+        self._last_plane: tuple[tuple[int, int | None], np.ndarray] | None = None
 
     def close(self) -> None:
         """Close the tifffile handle of a many-page file, if one was opened (pyvips images hold their own)."""
+        self._last_plane = None
         if self._pages is not None:
             self._pages.close()
             self._pages = None
+
+    def __enter__(self) -> TiffImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _page_sizes(self) -> list[tuple[str, int]]:
         sizes = {"C": 1 if self.info.channels_in_samples else self.info.channels,
@@ -100,7 +121,9 @@ class TiffImage:
         plane of a many-page file (a recording's frame) decoded whole."""
         self._check_plane(level, channel, frame)
         if self._reads_whole_pages(level):
-            return from_numpy(self._page_array(channel, frame))
+            array = self._page_array(channel, frame)
+            if array is not None:
+                return _as_tiffload_would(from_numpy(array))
         info = self.info
         page, subifd = self._page(level, channel, frame)
         if info.compression == "jpeg":  # libvips reads a damaged JPEG tile as grey, silently (slimreg.io.integrity)
@@ -121,9 +144,8 @@ class TiffImage:
     def plane_array(self, channel: int | None = 0, frame: int = 0) -> np.ndarray:
         """One channel (``None``: all samples, for RGB) of one frame of level 0, decoded, as ``plane`` gives it."""
         self._check_plane(0, channel, frame)
-        if self._reads_whole_pages(0):
-            return self._page_array(channel, frame)
-        return to_numpy(self.plane(0, channel, frame))
+        array = self._page_array(channel, frame) if self._reads_whole_pages(0) else None
+        return array if array is not None else to_numpy(self.plane(0, channel, frame))
 
     def _check_plane(self, level: int, channel: int | None, frame: int) -> None:
         info = self.info
@@ -144,29 +166,39 @@ class TiffImage:
 
     def _reads_whole_pages(self, level: int) -> bool:
         info = self.info
-        samples = 3 if info.is_rgb else 1
+        samples = info.channels if info.channels_in_samples else 1
         return (level == 0 and len(info.level_page_index) > 0 and len(info.level_page_index[0]) > MANY_PAGES
                 and info.plane_bytes * samples <= WHOLE_PLANE_BYTES)
 
-    def _page_array(self, channel: int | None, frame: int) -> np.ndarray:
+    def _page_array(self, channel: int | None, frame: int) -> np.ndarray | None:
         """A level-0 plane decoded by tifffile (imagecodecs), as the pyvips path would give it: one channel, or
-        every sample interleaved (H x W x S) for ``channel=None``."""
+        every sample interleaved (H x W x S) for ``channel=None``. None for a page whose colours libvips would
+        translate (min-is-white, palette, CMYK, ...): that page is read by libvips."""
         page_index, _ = self._page(0, channel, frame)
+        if self._last_plane is not None and self._last_plane[0] == (page_index, channel):
+            return self._last_plane[1]
         try:
             if self._pages is None:
                 self._pages = tifffile.TiffFile(self.path)
                 self._pages.pages.cache = False  # keep offsets only: a page's header per frame would grow with length
             page = self._pages.pages[page_index]
+            if page.photometric not in AS_STORED:
+                return None
             array = page.asarray()
             axes = page.axes
-        except Exception as error:  # tifffile and imagecodecs raise many types for a damaged page
-            raise InputError(f"page {page_index} (frame {frame}) could not be decoded: {error}", self.info.path,
+        except (ValueError, RuntimeError, OSError, KeyError, IndexError, EOFError) as error:
+            # tifffile and imagecodecs raise these for a damaged page (imagecodecs' errors are RuntimeErrors)
+            where = f"page {page_index} (frame {frame}{'' if channel is None else f', channel {channel}'})"
+            raise InputError(f"{where} could not be decoded: {error}", self.info.path,
                              "check that the file is a complete TIFF.") from error
         if array.ndim == 3 and "S" in axes:
             array = np.moveaxis(array, axes.index("S"), -1)
             if channel is not None:
                 array = array[..., channel if self.info.channels_in_samples else 0]
-        return np.ascontiguousarray(array)
+        array = np.ascontiguousarray(array)
+        array.flags.writeable = False  # shared by the cache and the pyvips images made from it
+        self._last_plane = ((page_index, channel), array)
+        return array
 
     def region(self, x: int, y: int, width: int, height: int, *, level: int = 0, channel: int | None = 0,
                frame: int = 0) -> np.ndarray:

@@ -73,10 +73,14 @@ class MotionKind:
         corrected, shifts, record, plot = (ctx.where.output(p) for p in task.outputs)
         with ctx.tracker.step(task.id):
             frames = StackFrames(Path(ctx.inputs[task.inputs[0]]), params.channel, params.start, params.stop)
-            template = read_template(ctx.inputs[task.inputs[1]], frames.shape)
-            correct_recording(frames, template, params.mode, MotionOutputs(corrected, shifts, record, plot),
-                              name=Path(task.outputs[0]).name.removesuffix(".ome.tif"), tile_size=params.tile_size,
-                              compression=params.compression, dtype=np.dtype(params.output_dtype(str(frames.dtype))))
+            try:
+                template = read_template(ctx.inputs[task.inputs[1]], frames.shape)
+                correct_recording(frames, template, params.mode, MotionOutputs(corrected, shifts, record, plot),
+                                  name=Path(task.outputs[0]).name.removesuffix(".ome.tif"),
+                                  tile_size=params.tile_size, compression=params.compression,
+                                  dtype=np.dtype(params.output_dtype(str(frames.dtype))))
+            finally:
+                frames.close()
 
 
 KIND = MotionKind()

@@ -44,7 +44,11 @@ class TemplateKind:
         params = TemplateParams.from_json(task.params)
         with ctx.tracker.step(task.id):
             recordings = [StackFrames(Path(ctx.inputs[p]), params.channel) for p in task.inputs]
-            write_template(session_template(recordings), ctx.where.output(task.outputs[0]))
+            try:
+                write_template(session_template(recordings), ctx.where.output(task.outputs[0]))
+            finally:
+                for recording in recordings:
+                    recording.close()
 
 
 KIND = TemplateKind()
