@@ -72,6 +72,28 @@ def test_every_channel_moves_with_the_registration_channel(demo_dir: Path, tmp_p
     assert np.abs(inverse - corrected[:, 1]).max() <= 1  # rounding of the interpolated values only
 
 
+def test_the_qc_reads_back_the_registration_channel_of_what_was_written(demo_dir: Path, tmp_path: Path) -> None:
+    """Corrected on channel 1 of two, in chunks that do not divide the recording: each frame's correlation with the
+    corrected mean (CaImAn's QC, read back from the file written) must be that of the written channel-1 frame,
+    not of channel 0 (noise here), and the one before of the raw channel-1 frame."""
+    grey = _frames(demo_dir / "calcium_s1.ome.tif").astype(np.uint16)
+    noise = np.random.default_rng(9).integers(0, 4000, grey.shape).astype(np.uint16)
+    path = tmp_path / "two.ome.tif"
+    tifffile.imwrite(path, np.stack([noise, grey], axis=1), metadata={"axes": "TCYX"})
+    frames = StackFrames(path, 1)
+    outputs = MotionOutputs.in_folder(tmp_path, "qc")
+    result = correct_recording(frames, session_template([frames]), "rigid", outputs, name="qc", chunk_frames=5)
+    written = _frames(outputs.corrected)[:, 1].astype(np.float64)
+
+    def correlations(stack: np.ndarray) -> np.ndarray:
+        mean = stack.mean(axis=0).ravel()
+        return np.array([np.corrcoef(frame.ravel(), mean)[0, 1] for frame in stack])
+
+    np.testing.assert_allclose(result.shifts.correlation_after, correlations(written), atol=1e-5)
+    np.testing.assert_allclose(result.shifts.correlation_before, correlations(grey.astype(np.float64)), atol=1e-5)
+    assert result.qc["mean_correlation_after"] > result.qc["mean_correlation_before"]
+
+
 def test_a_template_of_another_size_and_frames_out_of_range_are_refused(demo_dir: Path, tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "t.tif", np.zeros((10, 10), np.float32))
     with pytest.raises(InputError, match="belongs to another session"):
