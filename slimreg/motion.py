@@ -83,7 +83,7 @@ def shift_against(template_fft_conj: np.ndarray, frame: np.ndarray) -> tuple[flo
     peak[peak > sizes // 2] -= sizes[peak > sizes // 2]
     # refine in a 1.5 px window around the integer peak by a matrix-multiply DFT (Guizar-Sicairos 2008)
     region = int(np.ceil(UPSAMPLE * 1.5))
-    offset = np.fix(region / 2.0)
+    offset = np.trunc(region / 2.0)  # toward zero (np.fix, deprecated in numpy 2.5)
     start = offset - np.round(peak * UPSAMPLE)
     refined = np.abs(upsampled_dft(np.conj(product).astype(np.complex128), region, start))
     fine = np.array(np.unravel_index(int(np.argmax(refined)), refined.shape), np.float64)
