@@ -135,10 +135,14 @@ def _chunks(frames: Frames, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
     buffer that every chunk reuses (a list stacked would hold each chunk twice)."""
     buffer = np.empty((min(chunk, frames.count), *frames.shape), np.float32)
     for start in range(0, frames.count, chunk):
-        stop = min(start + chunk, frames.count)
-        for row, index in enumerate(range(start, stop)):
-            buffer[row] = frames.frame(index)
-        yield start, buffer[:stop - start]
+        yield start, _read_frames(frames, start, min(start + chunk, frames.count), buffer)
+
+
+def _read_frames(frames: Frames, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+    """Registration-channel frames [start, stop) read into the head of ``buffer``; that view."""
+    for row, index in enumerate(range(start, stop)):
+        buffer[row] = frames.frame(index)
+    return buffer[:stop - start]
 
 
 def session_template(recordings: list[Frames]) -> np.ndarray:
@@ -310,9 +314,7 @@ class CorrectedPlanes:
         frames, channels = self.frames, _channels(self.frames)
         stop = min(start + self.chunk, frames.count)
         self.held_start = -1  # the buffer is being overwritten
-        for row, index in enumerate(range(start, stop)):
-            self.raw[row] = frames.frame(index)
-        chunk_frames = self.raw[:stop - start]
+        chunk_frames = _read_frames(frames, start, stop, self.raw)
         shifts = frame_shifts(chunk_frames, start, self.spectrum, self.template, self.grid)
         counting = start == self.counted
         for row, (frame, shift) in enumerate(zip(chunk_frames, shifts, strict=True)):
