@@ -7,6 +7,7 @@ take, and the kernel would kill it with exit 137.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +16,11 @@ from typing import Any
 import psutil
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a SLURM or container allotment, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

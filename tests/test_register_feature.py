@@ -340,3 +340,36 @@ def test_starts_within_one_edge_sigma_of_a_refined_one_are_refined_once(monkeypa
     assert len(refined) == 3
     assert sum(abs(pull[0, 2] - base) < scorer.sigma for pull in refined) == 1
     assert any(pull[0, 2] == pytest.approx(base + 3 * scorer.sigma) for pull in refined)
+
+
+def test_refinements_side_by_side_find_the_poses_one_at_a_time_finds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starts refined side by side (ITK on one thread each) come back in order and at the same poses as refined one
+    after another, so a search finds the same result on any number of CPUs."""
+    from scipy import ndimage
+
+    from slimreg.register import refine
+
+    rows, columns = np.mgrid[0:120, 0:160]
+    blobs = np.zeros((120, 160), np.float32)  # four round cells of different sizes: one clear optimum
+    for row, column, radius in [(40, 50, 10), (70, 90, 14), (50, 115, 7), (85, 45, 6)]:
+        blobs += (rows - row) ** 2 + (columns - column) ** 2 < radius**2
+    blobs = ndimage.gaussian_filter(blobs, 1.0).astype(np.float32)
+    moved = ndimage.shift(blobs, (2.5, -3.0)).astype(np.float32)
+    mask = ndimage.binary_dilation(blobs > 0.1, iterations=6)
+    starts = [np.eye(3), np.array([[1.0, 0, -1.0], [0, 1, 1.0], [0, 0, 1]]),
+              np.array([[1.02, 0, 0], [0, 0.98, 1.0], [0, 0, 1]])]
+
+    def refined(workers: int) -> list[list[np.ndarray]]:
+        monkeypatch.setattr(refine, "usable_cpus", lambda: workers)
+        return refine.side_by_side(starts, lambda start, threads: refine.refine_both_ways(
+            blobs, moved, mask, start, 2.0, moving_mask=mask, threads=threads))
+
+    one_at_a_time, side_by_side = refined(1), refined(3)
+    assert len(side_by_side) == len(starts)
+    for alone, together in zip(one_at_a_time, side_by_side, strict=True):
+        assert len(alone) == len(together)
+        for a, b in zip(alone, together, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # each start was refined, not passed through: all reach the known shift (content moved by x -3, y +2.5)
+    for pull in (pull for pulls in side_by_side for pull in pulls):
+        assert pull[:2, 2] == pytest.approx([-3.0, 2.5], abs=0.15)

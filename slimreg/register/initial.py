@@ -11,7 +11,6 @@ pull maps between working frames: reference working px -> moving working px.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import numpy as np
 from scipy import fft, ndimage
 
 from slimreg.register.preprocess import edge_map, pull_onto, to_uint8
+from slimreg.resources import usable_cpus
 
 ROTATION_STEP_DEG = 6.0  # search step; refinement absorbs half a step (3 degrees) easily
 # Two scale estimates within this share of each other agree: half a rotation step moves the tissue's edge by
@@ -197,7 +197,7 @@ class _SearchFrames:
         padded = (fft.next_fast_len(2 * height, real=True), fft.next_fast_len(2 * width, real=True))
         masked = reference_edges * reference_mask
         centred = np.where(reference_mask, masked - masked[reference_mask].mean(), 0.0)
-        workers = _cpus()
+        workers = usable_cpus()
         return cls((height, width), padded, reference_mask, fft.rfft2(centred, padded, workers=workers),
                    fft.rfft2(reference_mask.astype(np.float64), padded, workers=workers), moving_edges, moving_mask,
                    np.array(ndimage.center_of_mass(reference_mask))[::-1],
@@ -252,11 +252,6 @@ def _shifted(pull: np.ndarray, iy: int, ix: int, padded: tuple[int, int]) -> np.
     indices past the middle are negative shifts)."""
     dy, dx = (iy if iy < padded[0] // 2 else iy - padded[0]), (ix if ix < padded[1] // 2 else ix - padded[1])
     return pull @ np.array([[1.0, 0, -dx], [0, 1, -dy], [0, 0, 1]])
-
-
-def _cpus() -> int:
-    """The CPUs this process may run on (a SLURM or container allotment, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _distinct(candidates: list[Candidate], keep: int) -> list[Candidate]:

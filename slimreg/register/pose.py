@@ -9,7 +9,7 @@ import numpy as np
 from slimreg.io.read import Downsampled
 from slimreg.register.initial import Candidate, Described, feature_candidates, rotation_search
 from slimreg.register.plausibility import plausibility_problem
-from slimreg.register.refine import refine_both_ways
+from slimreg.register.refine import refine_both_ways, side_by_side
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import (
     AlignmentScorer,
@@ -70,20 +70,24 @@ def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_m
     if unregistered_value is None:
         unregistered_value = scorer.score(mov.array, unregistered, mov_mask, ring=False).value
     best_value = finite_or_worst(unregistered_value)
+    # a start within one edge sigma of a better-scoring one that is refined lies in the same basin of the edge
+    # correlation (refinement begins with edges blurred at twice that sigma) and would end where it did
     refined: list[np.ndarray] = []
-    for start_value, candidate in ranked:
+    is_refined: list[bool] = []
+    for _, candidate in ranked:
+        is_refined.append(all(corner_distance(candidate.pull, other, ref.array.shape) >= scorer.sigma
+                              for other in refined))
+        if is_refined[-1]:
+            refined.append(candidate.pull)
+    outcomes = iter(side_by_side(refined, lambda start, threads: refine_both_ways(
+        ref.array, mov.array, ref_mask, start, scorer.sigma, settings.transform_model, mov_mask, threads)))
+    for (start_value, candidate), refine in zip(ranked, is_refined, strict=True):
         # the start stays in the running: refinement maximises its own metric at its own resolutions, and
         # where the images also move locally it can end lower than it began (shared calcium frames: a start
         # at 0.442 refined to 0.371)
         if start_value > best_value:
             best, best_value, winner = candidate.pull, start_value, candidate.name
-        # a start within one edge sigma of a better-scoring one that was refined lies in the same basin of the
-        # edge correlation (refinement begins with edges blurred at twice that sigma) and would end where it did
-        if any(corner_distance(candidate.pull, other, ref.array.shape) < scorer.sigma for other in refined):
-            continue
-        refined.append(candidate.pull)
-        for pull in refine_both_ways(ref.array, mov.array, ref_mask, candidate.pull, scorer.sigma,
-                                     settings.transform_model, mov_mask):
+        for pull in next(outcomes) if refine else []:
             if plausibility_problem(to_level0(pull, ref, mov), expected, settings.allow_mirror) is not None:
                 continue
             value = scorer.score(mov.array, pull, mov_mask, ring=False).value

@@ -25,12 +25,22 @@ poses, and skipping the second halves the refinement there (docs/accuracy.md, "T
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from slimreg.register.preprocess import edge_map
+from slimreg.resources import usable_cpus
+
+T = TypeVar("T")
+# At most this many refinements run side by side: each holds its edge maps and ITK's pyramid of them, 17 MB at the
+# search's 512 px and 64 MB at 1024 px (docs/accuracy.md, "Refinements side by side"), so four stay below what the
+# non-rigid step holds at twice the search's size, which the plan estimates.
+MAX_SIDE_BY_SIDE = 4
 
 SHRINK_FACTORS = (4, 2, 1)
 EDGE_SCALES = (2.0, 1.0)  # edge smoothing, coarse to fine, in multiples of the working sigma
@@ -44,7 +54,7 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
                   sigma: float, model: str = "affine", iterations: int = 200,
                   shrink_factors: tuple[int, ...] = SHRINK_FACTORS, sampling: float = 1.0,
                   edge_scales: tuple[float, ...] = EDGE_SCALES, outside: float = OUTSIDE_FRACTION,
-                  outside_at_coarse_levels: bool = True) -> np.ndarray:
+                  outside_at_coarse_levels: bool = True, threads: int | None = None) -> np.ndarray:
     """The pull matrix (reference working px -> moving working px) after refinement from ``pull``.
 
     Edges are correlated coarse to fine (``edge_scales`` times ``sigma``): edges smoothed more overlap from
@@ -53,7 +63,8 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     A pose that is already close (the polish at the finest size) needs neither the coarse edges, the coarsest
     level nor every pixel: ``edge_scales`` (1,), ``shrink_factors`` (2, 1) and ``sampling`` 0.25 make it several
     times faster. With ``outside_at_coarse_levels`` False, the zeros beyond the moving image (``outside``) are
-    added at the finest level only (module docstring).
+    added at the finest level only (module docstring). ``threads``: ITK's threads for this run (default: ITK's,
+    one per CPU).
     """
     # rotate and scale about the reference tissue's centre, not the image corner: about the corner, every
     # change of the matrix also moves the tissue far away, and the optimiser trades the two off badly
@@ -65,18 +76,33 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
         # each smoothing's edge maps once, whichever levels of the schedule use them
         edges = (edge_map(reference, sigma * factor), edge_map(moving, sigma * factor))
         for shrink, border in schedule:
-            pull = _refine_at(*edges, reference_mask, pull, centre, model, iterations, shrink, sampling, border)
+            pull = _refine_at(*edges, reference_mask, pull, centre, model, iterations, shrink, sampling, border,
+                              threads)
     return pull
 
 
 def refine_both_ways(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
-                     sigma: float, model: str = "affine", moving_mask: np.ndarray | None = None) -> list[np.ndarray]:
+                     sigma: float, model: str = "affine", moving_mask: np.ndarray | None = None,
+                     threads: int | None = None) -> list[np.ndarray]:
     """``pull`` refined with zeros beyond the moving image at every level, and at the finest level only: two
     candidates for the caller's score to choose between (module docstring). Given ``moving_mask``, the second only
     where its tissue reaches the image's border (``tissue_at_border``): elsewhere the zeros lie against glass."""
     schedules = (True, False) if moving_mask is None or tissue_at_border(moving_mask, sigma) else (True,)
-    return [refine_affine(reference, moving, reference_mask, pull, sigma, model, outside_at_coarse_levels=coarse)
+    return [refine_affine(reference, moving, reference_mask, pull, sigma, model, outside_at_coarse_levels=coarse,
+                          threads=threads)
             for coarse in schedules]
+
+
+def side_by_side(starts: list[np.ndarray], refine: Callable[[np.ndarray, int], T]) -> list[T]:
+    """``refine(start, threads)`` of every start, in order, up to ``MAX_SIDE_BY_SIDE`` at a time on the CPUs this
+    process may use, ITK on one thread each: on images of a few hundred pixels ITK's threads mostly wait on each
+    other, and independent starts keep the CPUs busy instead; the poses found are the same (docs/accuracy.md,
+    "Refinements side by side")."""
+    workers = min(len(starts), usable_cpus(), MAX_SIDE_BY_SIDE)
+    if workers <= 1:
+        return [refine(start, 1) for start in starts]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slimreg-refine") as pool:
+        return list(pool.map(lambda start: refine(start, 1), starts))
 
 
 def tissue_at_border(mask: np.ndarray, sigma: float) -> bool:
@@ -90,7 +116,7 @@ def tissue_at_border(mask: np.ndarray, sigma: float) -> bool:
 
 def _refine_at(reference_edges: np.ndarray, moving_edges: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
                centre: np.ndarray, model: str, iterations: int, shrink_factors: tuple[int, ...], sampling: float,
-               outside: float) -> np.ndarray:
+               outside: float, threads: int | None = None) -> np.ndarray:
     """One multi-resolution SimpleITK run on the two images' edge maps (of one smoothing), rotating about
     ``centre``."""
     fixed = sitk.GetImageFromArray(reference_edges)
@@ -116,6 +142,8 @@ def _refine_at(reference_edges: np.ndarray, moving_edges: np.ndarray, reference_
         transform.SetCenter(centre.tolist())
         transform.SetTranslation(translation)
     method = sitk.ImageRegistrationMethod()
+    if threads is not None:
+        method.SetNumberOfThreads(threads)
     method.SetMetricAsCorrelation()
     method.SetMetricFixedMask(sitk.GetImageFromArray(reference_mask.astype(np.uint8)))
     method.SetInterpolator(sitk.sitkLinear)
