@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+import tifffile
+from ome_types import validate_xml
 
 from slimreg.cli import main
 from slimreg.runner import run_job
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.slow
 def test_end_to_end_outputs_and_qc(demo_sheet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     status = main(["run", "--input", str(demo_sheet), "--outdir", str(out), "--engine", "feature",
-                   "--preset", "low", "--max-frames", "5", "--merge-chunks"])
+                   "--preset", "low", "--max-frames", "5", "--merge-chunks", "--merge-channels"])
     printed = capsys.readouterr().out
     assert status == 0, printed
     assert "run summary" in printed and f"report: {out / 'report' / 'report.html'}" in printed
@@ -60,6 +62,13 @@ def test_end_to_end_outputs_and_qc(demo_sheet: Path, tmp_path: Path, capsys: pyt
     assert (out / "report" / "report.html").is_file() and (out / "report" / "metrics.csv").is_file()
     page = (out / "report" / "report.html").read_text()  # the motion table says what type the QC was measured on
     assert "<th>written as</th>" in page and "<td>rigid</td><td>uint16</td>" in page
+    # every OME-TIFF written, merged IF image included, carries OME-XML that the OME 2016-06 schema accepts (the
+    # schema Bio-Formats, QuPath and napari's readers follow; ome-types bundles it, nothing is downloaded)
+    written = sorted(out.rglob("*.ome.tif"))
+    assert out / "merged" / "mif.ome.tif" in written and len(written) >= 15
+    for path in written:
+        with tifffile.TiffFile(path) as tiff:
+            validate_xml(tiff.ome_metadata)
 
 
 def test_oom_kill_is_retried_with_a_lower_preset(demo_sheet: Path, tmp_path: Path,
