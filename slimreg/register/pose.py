@@ -9,7 +9,7 @@ import numpy as np
 from slimreg.io.read import Downsampled
 from slimreg.register.initial import Candidate, Described, feature_candidates, rotation_search
 from slimreg.register.plausibility import plausibility_problem
-from slimreg.register.refine import refine_both_ways, side_by_side
+from slimreg.register.refine import edge_maps, refine_both_ways, side_by_side
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import (
     AlignmentScorer,
@@ -79,8 +79,9 @@ def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_m
                               for other in refined))
         if is_refined[-1]:
             refined.append(candidate.pull)
+    edges = edge_maps(ref.array, mov.array, scorer.sigma) if refined else None
     outcomes = iter(side_by_side(refined, lambda start, threads: refine_both_ways(
-        ref.array, mov.array, ref_mask, start, scorer.sigma, settings.transform_model, mov_mask, threads)))
+        ref.array, mov.array, ref_mask, start, scorer.sigma, settings.transform_model, mov_mask, threads, edges)))
     for (start_value, candidate), refine in zip(ranked, is_refined, strict=True):
         # the start stays in the running: refinement maximises its own metric at its own resolutions, and
         # where the images also move locally it can end lower than it began (shared calcium frames: a start

@@ -37,6 +37,7 @@ from slimreg.register.preprocess import edge_map
 from slimreg.resources import usable_cpus
 
 T = TypeVar("T")
+EdgeMaps = dict[float, tuple[np.ndarray, np.ndarray]]  # smoothing factor -> (reference, moving) edge maps
 # At most this many refinements run side by side: each holds its edge maps and ITK's pyramid of them, 17 MB at the
 # search's 512 px and 64 MB at 1024 px (docs/accuracy.md, "Refinements side by side"), so four stay below what the
 # non-rigid step holds at twice the search's size, which the plan estimates.
@@ -54,7 +55,8 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
                   sigma: float, model: str = "affine", iterations: int = 200,
                   shrink_factors: tuple[int, ...] = SHRINK_FACTORS, sampling: float = 1.0,
                   edge_scales: tuple[float, ...] = EDGE_SCALES, outside: float = OUTSIDE_FRACTION,
-                  outside_at_coarse_levels: bool = True, threads: int | None = None) -> np.ndarray:
+                  outside_at_coarse_levels: bool = True, threads: int | None = None,
+                  edges: EdgeMaps | None = None) -> np.ndarray:
     """The pull matrix (reference working px -> moving working px) after refinement from ``pull``.
 
     Edges are correlated coarse to fine (``edge_scales`` times ``sigma``): edges smoothed more overlap from
@@ -64,7 +66,8 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     level nor every pixel: ``edge_scales`` (1,), ``shrink_factors`` (2, 1) and ``sampling`` 0.25 make it several
     times faster. With ``outside_at_coarse_levels`` False, the zeros beyond the moving image (``outside``) are
     added at the finest level only (module docstring). ``threads``: ITK's threads for this run (default: ITK's,
-    one per CPU).
+    one per CPU). ``edges``: the two images' edge maps at each of ``edge_scales`` (``edge_maps``), where the caller
+    refines several starts of one pair.
     """
     # rotate and scale about the reference tissue's centre, not the image corner: about the corner, every
     # change of the matrix also moves the tissue far away, and the optimiser trades the two off badly
@@ -72,25 +75,32 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     schedule = [(tuple(shrink_factors), outside)]
     if not outside_at_coarse_levels and outside and len(shrink_factors) > 1:
         schedule = [(tuple(shrink_factors[:-1]), 0.0), (tuple(shrink_factors[-1:]), outside)]
+    maps = edges if edges is not None else edge_maps(reference, moving, sigma, edge_scales)
     for factor in edge_scales:
-        # each smoothing's edge maps once, whichever levels of the schedule use them
-        edges = (edge_map(reference, sigma * factor), edge_map(moving, sigma * factor))
         for shrink, border in schedule:
-            pull = _refine_at(*edges, reference_mask, pull, centre, model, iterations, shrink, sampling, border,
+            pull = _refine_at(*maps[factor], reference_mask, pull, centre, model, iterations, shrink, sampling, border,
                               threads)
     return pull
 
 
 def refine_both_ways(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
                      sigma: float, model: str = "affine", moving_mask: np.ndarray | None = None,
-                     threads: int | None = None) -> list[np.ndarray]:
+                     threads: int | None = None, edges: EdgeMaps | None = None) -> list[np.ndarray]:
     """``pull`` refined with zeros beyond the moving image at every level, and at the finest level only: two
     candidates for the caller's score to choose between (module docstring). Given ``moving_mask``, the second only
     where its tissue reaches the image's border (``tissue_at_border``): elsewhere the zeros lie against glass."""
     schedules = (True, False) if moving_mask is None or tissue_at_border(moving_mask, sigma) else (True,)
+    maps = edges if edges is not None else edge_maps(reference, moving, sigma)
     return [refine_affine(reference, moving, reference_mask, pull, sigma, model, outside_at_coarse_levels=coarse,
-                          threads=threads)
+                          threads=threads, edges=maps)
             for coarse in schedules]
+
+
+def edge_maps(reference: np.ndarray, moving: np.ndarray, sigma: float,
+              scales: tuple[float, ...] = EDGE_SCALES) -> EdgeMaps:
+    """Both images' edge maps at each smoothing (``scales`` times ``sigma``): the same for every start and schedule
+    of one pair, so found once."""
+    return {factor: (edge_map(reference, sigma * factor), edge_map(moving, sigma * factor)) for factor in scales}
 
 
 def side_by_side(starts: list[np.ndarray], refine: Callable[[np.ndarray, int], T]) -> list[T]:
