@@ -16,7 +16,8 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
   another, so the pair costs the largest of them plus ``PAIR_OVERHEAD``.
 - VALIS engine, per moving image: a two-image VALIS run, dominated by a constant (``VALIS_PAIR_BASE``; measured
   2.2-2.7 GB whatever the image size) plus ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
-  (``VALIS_IMPORT``, measured 1.17 GB).
+  (``VALIS_IMPORT``, measured 1.17 GB). Before VALIS starts, the copy of each image it reads is made, one at a
+  time (``VALIS_COPY_PER_PX`` per pixel of the copy, bounded by ``valis_copy_dim``).
 - Streamed warp and OME-TIFF writing: planes are written one at a time, each rendered in square blocks and encoded
   tile by tile (slimreg.io.tiles), so the cost does not grow with the image's width, height or number of channels.
   Writing alone (split, merge, projections) costs ``WRITE_BASE`` plus ``WRITE_PER_TILE_BYTE`` per byte of one output
@@ -49,6 +50,10 @@ PROCESS_BASE = 68 * MB
 VALIS_IMPORT = 1180 * MB
 VALIS_PAIR_BASE = 1500 * MB
 VALIS_PER_PX = 60
+# The copy VALIS reads holds the tissue's box at VALIS' finest size; a box narrower than this share of the image's
+# side is read coarser, which bounds the copy (8192 px a side at the medium preset).
+VALIS_MIN_TISSUE_SHARE = 0.25
+VALIS_COPY_PER_PX = 8  # the copy as read (float32 for a float image) and as written (uint16), one image at a time
 # SimpleITK, four detectors' keypoints and the candidates' scores (measured with benchmarks/accuracy.py: the
 # whole `slimreg register` of a real 1164 x 787 RGB pair peaks at 253 MB, of a 891 x 735 pair at 368 MB)
 PAIR_OVERHEAD = 150 * MB
@@ -122,6 +127,18 @@ def write_bytes(info: ImageInfo, tile_size: int, frames: int | None = None, *, r
     return int(total)
 
 
+def valis_copy_dim(info: ImageInfo, finest_dim: int, tissue_share: float = VALIS_MIN_TISSUE_SHARE) -> int:
+    """Long side (px) of the copy the valis engine writes for VALIS: VALIS sizes its non-rigid step on the tissue's
+    bounding box, not on the image (``max_non_rigid_registration_dim_px``), so where the box spans ``tissue_share``
+    of the image's long side, the copy needs ``finest_dim / tissue_share`` px to give VALIS what it reads from the
+    slide itself. Never above level 0; the integer block factor is the largest that keeps at least that."""
+    long_side = max(info.width, info.height)
+    needed = math.ceil(finest_dim / max(tissue_share, VALIS_MIN_TISSUE_SHARE))
+    if needed >= long_side:
+        return long_side
+    return math.ceil(long_side / (long_side // needed))
+
+
 def warp_bytes(info: ImageInfo, tile_size: int, frames: int | None = None) -> int:
     """Streamed warp + pyramidal write of one image (all channels and frames), whatever the output's size."""
     return write_bytes(info, tile_size, frames, resampled=True)
@@ -133,7 +150,11 @@ def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSe
         return working_pixels(reference, dim) + working_pixels(moving, dim)
 
     if settings.engine == "valis":
-        return int(VALIS_IMPORT + VALIS_PAIR_BASE + VALIS_PER_PX * pixels(settings.processing_dim))
+        # the copies are written one at a time and freed before VALIS starts
+        finest = settings.valis_finest_dim
+        copy = max(working_pixels(info, valis_copy_dim(info, finest)) for info in (reference, moving))
+        return int(VALIS_IMPORT + max(VALIS_PAIR_BASE + VALIS_PER_PX * pixels(settings.processing_dim),
+                                      VALIS_COPY_PER_PX * copy))
     stages = [SIFT_PER_PX * pixels(settings.processing_dim) / 2]
     if settings.micro:
         stages.append(ECC_PER_PX * pixels(settings.micro_dim) / 2)

@@ -79,6 +79,16 @@ class RegistrationSettings:
         still outline the tissue, and never under the 64 px any working image needs."""
         return max(64, self.processing_dim // 2)
 
+    @property
+    def valis_finest_dim(self) -> int:
+        """The largest size (px, on the long side of the tissue's box) the valis engine asks VALIS to work at: its
+        non-rigid step at twice ``non_rigid_dim`` (VALIS' own ratio, 2048 px at the medium preset), micro-registration
+        where ``micro_dim`` is larger still, its feature matching at ``processing_dim`` without either."""
+        finest = self.processing_dim
+        if self.non_rigid:
+            finest = max(finest, 2 * self.non_rigid_dim, self.micro_dim if self.micro else 0)
+        return finest
+
     def lower_preset(self) -> RegistrationSettings | None:
         """The same settings one preset lower, or None at the lowest (used on out-of-memory retries)."""
         index = PRESET_ORDER.index(self.preset) if self.preset in PRESET_ORDER else len(PRESET_ORDER) - 1

@@ -38,6 +38,16 @@ def tissue_box(whole: Downsampled, mask: np.ndarray, width: int, height: int,
     return x0, y0, x1 - x0, y1 - y0
 
 
+def tissue_share(image: TiffImage, channel: int | str, max_dim: int) -> float:
+    """The long side of the tissue's bounding box over the image's long side, seen at ``max_dim`` px (1.0 where no
+    tissue is found: then the whole image is what registration sees)."""
+    mask = tissue_mask(registration_image(image, channel, max_dim).array)
+    if not mask.any():
+        return 1.0
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / max(mask.shape)
+
+
 def tissue_image(image: TiffImage, channel: int | str, max_dim: int) -> tuple[Downsampled, np.ndarray]:
     """The registration image of the tissue's box (see :func:`tissue_box`) at most ``max_dim`` px a side, and its
     tissue mask (the whole image's, already at hand, when there is no box to cut)."""

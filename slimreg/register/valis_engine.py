@@ -9,6 +9,9 @@ Why not VALIS' own outputs:
   where its own scalings cancel, and converts to level 0 with the exact centre rule
   ``x0 = (x + 0.5) * W0 / w - 0.5``.
 
+VALIS reads the user's file itself where it can read it as it would used plainly (its result hangs on the pixels it
+is given), a bounded copy otherwise (:func:`valis_source`).
+
 Each moving image is registered with the reference on its own (a two-image VALIS run), so an image's
 result never depends on which batch it lands in, and memory is that of two images at the preset's size.
 
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from slimreg.errors import RegistrationError
-from slimreg.estimate import BUDGET_MARGIN, pair_bytes
+from slimreg.estimate import BUDGET_MARGIN, pair_bytes, valis_copy_dim
 from slimreg.io.read import TiffImage
 from slimreg.register.bounded import run_within_budget
 from slimreg.register.channel import OPTICAL_DENSITY, registration_image
@@ -40,6 +43,7 @@ from slimreg.register.judgement import judge_transform
 from slimreg.register.plausibility import check_plausible, expected_scale
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import clearly_higher, score_transform
+from slimreg.register.tissue_crop import tissue_share
 from slimreg.register.valis_offline import deep_weights_available, import_valis, no_network, weights_dir
 from slimreg.transform import Displacement, Transform
 
@@ -52,7 +56,8 @@ MIN_DISPLACEMENT_PX = 0.01  # below this everywhere, a field is dropped as numer
 
 
 class ValisEngine:
-    """Registers each moving image to the reference with VALIS (rigid, non-rigid, micro)."""
+    """Registers each moving image to the reference with VALIS: rigid and non-rigid as VALIS used plainly runs them,
+    micro-registration only where it works at a larger size than the non-rigid step."""
 
     name = "valis"
 
@@ -162,9 +167,8 @@ class ValisEngine:
 
         src, dst = workdir / "src", workdir / "valis"
         src.mkdir(parents=True, exist_ok=True)
-        copy_dim = max(settings.processing_dim, 2 * settings.non_rigid_dim, settings.micro_dim)
-        ref_link, ref_span = valis_input(reference, reference_channel, copy_dim, src / "reference.ome.tif")
-        mov_link, mov_span = valis_input(moving, moving_channel, copy_dim, src / "moving.ome.tif")
+        ref_link, ref_span, ref_side = valis_source(reference, reference_channel, settings, src / "reference")
+        mov_link, mov_span, mov_side = valis_source(moving, moving_channel, settings, src / "moving")
         registrar = self._build(registration, src, dst, ref_link, mov_link, settings)
         processors = {str(ref_link): _processor(preprocessing, reference, reference_channel),
                       str(mov_link): _processor(preprocessing, moving, moving_channel)}
@@ -176,8 +180,12 @@ class ValisEngine:
                                     "check the image has tissue in the registration channel, or try --engine "
                                     "feature.")
         transform = self._to_transform(registrar, ref_link, mov_link, reference, moving, settings, ref_span, mov_span)
-        if settings.micro and settings.non_rigid and settings.micro_dim > settings.non_rigid_dim and \
-                max(reference.info.width, reference.info.height) > settings.non_rigid_dim:
+        # VALIS used plainly does not micro-register. A second pass adds detail only where it works at a larger size
+        # than the non-rigid step did; VALIS caps both at the smaller image's long side. At the presets micro_dim is
+        # the non-rigid size (VALIS' own 2048 px at medium), so it never runs a second pass at the same size.
+        smaller = min(ref_side, mov_side)
+        if settings.micro and settings.non_rigid and \
+                min(settings.micro_dim, smaller) > min(2 * settings.non_rigid_dim, smaller):
             transform = self._micro(registrar, processors, ref_link, mov_link, reference, moving, reference_channel,
                                     moving_channel, settings, transform, captured, (ref_span, mov_span))
         check_plausible(transform.affine, moving.info.path, expected_scale(reference, moving))
@@ -260,12 +268,43 @@ def register_pair_offline(reference_path: Path, moving_path: Path, reference_cha
                                             reference_channel, moving_channel, settings, workdir)
 
 
-def valis_input(image: TiffImage, channel: int | str, max_dim: int, target: Path) -> tuple[Path, tuple[float, float]]:
+def valis_source(image: TiffImage, channel: int | str, settings: RegistrationSettings,
+                 target: Path) -> tuple[Path, tuple[float, float], int]:
+    """What VALIS reads of ``image`` (``target`` plus a suffix): the user's file itself where VALIS reads it as it
+    would used plainly, else a copy (:func:`valis_input`). Returns as :func:`valis_input` does.
+
+    VALIS' result hangs on the pixels it is given: on the shared kidney pair at twice its size, VALIS used plainly
+    lands 7.16 px off reading the file's own (JPEG-compressed) pyramid, and 11.82 px off reading a lossless copy of
+    the same level 0 (its rigid step 19.4 against 49.4 px; docs/accuracy.md, "The valis engine"). So an RGB
+    brightfield image is handed over as it is, where VALIS' libvips reader decodes at most twice what it needs:
+    a single level, or a SubIFD pyramid as OME-TIFF writers make. Float and multi-channel files, which VALIS' readers
+    fail on or read otherwise, and larger flat files are copied."""
+    side = copy_dim(image, channel, settings)
+    info = image.info
+    if channel == OPTICAL_DENSITY and info.is_rgb and info.dtype == "uint8" and info.frames == 1 and \
+            (len(info.levels) == 1 or info.subifd_pyramid):
+        sides = sorted(max(height, width) for height, width in info.levels)
+        decoded = next((level for level in sides if level >= side), sides[-1])
+        if decoded <= 2 * side:
+            link = target.with_name(target.name + "".join(image.path.suffixes))
+            link.symlink_to(image.path.resolve())
+            return link, (float(info.width), float(info.height)), max(info.width, info.height)
+    return valis_input(image, channel, side, target.with_name(target.name + ".ome.tif"))
+
+
+def copy_dim(image: TiffImage, channel: int | str, settings: RegistrationSettings) -> int:
+    """Long side of the copy VALIS reads of ``image``: its tissue's box at VALIS' finest working size, as VALIS
+    would read it from the slide itself (:func:`slimreg.estimate.valis_copy_dim`)."""
+    return valis_copy_dim(image.info, settings.valis_finest_dim, tissue_share(image, channel, settings.search_dim))
+
+
+def valis_input(image: TiffImage, channel: int | str, max_dim: int,
+                target: Path) -> tuple[Path, tuple[float, float], int]:
     """What VALIS reads: a small OME-TIFF of the registration channel (RGB for brightfield), at most ``max_dim`` px.
 
     VALIS' readers fail on files users bring (ImageJ float TIFFs: "UnboundLocalError: slide_reader"), and read whole
-    pyramid levels; a copy slimreg writes at VALIS' largest working size avoids both. Returns the copy and the
-    level-0 extent (width, height) it covers: its size times its exact block factor.
+    pyramid levels; a copy slimreg writes at VALIS' largest working size avoids both. Returns the copy, the
+    level-0 extent (width, height) it covers (its size times its exact block factor) and its long side (px).
     """
     from slimreg.io import write_array
     from slimreg.register.channel import normalise
@@ -281,7 +320,7 @@ def valis_input(image: TiffImage, channel: int | str, max_dim: int, target: Path
             pixels = np.round(normalise(pixels.astype(np.float32)) * 65535).astype(np.uint16)
         write_array(pixels, target, channel_names=[image.info.channel_names[int(channel)]])
     height, width = pixels.shape[:2]
-    return target, (width * small.scale, height * small.scale)
+    return target, (width * small.scale, height * small.scale), max(width, height)
 
 
 def _processor(preprocessing: Any, image: TiffImage, channel: int | str) -> list[Any]:
