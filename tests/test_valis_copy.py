@@ -90,3 +90,12 @@ def test_a_flat_slide_far_larger_than_valis_reads_is_copied_smaller(tmp_path: Pa
     path, _, side = valis_source(image, OPTICAL_DENSITY, MEDIUM, tmp_path / "src" / "moving")
     assert not path.is_symlink() and side < 7000 / 2
     assert side * tissue_share(image, OPTICAL_DENSITY, MEDIUM.search_dim) >= MEDIUM.valis_finest_dim
+
+
+def test_a_file_named_without_a_tiff_suffix_is_handed_over_under_one(tmp_path: Path) -> None:
+    image = slide(tmp_path / "section.ome.tif", 1200, 1000)
+    plain = tmp_path / "scan_0001"
+    plain.symlink_to(image.path)
+    (tmp_path / "src").mkdir()
+    path, _, _ = valis_source(TiffImage(plain), OPTICAL_DENSITY, MEDIUM, tmp_path / "src" / "moving")
+    assert path.name == "moving.tif" and path.resolve() == image.path.resolve()

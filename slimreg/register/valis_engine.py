@@ -286,7 +286,8 @@ def valis_source(image: TiffImage, channel: int | str, settings: RegistrationSet
         sides = sorted(max(height, width) for height, width in info.levels)
         decoded = next((level for level in sides if level >= side), sides[-1])
         if decoded <= 2 * side:
-            link = target.with_name(target.name + "".join(image.path.suffixes))
+            ome = image.path.name.lower().endswith((".ome.tif", ".ome.tiff"))
+            link = target.with_name(target.name + (".ome.tif" if ome else ".tif"))  # VALIS picks readers by suffix
             link.symlink_to(image.path.resolve())
             return link, (float(info.width), float(info.height)), max(info.width, info.height)
     return valis_input(image, channel, side, target.with_name(target.name + ".ome.tif"))
