@@ -80,13 +80,19 @@ class RegistrationSettings:
         return max(64, self.processing_dim // 2)
 
     @property
+    def valis_non_rigid_dim(self) -> int:
+        """The size (px, on the long side of the tissue's box) of VALIS' non-rigid step in the valis engine: twice
+        ``non_rigid_dim``, VALIS' own ratio (2048 px at the medium preset, its default)."""
+        return 2 * self.non_rigid_dim
+
+    @property
     def valis_finest_dim(self) -> int:
         """The largest size (px, on the long side of the tissue's box) the valis engine asks VALIS to work at: its
-        non-rigid step at twice ``non_rigid_dim`` (VALIS' own ratio, 2048 px at the medium preset), micro-registration
-        where ``micro_dim`` is larger still, its feature matching at ``processing_dim`` without either."""
+        non-rigid step, micro-registration where ``micro_dim`` is larger still, its feature matching at
+        ``processing_dim`` without either."""
         finest = self.processing_dim
         if self.non_rigid:
-            finest = max(finest, 2 * self.non_rigid_dim, self.micro_dim if self.micro else 0)
+            finest = max(finest, self.valis_non_rigid_dim, self.micro_dim if self.micro else 0)
         return finest
 
     def lower_preset(self) -> RegistrationSettings | None:

@@ -27,7 +27,7 @@ def tissue_box(whole: Downsampled, mask: np.ndarray, width: int, height: int,
     level-0 px read whole at ``max_dim``), or None when reading the whole image loses nothing."""
     if not mask.any():
         return None
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    rows, cols = _extent(mask)
     corners = whole.to_level0(np.array([[cols[0] - 0.5, rows[0] - 0.5], [cols[-1] + 0.5, rows[-1] + 0.5]]))
     margin = MARGIN_FRACTION * (corners[1] - corners[0])
     (x0, y0), (x1, y1) = np.floor(corners[0] - margin), np.ceil(corners[1] + margin)
@@ -44,8 +44,13 @@ def tissue_share(image: TiffImage, channel: int | str, max_dim: int) -> float:
     mask = tissue_mask(registration_image(image, channel, max_dim).array)
     if not mask.any():
         return 1.0
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    rows, cols = _extent(mask)
     return max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / max(mask.shape)
+
+
+def _extent(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and the columns that hold tissue (``mask`` must hold some)."""
+    return np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
 
 
 def tissue_image(image: TiffImage, channel: int | str, max_dim: int) -> tuple[Downsampled, np.ndarray]:

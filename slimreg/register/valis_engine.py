@@ -156,7 +156,7 @@ class ValisEngine:
             align_to_reference=True, feature_detector_cls=None, matcher=matcher,
             matcher_for_sorting=feature_matcher.Matcher(feature_detector=feature_detectors.VggFD()),
             max_image_dim_px=settings.processing_dim, max_processed_image_dim_px=settings.processing_dim // 2,
-            max_non_rigid_registration_dim_px=2 * settings.non_rigid_dim, **options)
+            max_non_rigid_registration_dim_px=settings.valis_non_rigid_dim, **options)
         registrar.non_rigid_reg_kwargs = getattr(registrar, "non_rigid_reg_kwargs", {})  # VALIS bug without NR
         return registrar
 
@@ -185,7 +185,7 @@ class ValisEngine:
         # the non-rigid size (VALIS' own 2048 px at medium), so it never runs a second pass at the same size.
         smaller = min(ref_side, mov_side)
         if settings.micro and settings.non_rigid and \
-                min(settings.micro_dim, smaller) > min(2 * settings.non_rigid_dim, smaller):
+                min(settings.micro_dim, smaller) > min(settings.valis_non_rigid_dim, smaller):
             transform = self._micro(registrar, processors, ref_link, mov_link, reference, moving, reference_channel,
                                     moving_channel, settings, transform, captured, (ref_span, mov_span))
         check_plausible(transform.affine, moving.info.path, expected_scale(reference, moving))
