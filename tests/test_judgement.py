@@ -70,3 +70,33 @@ def test_a_field_that_drags_the_interior_is_dropped(tmp_path: Path, reference: n
     quality = transform.metadata["quality"]
     assert transform.displacement is None and "field_dropped" in quality
     assert quality["interior_edge_correlation_field"] < quality["interior_edge_correlation_affine"]
+
+
+def test_a_result_from_elsewhere_is_judged_against_the_decoy_the_light_engine_searched(
+        tmp_path: Path, reference: np.ndarray) -> None:
+    """The valis engine hands VALIS' result the mirror decoy the light engine searched for the same pair rather
+    than searching it again: the decoy depends on the pair alone, so the verdict and what is recorded are the same,
+    and a decoy that fits as well as the result refuses it."""
+    from slimreg.errors import RegistrationError
+    from slimreg.register.feature import FeatureEngine
+    from slimreg.register.mirror import MirrorDecoy
+
+    moving = ndimage.shift(reference, (9.0, -14.0), order=1, mode="nearest")
+    paths = [write_array(image.astype(np.uint16)[None], tmp_path / f"{name}.ome.tif", channel_names=["DAPI"])
+             for name, image in (("reference", reference), ("moving", moving))]
+    ref, mov = TiffImage(paths[0]), TiffImage(paths[1])
+    settings = RegistrationSettings.from_preset("low")
+    light, decoy = FeatureEngine().register_pair_and_decoy(ref, mov, 0, 0, settings)
+    assert decoy is not None
+    elsewhere = Transform(light.affine.copy(), None, light.reference_shape, light.moving_shape,
+                          metadata={"quality": {}})
+    searched = Transform(light.affine.copy(), None, light.reference_shape, light.moving_shape,
+                         metadata={"quality": {}})
+    judge_transform(ref, mov, 0, 0, elsewhere, settings, decoy)
+    judge_transform(ref, mov, 0, 0, searched, settings)
+    assert elsewhere.metadata["quality"] == searched.metadata["quality"]
+    assert elsewhere.metadata["quality"]["mirror_edge_correlation"] == decoy.value
+    as_good = MirrorDecoy(elsewhere.metadata["quality"]["judged_edge_correlation"], decoy.pull)
+    with pytest.raises(RegistrationError, match="mirror image"):
+        judge_transform(ref, mov, 0, 0, Transform(light.affine.copy(), None, light.reference_shape,
+                                                  light.moving_shape, metadata={"quality": {}}), settings, as_good)

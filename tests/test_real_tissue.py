@@ -22,7 +22,6 @@ from slimreg.errors import RegistrationError
 from slimreg.io.read import TiffImage
 from slimreg.qc import run_qc
 from slimreg.register.channel import choose_channel
-from slimreg.register.feature import FeatureEngine
 from slimreg.register.settings import RegistrationSettings
 from slimreg.transform import Transform, similarity_matrix
 from slimreg.warp import warp_file
@@ -115,19 +114,22 @@ def test_qc_verdict_agrees_with_landmarks(pairs: dict[str, SectionPair], results
 
 
 def test_the_valis_engine_keeps_valis_result_unless_the_light_one_is_clearly_better(
-        pairs: dict[str, SectionPair], results: dict[str, Transform], monkeypatch: pytest.MonkeyPatch) -> None:
+        pairs: dict[str, SectionPair], results: dict[str, Transform]) -> None:
     """The valis engine's choice between VALIS' result and the light engine's, on a real pair, without VALIS:
     a VALIS result as good as the light one is kept (the user asked for VALIS); one shifted 40 px is replaced,
     and the replacement lands where the landmarks say; a VALIS failure falls back to the light result.
 
-    The light engine's result is this module's own registration of the pair (``results``), handed back to each
+    The light engine's result is this module's own registration of the pair (``results``), handed to each
     choice rather than computed three more times: what is under test is the choice."""
     from slimreg.register.valis_engine import ValisEngine
 
     name = "kidney_HE <- kidney_PanCK"
     pair, good = pairs[name], results[name]
-    monkeypatch.setattr(FeatureEngine, "register_pair", lambda *args, **kwargs: Transform(
-        good.affine.copy(), good.displacement, good.reference_shape, good.moving_shape, copy.deepcopy(good.metadata)))
+
+    def light() -> Transform:
+        return Transform(good.affine.copy(), good.displacement, good.reference_shape, good.moving_shape,
+                         copy.deepcopy(good.metadata))
+
     ref, mov = TiffImage(pair.reference), TiffImage(pair.moving)
     channels = choose_channel(ref.info, None), choose_channel(mov.info, None)
     engine = ValisEngine(log=lambda text: None)
@@ -136,14 +138,15 @@ def test_the_valis_engine_keeps_valis_result_unless_the_light_one_is_clearly_bet
         return Transform(transform.affine.copy(), transform.displacement, transform.reference_shape,
                          transform.moving_shape, metadata={"engine": "valis", "quality": {"peak_memory_bytes": 1}})
 
-    kept = engine._better(ref, mov, *channels, SETTINGS, as_valis(good))
+    kept = engine._better(ref, mov, *channels, SETTINGS, as_valis(good), light())
     assert kept.metadata["chosen"] == "VALIS"
     shifted = as_valis(good)
     shifted.affine[:2, 2] += 40.0
-    replaced = engine._better(ref, mov, *channels, SETTINGS, shifted)
+    replaced = engine._better(ref, mov, *channels, SETTINGS, shifted, light())
     assert replaced.metadata["chosen"] == "light engine (scored clearly higher)"
     assert np.median(landmark_errors(replaced, pair)) < BOUNDS[name]
-    fallback = engine._better(ref, mov, *channels, SETTINGS, RegistrationError("VALIS found nothing", pair.moving))
+    fallback = engine._better(ref, mov, *channels, SETTINGS, RegistrationError("VALIS found nothing", pair.moving),
+                              light())
     assert fallback.metadata["chosen"] == "light engine (VALIS failed)"
 
 

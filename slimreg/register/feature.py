@@ -52,7 +52,7 @@ from slimreg.register.fields import (
     placed_for_flow,
 )
 from slimreg.register.initial import Described, describe, relocated
-from slimreg.register.mirror import mirror_decoy, mirror_null
+from slimreg.register.mirror import MirrorDecoy, mirror_decoy, mirror_null
 from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
 from slimreg.register.pose import best_pose, corner_distance, to_level0, to_working
 from slimreg.register.refine import refine_affine
@@ -75,6 +75,13 @@ class FeatureEngine:
 
     def register_pair(self, reference: TiffImage, moving: TiffImage, reference_channel: int | str,
                       moving_channel: int | str, settings: RegistrationSettings) -> Transform:
+        return self.register_pair_and_decoy(reference, moving, reference_channel, moving_channel, settings)[0]
+
+    def register_pair_and_decoy(self, reference: TiffImage, moving: TiffImage, reference_channel: int | str,
+                                moving_channel: int | str, settings: RegistrationSettings
+                                ) -> tuple[Transform, MirrorDecoy | None]:
+        """The result and the mirror decoy searched to judge it (None with ``allow_mirror``): the decoy depends on
+        the pair alone, so an engine that judges another result for the same pair reuses it (the valis engine)."""
         path = moving.info.path
         search_dim = settings.search_dim
         ref, ref_mask = tissue_image(reference, reference_channel, search_dim)
@@ -102,10 +109,11 @@ class FeatureEngine:
                                          **best_score.to_json("affine_")}
         moved = corner_distance(best, unregistered, ref.array.shape)
         check_result(best_score, identity_score, moved, path)
+        decoy = None
         if not settings.allow_mirror:  # the search again, for the mirror image: only for a result worth keeping
-            mirror, decoy_pull = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected, described)
+            decoy = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected, described)
             check_result(best_score, identity_score, moved, path,
-                         mirror_null(best_score, mirror, decoy_pull, best, mov, mov_mask, stats))
+                         mirror_null(best_score, decoy, best, mov, mov_mask, stats))
         if settings.micro and max(reference.info.width, reference.info.height) > search_dim:
             affine = self._polish(reference, moving, reference_channel, moving_channel, affine, settings, expected)
         check_plausible(affine, path, expected, settings.allow_mirror)
@@ -115,7 +123,8 @@ class FeatureEngine:
                                                        settings, SearchKeypoints(ref, described, mov, mov_described))
             stats.update(flow_stats)
         return Transform(affine, displacement, (reference.info.height, reference.info.width),
-                         (moving.info.height, moving.info.width), metadata={"engine": self.name, "quality": stats})
+                         (moving.info.height, moving.info.width),
+                         metadata={"engine": self.name, "quality": stats}), decoy
 
     @staticmethod
     def _polish(reference: TiffImage, moving: TiffImage, reference_channel: int | str, moving_channel: int | str,

@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from slimreg.io.read import Downsampled, TiffImage
 from slimreg.register.channel import registration_image
-from slimreg.register.mirror import check_against_mirror
+from slimreg.register.mirror import MirrorDecoy, check_against_mirror
 from slimreg.register.preprocess import edge_map, edge_sigma, tissue_mask
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import (
@@ -46,9 +46,11 @@ MIN_INTERIOR_SHARE = 0.2
 
 
 def judge_transform(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
-                    moving_channel: int | str, transform: Transform, settings: RegistrationSettings) -> None:
+                    moving_channel: int | str, transform: Transform, settings: RegistrationSettings,
+                    decoy: MirrorDecoy | None = None) -> None:
     """Raise the clear failure (slimreg.errors.RegistrationError) for a result that must not be kept; record what
-    was measured in ``transform.metadata["quality"]`` either way."""
+    was measured in ``transform.metadata["quality"]`` either way. ``decoy``: the pair's mirror decoy where another
+    engine searched it already (slimreg.register.mirror.MirrorDecoy)."""
     search_dim = settings.search_dim
     ref = registration_image(reference, reference_channel, search_dim)
     mov = registration_image(moving, moving_channel, search_dim)
@@ -72,7 +74,7 @@ def judge_transform(reference: TiffImage, moving: TiffImage, reference_channel: 
             refuse(problem, moving.info.path)
     else:
         quality.update(check_against_mirror(reference, moving, reference_channel, moving_channel, settings,
-                                            transform))
+                                            transform, decoy))
 
 
 def interior_scores(ref: Downsampled, mov: Downsampled, transform: Transform) -> tuple[float, float] | None:

@@ -4,6 +4,8 @@ must beat (slimreg.register.similarity, "The mirror decoy"); for the light engin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from slimreg.io.read import Downsampled, TiffImage
@@ -24,27 +26,37 @@ from slimreg.register.tissue_crop import tissue_image
 from slimreg.transform import Transform
 
 
+@dataclass(frozen=True)
+class MirrorDecoy:
+    """The outcome of the decoy's search: its edge correlation and its pose (reference working px -> the flipped
+    moving image's, in the search frames of ``tissue_image`` at the search size). It depends on the pair and the
+    settings only, not on any engine's result, so one search serves every result judged for the pair."""
+
+    value: float
+    pull: np.ndarray
+
+
 def mirror_decoy(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_mask: np.ndarray,
                  settings: RegistrationSettings, expected: float,
-                 reference_described: dict[str, Described] | None = None) -> tuple[float, np.ndarray]:
-    """The edge correlation of the best pose the same search finds for the moving image's mirror image: what an
+                 reference_described: dict[str, Described] | None = None) -> MirrorDecoy:
+    """The best pose the same search finds for the moving image's mirror image and its edge correlation: what an
     image of the same kind that does not belong there reaches with the same effort (slimreg.register.similarity,
-    "The mirror decoy"), and that pose (reference working px -> the flipped image's). Only without
-    ``allow_mirror``, where no mirrored pose can be the answer."""
+    "The mirror decoy"). Only without ``allow_mirror``, where no mirrored pose can be the answer."""
     flipped = Downsampled(np.ascontiguousarray(mov.array[:, ::-1]), mov.scale, mov.origin)
     flipped_mask = np.ascontiguousarray(mov_mask[:, ::-1])
     pull, _, value = best_pose(scorer, ref, flipped, flipped_mask, settings, expected,
                                reference_described=reference_described)
-    return value, pull
+    return MirrorDecoy(value, pull)
 
-def mirror_null(result: Score, mirror: float, decoy_pull: np.ndarray, result_pull: np.ndarray,
+def mirror_null(result: Score, decoy: MirrorDecoy, result_pull: np.ndarray,
                 mov: Downsampled, mov_mask: np.ndarray, stats: dict[str, float | str]) -> float | None:
     """The mirror image's best edge correlation as the null the result must beat, or None where the decoy is this
     same tissue: the result fits no better than the decoy and the moving image matches itself inside its tissue
     through the reflection the two poses imply (bilaterally symmetric tissue; slimreg.register.symmetry)."""
+    mirror = decoy.value
     stats["mirror_edge_correlation"] = mirror
     if mirror_problem(result, mirror) is not None:
-        symmetry = self_symmetry(mov.array, mov_mask, result_pull, decoy_pull)
+        symmetry = self_symmetry(mov.array, mov_mask, result_pull, decoy.pull)
         stats["mirror_self_symmetry_significance"] = symmetry.significance
         if symmetry.significance >= MIN_SIGNIFICANCE:
             return None
@@ -52,11 +64,12 @@ def mirror_null(result: Score, mirror: float, decoy_pull: np.ndarray, result_pul
     return mirror
 
 def check_against_mirror(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
-                         moving_channel: int | str, settings: RegistrationSettings, transform: Transform
-                         ) -> dict[str, float | str]:
+                         moving_channel: int | str, settings: RegistrationSettings, transform: Transform,
+                         decoy: MirrorDecoy | None = None) -> dict[str, float | str]:
     """The mirror-decoy rule for a result found elsewhere (VALIS'), in the light engine's search frames, where the
     decoy is searched; raises the clear failure, or returns what was measured (the mirror image's best edge
-    correlation and, where the decoy fitted as well, the moving image's self-symmetry).
+    correlation and, where the decoy fitted as well, the moving image's self-symmetry). ``decoy``: the pair's decoy
+    where the light engine searched it already (the valis engine runs both); searched here otherwise.
 
     The whole transform is placed, field included: VALIS' affine is its rigid step alone, which on the shared kidney
     pair is 10.3 px off and scored 0.058 there, against 0.096 for the mirror image, refusing a 3.76 px result."""
@@ -64,12 +77,13 @@ def check_against_mirror(reference: TiffImage, moving: TiffImage, reference_chan
     ref, ref_mask = tissue_image(reference, reference_channel, search_dim)
     mov, mov_mask = tissue_image(moving, moving_channel, search_dim)
     scorer = AlignmentScorer(ref.array, ref_mask)
-    mirror, decoy_pull = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected_scale(reference, moving))
+    if decoy is None:
+        decoy = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected_scale(reference, moving))
     placed = place_through(ref, mov, transform)
     placed_mask = place_through(ref, Downsampled(mov_mask.astype(np.float32), mov.scale, mov.origin), transform) > 0.5
     stats: dict[str, float | str] = {}
     result = scorer.score_placed(placed, placed_mask)
-    null = mirror_null(result, mirror, decoy_pull, affine_through(transform, ref, mov, ref_mask), mov, mov_mask,
+    null = mirror_null(result, decoy, affine_through(transform, ref, mov, ref_mask), mov, mov_mask,
                        stats)
     problem = mirror_problem(result, null)
     if problem is not None:

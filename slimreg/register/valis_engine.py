@@ -40,6 +40,7 @@ from slimreg.register.bounded import run_within_budget
 from slimreg.register.channel import OPTICAL_DENSITY, registration_image
 from slimreg.register.feature import FeatureEngine
 from slimreg.register.judgement import judge_transform
+from slimreg.register.mirror import MirrorDecoy
 from slimreg.register.plausibility import check_plausible, expected_scale
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import clearly_higher, score_transform
@@ -71,32 +72,40 @@ class ValisEngine:
         self.log(matcher_note)
         results: list[Transform | RegistrationError] = []
         for index, (image, channel) in enumerate(zip(moving, moving_channels, strict=True)):
+            # the light engine first: VALIS' result is judged against the same mirror decoy, searched once
+            light: Transform | RegistrationError
+            decoy = None
+            try:
+                light, decoy = FeatureEngine().register_pair_and_decoy(reference, image, reference_channel, channel,
+                                                                       settings)
+            except RegistrationError as error:
+                light = error
             budget = int(BUDGET_MARGIN * pair_bytes(reference.info, image.info, settings))
             valis_result: Transform | RegistrationError
             try:
                 transform, peak = run_within_budget(
                     register_pair_offline, (reference.path, image.path, reference_channel, channel, settings,
-                                            workdir / f"pair{index}"), budget, "VALIS registration", str(image.path))
+                                            workdir / f"pair{index}", decoy), budget, "VALIS registration",
+                    str(image.path))
                 transform.metadata["matcher"] = matcher_note
                 transform.metadata["quality"]["peak_memory_bytes"] = peak
                 valis_result = transform
             except RegistrationError as error:
                 valis_result = error
-            results.append(self._better(reference, image, reference_channel, channel, settings, valis_result))
+            results.append(self._better(reference, image, reference_channel, channel, settings, valis_result, light))
         return results
 
     def _better(self, reference: TiffImage, moving: TiffImage, reference_channel: int | str,
                 moving_channel: int | str, settings: RegistrationSettings,
-                valis_result: Transform | RegistrationError) -> Transform | RegistrationError:
+                valis_result: Transform | RegistrationError,
+                light: Transform | RegistrationError) -> Transform | RegistrationError:
         """VALIS' result or the light engine's, whichever the edge score rates higher (see the module docstring).
 
         When both fail, VALIS' message is the one reported (the user asked for VALIS)."""
-        try:
-            light = FeatureEngine().register_pair(reference, moving, reference_channel, moving_channel, settings)
-        except RegistrationError as error:
+        if isinstance(light, RegistrationError):
             if isinstance(valis_result, Transform):
                 valis_result.metadata["quality"]["light_engine_failed"] = 1.0
-                self.log(f"{moving.path.name}: kept VALIS' result (the light engine found none: {error.message})")
+                self.log(f"{moving.path.name}: kept VALIS' result (the light engine found none: {light.message})")
             return valis_result
         if isinstance(valis_result, RegistrationError):
             self.log(f"{moving.path.name}: VALIS failed ({valis_result.message}); keeping the light engine's result")
@@ -162,7 +171,7 @@ class ValisEngine:
 
     def _register_pair(self, registration: Any, reference: TiffImage, moving: TiffImage,
                        reference_channel: int | str, moving_channel: int | str, settings: RegistrationSettings,
-                       workdir: Path) -> Transform:
+                       workdir: Path, decoy: MirrorDecoy | None = None) -> Transform:
         from valis import preprocessing, slide_io
 
         src, dst = workdir / "src", workdir / "valis"
@@ -190,7 +199,7 @@ class ValisEngine:
                                     moving_channel, settings, transform, captured, (ref_span, mov_span))
         check_plausible(transform.affine, moving.info.path, expected_scale(reference, moving))
         # judged here too, so that _better weighs only a result that may be kept against the light engine's
-        judge_transform(reference, moving, reference_channel, moving_channel, transform, settings)
+        judge_transform(reference, moving, reference_channel, moving_channel, transform, settings, decoy)
         return transform
 
     def _micro(self, registrar: Any, processors: dict[str, Any], ref_link: Path, mov_link: Path,
@@ -260,12 +269,14 @@ class ValisEngine:
 
 
 def register_pair_offline(reference_path: Path, moving_path: Path, reference_channel: int | str,
-                          moving_channel: int | str, settings: RegistrationSettings, workdir: Path) -> Transform:
-    """One VALIS pair registration, offline (run in its own process by ``run_within_budget``)."""
+                          moving_channel: int | str, settings: RegistrationSettings, workdir: Path,
+                          decoy: MirrorDecoy | None = None) -> Transform:
+    """One VALIS pair registration, offline (run in its own process by ``run_within_budget``); ``decoy``: the pair's
+    mirror decoy, searched by the light engine in the parent."""
     registration = import_valis()
     with no_network():
         return ValisEngine()._register_pair(registration, TiffImage(reference_path), TiffImage(moving_path),
-                                            reference_channel, moving_channel, settings, workdir)
+                                            reference_channel, moving_channel, settings, workdir, decoy)
 
 
 def valis_source(image: TiffImage, channel: int | str, settings: RegistrationSettings,
