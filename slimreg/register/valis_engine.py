@@ -15,12 +15,13 @@ is given), a bounded copy otherwise (:func:`valis_source`).
 Each moving image is registered with the reference on its own (a two-image VALIS run), so an image's
 result never depends on which batch it lands in, and memory is that of two images at the preset's size.
 
-VALIS' result is one candidate, not the verdict: the light engine registers the same pair (seconds, no torch) and
-replaces VALIS' result when the stain-robust edge score rates it clearly higher
-(``slimreg.register.similarity.CLEAR_GAIN_SD``). Measured (docs/accuracy.md): on the shared lung pair with proSPC
-as reference, VALIS, used plainly or by this engine, lands 42 px off (rTRE 0.036) while the light engine lands 6 px
-off, and the score tells them apart (0.183 vs 0.241, 3.7 noise sd); on the other pairs VALIS is kept. A user who
-asks for VALIS gets VALIS unless the measure every result is judged by shows it clearly worse.
+VALIS' result is one candidate, not the verdict: the light engine registers the same pair first (seconds, no
+torch; the mirror decoy it searches judges VALIS' result too, so it is searched once) and replaces VALIS' result
+when the stain-robust edge score rates it clearly higher (``slimreg.register.similarity.CLEAR_GAIN_SD``).
+Measured (docs/accuracy.md): on the shared lung pair with proSPC as reference, VALIS, used plainly or by this
+engine, lands 42 px off (rTRE 0.036) while the light engine lands 6 px off, and the score tells them apart (0.183
+vs 0.241, 3.7 noise sd); on the other pairs VALIS is kept. A user who asks for VALIS gets VALIS unless the measure
+every result is judged by shows it clearly worse.
 """
 
 from __future__ import annotations
