@@ -88,15 +88,16 @@ def test_a_result_from_elsewhere_is_judged_against_the_decoy_the_light_engine_se
     settings = RegistrationSettings.from_preset("low")
     light, decoy = FeatureEngine().register_pair_and_decoy(ref, mov, 0, 0, settings)
     assert decoy is not None
-    elsewhere = Transform(light.affine.copy(), None, light.reference_shape, light.moving_shape,
-                          metadata={"quality": {}})
-    searched = Transform(light.affine.copy(), None, light.reference_shape, light.moving_shape,
+
+    def found_elsewhere() -> Transform:  # the light engine's affine, with none of its quality record
+        return Transform(light.affine.copy(), None, light.reference_shape, light.moving_shape,
                          metadata={"quality": {}})
+
+    elsewhere, searched = found_elsewhere(), found_elsewhere()
     judge_transform(ref, mov, 0, 0, elsewhere, settings, decoy)
     judge_transform(ref, mov, 0, 0, searched, settings)
     assert elsewhere.metadata["quality"] == searched.metadata["quality"]
     assert elsewhere.metadata["quality"]["mirror_edge_correlation"] == decoy.value
     as_good = MirrorDecoy(elsewhere.metadata["quality"]["judged_edge_correlation"], decoy.pull)
     with pytest.raises(RegistrationError, match="mirror image"):
-        judge_transform(ref, mov, 0, 0, Transform(light.affine.copy(), None, light.reference_shape,
-                                                  light.moving_shape, metadata={"quality": {}}), settings, as_good)
+        judge_transform(ref, mov, 0, 0, found_elsewhere(), settings, as_good)
