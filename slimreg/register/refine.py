@@ -20,6 +20,13 @@ pair is better with zeros throughout), so ``refine_both_ways`` runs both and the
 moving tissue reaches its image's border. Where it does not, the zeros meet glass, which has no edges either, and
 one schedule is enough: on the shared kidney H&E <- PanCK pair (tissue clear of the border) both reached the same
 poses, and skipping the second halves the refinement there (docs/accuracy.md, "Two refinement schedules").
+
+The descent is SimpleITK's (regular steps, scales from physical shift, the correlation metric). The mirror decoy's
+search (slimreg.register.mirror) runs the same descent in NumPy (``in_numpy``, slimreg.register.regular_step), five
+times faster per iteration. The result's own search, the polish and each piece's fits stay with SimpleITK: run in
+NumPy too, the search's poses moved by fractions of a pixel, and on the torn kidney pair that flipped a near-tie
+between the per-piece field and DeepFlow (7.97 -> 12.79 px; docs/accuracy.md, "Seventh attempt"). The decoy is
+only a score to beat, so its search can take the faster descent.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from slimreg.register.preprocess import edge_map
+from slimreg.register.regular_step import NoOverlap, Pose, regular_step_descent
 from slimreg.resources import usable_cpus
 
 T = TypeVar("T")
@@ -49,6 +57,10 @@ EDGE_SCALES = (2.0, 1.0)  # edge smoothing, coarse to fine, in multiples of the 
 # refinement moves a pose by a few percent of the image, and the tissue boxes around each image carry a 5 % margin
 # (slimreg.register.tissue_crop). On the shared pairs a tenth, a quarter and a half gave the same affine medians.
 OUTSIDE_FRACTION = 0.1
+# the descent's steps, in physical px of the working image: a full step, then shortened by RELAXATION at each turn
+LEARNING_RATE = 1.0
+MIN_STEP = 1e-4
+RELAXATION = 0.7
 
 
 def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
@@ -56,7 +68,7 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
                   shrink_factors: tuple[int, ...] = SHRINK_FACTORS, sampling: float = 1.0,
                   edge_scales: tuple[float, ...] = EDGE_SCALES, outside: float = OUTSIDE_FRACTION,
                   outside_at_coarse_levels: bool = True, threads: int | None = None,
-                  edges: EdgeMaps | None = None) -> np.ndarray:
+                  edges: EdgeMaps | None = None, in_numpy: bool = False) -> np.ndarray:
     """The pull matrix (reference working px -> moving working px) after refinement from ``pull``.
 
     Edges are correlated coarse to fine (``edge_scales`` times ``sigma``): edges smoothed more overlap from
@@ -67,7 +79,8 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     times faster. With ``outside_at_coarse_levels`` False, the zeros beyond the moving image (``outside``) are
     added at the finest level only (module docstring). ``threads``: ITK's threads for this run (default: ITK's,
     one per CPU). ``edges``: the two images' edge maps at each of ``edge_scales`` (``edge_maps``), where the caller
-    refines several starts of one pair.
+    refines several starts of one pair. ``in_numpy``: the same descent run by ``slimreg.register.regular_step``
+    (module docstring), on every pixel.
     """
     # rotate and scale about the reference tissue's centre, not the image corner: about the corner, every
     # change of the matrix also moves the tissue far away, and the optimiser trades the two off badly
@@ -79,20 +92,21 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     for factor in edge_scales:
         for shrink, border in schedule:
             pull = _refine_at(*maps[factor], reference_mask, pull, centre, model, iterations, shrink, sampling, border,
-                              threads)
+                              threads, in_numpy)
     return pull
 
 
 def refine_both_ways(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
                      sigma: float, model: str = "affine", moving_mask: np.ndarray | None = None,
-                     threads: int | None = None, edges: EdgeMaps | None = None) -> list[np.ndarray]:
+                     threads: int | None = None, edges: EdgeMaps | None = None,
+                     in_numpy: bool = False) -> list[np.ndarray]:
     """``pull`` refined with zeros beyond the moving image at every level, and at the finest level only: two
     candidates for the caller's score to choose between (module docstring). Given ``moving_mask``, the second only
     where its tissue reaches the image's border (``tissue_at_border``): elsewhere the zeros lie against glass."""
     schedules = (True, False) if moving_mask is None or tissue_at_border(moving_mask, sigma) else (True,)
     maps = edges if edges is not None else edge_maps(reference, moving, sigma)
     return [refine_affine(reference, moving, reference_mask, pull, sigma, model, outside_at_coarse_levels=coarse,
-                          threads=threads, edges=maps)
+                          threads=threads, edges=maps, in_numpy=in_numpy)
             for coarse in schedules]
 
 
@@ -126,19 +140,50 @@ def tissue_at_border(mask: np.ndarray, sigma: float) -> bool:
 
 def _refine_at(reference_edges: np.ndarray, moving_edges: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
                centre: np.ndarray, model: str, iterations: int, shrink_factors: tuple[int, ...], sampling: float,
-               outside: float, threads: int | None = None) -> np.ndarray:
-    """One multi-resolution SimpleITK run on the two images' edge maps (of one smoothing), rotating about
-    ``centre``."""
-    fixed = sitk.GetImageFromArray(reference_edges)
+               outside: float, threads: int | None = None, in_numpy: bool = False) -> np.ndarray:
+    """One multi-resolution run on the two images' edge maps (of one smoothing), rotating about ``centre``: by
+    SimpleITK, or with ``in_numpy`` by ``slimreg.register.regular_step`` on every pixel."""
     border = math.ceil(outside * max(moving_edges.shape))  # zeros around the moving edges (module docstring)
     if border:
         moving_edges = np.pad(moving_edges, border)
+    linear = pull[:2, :2]
+    if model == "similarity" and np.linalg.det(linear) < 0:  # a mirrored pose: similarity cannot hold it, affine can
+        model = "affine"
+    if in_numpy:
+        return _refine_in_numpy(reference_edges, moving_edges, border, reference_mask, pull, centre, model,
+                                iterations, shrink_factors)
+    return _refine_with_itk(reference_edges, moving_edges, border, reference_mask, pull, centre, model, iterations,
+                            shrink_factors, sampling, threads)
+
+
+def _refine_in_numpy(reference_edges: np.ndarray, moving_edges: np.ndarray, border: int, reference_mask: np.ndarray,
+                     pull: np.ndarray, centre: np.ndarray, model: str, iterations: int,
+                     shrink_factors: tuple[int, ...]) -> np.ndarray:
+    """``_refine_at`` by ``slimreg.register.regular_step``; ``moving_edges`` padded by ``border`` px of zeros."""
+    linear = pull[:2, :2]
+    translation = pull[:2, 2] + linear @ centre - centre
+    pose = Pose(linear.copy(), translation, centre.astype(np.float64), model == "similarity")
+    try:
+        pose = regular_step_descent(reference_edges, reference_mask, moving_edges, -float(border),
+                                    pose.with_parameters(pose.parameters()), tuple(shrink_factors), iterations,
+                                    learning_rate=LEARNING_RATE, min_step=MIN_STEP, relaxation=RELAXATION)
+    except NoOverlap:  # all samples mapped outside the moving image: keep the start, as below
+        return pull
+    out = np.eye(3)
+    out[:2, :2] = pose.matrix
+    out[:2, 2] = pose.translation + pose.centre - pose.matrix @ pose.centre
+    return out
+
+
+def _refine_with_itk(reference_edges: np.ndarray, moving_edges: np.ndarray, border: int, reference_mask: np.ndarray,
+                     pull: np.ndarray, centre: np.ndarray, model: str, iterations: int,
+                     shrink_factors: tuple[int, ...], sampling: float, threads: int | None) -> np.ndarray:
+    """``_refine_at`` by SimpleITK; ``moving_edges`` padded by ``border`` px of zeros."""
+    fixed = sitk.GetImageFromArray(reference_edges)
     moved = sitk.GetImageFromArray(moving_edges)
     moved.SetOrigin((-float(border), -float(border)))  # the moving image's own pixels keep their coordinates
     linear = pull[:2, :2]
     translation = (pull[:2, 2] + linear @ centre - centre).tolist()
-    if model == "similarity" and np.linalg.det(linear) < 0:  # a mirrored pose: similarity cannot hold it, affine can
-        model = "affine"
     if model == "similarity":
         transform: sitk.Transform = sitk.Similarity2DTransform()
         scale = float(np.sqrt(abs(np.linalg.det(linear))))
@@ -157,8 +202,8 @@ def _refine_at(reference_edges: np.ndarray, moving_edges: np.ndarray, reference_
     method.SetMetricAsCorrelation()
     method.SetMetricFixedMask(sitk.GetImageFromArray(reference_mask.astype(np.uint8)))
     method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=iterations,
-                                                    relaxationFactor=0.7)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=LEARNING_RATE, minStep=MIN_STEP,
+                                                    numberOfIterations=iterations, relaxationFactor=RELAXATION)
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel(list(shrink_factors))
     method.SetSmoothingSigmasPerLevel([float(np.log2(f)) for f in shrink_factors])

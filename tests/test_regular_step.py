@@ -1,0 +1,84 @@
+"""The pose search's descent (slimreg.register.regular_step) is SimpleITK's, run in NumPy: it finds a known pose,
+lands where SimpleITK lands from the same start, keeps a similarity a similarity and gives up where nothing
+overlaps, as SimpleITK does."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from slimreg.register.pose import corner_distance
+from slimreg.register.refine import _refine_at
+from slimreg.register.regular_step import NoOverlap, Pose, regular_step_descent
+
+SHAPE = (180, 240)
+
+
+def _texture(seed: int = 3) -> np.ndarray:
+    """Smooth random structure, like an edge map of tissue."""
+    noise = np.random.default_rng(seed).random(SHAPE).astype(np.float32)
+    return cv2.GaussianBlur(noise, (0, 0), 3.0)
+
+
+def _pull(degrees: float, scale: float, shift: tuple[float, float], centre: np.ndarray) -> np.ndarray:
+    """Pull matrix (reference px -> moving px) turning by ``degrees`` and scaling about ``centre``, then shifting."""
+    turn = np.deg2rad(degrees)
+    matrix = scale * np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    pull = np.eye(3)
+    pull[:2, :2] = matrix
+    pull[:2, 2] = centre - matrix @ centre + np.asarray(shift)
+    return pull
+
+
+def _pair(pull: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A moving texture, the reference it becomes through ``pull``, and a mask of the reference's middle."""
+    moving = _texture()
+    reference = cv2.warpAffine(moving, pull[:2], SHAPE[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[30:-30, 40:-40] = 1
+    return reference, mask, moving
+
+
+def _as_pull(pose: Pose) -> np.ndarray:
+    out = np.eye(3)
+    out[:2, :2] = pose.matrix
+    out[:2, 2] = pose.translation + pose.centre - pose.matrix @ pose.centre
+    return out
+
+
+def _descend(reference: np.ndarray, mask: np.ndarray, moving: np.ndarray, similarity: bool = False) -> np.ndarray:
+    centre = np.array([SHAPE[1] / 2, SHAPE[0] / 2])
+    start = Pose(np.eye(2), np.zeros(2), centre, similarity)
+    return _as_pull(regular_step_descent(reference, mask, moving, 0.0, start, (4, 2, 1), 200))
+
+
+def _simpleitk(reference: np.ndarray, mask: np.ndarray, moving: np.ndarray) -> np.ndarray:
+    """The same run through SimpleITK, as slimreg's refinement runs it."""
+    centre = np.array([SHAPE[1] / 2, SHAPE[0] / 2])
+    return _refine_at(reference, moving, mask, np.eye(3), centre, "affine", 200, (4, 2, 1), 1.0, 0.0)
+
+
+def test_the_descent_finds_a_known_pose_where_simpleitk_finds_it() -> None:
+    truth = _pull(3.0, 1.03, (5.0, -4.0), np.array([SHAPE[1] / 2, SHAPE[0] / 2]))
+    reference, mask, moving = _pair(truth)
+    assert corner_distance(np.eye(3), truth, SHAPE) > 10  # the start is far from the answer
+    found = _descend(reference, mask, moving)
+    assert corner_distance(found, truth, SHAPE) < 0.05
+    assert corner_distance(found, _simpleitk(reference, mask, moving), SHAPE) < 0.05
+
+
+def test_a_similarity_stays_a_similarity() -> None:
+    truth = _pull(-2.0, 0.98, (-3.0, 2.0), np.array([SHAPE[1] / 2, SHAPE[0] / 2]))
+    reference, mask, moving = _pair(truth)
+    found = _descend(reference, mask, moving, similarity=True)
+    linear = found[:2, :2]
+    assert linear[0, 0] == pytest.approx(linear[1, 1]) and linear[0, 1] == pytest.approx(-linear[1, 0])
+    assert corner_distance(found, truth, SHAPE) < 0.05
+
+
+def test_no_overlap_is_raised_where_every_sample_leaves_the_moving_image() -> None:
+    reference, mask, moving = _pair(np.eye(3))
+    far = Pose(np.eye(2), np.array([5000.0, 0.0]), np.array([SHAPE[1] / 2, SHAPE[0] / 2]))
+    with pytest.raises(NoOverlap):
+        regular_step_descent(reference, mask, moving, 0.0, far, (2, 1), 50)
