@@ -47,8 +47,9 @@ from slimreg.resources import usable_cpus
 T = TypeVar("T")
 EdgeMaps = dict[float, tuple[np.ndarray, np.ndarray]]  # smoothing factor -> (reference, moving) edge maps
 # At most this many refinements run side by side: each holds its edge maps and ITK's pyramid of them, 17 MB at the
-# search's 512 px and 64 MB at 1024 px (docs/accuracy.md, "Refinements side by side"), so four stay below what the
-# non-rigid step holds at twice the search's size, which the plan estimates.
+# search's 512 px and 64 MB at 1024 px (docs/accuracy.md, "Refinements side by side"; the NumPy descent's level 30 MB
+# and 110 MB, "Seventh attempt"), so four stay below what the non-rigid step holds at twice the search's size, which
+# the plan estimates.
 MAX_SIDE_BY_SIDE = 4
 
 SHRINK_FACTORS = (4, 2, 1)
@@ -121,7 +122,8 @@ def side_by_side(starts: list[np.ndarray], refine: Callable[[np.ndarray, int], T
     """``refine(start, threads)`` of every start, in order, up to ``MAX_SIDE_BY_SIDE`` at a time on the CPUs this
     process may use, ITK on one thread each: on images of a few hundred pixels ITK's threads mostly wait on each
     other, and independent starts keep the CPUs busy instead; the poses found are the same (docs/accuracy.md,
-    "Refinements side by side")."""
+    "Refinements side by side"). The NumPy descent runs side by side too: NumPy and OpenCV release the interpreter
+    in their array work."""
     workers = min(len(starts), usable_cpus(), MAX_SIDE_BY_SIDE)
     if workers <= 1:
         return [refine(start, 1) for start in starts]
