@@ -59,6 +59,10 @@ VALIS_COPY_PER_PX = 8  # the copy as read (float32 for a float image) and as wri
 PAIR_OVERHEAD = 150 * MB
 SIFT_PER_PX = 255
 ECC_PER_PX = 120
+# the light engine's diffeomorphic field, both ways, per px at ``diffeomorphic_dim`` (one image): 125 measured by
+# tracemalloc at 2048 x 1536 px (docs/memory-model.md)
+DIFFEOMORPHIC_PER_PX = 125
+FIELD_CANDIDATES_PER_PX = 48  # held meanwhile, counted: four flows tried before it (8 B each), the placed pair, edges
 WRITE_BASE = 12 * MB
 WRITE_PER_TILE_BYTE = 4
 WRITE_PER_BLOCK_BYTE = 2
@@ -160,6 +164,9 @@ def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSe
         stages.append(ECC_PER_PX * pixels(settings.micro_dim) / 2)
     if settings.non_rigid:
         stages.append(SIFT_PER_PX * pixels(settings.non_rigid_dim) / 2)
+        # estimated on the reference's grid, while the flows' candidates are held at ``non_rigid_dim``
+        stages.append(DIFFEOMORPHIC_PER_PX * working_pixels(reference, settings.diffeomorphic_dim)
+                      + FIELD_CANDIDATES_PER_PX * pixels(settings.non_rigid_dim) / 2)
     return int(PAIR_OVERHEAD + max(stages))
 
 

@@ -19,8 +19,10 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    shared motion is at least twice their disagreement); and DeepFlow on local contrast, tried only where the motion
    it finds is resolvable (its median over tissue is at least one edge-smoothing sigma: a bent section stained
    differently); and, where the moving tissue lies in separate pieces, one correction per piece
-   (slimreg.register.pieces: a torn section, lobes, fragments that moved apart). A candidate is kept only if it
-   raises both the edge score and the mutual information; the highest edge score wins, except that the same
+   (slimreg.register.pieces: a torn section, lobes, fragments that moved apart). Where none of these is
+   admissible (no motion measured), a diffeomorphic field of local NCC estimated at ``diffeomorphic_dim``
+   (slimreg.register.diffeomorphic: the structure inside the tissue, across stains). A candidate is kept only if
+   it raises both the edge score and the mutual information; the highest edge score wins, except that the same
    DeepFlow smoothed only at one edge sigma must beat every smoother field clearly (by two noise sd): it has the
    more freedom to fit noise.
 5. The result must be significant (it stands out from unrelated placements), keep most of the smaller tissue on
@@ -44,9 +46,11 @@ from slimreg.errors import RegistrationError
 from slimreg.io.read import Downsampled, TiffImage
 from slimreg.metrics import mutual_information
 from slimreg.register.fields import (
+    DIFFEOMORPHIC,
     PIECES,
     FieldCandidate,
     deformation_candidates,
+    diffeomorphic_candidate,
     field_candidates,
     piece_candidates,
     placed_for_flow,
@@ -164,6 +168,14 @@ class FeatureEngine:
         candidates = [*field_candidates(scorer, placed, region), deformation,
                       *piece_candidates(scorer, placed, placed_mask, settings.transform_model,
                                         None if keypoints is None else keypoints.on(ref, affine)), finer]
+        if not any(candidate.admissible for candidate in candidates):
+            # no motion measured (no two flows agree, none resolvable, no piece moved): the diffeomorphic field
+            # refines the structure inside the tissue. Where motion was measured (a bent or torn section, frames
+            # whose flows agree) the fields built for it decide: the diffeomorphic field climbs local correlation
+            # a px per step and followed a bend or a tear onto the wrong structure (docs/accuracy.md)
+            candidates.insert(-1, diffeomorphic_candidate(reference, moving, reference_channel, moving_channel,
+                                                          affine, settings.diffeomorphic_dim, ref, region,
+                                                          scorer.sigma))
         best: FieldCandidate | None = None
         best_value = before
         for candidate in candidates:
@@ -186,7 +198,8 @@ class FeatureEngine:
             **{f"non_rigid_flow_disagreement_{c.smoothing}": c.disagreement
                for c in candidates if np.isfinite(c.disagreement)},
             "non_rigid_deepflow_motion_sigmas": deformation.motion,
-            **{f"non_rigid_{c.source}_motion_sigmas": c.motion for c in candidates if c.source == PIECES}}
+            **{f"non_rigid_{c.source}_motion_sigmas": c.motion
+               for c in candidates if c.source in (PIECES, DIFFEOMORPHIC)}}
         if best is None:
             return None, {**stats, "non_rigid_used": 0.0}
         stats["non_rigid_field"] = best.source

@@ -29,6 +29,9 @@ PRESETS: dict[str, dict[str, int]] = {
     "medium": {"processing_dim": 1024, "non_rigid_dim": 1024, "micro_dim": 2048},
     "low": {"processing_dim": 512, "non_rigid_dim": 512, "micro_dim": 1024},
 }
+# The diffeomorphic field's working size over ``non_rigid_dim``: sqrt(255 / 125), the optical flows' bytes per
+# working px over the field's (slimreg.estimate), so both stages fit one memory bound (1433 px at medium).
+DIFFEOMORPHIC_SIZE_RATIO = 1.4
 __all__ = ["DEFAULT_ENGINE", "DEFAULT_PRESET", "ENGINES", "PRESETS", "PRESET_ORDER", "TRANSFORM_MODELS",
            "RegistrationSettings"]
 
@@ -78,6 +81,15 @@ class RegistrationSettings:
         """Long side (px) of the pose search and of the judgement: half the processing size, where coarse edges
         still outline the tissue, and never under the 64 px any working image needs."""
         return max(64, self.processing_dim // 2)
+
+    @property
+    def diffeomorphic_dim(self) -> int:
+        """The size (px, long side) the light engine's diffeomorphic field is estimated at: the largest at which it
+        costs no more memory than the optical flows at ``non_rigid_dim`` (``DIFFEOMORPHIC_SIZE_RATIO``), so the
+        pair's bound is unchanged. Local correlation needs the tissue's own structure: on the shared kidney pair,
+        estimated at half its full size the field left the landmarks 3.47 / 3.16 px from their partners, at full
+        size 3.03 / 2.95 (one way each; docs/accuracy.md)."""
+        return round(DIFFEOMORPHIC_SIZE_RATIO * self.non_rigid_dim)
 
     @property
     def valis_non_rigid_dim(self) -> int:

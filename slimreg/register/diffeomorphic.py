@@ -1,0 +1,123 @@
+"""A diffeomorphic field between the affinely placed pair: greedy registration with local normalised
+cross-correlation, coarse to fine, as Greedy (the registration core of UPENN's HistoReg, second in ANHIR) runs it.
+
+The flow fields of slimreg.register.fields follow the motion an optical-flow estimator sees (DIS, DeepFlow) and are
+then smoothed over 2-8 % of the image, so they move whole regions and leave the structure inside them where the
+affine put it. Greedy instead climbs the local correlation of every neighbourhood at once, under two Gaussian
+regularisers: one on each update (fluid) and one on the accumulated field (diffusion), with each update composed
+onto the field so far (ANCHORS.md: heavy smoothing, then diffeomorphic registration with local NCC after a robust
+affine). Local NCC compares each neighbourhood's pattern, not its brightness, so it holds across stains on the
+optical-density grey.
+
+Greedy itself (the `picsl-greedy` wheel) gave different fields for the same input from one run to the next (its
+issue 51: no seed can be set; on the kidney pair the landmark median moved by 0.2 px between runs), so the same
+iteration is written here with OpenCV: box filters for the local sums, `remap` for the warps, its Gaussian for the
+regularisers. Every scale is a share of the working image's edge sigma (slimreg.register.preprocess.edge_sigma: a
+fixed share of the long side), so the field is as fine, relative to the tissue, at every working size.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from slimreg.register.preprocess import blur
+
+# The neighbourhood local NCC compares: 1.5 edge sigmas, about the size of the structures the edge maps keep.
+NCC_RADIUS_SIGMAS = 1.5
+# The two regularisers: each update smoothed by one edge sigma (fluid), the accumulated field by about a third of
+# one (diffusion); finer follows noise, coarser leaves the local deformation.
+UPDATE_SMOOTHING_SIGMAS = 1.0
+FIELD_SMOOTHING_SIGMAS = 0.375
+# Iterations per level, the coarsest (4x shrunk) first; Greedy's 100x50x10. A fourth, coarser level moved the
+# landmarks of the shared pairs further from where the affine left them, not closer.
+ITERATIONS = (100, 50, 10)
+STEP_PX = 1.0  # the largest move of one update, in px of its level (Greedy's epsilon)
+MIN_STEP_PX = 1 / 32  # halved at each overshoot, down to the 1/32 px OpenCV's remap resolves
+# Below this share of its window's mean variance, a neighbourhood is flat (glass): its correlation is left out.
+FLAT_VARIANCE = 1e-4
+
+
+def greedy_flow(reference: np.ndarray, placed: np.ndarray, sigma: float) -> np.ndarray:
+    """The flow (working px, (height, width, 2), x then y; the placed image is pulled at x + flow(x)) that raises
+    the local NCC of ``placed`` with ``reference`` (two float grey images of one grid), edge-smoothing ``sigma``.
+
+    Memory: about 30 float32 images of the working size at the finest level."""
+    height, width = reference.shape
+    radius = max(1, round(NCC_RADIUS_SIGMAS * sigma))
+    flow = np.zeros((1, 1, 2), np.float32)
+    for level, iterations in enumerate(ITERATIONS):
+        shrink = 2 ** (len(ITERATIONS) - 1 - level)
+        size = (max(1, round(width / shrink)), max(1, round(height / shrink)))
+        fixed, moving = (_shrunk(image, size) for image in (reference, placed))
+        # the field so far, on this level's grid and in its px
+        flow = cv2.resize(flow, size, interpolation=cv2.INTER_LINEAR) * np.float32(
+            size[0] / flow.shape[1] if level else 0.0)
+        flow = _climb(fixed, moving, flow, radius, sigma, iterations)
+    return flow
+
+
+def _shrunk(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    image = np.ascontiguousarray(image, np.float32)
+    return image if size == (image.shape[1], image.shape[0]) else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _climb(fixed: np.ndarray, moving: np.ndarray, flow: np.ndarray, radius: int, sigma: float,
+           iterations: int) -> np.ndarray:
+    """``iterations`` greedy steps at one level: the local NCC's gradient, smoothed (fluid), scaled so that nothing
+    moves more than the step (``STEP_PX``), composed onto the field, which is then smoothed (diffusion). A step
+    after which the mean local NCC fell is undone and the step halved: with a step of fixed length (Greedy's) an
+    aligned pair was left with a field of up to 2 px, circling the optimum."""
+    height, width = fixed.shape
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    window = (2 * radius + 1, 2 * radius + 1)
+    count = float(window[0] * window[1])
+
+    def local_sum(image: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(image, -1, window, normalize=False, borderType=cv2.BORDER_REFLECT)
+
+    gradient_x = cv2.Sobel(moving, cv2.CV_32F, 1, 0, ksize=1, scale=0.5, borderType=cv2.BORDER_REPLICATE)
+    gradient_y = cv2.Sobel(moving, cv2.CV_32F, 0, 1, ksize=1, scale=0.5, borderType=cv2.BORDER_REPLICATE)
+    sum_fixed = local_sum(fixed)
+    variance_fixed = local_sum(fixed * fixed) - sum_fixed * sum_fixed / count
+    flat = np.float32(FLAT_VARIANCE * max(float(variance_fixed.mean()), 1e-12))
+    step, accepted, accepted_value = STEP_PX, flow, -np.inf
+    for iteration in range(iterations + 1):  # the last pass only judges the last step
+        map_x, map_y = grid_x + flow[..., 0], grid_y + flow[..., 1]
+        warped, warped_x, warped_y = (cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR,
+                                                borderMode=cv2.BORDER_REPLICATE)
+                                      for image in (moving, gradient_x, gradient_y))
+        sum_warped = local_sum(warped)
+        variance_warped = local_sum(warped * warped) - sum_warped * sum_warped / count
+        covariance = local_sum(fixed * warped) - sum_fixed * sum_warped / count
+        valid = (variance_fixed > flat) & (variance_warped > flat)
+        value = float(np.mean(np.where(valid, covariance * covariance / (variance_fixed * variance_warped + flat
+                                                                         * flat), 0)))
+        if value < accepted_value:
+            # the last step overshot (near the optimum a step of fixed length circles it): back, and shorter
+            flow, step = accepted, step / 2
+            if step < MIN_STEP_PX or iteration == iterations:
+                break
+            continue
+        accepted, accepted_value = flow, value
+        if iteration == iterations:
+            break
+        # each window's squared correlation cov^2 / (var_f var_w), differentiated by every warped pixel in it, and
+        # summed over the windows that hold the pixel (a box filter of per-window terms)
+        alpha = np.where(valid, 2 * covariance / (variance_fixed * variance_warped + flat * flat), 0).astype(np.float32)
+        beta = np.where(valid, alpha * covariance / (variance_warped + flat), 0).astype(np.float32)
+        by_pixel = (fixed * local_sum(alpha) - local_sum(alpha * sum_fixed / count)
+                    - warped * local_sum(beta) + local_sum(beta * sum_warped / count))
+        update = np.stack([blur(by_pixel * warped_x, UPDATE_SMOOTHING_SIGMAS * sigma),
+                           blur(by_pixel * warped_y, UPDATE_SMOOTHING_SIGMAS * sigma)], axis=-1)
+        longest = float(np.sqrt((update * update).sum(axis=-1).max()))
+        if longest <= 0:
+            break
+        update *= np.float32(step / longest)
+        # compose: the field so far read where the update points, plus the update
+        carried = cv2.remap(flow, grid_x + update[..., 0], grid_y + update[..., 1], cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE)
+        flow = carried + update
+        flow = np.stack([blur(np.ascontiguousarray(flow[..., band]), FIELD_SMOOTHING_SIGMAS * sigma)
+                         for band in range(2)], axis=-1)
+    return flow
