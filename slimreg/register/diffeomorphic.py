@@ -91,8 +91,8 @@ def _climb(fixed: np.ndarray, moving: np.ndarray, flow: np.ndarray, radius: int,
         variance_warped = local_sum(warped * warped) - sum_warped * sum_warped / count
         covariance = local_sum(fixed * warped) - sum_fixed * sum_warped / count
         valid = (variance_fixed > flat) & (variance_warped > flat)
-        value = float(np.mean(np.where(valid, covariance * covariance / (variance_fixed * variance_warped + flat
-                                                                         * flat), 0)))
+        denominator = variance_fixed * variance_warped + flat * flat
+        value = float(np.mean(np.where(valid, covariance * covariance / denominator, 0)))
         if value < accepted_value:
             # the last step overshot (near the optimum a step of fixed length circles it): back, and shorter
             flow, step = accepted, step / 2
@@ -104,7 +104,7 @@ def _climb(fixed: np.ndarray, moving: np.ndarray, flow: np.ndarray, radius: int,
             break
         # each window's squared correlation cov^2 / (var_f var_w), differentiated by every warped pixel in it, and
         # summed over the windows that hold the pixel (a box filter of per-window terms)
-        alpha = np.where(valid, 2 * covariance / (variance_fixed * variance_warped + flat * flat), 0).astype(np.float32)
+        alpha = np.where(valid, 2 * covariance / denominator, 0).astype(np.float32)
         beta = np.where(valid, alpha * covariance / (variance_warped + flat), 0).astype(np.float32)
         by_pixel = (fixed * local_sum(alpha) - local_sum(alpha * sum_fixed / count)
                     - warped * local_sum(beta) + local_sum(beta * sum_warped / count))

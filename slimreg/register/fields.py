@@ -152,7 +152,7 @@ def diffeomorphic_candidate(reference: TiffImage, moving: TiffImage, reference_c
 def resampled_flow(flow: np.ndarray, source: Downsampled, target: Downsampled) -> np.ndarray:
     """A flow on ``source``'s grid (its px) read on ``target``'s grid (in its px): both frames of one image."""
     height, width = target.array.shape[:2]
-    to_source = np.linalg.inv(source.level0_matrix()) @ target.level0_matrix()
+    to_source = to_working(np.eye(3), target, source)  # target px -> source px, through level 0
     grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
     map_x = to_source[0, 0] * grid_x + to_source[0, 2]
     map_y = to_source[1, 1] * grid_y + to_source[1, 2]

@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, int]] = {
     "low": {"processing_dim": 512, "non_rigid_dim": 512, "micro_dim": 1024},
 }
 # The diffeomorphic field's working size over ``non_rigid_dim``: sqrt(255 / 125), the optical flows' bytes per
-# working px over the field's (slimreg.estimate), so both stages fit one memory bound (1433 px at medium).
+# working px over the field's (slimreg.estimate), so both stages fit one memory bound (1434 px at medium).
 DIFFEOMORPHIC_SIZE_RATIO = 1.4
 __all__ = ["DEFAULT_ENGINE", "DEFAULT_PRESET", "ENGINES", "PRESETS", "PRESET_ORDER", "TRANSFORM_MODELS",
            "RegistrationSettings"]
