@@ -27,6 +27,11 @@ ROTATION_STEP_DEG = 6.0  # search step; refinement absorbs half a step (3 degree
 SCALE_AGREEMENT = float(np.sin(np.radians(ROTATION_STEP_DEG / 2)))
 RATIO_TEST = 0.9  # Lowe's ratio: loose, because RANSAC sorts out the rest
 MIN_INLIERS = 6
+# Each detector keeps its strongest keypoints up to SIFT's own cap: matching compares every pair of descriptors, so
+# an image full of texture (1024 px nuclei: 14 000-17 000 FAST and BRISK keypoints at the search's 512 px) cost
+# seconds per match and its description seconds per image, while a similarity has four parameters and RANSAC needs
+# a few dozen true matches (docs/accuracy.md, "Keypoints capped").
+MAX_KEYPOINTS = 4000
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ def _detectors() -> dict[str, Callable[[], tuple[object | None, object]]]:
     """Detector + descriptor pairs (weights-free, in opencv-contrib), each built on demand."""
     return {
         "akaze": lambda: (None, cv2.AKAZE_create(threshold=1e-4)),
-        "sift": lambda: (None, cv2.SIFT_create(nfeatures=4000)),
+        "sift": lambda: (None, cv2.SIFT_create(nfeatures=MAX_KEYPOINTS)),
         "brisk": lambda: (None, cv2.BRISK_create(thresh=10)),
         "fast+boost": lambda: (cv2.FastFeatureDetector_create(threshold=10), cv2.xfeatures2d.BoostDesc_create()),
     }
@@ -135,14 +140,25 @@ def feature_candidates(reference: np.ndarray, moving: np.ndarray, reference_mask
 
 def _describe(detector: object | None, descriptor: object, image: np.ndarray,
               mask: np.ndarray) -> tuple[list, np.ndarray | None]:
+    """Keypoints (the ``MAX_KEYPOINTS`` strongest) and their descriptors; ``detector`` None: the descriptor's own."""
     mask8 = mask.astype(np.uint8)
     try:
         if detector is None:
-            return descriptor.detectAndCompute(image, mask8)  # type: ignore[attr-defined]
+            keypoints, descriptors = descriptor.detectAndCompute(image, mask8)  # type: ignore[attr-defined]
+            strongest = _strongest(keypoints)
+            return [keypoints[i] for i in strongest], None if descriptors is None else descriptors[strongest]
         keypoints = detector.detect(image, mask8)  # type: ignore[attr-defined]
-        return descriptor.compute(image, keypoints)  # type: ignore[attr-defined]
+        return descriptor.compute(image, [keypoints[i] for i in _strongest(keypoints)])  # type: ignore[attr-defined]
     except cv2.error:
         return [], None
+
+
+def _strongest(keypoints: list | tuple) -> np.ndarray:
+    """Indices of the ``MAX_KEYPOINTS`` keypoints of highest response, in their detector's order."""
+    if len(keypoints) <= MAX_KEYPOINTS:
+        return np.arange(len(keypoints))
+    responses = np.array([k.response for k in keypoints])
+    return np.sort(np.argsort(-responses, kind="stable")[:MAX_KEYPOINTS])
 
 
 def rotation_search(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray,

@@ -1,0 +1,75 @@
+"""The light engine's pose search: what it spends its time on (keypoints capped per detector, the rotation search
+only where no two detectors agree), checked without registering whole images."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from slimreg.io.read import Downsampled
+from slimreg.register import pose
+from slimreg.register.initial import MAX_KEYPOINTS, Candidate, describe, fit_similarity
+from slimreg.register.preprocess import to_uint8
+from slimreg.register.settings import RegistrationSettings
+from slimreg.register.similarity import AlignmentScorer
+
+
+def speckled(seed: int, shape: tuple[int, int] = (512, 512)) -> np.ndarray:
+    """Dense fine texture (like a field of nuclei): far more corners than the cap."""
+    noise = np.random.default_rng(seed).random(shape)
+    return ndimage.gaussian_filter(noise, 1.2).astype(np.float32)
+
+
+def test_each_detector_keeps_its_strongest_keypoints_and_still_finds_a_shift() -> None:
+    image = speckled(1)
+    mask = np.ones(image.shape, bool)
+    described = describe(image, mask)
+    assert all(len(found.points) <= MAX_KEYPOINTS for found in described.values())
+    # the texture has more FAST corners than the cap: the ones kept are the strongest
+    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+    image8 = clahe.apply(to_uint8(image))  # as describe prepares it
+    every = cv2.FastFeatureDetector_create(threshold=10).detect(image8, mask.astype(np.uint8))
+    assert len(every) > MAX_KEYPOINTS
+    responses = np.sort([k.response for k in every])[::-1]
+    kept = {(round(float(x), 1), round(float(y), 1)) for x, y in described["fast+boost"].points}
+    strongest = {(round(k.pt[0], 1), round(k.pt[1], 1)) for k in every if k.response > responses[MAX_KEYPOINTS]}
+    assert len(strongest - kept) <= 0.01 * MAX_KEYPOINTS  # BoostDesc drops the few too near the border
+    # the capped keypoints still fit a known shift (the pull from the reference to the moved copy)
+    moved = describe(np.roll(image, (7, -11), axis=(0, 1)), mask)
+    for name, found in described.items():
+        fit = fit_similarity(found, moved[name], 2.0)
+        assert fit is not None, name
+        assert fit[0][:2, 2] == pytest.approx([-11.0, 7.0], abs=0.5), name
+
+
+@pytest.mark.parametrize("agree", [True, False])
+def test_the_rotation_search_runs_only_where_no_two_detectors_agree(monkeypatch: pytest.MonkeyPatch,
+                                                                     agree: bool) -> None:
+    """Two detectors' fits within one edge sigma confirm the pose; fits that scatter leave the search to find it."""
+    texture = speckled(3, (160, 200))
+    mask = np.ones(texture.shape, bool)
+    scorer = AlignmentScorer(texture, mask)
+
+    def shifted(dx: float) -> np.ndarray:
+        return np.array([[1.0, 0.0, dx], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+    second = 4.3 if agree else 8.0  # edge sigmas: the first fit lies at 4
+    fits = [Candidate("a", shifted(4 * scorer.sigma)), Candidate("b", shifted(second * scorer.sigma))]
+    searched: list[bool] = []
+    monkeypatch.setattr(pose, "feature_candidates", lambda *args, **kwargs: list(fits))
+    monkeypatch.setattr(pose, "rotation_search", lambda *args, **kwargs: searched.append(True) or [])
+    refined: list[np.ndarray] = []
+
+    def recording(reference: np.ndarray, moving: np.ndarray, mask: np.ndarray, pull: np.ndarray,
+                  *args: object, **kwargs: object) -> list[np.ndarray]:
+        refined.append(pull)
+        return [pull]
+
+    monkeypatch.setattr(pose, "refine_both_ways", recording)
+    image = Downsampled(texture, 1.0)
+    pose.best_pose(scorer, image, image, mask, RegistrationSettings(), 1.0)
+    assert searched == ([] if agree else [True])
+    # the fits are refined either way (the two that agree lie in one basin: refined once)
+    assert len(refined) == (2 if agree else 3)
