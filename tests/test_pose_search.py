@@ -22,6 +22,19 @@ def speckled(seed: int, shape: tuple[int, int] = (512, 512)) -> np.ndarray:
     return ndimage.gaussian_filter(noise, 1.2).astype(np.float32)
 
 
+def recorded_refinements(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """The starts the pose search refines, in order; each refinement stubbed to keep its start."""
+    refined: list[np.ndarray] = []
+
+    def recording(reference: np.ndarray, moving: np.ndarray, mask: np.ndarray, pull: np.ndarray,
+                  *args: object, **kwargs: object) -> list[np.ndarray]:
+        refined.append(pull)
+        return [pull]
+
+    monkeypatch.setattr(pose, "refine_both_ways", recording)
+    return refined
+
+
 def test_each_detector_keeps_its_strongest_keypoints_and_still_finds_a_shift() -> None:
     image = speckled(1)
     mask = np.ones(image.shape, bool)
@@ -60,16 +73,33 @@ def test_the_rotation_search_runs_only_where_no_two_detectors_agree(monkeypatch:
     searched: list[bool] = []
     monkeypatch.setattr(pose, "feature_candidates", lambda *args, **kwargs: list(fits))
     monkeypatch.setattr(pose, "rotation_search", lambda *args, **kwargs: searched.append(True) or [])
-    refined: list[np.ndarray] = []
-
-    def recording(reference: np.ndarray, moving: np.ndarray, mask: np.ndarray, pull: np.ndarray,
-                  *args: object, **kwargs: object) -> list[np.ndarray]:
-        refined.append(pull)
-        return [pull]
-
-    monkeypatch.setattr(pose, "refine_both_ways", recording)
+    refined = recorded_refinements(monkeypatch)
     image = Downsampled(texture, 1.0)
     pose.best_pose(scorer, image, image, mask, RegistrationSettings(), 1.0)
     assert searched == ([] if agree else [True])
     # the fits are refined either way (the two that agree lie in one basin: refined once)
     assert len(refined) == (2 if agree else 3)
+
+
+def test_starts_within_one_edge_sigma_of_a_refined_one_are_refined_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detectors that find the same pose (four of them, on a nuclei image) give starts that end in one basin of the
+    edge correlation: only the best-scoring of those is refined; a start further than one sigma away still is."""
+    texture = speckled(3, (160, 200))
+    mask = np.ones(texture.shape, bool)
+    scorer = AlignmentScorer(texture, mask)
+    base = 4 * scorer.sigma  # the fits' pose: four sigma from the unregistered placement
+
+    def shifted(dx: float) -> np.ndarray:
+        return np.array([[1.0, 0.0, dx], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+    fits = [Candidate("a", shifted(base)), Candidate("b", shifted(base + 0.3 * scorer.sigma)),
+            Candidate("c", shifted(base - 0.3 * scorer.sigma)), Candidate("far", shifted(base + 3 * scorer.sigma))]
+    monkeypatch.setattr(pose, "feature_candidates", lambda *args, **kwargs: list(fits))
+    monkeypatch.setattr(pose, "rotation_search", lambda *args, **kwargs: [])
+    refined = recorded_refinements(monkeypatch)
+    image = Downsampled(texture, 1.0)
+    pose.best_pose(scorer, image, image, mask, RegistrationSettings(), 1.0)
+    # the unregistered placement and one of the three close fits, and the far one
+    assert len(refined) == 3
+    assert sum(abs(pull[0, 2] - base) < scorer.sigma for pull in refined) == 1
+    assert any(pull[0, 2] == pytest.approx(base + 3 * scorer.sigma) for pull in refined)

@@ -304,44 +304,6 @@ def test_a_collapsed_fit_is_no_start_for_a_piece() -> None:
     assert len(starts) == 2 and np.allclose(starts[0], np.eye(3)) and np.allclose(starts[1], shifted)
 
 
-def test_starts_within_one_edge_sigma_of_a_refined_one_are_refined_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Detectors that find the same pose (four of them, on a nuclei image) give starts that end in one basin of the
-    edge correlation: only the best-scoring of those is refined; a start further than one sigma away still is."""
-    from scipy import ndimage
-
-    from slimreg.io.read import Downsampled
-    from slimreg.register import pose
-    from slimreg.register.initial import Candidate
-    from slimreg.register.similarity import AlignmentScorer
-
-    texture = ndimage.gaussian_filter(np.random.default_rng(3).random((160, 200)), 2.0).astype(np.float32)
-    mask = np.ones(texture.shape, bool)
-    scorer = AlignmentScorer(texture, mask)
-    base = 4 * scorer.sigma  # the fits' pose: four sigma from the unregistered placement
-
-    def shifted(dx: float) -> np.ndarray:
-        return np.array([[1.0, 0.0, dx], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-
-    fits = [Candidate("a", shifted(base)), Candidate("b", shifted(base + 0.3 * scorer.sigma)),
-            Candidate("c", shifted(base - 0.3 * scorer.sigma)), Candidate("far", shifted(base + 3 * scorer.sigma))]
-    monkeypatch.setattr(pose, "feature_candidates", lambda *args, **kwargs: list(fits))
-    monkeypatch.setattr(pose, "rotation_search", lambda *args, **kwargs: [])
-    refined: list[np.ndarray] = []
-
-    def recording(reference: np.ndarray, moving: np.ndarray, mask: np.ndarray, pull: np.ndarray,
-                  *args: object, **kwargs: object) -> list[np.ndarray]:
-        refined.append(pull)
-        return [pull]
-
-    monkeypatch.setattr(pose, "refine_both_ways", recording)
-    image = Downsampled(texture, 1.0)
-    pose.best_pose(scorer, image, image, mask, RegistrationSettings(), 1.0)
-    # the unregistered placement and one of the three close fits, and the far one
-    assert len(refined) == 3
-    assert sum(abs(pull[0, 2] - base) < scorer.sigma for pull in refined) == 1
-    assert any(pull[0, 2] == pytest.approx(base + 3 * scorer.sigma) for pull in refined)
-
-
 def test_refinements_side_by_side_find_the_poses_one_at_a_time_finds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Starts refined side by side (ITK on one thread each) come back in order and at the same poses as refined one
     after another, so a search finds the same result on any number of CPUs."""
