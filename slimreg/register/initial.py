@@ -30,7 +30,7 @@ MIN_INLIERS = 6
 # Each detector keeps its strongest keypoints up to SIFT's own cap: matching compares every pair of descriptors, so
 # an image full of texture (1024 px nuclei: 14 000-17 000 FAST and BRISK keypoints at the search's 512 px) cost
 # seconds per match and its description seconds per image, while a similarity has four parameters and RANSAC needs
-# a few dozen true matches (docs/accuracy.md, "Keypoints capped").
+# a few dozen true matches (docs/accuracy.md, "Eighth attempt").
 MAX_KEYPOINTS = 4000
 
 

@@ -108,7 +108,7 @@ def detectors_agree(fits: list[Candidate], sigma: float, shape: tuple[int, int])
     structures and RANSAC keeps only what their own matches agree on, so two of them landing within the edges' own
     blur of each other is not chance: the pose is found, and every fit is still refined (a 1024 px nuclei pair: all
     four within 0.04 sigma; the shared section pairs across stains: the closest two 3.7-12.8 sigma apart, so the
-    search runs there as before; docs/accuracy.md, "Detectors that agree")."""
+    search runs there as before; docs/accuracy.md, "Eighth attempt")."""
     return any(corner_distance(first.pull, second.pull, shape) < sigma
                for index, first in enumerate(fits) for second in fits[index + 1:])
 
