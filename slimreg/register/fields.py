@@ -154,12 +154,12 @@ def resampled_flow(flow: np.ndarray, source: Downsampled, target: Downsampled) -
     height, width = target.array.shape[:2]
     to_source = to_working(np.eye(3), target, source)  # target px -> source px, through level 0
     grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
-    map_x = to_source[0, 0] * grid_x + to_source[0, 2]
-    map_y = to_source[1, 1] * grid_y + to_source[1, 2]
+    map_x = (to_source[0, 0] * grid_x + to_source[0, 2]).astype(np.float32)
+    map_y = (to_source[1, 1] * grid_y + to_source[1, 2]).astype(np.float32)
     # both frames are block averages of level 0 (no rotation): a px of the source is this share of the target's
     ratio = np.float32(source.scale / target.scale)
-    return np.stack([cv2.remap(np.ascontiguousarray(flow[..., band]), map_x.astype(np.float32),
-                               map_y.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) * ratio
+    return np.stack([cv2.remap(np.ascontiguousarray(flow[..., band]), map_x, map_y, cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE) * ratio
                      for band in range(2)], axis=-1)
 
 
