@@ -174,11 +174,11 @@ def _status(measured: dict) -> str:
     return text if len(text) < 90 else text[:87] + "..."
 
 
-def sections(engines: list[str], workdir: Path, timeout: float, upscale: int = 1) -> list[str]:
+def sections(engines: list[str], workdir: Path, timeout: float, upscale: int = 1, layout: str = "tiles") -> list[str]:
     rows = ["| pair (reference <- moving) | engine | median before px | median after px | p90 after px | "
             "rTRE after | wall s | peak MB | result |", "|---|---|---|---|---|---|---|---|---|"]
     not_run = {"seconds": float("nan"), "peak_mb": float("nan"), "status": "ok"}
-    for pair in section_pairs(workdir / "sections", upscale=upscale):
+    for pair in section_pairs(workdir / "sections", upscale=upscale, layout=layout):
         before = landmark_errors(None, pair)
         diagonal = reference_diagonal(pair)
         # the practical floor of an affine result: the affine fitted to the answer itself (least squares, and least
@@ -288,6 +288,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--upscale", type=int, default=1,
                         help="register the sections enlarged N times (20: whole-slide size, 23280 x 15740 px)")
+    parser.add_argument("--layout", choices=["tiles", "strips"], default="tiles",
+                        help="with --upscale: the copies in JPEG tiles with a pyramid (as scanners write them) or in "
+                             "deflate strips without one (as converted files come)")
     args = parser.parse_args()
     if args.palom_python:
         PEER_PYTHON["palom"] = args.palom_python
@@ -298,7 +301,7 @@ def main() -> int:
     start = time.perf_counter()
     tables = []
     if "sections" in args.sets:
-        tables.append("\n".join(sections(args.engines, args.workdir, args.timeout, args.upscale)))
+        tables.append("\n".join(sections(args.engines, args.workdir, args.timeout, args.upscale, args.layout)))
     for name, function in (("if", if_rounds), ("calcium", calcium)):
         if name in args.sets:
             tables.append("\n".join(function(args.engines, args.workdir, args.timeout)))

@@ -39,9 +39,11 @@ def _read_points(path: Path) -> np.ndarray:
     return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
 
 
-def convert_sections(workdir: Path, upscale: int = 1) -> dict[str, Path]:
+def convert_sections(workdir: Path, upscale: int = 1, layout: str = "tiles") -> dict[str, Path]:
     """Each real section as an RGB OME-TIFF in ``workdir`` (made once); ``upscale`` > 1 makes whole-slide-sized
-    copies (bilinear, streamed through libvips and slimreg's tile writer; JPEG tiles as scanners write them)."""
+    copies (bilinear, streamed through libvips and slimreg's tile writer; JPEG tiles as scanners write them).
+    ``layout="strips"``: the copies as plain TIFFs in deflate strips without a pyramid, as files converted from a
+    JPEG or exported by image tools come."""
     import cv2
     import pyvips
 
@@ -53,6 +55,8 @@ def convert_sections(workdir: Path, upscale: int = 1) -> dict[str, Path]:
     for names in SECTION_PAIRS:
         for name in names:
             target = workdir / f"{name}{f'_x{upscale}' if upscale > 1 else ''}.ome.tif"
+            if layout == "strips":
+                target = target.with_name(target.name.replace(".ome.tif", "_strips.tif"))
             if not target.is_file() and upscale == 1:
                 rgb = cv2.cvtColor(cv2.imread(str(folder / f"{name}.jpg")), cv2.COLOR_BGR2RGB)
                 write_array(rgb, target, is_rgb=True)
@@ -63,6 +67,10 @@ def convert_sections(workdir: Path, upscale: int = 1) -> dict[str, Path]:
                     return pyvips.Image.new_from_file(source).resize(upscale, kernel="linear")
 
                 first = plane()
+                if layout == "strips":
+                    first.tiffsave(str(target), compression="deflate", bigtiff=True)
+                    out[name] = target
+                    continue
                 write_planes([plane], target, OmeMetadata(width=first.width, height=first.height, dtype="uint8",
                                                           channel_names=("RGB",), is_rgb=True),
                              compression="jpeg", tile_size=1024)
@@ -70,10 +78,11 @@ def convert_sections(workdir: Path, upscale: int = 1) -> dict[str, Path]:
     return out
 
 
-def section_pairs(workdir: Path, both_directions: bool = True, upscale: int = 1) -> list[SectionPair]:
+def section_pairs(workdir: Path, both_directions: bool = True, upscale: int = 1,
+                  layout: str = "tiles") -> list[SectionPair]:
     """Every real section pair (H&E as reference, and the other way round with ``both_directions``); landmarks
     scaled with ``upscale`` by the centre rule."""
-    images = convert_sections(workdir, upscale)
+    images = convert_sections(workdir, upscale, layout)
     folder = SHARED_DATA / "real-sections"
     pairs = []
     for first, second in SECTION_PAIRS:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from slimreg.io.probe import ImageInfo
+from slimreg.io.retile import copy_buffer_bytes, needs_tiled_copy, page_bytes
 from slimreg.io.tiles import RENDER_BLOCK_PIXELS
 
 if TYPE_CHECKING:
@@ -128,7 +129,14 @@ def write_bytes(info: ImageInfo, tile_size: int, frames: int | None = None, *, r
              + (WRITE_PER_PLANE + WRITE_PER_PLANE_TILE * level_tiles) * planes)
     if resampled:
         total += RESAMPLE_BASE + RESAMPLE_PER_TILE_BYTE * tile_bytes + RESAMPLE_PER_BLOCK_BYTE * block_bytes
+    if needs_tiled_copy(info):  # the writer reads each page from a tiled copy (slimreg.io.retile)
+        total += copy_buffer_bytes(info)
     return int(total)
+
+
+def tiled_copy_disk_bytes(info: ImageInfo) -> int:
+    """Scratch disk while a stripped image is written block by block: one page's tiled copy, at most its pixels."""
+    return page_bytes(info) if needs_tiled_copy(info) else 0
 
 
 def valis_copy_dim(info: ImageInfo, finest_dim: int, tissue_share: float = VALIS_MIN_TISSUE_SHARE) -> int:

@@ -7,6 +7,7 @@ interpolation and no full-size coordinate array ever exists in RAM.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pyvips
 
 from slimreg.io.read import TiffImage
+from slimreg.io.retile import TiledPages, needs_tiled_copy
 from slimreg.io.vips import from_numpy
 from slimreg.io.write import OmeMetadata, write_planes
 from slimreg.options import WORK_TILE_SIZE
@@ -59,7 +61,8 @@ def warp_file(moving: TiffImage, transform: Transform, out_path: str | Path, *, 
     Each plane is handed to the writer as a recipe, not an image: the writer rebuilds the pipeline (a fresh
     ``tiffload``) for every block it renders, because one long-lived random-access ``tiffload`` read through
     ``mapim`` grew by ~70 MB per pass over a 10000 px RGB image here, which would break the flat-memory
-    promise on large slides. The index pipeline holds no file and is shared.
+    promise on large slides. The index pipeline holds no file and is shared. A moving image stored in strips is
+    read from a tiled copy of each page (``slimreg.io.retile``).
     """
     info = moving.info
     height, width = reference_shape
@@ -67,8 +70,11 @@ def warp_file(moving: TiffImage, transform: Transform, out_path: str | Path, *, 
     index = pull_index(transform, width, height)
     background: float | list[float] = [255.0] * 3 if info.is_rgb else 0.0
 
+    tiled = TiledPages(moving, Path(out_path).parent) if needs_tiled_copy(moving.info) else None
+    read = tiled.plane if tiled is not None else lambda channel, frame: moving.plane(0, channel, frame)
+
     def recipe(channel: int | None, frame: int) -> Callable[[], pyvips.Image]:
-        return lambda: warp_plane(moving.plane(0, channel, frame), transform, width, height,
+        return lambda: warp_plane(read(channel, frame), transform, width, height,
                                   interpolation=interpolation, background=background, index=index)
 
     channels: list[int | None] = [None] if info.is_rgb else list(range(info.channels))
@@ -78,4 +84,5 @@ def warp_file(moving: TiffImage, transform: Transform, out_path: str | Path, *, 
     meta = OmeMetadata(width=width, height=height, dtype=info.dtype, channel_names=info.channel_names,
                        pixel_size_um=pixel_size_um, size_z=size_z, size_t=size_t, is_rgb=info.is_rgb,
                        name=Path(out_path).name.removesuffix(".ome.tif"))
-    return write_planes(planes, out_path, meta, compression=compression, tile_size=tile_size)
+    with tiled or contextlib.nullcontext():
+        return write_planes(planes, out_path, meta, compression=compression, tile_size=tile_size)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from slimreg.errors import RegistrationError
-from slimreg.estimate import in_reference_frame, output_bytes, register_task_bytes
+from slimreg.estimate import in_reference_frame, output_bytes, register_task_bytes, tiled_copy_disk_bytes
 from slimreg.kinds.base import EstimateContext, Params, RunContext
 from slimreg.register.settings import RegistrationSettings
 
@@ -68,13 +68,14 @@ class RegisterKind:
         settings = task_registration_settings(task)
         units = [(ctx.info(u.registration_image), [ctx.info(p) for p in u.apply_to]) for u in params.units]
         frame = (params.reference_shape[0], params.reference_shape[1])
-        disk = 0
+        disk = scratch = 0
         for unit, (_, targets) in zip(params.units, units, strict=True):
             for path, target in zip(unit.registered, targets, strict=True):
                 # a registered copy is its source's channels and frames in the reference's frame
                 ctx.produced[path] = in_reference_frame(target, frame, settings.tile_size)
                 disk += output_bytes(ctx.produced[path], settings.compression)
-        return register_task_bytes(ctx.info(params.reference), units, settings), disk
+                scratch = max(scratch, tiled_copy_disk_bytes(target))
+        return register_task_bytes(ctx.info(params.reference), units, settings), disk + scratch
 
     def run(self, task: Task, ctx: RunContext) -> None:
         from slimreg.register.batch import MovingUnit, register_units

@@ -1,0 +1,91 @@
+"""Level-0 pages of a stripped image copied into tiles, one page at a time, for readers that jump around in them.
+
+The pyramid writer renders a plane block by block in Z order, each block from a fresh ``tiffload``. From a file
+stored in strips, every block decodes each strip it touches across the image's whole width, so the same strips are
+decoded again for every block column: warping a 20000 x 13522 RGB strip TIFF took 402 s and 1.2 GB, the same
+pixels in tiles 15 s (docs/benchmarks.md, "Inputs stored in strips"). One pass from top to bottom into tiles costs
+4 s there and holds one row of tiles. Only the page being written is copied, so the scratch disk is one page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import pyvips
+
+from slimreg.errors import InputError
+from slimreg.io.probe import ImageInfo
+from slimreg.io.read import WHOLE_PLANE_BYTES, TiffImage
+
+COPY_TILE = 256  # the copy's tile side: a pass from top to bottom holds one row of these tiles across the width
+COPY_DEFLATE_LEVEL = 1  # a scratch copy read once: fast deflate (4.0 s, 269 MB) over none (2.0 s, 785 MB) at 20000 px
+
+
+def needs_tiled_copy(info: ImageInfo) -> bool:
+    """Whether writing this image's planes block by block would decode its strips many times over (headers only).
+
+    Small planes (at most ``WHOLE_PLANE_BYTES``) are cheap to decode whole, and many-page recordings are read
+    frame by frame through tifffile; neither gains from a copy."""
+    return info.tile is None and page_bytes(info) > WHOLE_PLANE_BYTES
+
+
+def page_bytes(info: ImageInfo) -> int:
+    """Decoded bytes of one level-0 page: one plane, or every channel where they are samples of one page."""
+    return info.plane_bytes * (info.channels if info.channels_in_samples else 1)
+
+
+def copy_buffer_bytes(info: ImageInfo) -> int:
+    """Memory the copy holds while it runs: a row of tiles being written and the strips being read into it."""
+    return 2 * COPY_TILE * page_bytes(info) // info.height + info.segment_bytes
+
+
+class TiledPages:
+    """Planes of ``image`` read from a tiled copy of their page, made when a page is first asked for.
+
+    The previous page's copy is deleted when another page is asked for, and the last one by ``close``; copies are
+    hidden files in ``folder`` (the output's folder, which already holds the writer's scratch)."""
+
+    def __init__(self, image: TiffImage, folder: Path):
+        self.image, self.folder = image, Path(folder)
+        self._page: int | None = None
+        self._copy: Path | None = None
+
+    def plane(self, channel: int | None, frame: int) -> pyvips.Image:
+        page = self.image.page_number(channel or 0, frame)
+        if page != self._page:
+            self._replace(page, channel, frame)
+        assert self._copy is not None
+        return self.image.channel_of(pyvips.Image.tiffload(str(self._copy), access="random"), channel)
+
+    def _replace(self, page: int, channel: int | None, frame: int) -> None:
+        self.close()
+        # every band of the page: the copy serves all channels stored in its samples
+        whole_page = self.image.plane(0, None if self.image.info.channels_in_samples else channel, frame,
+                                      access="sequential")
+        self.folder.mkdir(parents=True, exist_ok=True)  # the writer builds the first plane before making it
+        descriptor, name = tempfile.mkstemp(prefix=f".{self.image.path.stem}.page{page}-", suffix=".tif",
+                                            dir=self.folder)
+        os.close(descriptor)
+        self._copy, self._page = Path(name), page
+        try:
+            whole_page.tiffsave(name, tile=True, tile_width=COPY_TILE, tile_height=COPY_TILE, bigtiff=True,
+                                compression="deflate", level=COPY_DEFLATE_LEVEL)
+        except pyvips.Error as error:
+            self.close()
+            raise InputError(f"page {page} could not be read from top to bottom: {str(error).strip()}",
+                             self.image.info.path, "check that the file is a complete TIFF.") from error
+
+    def close(self) -> None:
+        if self._copy is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._copy.unlink()
+        self._copy, self._page = None, None
+
+    def __enter__(self) -> TiledPages:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
