@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import pyvips
@@ -52,13 +53,16 @@ class TiledPages:
         self.image, self.folder = image, Path(folder)
         self._page: int | None = None
         self._copy: Path | None = None
+        self._lock = threading.Lock()  # writers call recipes from a render thread: one copy per page, whoever asks
 
     def plane(self, channel: int | None, frame: int) -> pyvips.Image:
         page = self.image.page_number(channel or 0, frame)
-        if page != self._page:
-            self._replace(page, channel, frame)
-        assert self._copy is not None
-        return self.image.channel_of(pyvips.Image.tiffload(str(self._copy), access="random"), channel)
+        with self._lock:
+            if page != self._page:
+                self._replace(page, channel, frame)
+            copy = self._copy
+        assert copy is not None
+        return self.image.channel_of(pyvips.Image.tiffload(str(copy), access="random"), channel)
 
     def _replace(self, page: int, channel: int | None, frame: int) -> None:
         self.close()
