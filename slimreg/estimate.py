@@ -129,9 +129,12 @@ def write_bytes(info: ImageInfo, tile_size: int, frames: int | None = None, *, r
              + (WRITE_PER_PLANE + WRITE_PER_PLANE_TILE * level_tiles) * planes)
     if resampled:
         total += RESAMPLE_BASE + RESAMPLE_PER_TILE_BYTE * tile_bytes + RESAMPLE_PER_BLOCK_BYTE * block_bytes
-    if needs_tiled_copy(info):  # the writer reads each page from a tiled copy (slimreg.io.retile)
-        total += copy_buffer_bytes(info)
     return int(total)
+
+
+def tiled_copy_memory_bytes(info: ImageInfo) -> int:
+    """Memory of making the tiled copy a writer reads a stripped image from (slimreg.io.retile), before it writes."""
+    return copy_buffer_bytes(info) if needs_tiled_copy(info) else 0
 
 
 def tiled_copy_disk_bytes(info: ImageInfo) -> int:
@@ -153,7 +156,7 @@ def valis_copy_dim(info: ImageInfo, finest_dim: int, tissue_share: float = VALIS
 
 def warp_bytes(info: ImageInfo, tile_size: int, frames: int | None = None) -> int:
     """Streamed warp + pyramidal write of one image (all channels and frames), whatever the output's size."""
-    return write_bytes(info, tile_size, frames, resampled=True)
+    return write_bytes(info, tile_size, frames, resampled=True) + tiled_copy_memory_bytes(info)
 
 
 def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSettings) -> int:

@@ -7,7 +7,6 @@ interpolation and no full-size coordinate array ever exists in RAM.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pyvips
 
 from slimreg.io.read import TiffImage
-from slimreg.io.retile import TiledPages, needs_tiled_copy
+from slimreg.io.retile import level0_planes
 from slimreg.io.vips import from_numpy
 from slimreg.io.write import OmeMetadata, write_planes
 from slimreg.options import WORK_TILE_SIZE
@@ -70,19 +69,17 @@ def warp_file(moving: TiffImage, transform: Transform, out_path: str | Path, *, 
     index = pull_index(transform, width, height)
     background: float | list[float] = [255.0] * 3 if info.is_rgb else 0.0
 
-    tiled = TiledPages(moving, Path(out_path).parent) if needs_tiled_copy(moving.info) else None
-    read = tiled.plane if tiled is not None else lambda channel, frame: moving.plane(0, channel, frame)
-
-    def recipe(channel: int | None, frame: int) -> Callable[[], pyvips.Image]:
-        return lambda: warp_plane(read(channel, frame), transform, width, height,
-                                  interpolation=interpolation, background=background, index=index)
-
     channels: list[int | None] = [None] if info.is_rgb else list(range(info.channels))
-    planes = [recipe(channel, frame) for frame in frames for channel in channels]
     size_t = len(frames) if info.size_z == 1 else len(frames) // info.size_z
     size_z = info.size_z if info.size_z > 1 else 1
     meta = OmeMetadata(width=width, height=height, dtype=info.dtype, channel_names=info.channel_names,
                        pixel_size_um=pixel_size_um, size_z=size_z, size_t=size_t, is_rgb=info.is_rgb,
                        name=Path(out_path).name.removesuffix(".ome.tif"))
-    with tiled or contextlib.nullcontext():
+    with level0_planes(moving, Path(out_path).parent) as read:
+
+        def recipe(channel: int | None, frame: int) -> Callable[[], pyvips.Image]:
+            return lambda: warp_plane(read(channel, frame), transform, width, height,
+                                      interpolation=interpolation, background=background, index=index)
+
+        planes = [recipe(channel, frame) for frame in frames for channel in channels]
         return write_planes(planes, out_path, meta, compression=compression, tile_size=tile_size)

@@ -12,6 +12,7 @@ import tifffile
 from slimreg.estimate import tiled_copy_disk_bytes, warp_bytes
 from slimreg.io import probe, read_downsampled
 from slimreg.io.convert import rewrite_image
+from slimreg.io.merge import merge_channels
 from slimreg.io.read import WHOLE_PLANE_BYTES, TiffImage
 from slimreg.io.retile import TiledPages, copy_buffer_bytes, needs_tiled_copy
 from slimreg.memory import MemoryTracker
@@ -86,6 +87,19 @@ def test_a_stripped_stack_is_rewritten_one_page_copy_at_a_time(tmp_path: Path, m
     assert np.array_equal(tifffile.imread(out), data)
     assert pages == [0, 1]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["copy.ome.tif"]
+
+
+def test_a_stripped_reference_round_is_merged_from_its_tiled_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    reference, other = textured((3000, 3100), seed=5, dtype=np.uint16), textured((3000, 3100), seed=6, dtype=np.uint16)
+    strips, _ = stripped_and_tiled(tmp_path, reference, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "round2.tif", other, tile=(256, 256), compression="zlib")
+    pages = copies_made(monkeypatch)
+    out = merge_channels([strips, tmp_path / "round2.tif"], [(0, 0, "R1_DAPI"), (1, 0, "R2_DAPI")],
+                         tmp_path / "out" / "merged.ome.tif", tile_size=512, compression="deflate")
+    assert np.array_equal(tifffile.imread(out), np.stack([reference, other]))
+    assert pages == [0]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["merged.ome.tif"]
 
 
 def test_the_estimates_count_the_copy(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ read from a tiled copy of each page (``slimreg.io.retile``).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pyvips
 
 from slimreg.io.ngff import write_planes_zarr
 from slimreg.io.read import TiffImage
-from slimreg.io.retile import TiledPages, needs_tiled_copy
+from slimreg.io.retile import level0_planes
 from slimreg.io.write import OmeMetadata, write_planes
 
 SUFFIXES = (".ome.tif", ".ome.tiff", ".ome.zarr", ".tif", ".tiff", ".zarr")
@@ -39,19 +38,17 @@ def rewrite_image(source: str | Path, out_path: str | Path, *, image_format: str
     info = image.info
     out_path = Path(out_path)
 
-    tiled = TiledPages(image, out_path.parent) if needs_tiled_copy(info) else None
-    read = tiled.plane if tiled is not None else lambda channel, frame: image.plane(0, channel, frame)
-
-    def recipe(channel: int | None, frame: int) -> Callable[[], pyvips.Image]:
-        return lambda: read(channel, frame)  # a fresh tiffload per block, as warp_file does
-
     channels: list[int | None] = [None] if info.is_rgb else list(range(info.channels))
-    planes = [recipe(channel, frame) for frame in range(info.frames) for channel in channels]
     size_z = info.size_z if info.size_z > 1 else 1
     meta = OmeMetadata(width=info.width, height=info.height, dtype=info.dtype, channel_names=info.channel_names,
                        pixel_size_um=info.pixel_size_um, size_z=size_z, size_t=info.frames // size_z,
                        is_rgb=info.is_rgb, name=image_name(out_path))
-    with tiled or contextlib.nullcontext():
+    with level0_planes(image, out_path.parent) as read:
+
+        def recipe(channel: int | None, frame: int) -> Callable[[], pyvips.Image]:
+            return lambda: read(channel, frame)  # a fresh tiffload per block, as warp_file does
+
+        planes = [recipe(channel, frame) for frame in range(info.frames) for channel in channels]
         if image_format == "ome-zarr":
             return write_planes_zarr(planes, out_path, meta, compression=compression, tile_size=tile_size)
         return write_planes(planes, out_path, meta, compression=compression, tile_size=tile_size)

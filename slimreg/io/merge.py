@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pyvips
 
 from slimreg.errors import InputError
 from slimreg.io.read import TiffImage
+from slimreg.io.retile import level0_planes
 from slimreg.io.write import OmeMetadata, write_planes
 
 
@@ -32,10 +34,14 @@ def merge_channels(paths: list[Path], planes: list[tuple[int, int, str]], out_pa
                              "fluorescence rounds are merged into one multi-channel image.", info.path)
     dtype = np.result_type(*[np.dtype(image.info.dtype) for image in images]).name
 
-    def plane(index: int, channel: int) -> Callable[[], pyvips.Image]:
-        return lambda: images[index].plane(0, channel)
-
     meta = OmeMetadata(first.width, first.height, dtype, tuple(name for _, _, name in planes),
                        pixel_size_um=first.pixel_size_um, name=out_path.name.removesuffix(".ome.tif"))
-    return write_planes([plane(index, channel) for index, channel, _ in planes], out_path, meta,
-                        compression=compression, tile_size=tile_size)
+    with contextlib.ExitStack() as stack:
+        # the reference round is the user's own file, perhaps in strips (slimreg.io.retile)
+        readers = [stack.enter_context(level0_planes(image, out_path.parent)) for image in images]
+
+        def plane(index: int, channel: int) -> Callable[[], pyvips.Image]:
+            return lambda: readers[index](channel, 0)
+
+        return write_planes([plane(index, channel) for index, channel, _ in planes], out_path, meta,
+                            compression=compression, tile_size=tile_size)

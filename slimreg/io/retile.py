@@ -13,6 +13,7 @@ import contextlib
 import os
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyvips
@@ -93,3 +94,14 @@ class TiledPages:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def level0_planes(image: TiffImage, folder: Path) -> Iterator[Callable[[int | None, int], pyvips.Image]]:
+    """A function giving a fresh lazy level-0 plane (channel, frame) of ``image`` for each block a writer renders:
+    from the file itself, or, for a file stored in strips, from a tiled copy of its page in ``folder``."""
+    if not needs_tiled_copy(image.info):
+        yield lambda channel, frame: image.plane(0, channel, frame)
+        return
+    with TiledPages(image, folder) as tiled:
+        yield tiled.plane

@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from slimreg.estimate import PROCESS_BASE, SAFETY, output_bytes, write_bytes
+from slimreg.estimate import (
+    PROCESS_BASE,
+    SAFETY,
+    output_bytes,
+    tiled_copy_disk_bytes,
+    tiled_copy_memory_bytes,
+    write_bytes,
+)
 from slimreg.kinds.base import EstimateContext, Params, RunContext
 
 if TYPE_CHECKING:
@@ -58,9 +65,11 @@ class ChannelsKind:
         # the merged image, for a task that reads it (--format ome-zarr converts it)
         ctx.produced[task.outputs[0]] = replace(one_plane, channels=len(params.planes), channel_names=tuple(
             name for _, _, name in params.planes), file_bytes=int(disk), page_axes="C", channels_in_samples=False)
-        # one plane is rendered, encoded and written at a time: the cost of writing a one-channel image
+        # one plane is rendered, encoded and written at a time: the cost of writing a one-channel image, and the
+        # reference round's page copied into tiles first where it is stored in strips (slimreg.io.retile)
         return int(SAFETY * (PROCESS_BASE + write_bytes(one_plane, params.tile_size, frames=1)
-                             // max(1, one_plane.channels))), int(disk)
+                             // max(1, one_plane.channels) + tiled_copy_memory_bytes(one_plane))), \
+            int(disk) + tiled_copy_disk_bytes(one_plane)
 
     def run(self, task: Task, ctx: RunContext) -> None:
         from slimreg.io.merge import merge_channels
