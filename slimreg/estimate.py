@@ -154,6 +154,12 @@ def valis_copy_dim(info: ImageInfo, finest_dim: int, tissue_share: float = VALIS
     return math.ceil(long_side / (long_side // needed))
 
 
+def rewrite_bytes(info: ImageInfo, tile_size: int) -> int:
+    """Pyramidal rewrite of a user's file as it is (a PUBLISH of the reference): the write, and the tiled copy a
+    file stored in strips is read from."""
+    return write_bytes(info, tile_size) + tiled_copy_memory_bytes(info)
+
+
 def warp_bytes(info: ImageInfo, tile_size: int, frames: int | None = None) -> int:
     """Streamed warp + pyramidal write of one image (all channels and frames), whatever the output's size."""
     return write_bytes(info, tile_size, frames, resampled=True) + tiled_copy_memory_bytes(info)

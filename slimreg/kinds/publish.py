@@ -13,14 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from slimreg.estimate import (
-    PROCESS_BASE,
-    SAFETY,
-    output_bytes,
-    tiled_copy_disk_bytes,
-    tiled_copy_memory_bytes,
-    write_bytes,
-)
+from slimreg.estimate import PROCESS_BASE, SAFETY, output_bytes, rewrite_bytes, tiled_copy_disk_bytes
 from slimreg.kinds.base import EstimateContext, Params, RunContext
 
 if TYPE_CHECKING:
@@ -43,7 +36,7 @@ class PublishKind:
         params = PublishParams.from_json(task.params)
         info = ctx.info(task.inputs[0])
         ctx.produced[task.outputs[0]] = info  # the same pixels, channels and frame
-        return (int(SAFETY * (PROCESS_BASE + write_bytes(info, params.tile_size) + tiled_copy_memory_bytes(info))),
+        return (int(SAFETY * (PROCESS_BASE + rewrite_bytes(info, params.tile_size))),
                 output_bytes(info, params.compression) + tiled_copy_disk_bytes(info))
 
     def run(self, task: Task, ctx: RunContext) -> None:
