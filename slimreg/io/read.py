@@ -246,7 +246,8 @@ class TiffImage:
             if size > best_size or (size == best_size and scale > best_scale):
                 best_level, best_size, best_scale, best_box = level, size, scale, (x0, y0, x1 - x0, y1 - y0)
         # from strips, libvips' random access to a shrunk plane held the whole decoded level (866 MB for a
-        # 20000 x 13522 RGB file, 133 MB read top to bottom); the copy is read top to bottom once either way
+        # 20000 x 13522 RGB file, 133 MB read top to bottom); the copy is read top to bottom once either way (a
+        # region low in the image costs the time of decoding the strips above it, not their memory)
         image = self.plane(best_level, channel, frame, access="sequential" if self.stored_in_strips else None)
         x0, y0, box_width, box_height = best_box
         factor = max(1, math.ceil(max(box_width, box_height) / max_dim))

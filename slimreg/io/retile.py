@@ -4,25 +4,27 @@ The pyramid writer renders a plane block by block in Z order, each block from a 
 stored in strips, every block decodes each strip it touches across the image's whole width, so the same strips are
 decoded again for every block column: warping a 20000 x 13522 RGB strip TIFF took 402 s and 1.2 GB, the same
 pixels in tiles 15 s (docs/benchmarks.md, "Inputs stored in strips"). One pass from top to bottom into tiles costs
-4 s there and holds one row of tiles. Only the page being written is copied, so the scratch disk is one page.
+4 s there and holds a few rows of tiles. Only the page being written is copied, so the scratch disk is one page.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyvips
 
-from slimreg.errors import InputError
+from slimreg.atomic import temporary_sibling
 from slimreg.io.probe import ImageInfo
 from slimreg.io.read import WHOLE_PLANE_BYTES, TiffImage
 
 COPY_TILE = 256  # the copy's tile side: a pass from top to bottom holds one row of these tiles across the width
+COPY_THREADS = 2  # libvips threads during a copy: each holds rows of tiles across the width
+# rows of tiles (across the width) held at two threads: 28.7 / 64.2 / 71.8 MB above baseline measured for RGB pages
+# 8000 / 20000 / 23280 px wide, that is 4.3-4.9 rows (docs/benchmarks.md, "Inputs stored in strips")
+COPY_ROWS_HELD = 5
 COPY_DEFLATE_LEVEL = 1  # a scratch copy read once: fast deflate (4.0 s, 269 MB) over none (2.0 s, 785 MB) at 20000 px
 
 
@@ -40,8 +42,9 @@ def page_bytes(info: ImageInfo) -> int:
 
 
 def copy_buffer_bytes(info: ImageInfo) -> int:
-    """Memory the copy holds while it runs: a row of tiles being written and the strips being read into it."""
-    return 2 * COPY_TILE * page_bytes(info) // info.height + info.segment_bytes
+    """Memory the copy holds while it runs: rows of tiles being read and written, per thread (the strip a read
+    decodes is counted for every task with this input, in ``plan``)."""
+    return COPY_ROWS_HELD * COPY_TILE * page_bytes(info) // info.height
 
 
 class TiledPages:
@@ -71,17 +74,20 @@ class TiledPages:
         whole_page = self.image.plane(0, None if self.image.info.channels_in_samples else channel, frame,
                                       access="sequential")
         self.folder.mkdir(parents=True, exist_ok=True)  # the writer builds the first plane before making it
-        descriptor, name = tempfile.mkstemp(prefix=f".{self.image.path.stem}.page{page}-", suffix=".tif",
-                                            dir=self.folder)
-        os.close(descriptor)
-        self._copy, self._page = Path(name), page
+        # a partial name: a task killed mid-write leaves a file that the next run's clean-up removes (slimreg.atomic)
+        self._copy, self._page = temporary_sibling(self.folder / f"{self.image.path.stem}.page{page}.tif"), page
+        threads = pyvips.concurrency_get()
+        pyvips.concurrency_set(min(threads, COPY_THREADS))  # no other pipeline runs while a page is copied
         try:
-            whole_page.tiffsave(name, tile=True, tile_width=COPY_TILE, tile_height=COPY_TILE, bigtiff=True,
-                                compression="deflate", level=COPY_DEFLATE_LEVEL)
-        except pyvips.Error as error:
+            # libvips' errors pass as they are: a damaged strip is then named by the task's handler
+            # (slimreg.io.integrity), and a full disk is not blamed on the input
+            whole_page.tiffsave(str(self._copy), tile=True, tile_width=COPY_TILE, tile_height=COPY_TILE,
+                                bigtiff=True, compression="deflate", level=COPY_DEFLATE_LEVEL)
+        except BaseException:
             self.close()
-            raise InputError(f"page {page} could not be read from top to bottom: {str(error).strip()}",
-                             self.image.info.path, "check that the file is a complete TIFF.") from error
+            raise
+        finally:
+            pyvips.concurrency_set(threads)
 
     def close(self) -> None:
         if self._copy is not None:
