@@ -13,6 +13,7 @@ from benchmarks.realdata import available, calcium_frames
 from slimreg.atomic import write_json_atomic
 from slimreg.errors import InputError
 from slimreg.io import probe, write_array
+from slimreg.io.read import TiffImage
 from slimreg.samplesheet import read_samplesheet
 
 
@@ -49,6 +50,36 @@ def test_tiff_flavours_users_bring_are_probed(tmp_path: Path, flavour: str) -> N
     info = probe(path)
     assert (info.width, info.height, info.dtype) == (80, 64, "uint16")
     assert info.compression in ("none", "adobe_deflate", "deflate")
+
+
+@pytest.mark.parametrize(("layout", "options"), [
+    ("CYX", {"metadata": {"axes": "CYX"}}),  # tifffile's default for 3 samples: RGB, plane after plane
+    ("YXC", {"metadata": {"axes": "YXC"}}),  # interleaved
+    ("YXC", {"photometric": "minisblack", "planarconfig": "contig"}),
+])
+def test_channels_stored_as_the_samples_of_one_page_are_read_as_channels(tmp_path: Path, layout: str,
+                                                                         options: dict) -> None:
+    stack = np.random.default_rng(3).integers(0, 60000, (3, 60, 70)).astype(np.uint16)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack if layout == "CYX" else np.moveaxis(stack, 0, -1).copy(), **options)
+    info = probe(path)
+    assert (info.channels, info.frames, info.channels_in_samples, info.is_rgb) == (3, 1, True, False)
+    image = TiffImage(path)
+    for channel in range(3):
+        assert np.array_equal(image.plane_array(channel), stack[channel])
+
+
+def test_grey_channels_stored_plane_after_plane_in_one_page_are_refused_with_the_conversion(tmp_path: Path) -> None:
+    """libvips reads such pages back shuffled, silently: refused rather than registered wrong."""
+    stack = np.random.default_rng(4).integers(0, 60000, (3, 600, 700)).astype(np.uint16)
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack", planarconfig="separate", metadata={"axes": "CYX"})
+    with pytest.raises(InputError, match="plane after plane") as error:
+        probe(path)
+    command = str(error.value).split('python -c "')[1].rsplit('"', 1)[0]
+    exec(command.replace("IN.tif", str(path)).replace("OUT.ome.tif", str(tmp_path / "fixed.ome.tif")))
+    image = TiffImage(tmp_path / "fixed.ome.tif")
+    assert [np.array_equal(image.plane_array(c), stack[c]) for c in range(3)] == [True] * 3
 
 
 def test_damaged_and_foreign_files_get_the_right_fix(tmp_path: Path) -> None:

@@ -150,6 +150,35 @@ def probe(path: str | Path) -> ImageInfo:
                          "be truncated or corrupt.", path, "copy the file again from its source.") from error
 
 
+def _samples_named(axes: str, shape: tuple[int, ...], keyframe: Any) -> tuple[str, bool]:
+    """The series' axes with the page's samples called S, and whether the writer called them channels.
+
+    tifffile names a series' axes after the writer's metadata: a (C, Y, X) array written as one page of C samples
+    (``tifffile.imwrite(path, stack, metadata={"axes": "CYX"})``, stored as RGB by default) reads as axes "CYX" over
+    one page, and was read as C pages (an IndexError past the first channel)."""
+    samples = int(getattr(keyframe, "samplesperpixel", 1) or 1)
+    if samples <= 1 or "S" in axes or "Y" not in axes or "X" not in axes:
+        return axes, False
+    # planar (separate) samples sit just before Y, interleaved (contiguous) ones just after X
+    where = axes.index("Y") - 1 if keyframe.planarconfig == tifffile.PLANARCONFIG.SEPARATE else axes.index("X") + 1
+    if 0 <= where < len(axes) and shape[where] == samples:
+        return axes[:where] + "S" + axes[where + 1:], axes[where] == "C"
+    return axes, False
+
+
+def _refuse_planar_grey_samples(path: Path, keyframe: Any) -> None:
+    """libvips (8.18) misreads grey pages of several samples stored plane after plane (planar configuration 2): the
+    pixels come back shuffled, silently. RGB pages stored that way, and grey ones interleaved, read correctly."""
+    if (int(getattr(keyframe, "samplesperpixel", 1) or 1) > 1
+            and keyframe.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+            and keyframe.photometric not in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)):
+        raise InputError(f"stores {keyframe.samplesperpixel} grey channels in one page, plane after plane, which "
+                         "libvips (slimreg's reader) reads back shuffled.", path,
+                         "write one page per channel, for example: python -c \"import tifffile; "
+                         "tifffile.imwrite('OUT.ome.tif', tifffile.imread('IN.tif'), ome=True, "
+                         "metadata={'axes': 'CYX'}, tile=(512, 512), compression='zlib')\"")
+
+
 def _probe_open(path: Path, tif: tifffile.TiffFile) -> ImageInfo:
     if not tif.series:
         raise InputError("contains no readable image; the file is probably truncated or corrupt.", path,
@@ -167,16 +196,17 @@ def _probe_open(path: Path, tif: tifffile.TiffFile) -> ImageInfo:
         raise InputError(f"pixel type {dtype} is not supported (supported: {', '.join(READABLE_DTYPES)}).",
                          path, "convert the image to uint8, uint16 or float32.")
     other_series = _other_series(path, tif)
-    axes = series.axes
+    keyframe = series.keyframe
+    axes, samples_named_channels = _samples_named(series.axes, series.shape, keyframe)
     shape = series.shape
     sizes = dict(zip(axes, shape, strict=True))
     if "Y" not in sizes or "X" not in sizes:
         raise InputError(f"has no Y/X axes (axes {axes!r}).", path, "give a 2-D image or a stack of 2-D planes.")
+    _refuse_planar_grey_samples(path, keyframe)
 
-    keyframe = series.keyframe
     # JPEG-compressed slides store colour as YCbCr (decoders hand back RGB), as most scanners' files do
     colour = (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
-    is_rgb = bool(keyframe.photometric in colour and sizes.get("S", 1) in (3, 4))
+    is_rgb = bool(keyframe.photometric in colour and sizes.get("S", 1) in (3, 4)) and not samples_named_channels
     page_axes = [a for a in axes if a not in "YXS"]
     generic = [a for a in page_axes if a not in "CTZ"]
     mapping: dict[str, str] = {}
