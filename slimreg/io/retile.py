@@ -20,7 +20,7 @@ from slimreg.atomic import temporary_sibling
 from slimreg.io.probe import ImageInfo
 from slimreg.io.read import WHOLE_PLANE_BYTES, TiffImage
 
-COPY_TILE = 256  # the copy's tile side: a pass from top to bottom holds one row of these tiles across the width
+COPY_TILE = 256  # the copy's tile side: a pass from top to bottom holds a few rows of these tiles across the width
 COPY_THREADS = 2  # libvips threads during a copy: each holds rows of tiles across the width
 # rows of tiles (across the width) held at two threads: 28.7 / 64.2 / 71.8 MB above baseline measured for RGB pages
 # 8000 / 20000 / 23280 px wide, that is 4.3-4.9 rows (docs/benchmarks.md, "Inputs stored in strips")
@@ -42,7 +42,7 @@ def page_bytes(info: ImageInfo) -> int:
 
 
 def copy_buffer_bytes(info: ImageInfo) -> int:
-    """Memory the copy holds while it runs: rows of tiles being read and written, per thread (the strip a read
+    """Memory the copy holds while it runs on its two threads: rows of tiles being read and written (the strip a read
     decodes is counted for every task with this input, in ``plan``)."""
     return COPY_ROWS_HELD * COPY_TILE * page_bytes(info) // info.height
 
