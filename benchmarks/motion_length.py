@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._measure import measure_cli
 from benchmarks.motion import centred_median_error, moved, read_shifts, real_frames, rigid_path
+from slimreg.options import DEFAULT_MOTION_DTYPE, MOTION_DTYPES
 
 # (tag, TIFF type, value) of every page; StripOffsets (273) and StripByteCounts (279) are filled in per page
 SHORT, LONG, LONG8 = 3, 4, 16
@@ -71,11 +72,13 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=512)
     parser.add_argument("--pool", type=int, default=1000, help="distinct frames the pages repeat (a multiple of 20)")
     parser.add_argument("--chunk-frames", type=int, default=100)
+    parser.add_argument("--dtype", choices=MOTION_DTYPES, default=DEFAULT_MOTION_DTYPE,
+                        help="the corrected frames' type (motion-correct --dtype)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     pool, shifts = pool_frames(args.pool, args.side, seed=3)
-    print(f"| frames ({args.side} x {args.side}) | peak RSS MB | seconds | frames/s | output GB | "
-          "median shift error px | status |")
+    print(f"| frames ({args.side} x {args.side}, written as {args.dtype}) | peak RSS MB | seconds | frames/s | "
+          "output GB | median shift error px | status |")
     print("|---|---|---|---|---|---|---|", flush=True)
     for frames in args.frames:
         stack = args.workdir / f"repeating_{frames}.tif"
@@ -83,7 +86,7 @@ def main() -> None:
         out = args.workdir / f"out_{frames}"
         started = time.time()
         result = measure_cli(["motion-correct", "--input", str(stack), "--outdir", str(out), "--chunk-frames",
-                              str(args.chunk_frames)])
+                              str(args.chunk_frames), "--dtype", args.dtype])
         if result["status"] == "ok":
             corrected = out / f"{stack.name.split('.')[0]}.corrected.ome.tif"
             estimated = np.array([[s["dy"], s["dx"]] for s in read_shifts(out / f"{stack.stem}.shifts.csv")])

@@ -200,8 +200,9 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
                             "before sessions are registered: rigid (default), piecewise (NoRMCorre-style patches) or "
                             "off; per-frame shifts in transforms/<sample>/<recording>.shifts.csv, QC in the report")
     group.add_argument("--motion-dtype", choices=options.MOTION_DTYPES, default=options.DEFAULT_MOTION_DTYPE,
-                       help="the corrected frames' type: the recording's own (default) or float32, twice the disk of "
-                            "a 16-bit recording, which keeps what subpixel moves overshoot below zero")
+                       help="the corrected frames' type: float32 (default; keeps every subpixel move whole) or the "
+                            "recording's own (input: half the disk of float32 for a 16-bit recording, which clips "
+                            "what subpixel moves overshoot below zero)")
     group.add_argument("--qc-max-dim", type=int, default=options.DEFAULT_QC_MAX_DIM,
                        help=f"long side of QC images in px (default {options.DEFAULT_QC_MAX_DIM})")
 
@@ -519,7 +520,8 @@ def _motion_correct_args(parser: argparse.ArgumentParser) -> None:
                         "NoRMCorre-style piecewise rigid")
     parser.add_argument("--chunk-frames", type=int, default=100, help="frames held in memory at once")
     parser.add_argument("--dtype", choices=options.MOTION_DTYPES, default=options.DEFAULT_MOTION_DTYPE,
-                        help="the corrected frames' type: the recording's own (default) or float32")
+                        help="the corrected frames' type: float32 (default) or the recording's own (input: half "
+                             "the disk for a 16-bit recording; clips what subpixel moves overshoot below zero)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,14 +27,15 @@ DEFAULT_COMPRESSION = "deflate"
 FORMATS = ("ome-tiff", "ome-zarr")  # what registered/<sample>/ (and merged/) hold
 DEFAULT_FORMAT = "ome-tiff"
 # each frame of a recording aligned to its session's template before sessions are registered (off: frames as
-# recorded); rigid by default: on the real two-photon movie piecewise gained 0.0006 in correlation with the mean
-# at half the speed (docs/motion.md)
+# recorded); rigid by default: on the real two-photon movie piecewise gained 0.013 in correlation with the mean and
+# lost a little crispness, at under half the speed (docs/motion.md)
 MOTION_CORRECTION_MODES = ("rigid", "piecewise", "off")
 DEFAULT_MOTION_CORRECTION = "rigid"
-# the corrected frames' type: the recording's own (half the disk of float32 for uint16 movies), or float32, which
-# keeps what subpixel moves overshoot below zero or above the type's range (docs/motion.md, "Interpolation")
+# the corrected frames' type: float32 (CaImAn's), which keeps every subpixel move whole, or the
+# recording's own, half the disk for uint16 movies, where what a move overshoots below zero is clipped: on the real
+# two-photon movie that made the corrected mean less crisp than the uncorrected one (docs/motion.md, "Interpolation")
 MOTION_DTYPES = ("input", "float32")
-DEFAULT_MOTION_DTYPE = "input"
+DEFAULT_MOTION_DTYPE = "float32"
 
 
 def corrected_dtype(choice: str, recording_dtype: str) -> str:

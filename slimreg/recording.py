@@ -35,7 +35,7 @@ from slimreg.motion import (
     template_spectrum,
 )
 from slimreg.motion_records import FrameTable
-from slimreg.options import MOTION_DTYPES, corrected_dtype
+from slimreg.options import DEFAULT_MOTION_DTYPE, MOTION_DTYPES, corrected_dtype
 
 if TYPE_CHECKING:
     import pyvips
@@ -205,7 +205,7 @@ class MotionResult:
 
 
 def correct_motion(input_path: str | Path, outdir: str | Path, *, mode: str = "rigid",
-                   chunk_frames: int = 100, dtype: str = "input") -> MotionResult:
+                   chunk_frames: int = 100, dtype: str = DEFAULT_MOTION_DTYPE) -> MotionResult:
     """`slimreg motion-correct`: one TIFF recording against its own template; outputs in ``outdir``, frames of the
     recording's type or of ``dtype``."""
     _check_mode(mode)

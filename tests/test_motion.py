@@ -128,11 +128,13 @@ def test_piecewise_follows_smoothly_varying_shifts(tmp_path):
 
 
 def test_cli_writes_readable_outputs_with_every_frame(tmp_path):
+    """The real movie through the CLI's defaults: float32 frames, whose mean is crisper than the uncorrected one
+    (written as the movie's uint16 it was less crisp: the clipped overshoots; docs/motion.md)."""
     code = main(["motion-correct", "--input", str(MOVIE), "--outdir", str(tmp_path), "--chunk-frames", "6"])
     assert code == 0
     with tifffile.TiffFile(tmp_path / "sima_example.corrected.ome.tif") as tif:
         data = tif.series[0].asarray()
-    assert data.shape == (20, 128, 256) and data.dtype == np.uint16
+    assert data.shape == (20, 128, 256) and data.dtype == np.float32
     with open(tmp_path / "sima_example.shifts.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["frame"]) for r in rows] == list(range(20))
@@ -141,14 +143,16 @@ def test_cli_writes_readable_outputs_with_every_frame(tmp_path):
     assert payload["frames"] == 20 and payload["mode"] == "rigid" and payload["per_frame"] == "sima_example.shifts.csv"
     largest = max(np.hypot(float(r["dy"]), float(r["dx"])) for r in rows)
     assert payload["largest_shift_px"] == pytest.approx(largest, abs=1e-3)
+    assert payload["qc"]["crispness_after"] > payload["qc"]["crispness_before"]
+    assert payload["qc"]["mean_correlation_after"] > payload["qc"]["mean_correlation_before"]
     assert cv2.imread(str(tmp_path / "sima_example.motion.png")) is not None
 
 
 def test_float32_output_keeps_what_the_recordings_own_type_clips(tmp_path):
-    """--dtype float32: the same moves, written unrounded; the 16-bit file is that output rounded and clipped, and
-    the clipped overshoots (below zero beside the movie's bright specks) are what make its mean less crisp."""
-    as_input = correct_motion(MOVIE, tmp_path / "input", chunk_frames=8)
-    as_float = correct_motion(MOVIE, tmp_path / "float", chunk_frames=8, dtype="float32")
+    """float32 (the default): the moves written unrounded; with --dtype input the 16-bit file is that output rounded
+    and clipped, and the clipped overshoots (below zero beside the movie's bright specks) make its mean less crisp."""
+    as_input = correct_motion(MOVIE, tmp_path / "input", chunk_frames=8, dtype="input")
+    as_float = correct_motion(MOVIE, tmp_path / "float", chunk_frames=8)
     assert as_float.dtype == "float32" and as_input.dtype == "uint16"
     assert [(s.dy, s.dx) for s in as_float.shifts] == [(s.dy, s.dx) for s in as_input.shifts]
     with tifffile.TiffFile(as_float.outputs["corrected"]) as tif:

@@ -124,13 +124,14 @@ def test_recordings_are_corrected_for_motion_in_pieces_against_one_template(tmp_
 
 
 def test_float32_corrected_frames_are_planned_and_estimated_at_their_size(demo_dir: Path, tmp_path: Path) -> None:
-    """--motion-dtype float32: each motion task writes float32 frames, so its disk is the corrected piece at four
-    bytes a pixel (no credit for compression: float32 is written without a predictor) and its pyramid, with no
-    scratch copy of the recording beside it, and what reads the piece later is estimated from float32 frames too."""
+    """--motion-dtype float32 (the default): each motion task writes float32 frames, so its disk is the corrected
+    piece at four bytes a pixel (no credit for compression: float32 is written without a predictor) and its pyramid,
+    with no scratch copy of the recording beside it, and what reads the piece later is estimated from float32 frames
+    too; --motion-dtype input plans the recording's own type."""
     sheet = read_samplesheet(_sheet(tmp_path, [f"rec,{demo_dir / 'calcium_s1.ome.tif'},true,,",
                                                f"rec,{demo_dir / 'calcium_s2_part1.ome.tif'},false,,"]))
-    as_input = build_plan(sheet, tmp_path / "a", FEATURE)
-    as_float = build_plan(sheet, tmp_path / "b", FEATURE, PlanSettings(motion_dtype="float32"))
+    as_input = build_plan(sheet, tmp_path / "a", FEATURE, PlanSettings(motion_dtype="input"))
+    as_float = build_plan(sheet, tmp_path / "b", FEATURE)
     motion_input = [t for t in as_input.tasks if t.kind == "motion"]
     motion_float = [t for t in as_float.tasks if t.kind == "motion"]
     assert {t.params["dtype"] for t in motion_input} == {"input"}
