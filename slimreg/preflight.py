@@ -104,6 +104,10 @@ def remediation(plan: Plan, workers: int, resource: str, outdir: Path) -> list[s
             hints.append("for 8-bit RGB brightfield only: lossy but far smaller tiles, --compression deflate -> jpeg")
         if settings.get("merge_chunks"):
             hints.append("do not write merged stacks as well as pieces: drop --merge-chunks")
+        if settings.get("motion_dtype") == "float32" and any(task.kind == "motion" for task in plan.tasks):
+            # float32 is the default for its crisper mean (docs/motion.md); a 16-bit recording's own type is half
+            hints.append("write corrected recordings in their own type: --motion-dtype float32 -> input (half the "
+                         "disk for 16-bit recordings; what subpixel moves overshoot below zero is then clipped)")
     hints.append("override at your own risk: --force")
     return hints
 

@@ -68,6 +68,23 @@ def test_bands_and_refusal(demo_plan, tmp_path: Path) -> None:
     assert isinstance(disk.value, InsufficientDiskError) and "--outdir" in str(disk.value)
 
 
+@pytest.mark.parametrize(("samples", "recordings"), [(("he", "mif"), False), (("calcium",), True)])
+def test_a_disk_refusal_offers_the_recordings_own_type_only_where_recordings_are_corrected(
+        demo_sheet: Path, tmp_path: Path, samples: tuple[str, ...], recordings: bool) -> None:
+    """Corrected recordings are float32 by default, twice a 16-bit recording's disk: a run refused for disk is told
+    how to halve that, and only where it corrects recordings."""
+    plan = build_plan(read_samplesheet(sheet_of_samples(demo_sheet, *samples)), tmp_path / "out",
+                      RegistrationSettings.from_preset("medium", engine="feature"), PlanSettings())
+    disk = sum(t.disk_bytes for t in plan.tasks)
+    with pytest.raises(InsufficientDiskError) as caught:
+        run_preflight(plan, tmp_path, resources=_resources(100, disk=disk / 2 / GB), stream=io.StringIO())
+    assert ("--motion-dtype float32 -> input" in str(caught.value)) is recordings
+    with_own_type = build_plan(read_samplesheet(sheet_of_samples(demo_sheet, *samples)), tmp_path / "own",
+                               RegistrationSettings.from_preset("medium", engine="feature"),
+                               PlanSettings(motion_dtype="input"))
+    assert (sum(t.disk_bytes for t in with_own_type.tasks) < disk) is recordings
+
+
 @pytest.mark.parametrize(("samples", "stacks"), [(("he", "mif"), False), (("calcium",), True)])
 def test_remediation_shows_current_to_lower_values_and_max_frames_only_for_stacks(
         demo_sheet: Path, tmp_path: Path, samples: tuple[str, ...], stacks: bool) -> None:
