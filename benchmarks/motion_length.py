@@ -7,7 +7,9 @@ resized to 512 px, each moved by a known rigid shift) are stored once, and page 
 Every page is a complete, ordinary TIFF page (uncompressed, one strip); a reader cannot tell that pages repeat, so
 slimreg reads, corrects and writes every frame. The output is written for real (deflate), so the disk must hold it.
 
-    .venv/bin/python benchmarks/motion_length.py --workdir /tmp/motion_length --frames 1000 100000
+    .venv/bin/python benchmarks/motion_length.py --workdir /tmp/motion_length --frames 1000 100000 --dtype input
+
+(``--dtype input`` writes the recording's uint16: 43 GB at 100 000 frames; the default float32 needs about 94 GB.)
 """
 
 from __future__ import annotations

@@ -75,6 +75,19 @@ def _has_stacks(plan: Plan) -> bool:
     return False
 
 
+def _recordings_narrower_than_float32(plan: Plan) -> bool:
+    """Whether a recording the plan corrects has pixels narrower than float32, so that ``--motion-dtype input`` would
+    write it in less disk; a header that cannot be read here (the pipeline plans from headers PROBE read elsewhere)
+    counts as narrower, so the hint is never lost where it may help."""
+    for task in (t for t in plan.tasks if t.kind == "motion"):
+        try:
+            if probe(task.inputs[0]).itemsize < 4:
+                return True
+        except (SlimregError, OSError):
+            return True
+    return False
+
+
 def remediation(plan: Plan, workers: int, resource: str, outdir: Path) -> list[str]:
     """Concrete changes, with the user's current values inline."""
     registration, settings = plan.registration, plan.settings
@@ -104,7 +117,7 @@ def remediation(plan: Plan, workers: int, resource: str, outdir: Path) -> list[s
             hints.append("for 8-bit RGB brightfield only: lossy but far smaller tiles, --compression deflate -> jpeg")
         if settings.get("merge_chunks"):
             hints.append("do not write merged stacks as well as pieces: drop --merge-chunks")
-        if settings.get("motion_dtype") == "float32" and any(task.kind == "motion" for task in plan.tasks):
+        if settings.get("motion_dtype") == "float32" and _recordings_narrower_than_float32(plan):
             # float32 is the default for its crisper mean (docs/motion.md); a 16-bit recording's own type is half
             hints.append("write corrected recordings in their own type: --motion-dtype float32 -> input (half the "
                          "disk for 16-bit recordings; what subpixel moves overshoot below zero is then clipped)")

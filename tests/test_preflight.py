@@ -83,6 +83,9 @@ def test_a_disk_refusal_offers_the_recordings_own_type_only_where_recordings_are
                                RegistrationSettings.from_preset("medium", engine="feature"),
                                PlanSettings(motion_dtype="input"))
     assert (sum(t.disk_bytes for t in with_own_type.tasks) < disk) is recordings
+    with pytest.raises(InsufficientDiskError) as own_type_refused:  # already their own type: nothing to offer
+        run_preflight(with_own_type, tmp_path, resources=_resources(100, disk=0.0001), stream=io.StringIO())
+    assert "--motion-dtype" not in str(own_type_refused.value)
 
 
 @pytest.mark.parametrize(("samples", "stacks"), [(("he", "mif"), False), (("calcium",), True)])

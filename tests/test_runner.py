@@ -15,6 +15,7 @@ import pytest
 import tifffile
 from ome_types import validate_xml
 
+from slimreg import options
 from slimreg.cli import main
 from slimreg.runner import run_job
 from slimreg.tasks import TEST_OOM_HOOK, TEST_SLEEP_HOOK
@@ -61,7 +62,7 @@ def test_end_to_end_outputs_and_qc(demo_sheet: Path, tmp_path: Path, capsys: pyt
         assert (out / "pipeline_info" / name).is_file()
     assert (out / "report" / "report.html").is_file() and (out / "report" / "metrics.csv").is_file()
     page = (out / "report" / "report.html").read_text()  # the motion table says what type the QC was measured on
-    assert "<th>written as</th>" in page and "<td>rigid</td><td>uint16</td>" in page
+    assert "<th>written as</th>" in page and f"<td>rigid</td><td>{options.DEFAULT_MOTION_DTYPE}</td>" in page
     # every OME-TIFF written, merged IF image included, carries OME-XML that the OME 2016-06 schema accepts (the
     # schema Bio-Formats, QuPath and napari's readers follow; ome-types bundles it, nothing is downloaded)
     written = sorted(out.rglob("*.ome.tif"))

@@ -12,7 +12,7 @@ import numpy as np
 
 from slimreg.estimate import PROCESS_BASE, PYRAMID_DISK_FACTOR, SAFETY, write_bytes
 from slimreg.kinds.base import EstimateContext, Params, RunContext
-from slimreg.options import DEFAULT_MOTION_DTYPE, corrected_dtype
+from slimreg.options import corrected_dtype
 
 if TYPE_CHECKING:
     from slimreg.plan_model import Task
@@ -33,7 +33,9 @@ class MotionParams(Params):
     mode: str  # rigid | piecewise
     tile_size: int
     compression: str
-    dtype: str = DEFAULT_MOTION_DTYPE  # the corrected frames' type: "input" (the recording's) or a numpy type name
+    # the corrected frames' type: "input" (the recording's) or a numpy type name (--motion-dtype, which the plan always
+    # writes); "input" only for the task specs of plans written before the option existed, which wrote that type
+    dtype: str = "input"
 
     def output_dtype(self, source_dtype: str) -> str:
         return corrected_dtype(self.dtype, source_dtype)
