@@ -79,9 +79,9 @@ def _recordings_narrower_than_float32(plan: Plan) -> bool:
     """Whether a recording the plan corrects has pixels narrower than float32, so that ``--motion-dtype input`` would
     write it in less disk; a header that cannot be read here (the pipeline plans from headers PROBE read elsewhere)
     counts as narrower, so the hint is never lost where it may help."""
-    for task in (t for t in plan.tasks if t.kind == "motion"):
+    for recording in dict.fromkeys(t.inputs[0] for t in plan.tasks if t.kind == "motion"):  # once per file, not piece
         try:
-            if probe(task.inputs[0]).itemsize < 4:
+            if probe(recording).itemsize < 4:
                 return True
         except (SlimregError, OSError):
             return True
