@@ -304,9 +304,35 @@ def test_a_collapsed_fit_is_no_start_for_a_piece() -> None:
     assert len(starts) == 2 and np.allclose(starts[0], np.eye(3)) and np.allclose(starts[1], shifted)
 
 
+def test_the_shift_start_is_also_turned_a_step_either_way_about_where_it_lands_the_piece() -> None:
+    """The shift search finds where a piece lies, not how it turned: its start is also refined turned by the step
+    that moves the piece's farthest pixel two edge sigmas (the coarse edges' blur), about the piece's centre as the
+    shift lands it, so that the piece stays where the search found it."""
+    from slimreg.register.pieces import turned_starts
+
+    piece = np.zeros((200, 300), bool)
+    piece[50:150, 100:200] = True  # centre (149.5, 99.5); its corners are the farthest pixels
+    farthest = np.hypot(49.5, 49.5)
+    shift = np.array([[1.0, 0.0, 30.0], [0.0, 1.0, -12.0], [0.0, 0.0, 1.0]])
+    sigma = 3.5
+    turned = turned_starts(shift, piece, sigma)
+    assert len(turned) == 2
+    centre = np.array([149.5, 99.5, 1.0])
+    landed = np.linalg.inv(shift) @ centre  # where the shift lands the piece's centre (reference px)
+    corner = np.array([199.0, 149.0, 1.0])
+    for start in turned:
+        assert np.allclose(start @ landed, centre)  # the centre still lands where the shift put it
+        linear = start[:2, :2]
+        assert np.allclose(linear @ linear.T, np.eye(2))  # a turn, no scale
+        moved = np.linalg.inv(start) @ corner - np.linalg.inv(shift) @ corner
+        assert np.hypot(*moved[:2]) == pytest.approx(2 * sigma, rel=1e-3)  # an arc of 2 sigma, as a chord
+    angles = sorted(np.degrees(np.arctan2(start[1, 0], start[0, 0])) for start in turned)
+    assert angles[0] == pytest.approx(-angles[1]) and angles[1] == pytest.approx(np.degrees(2 * sigma / farthest))
+
+
 def test_refinements_side_by_side_find_the_poses_one_at_a_time_finds(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Starts refined side by side (ITK on one thread each) come back in order and at the same poses as refined one
-    after another, so a search finds the same result on any number of CPUs."""
+    """Starts refined side by side come back in order and at the same poses as refined one after another, so a
+    search finds the same result on any number of CPUs."""
     from scipy import ndimage
 
     from slimreg.register import refine
