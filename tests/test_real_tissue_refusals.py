@@ -20,7 +20,7 @@ from slimreg.io.read import TiffImage
 from slimreg.qc import run_qc
 from slimreg.register.channel import OPTICAL_DENSITY
 from slimreg.register.pose import to_level0, to_working
-from slimreg.register.refine import refine_both_ways, tissue_at_border
+from slimreg.register.refine import EDGE_SCALES, refine_both_ways, tissue_at_border
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import AlignmentScorer
 from slimreg.register.tissue_crop import tissue_image
@@ -150,10 +150,11 @@ def test_refinement_of_a_cut_section_offers_a_pose_near_its_landmarks_and_the_sc
         return float(np.median(np.hypot(*(mapped - cut.moving_landmarks).T)))
 
     poses = refine_both_ways(ref.array, mov.array, ref_mask, start, scorer.sigma, moving_mask=mov_mask)
-    assert len(poses) == 2
+    assert len(poses) == 2 * len(EDGE_SCALES)  # each schedule's pose after each edge scale
     uncut, uncut_mask = tissue_image(TiffImage(whole.moving), OPTICAL_DENSITY, search_dim)
     assert tissue_at_border(mov_mask, scorer.sigma) and not tissue_at_border(uncut_mask, scorer.sigma)
-    assert len(refine_both_ways(ref.array, uncut.array, ref_mask, start, scorer.sigma, moving_mask=uncut_mask)) == 1
+    assert len(refine_both_ways(ref.array, uncut.array, ref_mask, start, scorer.sigma,
+                                moving_mask=uncut_mask)) == len(EDGE_SCALES)
     preferred = max(poses, key=lambda pull: scorer.score(mov.array, pull, mov_mask, ring=False).value)
     assert error(start) < 4.0
     assert error(preferred) < 6.0, [error(pull) for pull in poses]

@@ -349,8 +349,8 @@ def test_refinements_side_by_side_find_the_poses_one_at_a_time_finds(monkeypatch
 
     def refined(workers: int) -> list[list[np.ndarray]]:
         monkeypatch.setattr(refine, "usable_cpus", lambda: workers)
-        return refine.side_by_side(starts, lambda start, threads: refine.refine_both_ways(
-            blobs, moved, mask, start, 2.0, moving_mask=mask, threads=threads))
+        return refine.side_by_side(starts, lambda start: refine.refine_both_ways(
+            blobs, moved, mask, start, 2.0, moving_mask=mask))
 
     one_at_a_time, side_by_side = refined(1), refined(3)
     assert len(side_by_side) == len(starts)

@@ -44,9 +44,8 @@ def mirror_decoy(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mo
     "The mirror decoy"). Only without ``allow_mirror``, where no mirrored pose can be the answer."""
     flipped = Downsampled(np.ascontiguousarray(mov.array[:, ::-1]), mov.scale, mov.origin)
     flipped_mask = np.ascontiguousarray(mov_mask[:, ::-1])
-    # the decoy is a score to beat, not a pose later steps build on: its search takes the faster descent
     pull, _, value = best_pose(scorer, ref, flipped, flipped_mask, settings, expected,
-                               reference_described=reference_described, in_numpy=True)
+                               reference_described=reference_described)
     return MirrorDecoy(value, pull)
 
 def mirror_null(result: Score, decoy: MirrorDecoy, result_pull: np.ndarray,

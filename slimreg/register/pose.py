@@ -37,14 +37,12 @@ def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_m
               settings: RegistrationSettings, expected: float,
               unregistered_value: float | None = None,
               reference_described: dict[str, Described] | None = None,
-              moving_described: dict[str, Described] | None = None,
-              in_numpy: bool = False) -> tuple[np.ndarray, str, float]:
+              moving_described: dict[str, Described] | None = None) -> tuple[np.ndarray, str, float]:
     """The best-scoring pose (working pull matrix) among the unregistered placement, every candidate and every
     candidate refined both ways, the name of the candidate it came from (module docstring, step 2) and its edge
     correlation (-inf where no pose shares tissue). ``unregistered_value``: the unregistered placement's edge
     correlation where the caller has scored it already; ``reference_described``, ``moving_described``: the images'
-    keypoints (slimreg.register.initial.describe) where the caller has them already. ``in_numpy``: refine with the
-    NumPy descent (slimreg.register.refine), for a search whose score matters and not where its pose leads."""
+    keypoints (slimreg.register.initial.describe) where the caller has them already."""
     ref_mask = scorer.mask
     unregistered = to_working(np.eye(3), ref, mov)
 
@@ -84,9 +82,8 @@ def best_pose(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mov_m
         if is_refined[-1]:
             refined.append(candidate.pull)
     edges = edge_maps(ref.array, mov.array, scorer.sigma) if refined else None
-    outcomes = iter(side_by_side(refined, lambda start, threads: refine_both_ways(
-        ref.array, mov.array, ref_mask, start, scorer.sigma, settings.transform_model, mov_mask, threads, edges,
-        in_numpy)))
+    outcomes = iter(side_by_side(refined, lambda start: refine_both_ways(
+        ref.array, mov.array, ref_mask, start, scorer.sigma, settings.transform_model, mov_mask, edges)))
     for (start_value, candidate), refine in zip(ranked, is_refined, strict=True):
         # the start stays in the running: refinement maximises its own metric at its own resolutions, and
         # where the images also move locally it can end lower than it began (shared calcium frames: a start

@@ -21,12 +21,13 @@ moving tissue reaches its image's border. Where it does not, the zeros meet glas
 one schedule is enough: on the shared kidney H&E <- PanCK pair (tissue clear of the border) both reached the same
 poses, and skipping the second halves the refinement there (docs/accuracy.md, "Two refinement schedules").
 
-The descent is SimpleITK's (regular steps, scales from physical shift, the correlation metric). The mirror decoy's
-search (slimreg.register.mirror) runs the same descent in NumPy (``in_numpy``, slimreg.register.regular_step), five
-times faster per iteration. The result's own search, the polish and each piece's fits stay with SimpleITK: run in
-NumPy too, the search's poses moved by fractions of a pixel, and on the torn kidney pair that flipped a near-tie
-between the per-piece field and DeepFlow (7.97 -> 12.79 px; docs/accuracy.md, "Seventh attempt"). The decoy is
-only a score to beat, so its search can take the faster descent.
+The descent is SimpleITK's (regular steps, scales from physical shift, the correlation metric), run either by
+SimpleITK or, five times faster per iteration, in NumPy (``in_numpy``, slimreg.register.regular_step). The pose
+search (the result's and its mirror decoy's, slimreg.register.pose) runs in NumPy and hands the caller's score every
+stage's pose (``refine_both_ways``); the polish stays with SimpleITK, and each piece of a torn section is refined
+both ways (slimreg.register.pieces). The search in NumPy moves poses by fractions of a pixel against SimpleITK's,
+and until the pieces' correction stopped hinging on that (docs/accuracy.md, "A piece's correction that does not
+hinge on a tenth of a pixel") it lost the torn lung proSPC <- H&E pair ("Tenth attempt").
 """
 
 from __future__ import annotations
@@ -83,6 +84,17 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     refines several starts of one pair. ``in_numpy``: the same descent run by ``slimreg.register.regular_step``
     (module docstring), on every pixel.
     """
+    return refine_stages(reference, moving, reference_mask, pull, sigma, model, iterations, shrink_factors, sampling,
+                         edge_scales, outside, outside_at_coarse_levels, threads, edges, in_numpy)[-1]
+
+
+def refine_stages(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
+                  sigma: float, model: str = "affine", iterations: int = 200,
+                  shrink_factors: tuple[int, ...] = SHRINK_FACTORS, sampling: float = 1.0,
+                  edge_scales: tuple[float, ...] = EDGE_SCALES, outside: float = OUTSIDE_FRACTION,
+                  outside_at_coarse_levels: bool = True, threads: int | None = None,
+                  edges: EdgeMaps | None = None, in_numpy: bool = False) -> list[np.ndarray]:
+    """``refine_affine``'s pose after each of ``edge_scales``, coarse to fine: the last is its result."""
     # rotate and scale about the reference tissue's centre, not the image corner: about the corner, every
     # change of the matrix also moves the tissue far away, and the optimiser trades the two off badly
     centre = np.array(ndimage.center_of_mass(reference_mask))[::-1] if reference_mask.any() else np.zeros(2)
@@ -90,25 +102,32 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     if not outside_at_coarse_levels and outside and len(shrink_factors) > 1:
         schedule = [(tuple(shrink_factors[:-1]), 0.0), (tuple(shrink_factors[-1:]), outside)]
     maps = edges if edges is not None else edge_maps(reference, moving, sigma, edge_scales)
+    stages = []
     for factor in edge_scales:
         for shrink, border in schedule:
             pull = _refine_at(*maps[factor], reference_mask, pull, centre, model, iterations, shrink, sampling, border,
                               threads, in_numpy)
-    return pull
+        stages.append(pull)
+    return stages
 
 
 def refine_both_ways(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
                      sigma: float, model: str = "affine", moving_mask: np.ndarray | None = None,
-                     threads: int | None = None, edges: EdgeMaps | None = None,
-                     in_numpy: bool = False) -> list[np.ndarray]:
-    """``pull`` refined with zeros beyond the moving image at every level, and at the finest level only: two
-    candidates for the caller's score to choose between (module docstring). Given ``moving_mask``, the second only
-    where its tissue reaches the image's border (``tissue_at_border``): elsewhere the zeros lie against glass."""
+                     edges: EdgeMaps | None = None) -> list[np.ndarray]:
+    """``pull`` refined by the NumPy descent with zeros beyond the moving image at every level, and at the finest
+    level only: candidates for the caller's score to choose between (module docstring), each schedule's pose after
+    its coarse edges as well as after its fine ones. Given ``moving_mask``, the second schedule only where its tissue
+    reaches the image's border (``tissue_at_border``): elsewhere the zeros lie against glass.
+
+    The coarse edges' pose is a candidate because the fine edges' first level can throw a pose out of its basin:
+    on the half-size kidney pair they took a start from 0.317 to 0.152, and SimpleITK's descent climbed back to
+    0.318 where the NumPy one stopped at 0.214; the search's score, which picks among starts anyway, then sees the
+    0.317 (docs/accuracy.md, "Tenth attempt")."""
     schedules = (True, False) if moving_mask is None or tissue_at_border(moving_mask, sigma) else (True,)
     maps = edges if edges is not None else edge_maps(reference, moving, sigma)
-    return [refine_affine(reference, moving, reference_mask, pull, sigma, model, outside_at_coarse_levels=coarse,
-                          threads=threads, edges=maps, in_numpy=in_numpy)
-            for coarse in schedules]
+    return [stage for coarse in schedules
+            for stage in refine_stages(reference, moving, reference_mask, pull, sigma, model,
+                                       outside_at_coarse_levels=coarse, edges=maps, in_numpy=True)]
 
 
 def edge_maps(reference: np.ndarray, moving: np.ndarray, sigma: float,
@@ -118,17 +137,16 @@ def edge_maps(reference: np.ndarray, moving: np.ndarray, sigma: float,
     return {factor: (edge_map(reference, sigma * factor), edge_map(moving, sigma * factor)) for factor in scales}
 
 
-def side_by_side(starts: list[np.ndarray], refine: Callable[[np.ndarray, int], T]) -> list[T]:
-    """``refine(start, threads)`` of every start, in order, up to ``MAX_SIDE_BY_SIDE`` at a time on the CPUs this
-    process may use, ITK on one thread each: on images of a few hundred pixels ITK's threads mostly wait on each
-    other, and independent starts keep the CPUs busy instead; the poses found are the same (docs/accuracy.md,
-    "Refinements side by side"). The NumPy descent runs side by side too: NumPy and OpenCV release the interpreter
-    in their array work."""
+def side_by_side(starts: list[np.ndarray], refine: Callable[[np.ndarray], T]) -> list[T]:
+    """``refine(start)`` of every start, in order, up to ``MAX_SIDE_BY_SIDE`` at a time on the CPUs this process may
+    use: NumPy and OpenCV release the interpreter in their array work, and on images of a few hundred pixels one
+    descent's arrays are too small to keep several CPUs busy; the poses found are the same (docs/accuracy.md,
+    "Refinements side by side")."""
     workers = min(len(starts), usable_cpus(), MAX_SIDE_BY_SIDE)
     if workers <= 1:
-        return [refine(start, 1) for start in starts]
+        return [refine(start) for start in starts]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slimreg-refine") as pool:
-        return list(pool.map(lambda start: refine(start, 1), starts))
+        return list(pool.map(refine, starts))
 
 
 def tissue_at_border(mask: np.ndarray, sigma: float) -> bool:
