@@ -125,29 +125,6 @@ def test_a_downsampled_region_maps_back_to_where_it_was_read(tmp_path: Path) -> 
     assert np.allclose(box.from_level0(box.to_level0(np.array([[10.0, 20.0]]))), [[10.0, 20.0]])
 
 
-def test_a_floor_reads_the_coarsest_copy_that_keeps_it(tmp_path: Path) -> None:
-    """With ``min_dim`` the copy's long side lies between it and ``max_dim`` wherever a whole factor allows, whatever
-    the image's size: without it a large image is read at up to ``max_dim`` and a smaller one wherever the factor's
-    rounding lands (the search of a 5 % section at 388 px of 512, the same section at 20x at 506)."""
-    rng = np.random.default_rng(3)
-    image = open_image(write_array(rng.integers(0, 4000, (900, 4000)).astype(np.uint16), tmp_path / "a.ome.tif",
-                                   channel_names=["a"], tile_size=128))
-    assert image.downsampled(512, channel=0).array.shape[1] == 500  # its pyramid's 500 px level
-    floored = image.downsampled(512, channel=0, min_dim=384)
-    assert floored.scale == 10 and floored.array.shape[1] == 400  # the 2000 px level by 5 (level 0 by 10 ties)
-    h, w = floored.array.shape
-    expected = image.region(0, 0, w * 10, h * 10, channel=0).reshape(h, 10, w, 10).astype(float).mean(axis=(1, 3))
-    assert np.abs(floored.array.astype(float) - expected).max() <= 2.0  # two integer roundings
-    # where the factor that fits is already the coarsest above the floor, nothing changes (1164 px: 388 either way)
-    small = open_image(write_array(rng.integers(0, 4000, (400, 1164)).astype(np.uint16), tmp_path / "b.ome.tif",
-                                   channel_names=["a"], tile_size=128))
-    assert small.downsampled(512, channel=0, min_dim=384).scale == small.downsampled(512, channel=0).scale == 3
-    # no whole factor keeps the floor (582 px: 582 is over 512, 291 under 384): read as without it
-    half = open_image(write_array(rng.integers(0, 4000, (300, 582)).astype(np.uint16), tmp_path / "c.ome.tif",
-                                  channel_names=["a"], tile_size=128))
-    assert half.downsampled(512, channel=0, min_dim=384).scale == 2
-
-
 def test_read_downsampled_streams_a_stripped_level0(tmp_path: Path) -> None:
     path = tmp_path / "big.tif"
     tifffile.memmap(path, shape=(12000, 20000), dtype="uint8")  # 240 MB, stripped, no pyramid

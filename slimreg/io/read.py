@@ -10,7 +10,7 @@ because every sub-pixel error at the working resolution is multiplied by ``scale
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -222,20 +222,17 @@ class TiffImage:
         return to_numpy(image.crop(x0, y0, x1 - x0, y1 - y0))
 
     def downsampled(self, max_dim: int, channel: int | None = 0, frame: int = 0,
-                    region: tuple[int, int, int, int] | None = None, min_dim: int | None = None) -> Downsampled:
+                    region: tuple[int, int, int, int] | None = None) -> Downsampled:
         """A copy whose long side is at most ``max_dim``, built from the best pyramid level by block averaging.
 
         ``region`` (level-0 x, y, width, height) reads only that rectangle, so working pixels can be spent on
-        tissue rather than on the glass around it; the copy's ``origin`` says where it starts. ``min_dim``: the
-        smallest copy whose long side is still at least this, where a coarser factor than the one that fits allows
-        one on some level (else as without it): a size that depends less on how the block factor rounds (for 512
-        px, a 1164 px image is read at 388, a 23280 px one at 506 without it and at 388 with 384)."""
+        tissue rather than on the glass around it; the copy's ``origin`` says where it starts."""
         if max_dim < 1:
             raise InputError(f"max_dim must be at least 1, got {max_dim}.", self.info.path)
         x, y, width, height = region or (0, 0, self.info.width, self.info.height)
         # Among exact (integer-scale) levels and integer block factors, keep the largest result that fits:
-        # the smallest level that fits could lose up to half the requested resolution (1250 -> 625 px)
-        reads = []
+        # the smallest level that fits could lose up to half the requested resolution (1250 -> 625 px).
+        best_level, best_size, best_scale, best_box = 0, -1, 1.0, (0, 0, 1, 1)
         for level in range(len(self.info.levels)):
             scale = self.level_scale(level)
             if scale != int(scale):
@@ -244,19 +241,16 @@ class TiffImage:
             x0, y0 = max(0, int(x // scale)), max(0, int(y // scale))
             x1 = min(level_width, math.ceil((x + width) / scale))
             y1 = min(level_height, math.ceil((y + height) / scale))
-            reads.append(_LevelRead(level, scale, (x0, y0, x1 - x0, y1 - y0), max_dim))
-        chosen = max(reads, key=lambda read: (read.size, read.scale))
-        floored = [read for read in (read.floored(min_dim) for read in reads) if read] if min_dim is not None else []
-        if floored:
-            # a coarser factor than the one that fits keeps min_dim on some level: the smallest such copy, the
-            # coarser level on a tie (where every factor that fits is already the coarsest keeping it: as before)
-            chosen = min(floored, key=lambda read: (read.size, -read.scale))
-        best_level, best_scale, best_box, factor = chosen.level, chosen.scale, chosen.box, chosen.factor
+            long_level = max(x1 - x0, y1 - y0)
+            size = long_level // max(1, math.ceil(long_level / max_dim))
+            if size > best_size or (size == best_size and scale > best_scale):
+                best_level, best_size, best_scale, best_box = level, size, scale, (x0, y0, x1 - x0, y1 - y0)
         # from strips, libvips' random access to a shrunk plane held the whole decoded level (866 MB for a
         # 20000 x 13522 RGB file, 133 MB read top to bottom); the copy is read top to bottom once either way (a
         # region low in the image costs the time of decoding the strips above it, not their memory)
         image = self.plane(best_level, channel, frame, access="sequential" if self.stored_in_strips else None)
         x0, y0, box_width, box_height = best_box
+        factor = max(1, math.ceil(max(box_width, box_height) / max_dim))
         if factor > 1 or best_box != (0, 0, image.width, image.height):
             image = image.crop(x0, y0, (box_width // factor) * factor, (box_height // factor) * factor)
             if factor > 1:
@@ -266,34 +260,6 @@ class TiffImage:
         if array.dtype != dtype and factor > 1 and np.issubdtype(dtype, np.integer):
             array = np.clip(np.rint(array), np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
         return Downsampled(array=array, scale=best_scale * factor, origin=(x0 * best_scale, y0 * best_scale))
-
-
-@dataclass(frozen=True)
-class _LevelRead:
-    """One way to read a copy (``TiffImage.downsampled``): a pyramid level, the box on it and a whole block factor."""
-
-    level: int
-    scale: float
-    box: tuple[int, int, int, int]  # x, y, width, height on the level
-    max_dim: int
-    factor: int = 0  # 0: the smallest that fits ``max_dim``
-
-    def __post_init__(self) -> None:
-        if not self.factor:
-            object.__setattr__(self, "factor", max(1, math.ceil(self.long_side / self.max_dim)))
-
-    @property
-    def long_side(self) -> int:
-        return max(self.box[2], self.box[3])
-
-    @property
-    def size(self) -> int:
-        return self.long_side // self.factor
-
-    def floored(self, min_dim: int) -> _LevelRead | None:
-        """The same read at the coarsest factor whose copy keeps ``min_dim`` px, where that is coarser than this."""
-        factor = self.long_side // max(1, min_dim)
-        return replace(self, factor=factor) if factor > self.factor else None
 
 
 def open_image(path: str | Path, access: str = "random") -> TiffImage:

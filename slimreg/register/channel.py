@@ -39,16 +39,15 @@ def choose_channel(info: ImageInfo, requested: str | None) -> int | str:
 
 
 def registration_image(image: TiffImage, channel: int | str, max_dim: int, frame: int = 0,
-                       region: tuple[int, int, int, int] | None = None, min_dim: int | None = None) -> Downsampled:
+                       region: tuple[int, int, int, int] | None = None) -> Downsampled:
     """The registration channel (of ``region``, level-0 x, y, width, height, if given) at most ``max_dim`` px on
-    its long side (and, with ``min_dim``, the coarsest such copy of at least ``min_dim``: TiffImage.downsampled),
-    as float32 scaled to about 0..1."""
+    its long side, as float32 scaled to about 0..1."""
     if channel == OPTICAL_DENSITY:
-        rgb = image.downsampled(max_dim, channel=None, frame=frame, region=region, min_dim=min_dim)
+        rgb = image.downsampled(max_dim, channel=None, frame=frame, region=region)
         density = -np.log((_finite(rgb.array[..., :3].astype(np.float32), image) + 1.0) / 256.0).sum(axis=2)
         return Downsampled(normalise(density), rgb.scale, rgb.origin)
     assert isinstance(channel, int)
-    small = image.downsampled(max_dim, channel=channel, frame=frame, region=region, min_dim=min_dim)
+    small = image.downsampled(max_dim, channel=channel, frame=frame, region=region)
     return Downsampled(normalise(_finite(small.array.astype(np.float32), image)), small.scale, small.origin)
 
 

@@ -89,8 +89,8 @@ class FeatureEngine:
         the pair alone, so an engine that judges another result for the same pair reuses it (the valis engine)."""
         path = moving.info.path
         search_dim = settings.search_dim
-        ref, ref_mask = tissue_image(reference, reference_channel, search_dim, settings.search_floor)
-        mov, mov_mask = tissue_image(moving, moving_channel, search_dim, settings.search_floor)
+        ref, ref_mask = tissue_image(reference, reference_channel, search_dim)
+        mov, mov_mask = tissue_image(moving, moving_channel, search_dim)
         if not ref_mask.any():
             raise RegistrationError("the reference shows no tissue in its registration channel (blank or "
                                     "saturated), so nothing can be registered onto it.", reference.info.path,

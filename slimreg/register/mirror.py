@@ -74,8 +74,8 @@ def check_against_mirror(reference: TiffImage, moving: TiffImage, reference_chan
     The whole transform is placed, field included: VALIS' affine is its rigid step alone, which on the shared kidney
     pair is 10.3 px off and scored 0.058 there, against 0.096 for the mirror image, refusing a 3.76 px result."""
     search_dim = settings.search_dim
-    ref, ref_mask = tissue_image(reference, reference_channel, search_dim, settings.search_floor)
-    mov, mov_mask = tissue_image(moving, moving_channel, search_dim, settings.search_floor)
+    ref, ref_mask = tissue_image(reference, reference_channel, search_dim)
+    mov, mov_mask = tissue_image(moving, moving_channel, search_dim)
     scorer = AlignmentScorer(ref.array, ref_mask)
     if decoy is None:
         decoy = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected_scale(reference, moving))

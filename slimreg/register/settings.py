@@ -32,9 +32,6 @@ PRESETS: dict[str, dict[str, int]] = {
 # The diffeomorphic field's working size over ``non_rigid_dim``: sqrt(255 / 125), the optical flows' bytes per
 # working px over the field's (slimreg.estimate), so both stages fit one memory bound (1434 px at medium).
 DIFFEOMORPHIC_SIZE_RATIO = 1.4
-# The search's floor over its size: the 5 % section pairs are searched at 388 and 445 px of 512, the 1024 px nuclei
-# pair at 512; below 384 the kidney pair's search lost its basin (291 px: 6.89 px; docs/accuracy.md, "Ninth attempt")
-SEARCH_FLOOR_RATIO = 0.75
 __all__ = ["DEFAULT_ENGINE", "DEFAULT_PRESET", "ENGINES", "PRESETS", "PRESET_ORDER", "TRANSFORM_MODELS",
            "RegistrationSettings"]
 
@@ -84,15 +81,6 @@ class RegistrationSettings:
         """Long side (px) of the pose search and of the judgement: half the processing size, where coarse edges
         still outline the tissue, and never under the 64 px any working image needs."""
         return max(64, self.processing_dim // 2)
-
-    @property
-    def search_floor(self) -> int:
-        """The search reads the tissue at the coarsest whole block factor that keeps at least this many px on its long
-        side (``SEARCH_FLOOR_RATIO`` of ``search_dim``), so that its view of the tissue does not depend on how the
-        factor rounds: a 5 % section of 1164 px is searched at 388 px, the same section scanned at 20x (23280 px) was
-        searched at 506 px, 1.7 times the pixels and twice the time, for no gain (docs/accuracy.md, "Eleventh
-        attempt")."""
-        return max(64, round(SEARCH_FLOOR_RATIO * self.search_dim))
 
     @property
     def diffeomorphic_dim(self) -> int:

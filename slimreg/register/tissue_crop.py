@@ -53,18 +53,13 @@ def _extent(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
 
 
-def tissue_image(image: TiffImage, channel: int | str, max_dim: int,
-                 min_dim: int | None = None) -> tuple[Downsampled, np.ndarray]:
-    """The registration image of the tissue's box (see :func:`tissue_box`) at most ``max_dim`` px a side (with
-    ``min_dim``, the coarsest such of at least ``min_dim``), and its tissue mask (the whole image's, already at hand,
-    when there is no box to cut)."""
+def tissue_image(image: TiffImage, channel: int | str, max_dim: int) -> tuple[Downsampled, np.ndarray]:
+    """The registration image of the tissue's box (see :func:`tissue_box`) at most ``max_dim`` px a side, and its
+    tissue mask (the whole image's, already at hand, when there is no box to cut)."""
     whole = registration_image(image, channel, max_dim)
     mask = tissue_mask(whole.array)
     box = tissue_box(whole, mask, image.info.width, image.info.height, max_dim)
     if box is None:
-        if min_dim is None:
-            return whole, mask
-        coarser = registration_image(image, channel, max_dim, min_dim=min_dim)
-        return (whole, mask) if coarser.scale == whole.scale else (coarser, tissue_mask(coarser.array))
-    cropped = registration_image(image, channel, max_dim, region=box, min_dim=min_dim)
+        return whole, mask
+    cropped = registration_image(image, channel, max_dim, region=box)
     return cropped, tissue_mask(cropped.array)
