@@ -9,10 +9,10 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    FAST + BoostDesc, each on its 4000 strongest keypoints), and, where no two detectors' fits agree, a
    detector-free rotation search (any angle, any offset; mirrored too with ``allow_mirror``) that proposes the best
    edge correlations and the best overlaps of the tissue outlines.
-   Every plausible candidate is refined (affine or similarity, SimpleITK, edge maps coarse to fine),
-   counting the reference tissue carried off the moving image at every level, and also at the finest only where
-   the moving tissue reaches its image's border (slimreg.register.refine); the best-scoring pose, refined either
-   way or as it started, wins.
+   Every plausible candidate is refined (affine or similarity, the regular-step descent in NumPy, edge maps coarse
+   to fine), counting the reference tissue carried off the moving image at every level, and also at the finest
+   only where the moving tissue reaches its image's border (slimreg.register.refine); the best-scoring pose, as it
+   started or after either schedule's coarse or fine edges, wins.
 3. The winner is polished at ``micro_dim`` (``processing_dim`` without micro) and kept only if it scores higher.
 4. Non-rigid: dense optical flow between the affinely placed pair at ``non_rigid_dim``, smoothed on tissue (over
    2 % and 8 % of the image). Candidates: DIS flow estimated on intensities and on edge maps (each both ways and

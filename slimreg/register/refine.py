@@ -47,10 +47,9 @@ from slimreg.resources import usable_cpus
 
 T = TypeVar("T")
 EdgeMaps = dict[float, tuple[np.ndarray, np.ndarray]]  # smoothing factor -> (reference, moving) edge maps
-# At most this many refinements run side by side: each holds its edge maps and ITK's pyramid of them, 17 MB at the
-# search's 512 px and 64 MB at 1024 px (docs/accuracy.md, "Refinements side by side"; the NumPy descent's level 30 MB
-# and 110 MB, "Seventh attempt"), so four stay below what the non-rigid step holds at twice the search's size, which
-# the plan estimates.
+# At most this many of the search's refinements run side by side: each holds the NumPy descent's level, 30 MB at the
+# search's 512 px (docs/accuracy.md, "Seventh attempt"), so four stay below what the non-rigid step holds at twice the
+# search's size, which the plan estimates.
 MAX_SIDE_BY_SIDE = 4
 
 SHRINK_FACTORS = (4, 2, 1)
@@ -69,31 +68,30 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
                   sigma: float, model: str = "affine", iterations: int = 200,
                   shrink_factors: tuple[int, ...] = SHRINK_FACTORS, sampling: float = 1.0,
                   edge_scales: tuple[float, ...] = EDGE_SCALES, outside: float = OUTSIDE_FRACTION,
-                  outside_at_coarse_levels: bool = True, threads: int | None = None,
-                  edges: EdgeMaps | None = None, in_numpy: bool = False) -> np.ndarray:
+                  outside_at_coarse_levels: bool = True, edges: EdgeMaps | None = None,
+                  in_numpy: bool = False) -> np.ndarray:
     """The pull matrix (reference working px -> moving working px) after refinement from ``pull``.
 
-    Edges are correlated coarse to fine (``edge_scales`` times ``sigma``): edges smoothed more overlap from
-    further away, so a start several percent off in scale still converges (measured: the shared kidney pair
-    turned 90 degrees, three of its starts reach the optimum this way and none with ``sigma`` alone).
-    A pose that is already close (the polish at the finest size) needs neither the coarse edges, the coarsest
-    level nor every pixel: ``edge_scales`` (1,), ``shrink_factors`` (2, 1) and ``sampling`` 0.25 make it several
-    times faster. With ``outside_at_coarse_levels`` False, the zeros beyond the moving image (``outside``) are
-    added at the finest level only (module docstring). ``threads``: ITK's threads for this run (default: ITK's,
-    one per CPU). ``edges``: the two images' edge maps at each of ``edge_scales`` (``edge_maps``), where the caller
-    refines several starts of one pair. ``in_numpy``: the same descent run by ``slimreg.register.regular_step``
-    (module docstring), on every pixel.
+    Edges are correlated coarse to fine (``edge_scales`` times ``sigma``): edges smoothed more overlap from further
+    away, so a start several percent off in scale still converges (measured: the shared kidney pair turned 90
+    degrees, three of its starts reach the optimum this way and none with ``sigma`` alone). A pose that is already
+    close (the polish at the finest size) needs neither the coarse edges, the coarsest level nor every pixel:
+    ``edge_scales`` (1,), ``shrink_factors`` (2, 1) and ``sampling`` 0.25 make it several times faster. With
+    ``outside_at_coarse_levels`` False, the zeros beyond the moving image (``outside``) are added at the finest
+    level only (module docstring). ``edges``: the two images' edge maps at each of ``edge_scales`` (``edge_maps``),
+    where the caller refines several starts of one pair. ``in_numpy``: the same descent run by
+    ``slimreg.register.regular_step`` (module docstring), on every pixel.
     """
     return refine_stages(reference, moving, reference_mask, pull, sigma, model, iterations, shrink_factors, sampling,
-                         edge_scales, outside, outside_at_coarse_levels, threads, edges, in_numpy)[-1]
+                         edge_scales, outside, outside_at_coarse_levels, edges, in_numpy)[-1]
 
 
 def refine_stages(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
                   sigma: float, model: str = "affine", iterations: int = 200,
                   shrink_factors: tuple[int, ...] = SHRINK_FACTORS, sampling: float = 1.0,
                   edge_scales: tuple[float, ...] = EDGE_SCALES, outside: float = OUTSIDE_FRACTION,
-                  outside_at_coarse_levels: bool = True, threads: int | None = None,
-                  edges: EdgeMaps | None = None, in_numpy: bool = False) -> list[np.ndarray]:
+                  outside_at_coarse_levels: bool = True, edges: EdgeMaps | None = None,
+                  in_numpy: bool = False) -> list[np.ndarray]:
     """``refine_affine``'s pose after each of ``edge_scales``, coarse to fine: the last is its result."""
     # rotate and scale about the reference tissue's centre, not the image corner: about the corner, every
     # change of the matrix also moves the tissue far away, and the optimiser trades the two off badly
@@ -106,7 +104,7 @@ def refine_stages(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     for factor in edge_scales:
         for shrink, border in schedule:
             pull = _refine_at(*maps[factor], reference_mask, pull, centre, model, iterations, shrink, sampling, border,
-                              threads, in_numpy)
+                              in_numpy)
         stages.append(pull)
     return stages
 
@@ -160,7 +158,7 @@ def tissue_at_border(mask: np.ndarray, sigma: float) -> bool:
 
 def _refine_at(reference_edges: np.ndarray, moving_edges: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
                centre: np.ndarray, model: str, iterations: int, shrink_factors: tuple[int, ...], sampling: float,
-               outside: float, threads: int | None = None, in_numpy: bool = False) -> np.ndarray:
+               outside: float, in_numpy: bool = False) -> np.ndarray:
     """One multi-resolution run on the two images' edge maps (of one smoothing), rotating about ``centre``: by
     SimpleITK, or with ``in_numpy`` by ``slimreg.register.regular_step`` on every pixel."""
     border = math.ceil(outside * max(moving_edges.shape))  # zeros around the moving edges (module docstring)
@@ -173,7 +171,7 @@ def _refine_at(reference_edges: np.ndarray, moving_edges: np.ndarray, reference_
         return _refine_in_numpy(reference_edges, moving_edges, border, reference_mask, pull, centre, model,
                                 iterations, shrink_factors)
     return _refine_with_itk(reference_edges, moving_edges, border, reference_mask, pull, centre, model, iterations,
-                            shrink_factors, sampling, threads)
+                            shrink_factors, sampling)
 
 
 def _refine_in_numpy(reference_edges: np.ndarray, moving_edges: np.ndarray, border: int, reference_mask: np.ndarray,
@@ -197,7 +195,7 @@ def _refine_in_numpy(reference_edges: np.ndarray, moving_edges: np.ndarray, bord
 
 def _refine_with_itk(reference_edges: np.ndarray, moving_edges: np.ndarray, border: int, reference_mask: np.ndarray,
                      pull: np.ndarray, centre: np.ndarray, model: str, iterations: int,
-                     shrink_factors: tuple[int, ...], sampling: float, threads: int | None) -> np.ndarray:
+                     shrink_factors: tuple[int, ...], sampling: float) -> np.ndarray:
     """``_refine_at`` by SimpleITK; ``moving_edges`` padded by ``border`` px of zeros."""
     fixed = sitk.GetImageFromArray(reference_edges)
     moved = sitk.GetImageFromArray(moving_edges)
@@ -217,8 +215,6 @@ def _refine_with_itk(reference_edges: np.ndarray, moving_edges: np.ndarray, bord
         transform.SetCenter(centre.tolist())
         transform.SetTranslation(translation)
     method = sitk.ImageRegistrationMethod()
-    if threads is not None:
-        method.SetNumberOfThreads(threads)
     method.SetMetricAsCorrelation()
     method.SetMetricFixedMask(sitk.GetImageFromArray(reference_mask.astype(np.uint8)))
     method.SetInterpolator(sitk.sitkLinear)
