@@ -20,13 +20,16 @@ pytestmark = [pytest.mark.skipif(not available(), reason="the shared real data (
 def test_a_bent_section_is_followed_by_a_field_not_only_an_affine(pairs: dict[str, SectionPair],
                                                                    tmp_path: Path) -> None:
     """The moving section bent smoothly (benchmarks/robustness.py ``warped``): no affine can follow it (the affine
-    fitted to the landmarks leaves 6.24 px; the engine's affine alone 15.68 px), the DeepFlow field does (5.40 px
-    measured)."""
+    fitted to the landmarks leaves 6.24 px), a field does. Which field depends on how much the affine left: from the
+    SimpleITK search's affine DeepFlow measured 3.9 edge sigmas of motion and was kept (5.46 px); the NumPy search's
+    affine fits the bend better, DeepFlow then measures 0.84 sigma, below what it may follow, and the diffeomorphic
+    field is kept (4.17 px; docs/accuracy.md, "Twelfth attempt")."""
     pair = pairs["kidney_HE <- kidney_PanCK"]
     bent = variant_pair(pair, "warped", tmp_path)
     transform = register(bent.reference, bent.moving)
     assert transform.displacement is not None
-    assert transform.metadata["quality"]["non_rigid_field"] == "deepflow"
+    assert transform.metadata["quality"]["non_rigid_field"] in ("deepflow", "diffeomorphic")
+    assert "field_dropped" not in transform.metadata["quality"]
     assert np.median(landmark_errors(transform, bent)) < 7.0
 
 
