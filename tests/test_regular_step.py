@@ -82,3 +82,34 @@ def test_no_overlap_is_raised_where_every_sample_leaves_the_moving_image() -> No
     far = Pose(np.eye(2), np.array([5000.0, 0.0]), np.array([SHAPE[1] / 2, SHAPE[0] / 2]))
     with pytest.raises(NoOverlap):
         regular_step_descent(reference, mask, moving, 0.0, far, (2, 1), 50)
+
+
+@pytest.mark.parametrize("origin, shift, falls_off", [(-20.0, (1.5, -0.7), False), (0.0, (-31.4, -0.4), True)])
+def test_the_descent_direction_is_the_metrics_downhill_slope(origin: float, shift: tuple[float, float],
+                                                             falls_off: bool) -> None:
+    """The direction an iteration steps along is minus the slope of the metric it reports, measured by central
+    differences: both where every sample lands on the moving image (the shortcut that reuses the centred fixed
+    samples) and where some fall off it and stop counting."""
+    from slimreg.register.regular_step import _Level
+
+    wide = cv2.GaussianBlur(np.random.default_rng(3).random((SHAPE[0], SHAPE[1] + 60)).astype(np.float32), (0, 0), 3.0)
+    fixed = np.ascontiguousarray(wide[:, :SHAPE[1]])
+    moving = np.pad(fixed, 20) if origin else np.ascontiguousarray(wide[:, 32:SHAPE[1] + 32])
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[20:160, 30:230] = 1
+    centre = np.array([120.0, 90.0])
+    pose = Pose(np.array([[1.01, 0.01], [-0.01, 0.99]]), np.array(shift), centre)
+    level = _Level(fixed, mask, moving, origin, 1, centre)
+    mapped_x = level.offsets[0] * 1.01 + level.offsets[1] * 0.01 + centre[0] + shift[0] - origin
+    assert bool(((mapped_x < -0.5) | (mapped_x >= moving.shape[1] - 0.5)).any()) == falls_off
+    value, direction = level.value_and_gradient(pose)
+    assert value < -0.5  # a pose near the optimum: the slope is the metric's, not noise's
+    slope = np.empty(6)
+    for index in range(6):
+        step = 0.02 if index >= 4 else 0.02 / 120  # about 0.02 px at the samples' farthest offsets
+        up, down = pose.parameters(), pose.parameters()
+        up[index] += step
+        down[index] -= step
+        slope[index] = (level.value_and_gradient(pose.with_parameters(up))[0]
+                        - level.value_and_gradient(pose.with_parameters(down))[0]) / (2 * step)
+    assert float(-slope @ direction) / (np.linalg.norm(slope) * np.linalg.norm(direction)) > 0.999

@@ -40,6 +40,7 @@ from typing import TypeVar
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+from threadpoolctl import threadpool_limits
 
 from slimreg.register.preprocess import edge_map
 from slimreg.register.regular_step import NoOverlap, Pose, regular_step_descent
@@ -139,12 +140,19 @@ def side_by_side(starts: list[np.ndarray], refine: Callable[[np.ndarray], T]) ->
     """``refine(start)`` of every start, in order, up to ``MAX_SIDE_BY_SIDE`` at a time on the CPUs this process may
     use: NumPy and OpenCV release the interpreter in their array work, and on images of a few hundred pixels one
     descent's arrays are too small to keep several CPUs busy; the poses found are the same (docs/accuracy.md,
-    "Refinements side by side")."""
+    "Refinements side by side").
+
+    BLAS runs on one thread meanwhile: each descent's products are a few tens of thousands of values, and a BLAS
+    that splits them over its own threads in every worker leaves those threads waiting on one another (on 2 cores
+    the shared kidney pair's refinements took 11-12 s side by side so, 5-6 s with one BLAS thread each;
+    docs/accuracy.md, "Thirteenth attempt"). One at a time too, so that the sums, and the poses,
+    do not depend on how many CPUs there are."""
     workers = min(len(starts), usable_cpus(), MAX_SIDE_BY_SIDE)
-    if workers <= 1:
-        return [refine(start) for start in starts]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slimreg-refine") as pool:
-        return list(pool.map(refine, starts))
+    with threadpool_limits(limits=1, user_api="blas"):
+        if workers <= 1:
+            return [refine(start) for start in starts]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slimreg-refine") as pool:
+            return list(pool.map(refine, starts))
 
 
 def tissue_at_border(mask: np.ndarray, sigma: float) -> bool:

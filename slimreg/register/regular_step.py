@@ -129,53 +129,82 @@ def _sample(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
 
 class _Level:
-    """One resolution: the fixed samples on the mask and their offsets from the pose's centre, the smoothed moving
-    image and its gradient."""
+    """One resolution: the fixed samples on the mask (centred on their mean) and their offsets from the pose's
+    centre, the smoothed moving image and its gradient, and the buffers every iteration reuses: arrays of the
+    samples' size allocated afresh at each of thousands of iterations cost more in page faults than the arithmetic
+    (1.6 ms per iteration against 0.8 ms with these, at 62 000 points). About 100 bytes per sample."""
 
     def __init__(self, fixed: np.ndarray, mask: np.ndarray, moving: np.ndarray, moving_origin: float, shrink: int,
                  centre: np.ndarray) -> None:
         sigma = float(np.log2(shrink)) if shrink > 1 else 0.0
         rows, cols = _shrunk_grid(fixed.shape, shrink)
-        grid_y, grid_x = np.meshgrid(rows, cols, indexing="ij")
-        on_mask = mask[np.clip(np.rint(grid_y).astype(int), 0, mask.shape[0] - 1),
-                       np.clip(np.rint(grid_x).astype(int), 0, mask.shape[1] - 1)] > 0
-        xs, ys = grid_x[on_mask], grid_y[on_mask]
-        self.count = xs.size
-        self.fixed = _sample(_smooth(fixed, sigma)[..., None], xs, ys)[:, 0].astype(np.float64)
-        self.offsets = np.column_stack([xs - centre[0], ys - centre[1], np.ones(xs.size)])  # dx, dy, 1
+        on_mask = mask[np.ix_(np.clip(np.rint(rows).astype(int), 0, mask.shape[0] - 1),
+                              np.clip(np.rint(cols).astype(int), 0, mask.shape[1] - 1))] > 0
+        row_index, column_index = np.nonzero(on_mask)
+        xs, ys = cols[column_index], rows[row_index]
+        del on_mask, row_index, column_index
+        count = self.count = xs.size
+        samples = _sample(_smooth(fixed, sigma)[..., None], xs, ys)[:, 0].astype(np.float64)
+        # centred on every sample: where some fall off the moving image, the metric centres on those left, and a
+        # shift of all values changes nothing there
+        self.fixed = samples - samples.mean() if count else samples
+        self.fixed_energy = float(self.fixed @ self.fixed)
+        self.offsets = np.empty((3, count))  # rows dx, dy, 1
+        self.offsets[0], self.offsets[1], self.offsets[2] = xs - centre[0], ys - centre[1], 1.0
+        del xs, ys, samples
         smooth_moving = _smooth(moving, sigma)
         self.moving = np.dstack([smooth_moving, *_gradient(smooth_moving)])
         self.origin = moving_origin
         self.limit = (moving.shape[1] - 0.5, moving.shape[0] - 0.5)
         self.corners = np.stack([cols[[0, 0, -1, -1]], rows[[0, -1, 0, -1]]], axis=1)
+        self.mapped = np.empty((2, count))
+        map_rows = max(1, -(-count // REMAP_WIDTH))  # OpenCV's remap takes maps under 32767 a side
+        self.map_x = np.zeros((map_rows, REMAP_WIDTH), np.float32)
+        self.map_y = np.zeros((map_rows, REMAP_WIDTH), np.float32)
+        self.moving_values = np.empty(count)
+        self.gradients = np.empty((2, count))
+        self.weighted_gradients = np.empty((2, count))
 
     def value_and_gradient(self, pose: Pose) -> tuple[float, np.ndarray]:
         """ITK's correlation metric (lower is better) and its descent direction over (a00, a01, a10, a11, tx, ty)."""
-        offsets = self.offsets
-        mapped = offsets[:, :2] @ pose.matrix.T + (pose.centre + pose.translation - self.origin)  # moving pixels
-        xs, ys = mapped[:, 0], mapped[:, 1]
-        inside = (xs >= -0.5) & (xs < self.limit[0]) & (ys >= -0.5) & (ys < self.limit[1])
-        count = int(np.count_nonzero(inside))
-        if count == 0:
-            raise NoOverlap("all sample points map outside the moving image")
-        values = _sample(self.moving, xs, ys)  # value, d/dx, d/dy (float32)
-        weight = inside.astype(np.float64)
-        f1 = self.fixed - np.dot(weight, self.fixed) / count
-        f1 *= weight
-        m1 = values[:, 0].astype(np.float64)
-        m1 -= np.dot(weight, m1) / count
-        m1 *= weight
-        fm, f2, m2 = float(f1 @ m1), float(f1 @ f1), float(m1 @ m1)
+        affine = np.empty((2, 3))
+        affine[:, :2] = pose.matrix
+        affine[:, 2] = pose.centre + pose.translation - self.origin
+        mapped = np.matmul(affine, self.offsets, out=self.mapped)  # moving pixels, x and y rows
+        low, high = mapped.min(axis=1), mapped.max(axis=1)
+        if low[0] >= -0.5 and low[1] >= -0.5 and high[0] < self.limit[0] and high[1] < self.limit[1]:
+            weight, count = None, self.count  # every sample counts (the caller's padding makes this the rule)
+            f1, f2 = self.fixed, self.fixed_energy
+        else:
+            inside = ((mapped[0] >= -0.5) & (mapped[0] < self.limit[0]) & (mapped[1] >= -0.5)
+                      & (mapped[1] < self.limit[1]))
+            count = int(np.count_nonzero(inside))
+            if count == 0:
+                raise NoOverlap("all sample points map outside the moving image")
+            weight = inside.astype(np.float64)
+            f1 = self.fixed - np.dot(weight, self.fixed) / count
+            f1 *= weight
+            f2 = float(f1 @ f1)
+        self.map_x.reshape(-1)[:self.count] = mapped[0]
+        self.map_y.reshape(-1)[:self.count] = mapped[1]
+        # OpenCV places the points to 1/32 px (its interpolation table), far finer than a pose needs here
+        values = cv2.remap(self.moving, self.map_x, self.map_y, cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3)[:self.count].T  # value, d/dx, d/dy
+        m1 = self.moving_values
+        np.copyto(m1, values[0])
+        m1 -= m1.mean() if weight is None else np.dot(weight, m1) / count
+        if weight is not None:
+            m1 *= weight
+        fm, m2 = float(f1 @ m1), float(m1 @ m1)
         if f2 * m2 <= np.finfo(np.float64).eps:
             return 0.0, np.zeros(6)
-        products = np.empty((4, self.count))
-        np.multiply(f1, values[:, 1], out=products[0])
-        np.multiply(f1, values[:, 2], out=products[1])
-        np.multiply(m1, values[:, 1], out=products[2])
-        np.multiply(m1, values[:, 2], out=products[3])
-        sums = products @ offsets  # (4, 3): sum of value * gradient * (dx, dy, 1)
-        fdm = np.array([sums[0, 0], sums[0, 1], sums[1, 0], sums[1, 1], sums[0, 2], sums[1, 2]])
-        mdm = np.array([sums[2, 0], sums[2, 1], sums[3, 0], sums[3, 1], sums[2, 2], sums[3, 2]])
+        gradients, weighted = self.gradients, self.weighted_gradients
+        np.copyto(gradients, values[1:3])
+        # rows d/dx, d/dy; columns dx, dy, 1: the sums of value * gradient * offset
+        by_fixed = np.multiply(gradients, f1, out=weighted) @ self.offsets.T
+        by_moving = np.multiply(gradients, m1, out=weighted) @ self.offsets.T
+        fdm = np.array([*by_fixed[0, :2], *by_fixed[1, :2], by_fixed[0, 2], by_fixed[1, 2]])
+        mdm = np.array([*by_moving[0, :2], *by_moving[1, :2], by_moving[0, 2], by_moving[1, 2]])
         return -fm * fm / (f2 * m2), 2.0 * fm / (f2 * m2) * (fdm - fm / m2 * mdm)
 
     def scales(self, pose: Pose) -> np.ndarray:
@@ -221,4 +250,5 @@ def regular_step_descent(fixed: np.ndarray, mask: np.ndarray, moving: np.ndarray
                 break
             pose = pose.with_parameters(pose.parameters() + scaled * (step / magnitude))
             previous = scaled
+        del level  # before the next level is built: the finest holds most
     return pose
