@@ -15,7 +15,7 @@ from slimreg.register.diffeomorphic import greedy_flow
 from slimreg.register.initial import Described
 from slimreg.register.pieces import piece_field
 from slimreg.register.pose import to_working
-from slimreg.register.preprocess import blur, edge_map, local_contrast, tissue_mask, to_uint8
+from slimreg.register.preprocess import edge_map, local_contrast, tissue_mask, to_uint8, wide_blur
 from slimreg.register.similarity import (
     AlignmentScorer,
 )
@@ -212,14 +212,14 @@ def _disagreement(first: np.ndarray, second: np.ndarray, region: np.ndarray) -> 
 def _regularise(flow: np.ndarray, tissue: np.ndarray, smoothing: float) -> np.ndarray:
     """Normalised convolution: smooth over tissue, fill background from nearby tissue, keep it invertible."""
     sigma = max(2.0, smoothing * max(flow.shape[:2]))
-    weight = blur(tissue.astype(np.float32), sigma)
+    weight = wide_blur(tissue.astype(np.float32), sigma)
     smooth = np.empty_like(flow)
     for band in range(2):
-        smooth[..., band] = blur(flow[..., band] * tissue, sigma) / np.maximum(weight, 1e-3)
+        smooth[..., band] = wide_blur(flow[..., band] * tissue, sigma) / np.maximum(weight, 1e-3)
     smooth[weight < 1e-3] = 0.0
     for _ in range(5):
         gradient = max(np.abs(np.gradient(smooth[..., b])).max() for b in range(2))
         if gradient < 0.5:
             break
-        smooth = np.stack([blur(smooth[..., band], sigma) for band in range(2)], axis=-1)
+        smooth = np.stack([wide_blur(smooth[..., band], sigma) for band in range(2)], axis=-1)
     return smooth
