@@ -78,15 +78,17 @@ def _climb(fixed: np.ndarray, moving: np.ndarray, flow: np.ndarray, radius: int,
 
     gradient_x = cv2.Sobel(moving, cv2.CV_32F, 1, 0, ksize=1, scale=0.5, borderType=cv2.BORDER_REPLICATE)
     gradient_y = cv2.Sobel(moving, cv2.CV_32F, 0, 1, ksize=1, scale=0.5, borderType=cv2.BORDER_REPLICATE)
+    # one remap moves the image and both its gradients (the same weights for every channel)
+    moving_and_gradients = np.dstack([moving, gradient_x, gradient_y])
+    del gradient_x, gradient_y
     sum_fixed = local_sum(fixed)
     variance_fixed = local_sum(fixed * fixed) - sum_fixed * sum_fixed / count
     flat = np.float32(FLAT_VARIANCE * max(float(variance_fixed.mean()), 1e-12))
     step, accepted, accepted_value = STEP_PX, flow, -np.inf
     for iteration in range(iterations + 1):  # the last pass only judges the last step
         map_x, map_y = grid_x + flow[..., 0], grid_y + flow[..., 1]
-        warped, warped_x, warped_y = (cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR,
-                                                borderMode=cv2.BORDER_REPLICATE)
-                                      for image in (moving, gradient_x, gradient_y))
+        moved = cv2.remap(moving_and_gradients, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        warped, warped_gradients = np.ascontiguousarray(moved[..., 0]), moved[..., 1:]
         sum_warped = local_sum(warped)
         variance_warped = local_sum(warped * warped) - sum_warped * sum_warped / count
         covariance = local_sum(fixed * warped) - sum_fixed * sum_warped / count
@@ -104,20 +106,19 @@ def _climb(fixed: np.ndarray, moving: np.ndarray, flow: np.ndarray, radius: int,
             break
         # each window's squared correlation cov^2 / (var_f var_w), differentiated by every warped pixel in it, and
         # summed over the windows that hold the pixel (a box filter of per-window terms)
-        alpha = np.where(valid, 2 * covariance / denominator, 0).astype(np.float32)
-        beta = np.where(valid, alpha * covariance / (variance_warped + flat), 0).astype(np.float32)
+        alpha = np.where(valid, 2 * covariance / denominator, 0).astype(np.float32, copy=False)
+        beta = np.where(valid, alpha * covariance / (variance_warped + flat), 0).astype(np.float32, copy=False)
         by_pixel = (fixed * local_sum(alpha) - local_sum(alpha * sum_fixed / count)
                     - warped * local_sum(beta) + local_sum(beta * sum_warped / count))
-        update = np.stack([blur(by_pixel * warped_x, UPDATE_SMOOTHING_SIGMAS * sigma),
-                           blur(by_pixel * warped_y, UPDATE_SMOOTHING_SIGMAS * sigma)], axis=-1)
-        longest = float(np.sqrt((update * update).sum(axis=-1).max()))
+        # both bands at once: OpenCV filters and remaps each channel as it would the band alone
+        update = blur(by_pixel[..., None] * warped_gradients, UPDATE_SMOOTHING_SIGMAS * sigma)
+        longest = float(np.sqrt((update[..., 0] * update[..., 0] + update[..., 1] * update[..., 1]).max()))
         if longest <= 0:
             break
         update *= np.float32(step / longest)
         # compose: the field so far read where the update points, plus the update
-        carried = cv2.remap(flow, grid_x + update[..., 0], grid_y + update[..., 1], cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_REPLICATE)
-        flow = carried + update
-        flow = np.stack([blur(np.ascontiguousarray(flow[..., band]), FIELD_SMOOTHING_SIGMAS * sigma)
-                         for band in range(2)], axis=-1)
+        flow = cv2.remap(flow, grid_x + update[..., 0], grid_y + update[..., 1], cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
+        flow += update
+        flow = blur(flow, FIELD_SMOOTHING_SIGMAS * sigma)
     return flow
