@@ -180,10 +180,14 @@ def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSe
     if settings.micro:
         stages.append(ECC_PER_PX * pixels(settings.micro_dim) / 2)
     if settings.non_rigid:
-        stages.append(SIFT_PER_PX * pixels(settings.non_rigid_dim) / 2)
+        # the mirror decoy's search runs beside the non-rigid step (slimreg.register.feature): one image described,
+        # the rotation search's FFTs, refinements side by side, all at ``search_dim``; measured 146-250 B per px of
+        # the pair there (docs/memory-model.md), counted at SIFT's 255
+        decoy = 0.0 if settings.allow_mirror else SIFT_PER_PX * pixels(settings.search_dim)
+        stages.append(SIFT_PER_PX * pixels(settings.non_rigid_dim) / 2 + decoy)
         # estimated on the reference's grid, while the flows' candidates are held at ``non_rigid_dim``
         stages.append(DIFFEOMORPHIC_PER_PX * working_pixels(reference, settings.diffeomorphic_dim)
-                      + FIELD_CANDIDATES_PER_PX * pixels(settings.non_rigid_dim) / 2)
+                      + FIELD_CANDIDATES_PER_PX * pixels(settings.non_rigid_dim) / 2 + decoy)
     return int(PAIR_OVERHEAD + max(stages))
 
 

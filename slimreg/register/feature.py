@@ -30,7 +30,8 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    the other's, beat the best pose the same search finds for the moving image's mirror image (without
    ``allow_mirror``; unless the image is its own mirror image, slimreg.register.symmetry), and beat the
    unregistered placement (slimreg.register.similarity); otherwise the image fails with a message, and nothing
-   is written for it. The affine is judged before the polish.
+   is written for it. The affine is judged as found before the polish; the decoy's search runs beside the non-rigid
+   step (on 2 cores each leaves one idle for long stretches), so a result the decoy refuses costs that step too.
 
 Every array is at a working size set by the preset, so memory does not depend on the image's size.
 Matrices: ``pull`` maps reference working px -> moving working px; level 0 by ``Downsampled.level0_matrix``.
@@ -38,6 +39,7 @@ Matrices: ``pull`` maps reference working px -> moving working px; level 0 by ``
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -114,19 +116,27 @@ class FeatureEngine:
                                          **best_score.to_json("affine_")}
         moved = corner_distance(best, unregistered, ref.array.shape)
         check_result(best_score, identity_score, moved, path)
-        decoy = None
-        if not settings.allow_mirror:  # the search again, for the mirror image: only for a result worth keeping
-            decoy = mirror_decoy(scorer, ref, mov, mov_mask, settings, expected, described)
-            check_result(best_score, identity_score, moved, path,
-                         mirror_null(best_score, decoy, best, mov, mov_mask, stats))
         if settings.micro and max(reference.info.width, reference.info.height) > search_dim:
             affine = self._polish(reference, moving, reference_channel, moving_channel, affine, settings, expected)
         check_plausible(affine, path, expected, settings.allow_mirror)
         displacement = None
-        if settings.non_rigid:
-            displacement, flow_stats = self._non_rigid(reference, moving, reference_channel, moving_channel, affine,
-                                                       settings, SearchKeypoints(ref, described, mov, mov_described))
-            stats.update(flow_stats)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimreg-decoy") as beside:
+            # the search again, for the mirror image (only without allow_mirror, for a result worth keeping), beside
+            # the non-rigid step: neither reads what the other makes, the decoy judges the affine found before the
+            # polish, and on 2 cores the two fill the CPUs that each leaves idle alone; memory: slimreg.estimate
+            pending = None if settings.allow_mirror else beside.submit(
+                mirror_decoy, scorer, ref, mov, mov_mask, settings, expected, described)
+            try:
+                if settings.non_rigid:
+                    displacement, flow_stats = self._non_rigid(reference, moving, reference_channel, moving_channel,
+                                                               affine, settings,
+                                                               SearchKeypoints(ref, described, mov, mov_described))
+                    stats.update(flow_stats)
+            finally:
+                decoy = None if pending is None else pending.result()
+        if decoy is not None:
+            check_result(best_score, identity_score, moved, path,
+                         mirror_null(best_score, decoy, best, mov, mov_mask, stats))
         return Transform(affine, displacement, (reference.info.height, reference.info.width),
                          (moving.info.height, moving.info.width),
                          metadata={"engine": self.name, "quality": stats}), decoy
