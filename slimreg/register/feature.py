@@ -47,6 +47,7 @@ import numpy as np
 
 from slimreg.errors import RegistrationError
 from slimreg.io.read import Downsampled, TiffImage
+from slimreg.memory import release_memory
 from slimreg.metrics import mutual_information
 from slimreg.register.fields import (
     DIFFEOMORPHIC,
@@ -119,6 +120,9 @@ class FeatureEngine:
         if settings.micro and max(reference.info.width, reference.info.height) > search_dim:
             affine = self._polish(reference, moving, reference_channel, moving_channel, affine, settings, expected)
         check_plausible(affine, path, expected, settings.allow_mirror)
+        # the search's and the polish's freed arrays back to the OS before the largest stage: glibc otherwise keeps
+        # them, and a whole slide's step peaked 15-70 MB higher (docs/memory-model.md)
+        release_memory()
         displacement = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimreg-decoy") as beside:
             # the search again, for the mirror image (only without allow_mirror, for a result worth keeping), beside
@@ -184,6 +188,7 @@ class FeatureEngine:
             # refines the structure inside the tissue. Where motion was measured (a bent or torn section, frames
             # whose flows agree) the fields built for it decide: the diffeomorphic field climbs local correlation
             # a px per step and followed a bend or a tear onto the wrong structure (docs/accuracy.md)
+            release_memory()  # the flows' freed arrays, likewise
             candidates.insert(-1, diffeomorphic_candidate(reference, moving, reference_channel, moving_channel,
                                                           affine, settings.diffeomorphic_dim, ref, region,
                                                           scorer.sigma))
