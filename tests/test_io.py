@@ -81,6 +81,28 @@ def test_probe_subifd_pyramid_written_by_tifffile(tmp_path: Path) -> None:
     assert np.array_equal(image.region(0, 0, 160, 128, level=1, channel=1), data[1, ::2, ::2])
 
 
+def test_a_coarser_level_is_read_where_it_keeps_the_share_asked_of_the_largest_copy(tmp_path: Path) -> None:
+    """100 px from a 2300 px scan is a factor of 23, which divides no pyramid level: the largest copy (100 px) decodes
+    the whole scan. A level eight times coarser gives 96 px (a factor of 3 on 288 px), and is read where 0.9 of the
+    largest copy is enough."""
+    rng = np.random.default_rng(4)
+    levels = [rng.integers(0, 255, (1150, 2300), dtype=np.uint8)]
+    for _ in range(3):
+        levels.append(levels[-1][::2, ::2].copy())
+    path = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(levels[0], subifds=3, tile=(64, 64), metadata={"axes": "YX"})
+        for level in levels[1:]:
+            tif.write(level, subfiletype=1, tile=(64, 64))
+    image = open_image(path)
+    assert image.downsampled(100).scale == 23
+    coarse = image.downsampled(100, level_share=0.9)
+    assert coarse.scale == 24 and coarse.array.shape == (48, 96)
+    expected = levels[3].reshape(48, 3, 96, 3).astype(float).mean(axis=(1, 3))
+    assert np.abs(coarse.array.astype(float) - expected).max() <= 2.0  # integer roundings; level 0 is noise here
+    assert image.downsampled(100, level_share=0.97).scale == 23  # 96 px is under 0.97 of 100
+
+
 def test_probe_is_fast_and_small_on_a_huge_file(tmp_path: Path) -> None:
     path = tmp_path / "huge.tif"
     tifffile.memmap(path, shape=(25000, 30000), dtype="uint8", bigtiff=True)  # sparse file, 750 MB

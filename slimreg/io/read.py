@@ -222,17 +222,21 @@ class TiffImage:
         return to_numpy(image.crop(x0, y0, x1 - x0, y1 - y0))
 
     def downsampled(self, max_dim: int, channel: int | None = 0, frame: int = 0,
-                    region: tuple[int, int, int, int] | None = None) -> Downsampled:
+                    region: tuple[int, int, int, int] | None = None, level_share: float = 1.0) -> Downsampled:
         """A copy whose long side is at most ``max_dim``, built from the best pyramid level by block averaging.
 
         ``region`` (level-0 x, y, width, height) reads only that rectangle, so working pixels can be spent on
-        tissue rather than on the glass around it; the copy's ``origin`` says where it starts."""
+        tissue rather than on the glass around it; the copy's ``origin`` says where it starts. ``level_share`` < 1
+        takes the coarsest level whose copy keeps at least that share of the largest copy's long side: a whole
+        factor that fits may divide no level but the first (1024 px from a 23280 px scan is a factor of 23, read by
+        decoding the whole scan), where a coarser level gives nearly as large a copy (970 px from the 2910 px level)
+        at a fraction of the decoding."""
         if max_dim < 1:
             raise InputError(f"max_dim must be at least 1, got {max_dim}.", self.info.path)
         x, y, width, height = region or (0, 0, self.info.width, self.info.height)
         # Among exact (integer-scale) levels and integer block factors, keep the largest result that fits:
         # the smallest level that fits could lose up to half the requested resolution (1250 -> 625 px).
-        best_level, best_size, best_scale, best_box = 0, -1, 1.0, (0, 0, 1, 1)
+        fits: list[tuple[int, float, int, tuple[int, int, int, int]]] = []
         for level in range(len(self.info.levels)):
             scale = self.level_scale(level)
             if scale != int(scale):
@@ -242,9 +246,12 @@ class TiffImage:
             x1 = min(level_width, math.ceil((x + width) / scale))
             y1 = min(level_height, math.ceil((y + height) / scale))
             long_level = max(x1 - x0, y1 - y0)
-            size = long_level // max(1, math.ceil(long_level / max_dim))
-            if size > best_size or (size == best_size and scale > best_scale):
-                best_level, best_size, best_scale, best_box = level, size, scale, (x0, y0, x1 - x0, y1 - y0)
+            fits.append((long_level // max(1, math.ceil(long_level / max_dim)), scale, level,
+                         (x0, y0, x1 - x0, y1 - y0)))
+        largest = max(size for size, *_ in fits)
+        # the coarsest level whose copy keeps ``level_share`` of the largest (by default: of equal largest copies)
+        _, best_scale, best_level, best_box = max((fit for fit in fits if fit[0] >= level_share * largest),
+                                                  key=lambda fit: fit[1])
         # from strips, libvips' random access to a shrunk plane held the whole decoded level (866 MB for a
         # 20000 x 13522 RGB file, 133 MB read top to bottom); the copy is read top to bottom once either way (a
         # region low in the image costs the time of decoding the strips above it, not their memory)
