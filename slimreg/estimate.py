@@ -6,7 +6,7 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
   The valis engine adds torch, kornia and VALIS (``VALIS_IMPORT``).
 - Feature engine, per moving image (one at a time): candidates from four detectors and a rotation search at half
   ``processing_dim`` (``SIFT_PER_PX`` per pixel of ``processing_dim``, both images, a bound for the smaller images
-  actually used), then SimpleITK refinement at ``micro_dim`` (``ECC_PER_PX``: the arrays of the ECC step it replaced,
+  actually used), then the polish at ``micro_dim`` (``ECC_PER_PX``: the arrays of the ECC step it replaced,
   plus the zeros around the moving edge map that let refinement count tissue carried off the image, measured 17 B/px;
   docs/memory-model.md), then DIS and DeepFlow optical flow at ``non_rigid_dim`` (as SIFT, 255 B per pixel of one
   image; DeepFlow alone measured about 220), and, where the moving tissue lies in pieces, a shift search, the
@@ -177,13 +177,13 @@ def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSe
         return int(VALIS_IMPORT + max(VALIS_PAIR_BASE + VALIS_PER_PX * pixels(settings.processing_dim),
                                       VALIS_COPY_PER_PX * copy))
     stages = [SIFT_PER_PX * pixels(settings.processing_dim) / 2]
+    # the mirror decoy's search runs beside the polish and the non-rigid step (slimreg.register.feature): one image
+    # described, the rotation search's FFTs, refinements side by side, all at ``search_dim``; measured 146-250 B per
+    # px of the pair there (docs/memory-model.md), counted at SIFT's 255
+    decoy = 0.0 if settings.allow_mirror else SIFT_PER_PX * pixels(settings.search_dim)
     if settings.micro:
-        stages.append(ECC_PER_PX * pixels(settings.micro_dim) / 2)
+        stages.append(ECC_PER_PX * pixels(settings.micro_dim) / 2 + decoy)
     if settings.non_rigid:
-        # the mirror decoy's search runs beside the non-rigid step (slimreg.register.feature): one image described,
-        # the rotation search's FFTs, refinements side by side, all at ``search_dim``; measured 146-250 B per px of
-        # the pair there (docs/memory-model.md), counted at SIFT's 255
-        decoy = 0.0 if settings.allow_mirror else SIFT_PER_PX * pixels(settings.search_dim)
         stages.append(SIFT_PER_PX * pixels(settings.non_rigid_dim) / 2 + decoy)
         # estimated on the reference's grid, while the flows' candidates are held at ``non_rigid_dim``
         stages.append(DIFFEOMORPHIC_PER_PX * working_pixels(reference, settings.diffeomorphic_dim)

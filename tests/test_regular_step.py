@@ -113,3 +113,30 @@ def test_the_descent_direction_is_the_metrics_downhill_slope(origin: float, shif
         slope[index] = (level.value_and_gradient(pose.with_parameters(up))[0]
                         - level.value_and_gradient(pose.with_parameters(down))[0]) / (2 * step)
     assert float(-slope @ direction) / (np.linalg.norm(slope) * np.linalg.norm(direction)) > 0.999
+
+
+@pytest.mark.parametrize("origin, shift", [(-20.0, (1.5, -0.7)), (0.0, (-31.4, -0.4)), (0.0, (0.3, -40.6))])
+def test_the_metric_summed_a_chunk_at_a_time_is_the_metric_of_one_pass(monkeypatch: pytest.MonkeyPatch,
+                                                                       origin: float,
+                                                                       shift: tuple[float, float]) -> None:
+    """An iteration sums its samples a chunk at a time, so that its buffers stay a few MB at a polish's millions of
+    samples: every sample on the moving image, samples off it in every chunk (a shift along x), and whole chunks off
+    it beside chunks that are partly or wholly on it (along y) give the value and direction of one pass."""
+    from slimreg.register import regular_step
+
+    wide = cv2.GaussianBlur(np.random.default_rng(5).random((SHAPE[0], SHAPE[1] + 60)).astype(np.float32), (0, 0), 3.0)
+    fixed = np.ascontiguousarray(wide[:, :SHAPE[1]])
+    moving = np.pad(fixed, 20) if origin else np.ascontiguousarray(wide[:, 32:SHAPE[1] + 32])
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[20:160, 30:230] = 1
+    centre = np.array([120.0, 90.0])
+    pose = Pose(np.array([[1.01, 0.01], [-0.01, 0.99]]), np.array(shift), centre)
+    one_pass = regular_step._Level(fixed, mask, moving, origin, 1, centre)
+    assert one_pass.count == 28_000 and one_pass.count < regular_step.CHUNK
+    value, direction = one_pass.value_and_gradient(pose)
+    monkeypatch.setattr(regular_step, "CHUNK", regular_step.REMAP_WIDTH)  # 28 chunks, the last partly filled
+    chunked = regular_step._Level(fixed, mask, moving, origin, 1, centre)
+    chunked_value, chunked_direction = chunked.value_and_gradient(pose)
+    assert chunked_value == pytest.approx(value, rel=1e-9)
+    np.testing.assert_allclose(chunked_direction, direction, rtol=1e-9, atol=1e-12 * np.abs(direction).max())
+    assert value < 0 and np.abs(direction).max() > 0

@@ -30,8 +30,9 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    the other's, beat the best pose the same search finds for the moving image's mirror image (without
    ``allow_mirror``; unless the image is its own mirror image, slimreg.register.symmetry), and beat the
    unregistered placement (slimreg.register.similarity); otherwise the image fails with a message, and nothing
-   is written for it. The affine is judged as found before the polish; the decoy's search runs beside the non-rigid
-   step (on 2 cores each leaves one idle for long stretches), so a result the decoy refuses costs that step too.
+   is written for it. The affine is judged as found before the polish; the decoy's search runs beside the polish and
+   the non-rigid step (on 2 cores each leaves one idle for long stretches), so a result the decoy refuses costs those
+   steps too.
 
 Every array is at a working size set by the preset, so memory does not depend on the image's size.
 Matrices: ``pull`` maps reference working px -> moving working px; level 0 by ``Downsampled.level0_matrix``.
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from slimreg.errors import RegistrationError
 from slimreg.io.read import Downsampled, TiffImage
@@ -117,20 +119,22 @@ class FeatureEngine:
                                          **best_score.to_json("affine_")}
         moved = corner_distance(best, unregistered, ref.array.shape)
         check_result(best_score, identity_score, moved, path)
-        if settings.micro and max(reference.info.width, reference.info.height) > search_dim:
-            affine = self._polish(reference, moving, reference_channel, moving_channel, affine, settings, expected)
-        check_plausible(affine, path, expected, settings.allow_mirror)
-        # the search's and the polish's freed arrays back to the OS before the largest stage: glibc otherwise keeps
-        # them, and a whole slide's step peaked 15-70 MB higher (docs/memory-model.md)
-        release_memory()
         displacement = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimreg-decoy") as beside:
             # the search again, for the mirror image (only without allow_mirror, for a result worth keeping), beside
-            # the non-rigid step: neither reads what the other makes, the decoy judges the affine found before the
-            # polish, and on 2 cores the two fill the CPUs that each leaves idle alone; memory: slimreg.estimate
+            # the polish and the non-rigid step: none of them reads what another makes, the decoy judges the affine
+            # found before the polish, and on 2 cores each fills the CPU the other leaves idle; memory:
+            # slimreg.estimate
             pending = None if settings.allow_mirror else beside.submit(
                 mirror_decoy, scorer, ref, mov, mov_mask, settings, expected, described)
             try:
+                if settings.micro and max(reference.info.width, reference.info.height) > search_dim:
+                    affine = self._polish(reference, moving, reference_channel, moving_channel, affine, settings,
+                                          expected)
+                check_plausible(affine, path, expected, settings.allow_mirror)
+                # the search's and the polish's freed arrays back to the OS before the largest stage: glibc
+                # otherwise keeps them, and a whole slide's step peaked 15-70 MB higher (docs/memory-model.md)
+                release_memory()
                 if settings.non_rigid:
                     displacement, flow_stats = self._non_rigid(reference, moving, reference_channel, moving_channel,
                                                                affine, settings,
@@ -153,8 +157,12 @@ class FeatureEngine:
         mov, mov_mask = tissue_image(moving, moving_channel, settings.micro_dim)
         scorer = AlignmentScorer(ref.array, ref_mask)
         start = to_working(affine, ref, mov)
-        pull = refine_affine(ref.array, mov.array, ref_mask, start, scorer.sigma, settings.transform_model,
-                             iterations=100, shrink_factors=(2, 1), sampling=0.25, edge_scales=(1.0,))
+        # every pixel, by the NumPy descent: SimpleITK's on a random quarter took twice as long on two CPUs
+        # (docs/accuracy.md, "Fifteenth attempt"); BLAS on one thread, as in the search: its products are three
+        # columns wide, and the decoy's search runs beside
+        with threadpool_limits(limits=1, user_api="blas"):
+            pull = refine_affine(ref.array, mov.array, ref_mask, start, scorer.sigma, settings.transform_model,
+                                 iterations=100, shrink_factors=(2, 1), edge_scales=(1.0,), in_numpy=True)
         polished = to_level0(pull, ref, mov)
         if plausibility_problem(polished, expected, settings.allow_mirror) is not None:
             return affine

@@ -24,8 +24,9 @@ poses, and skipping the second halves the refinement there (docs/accuracy.md, "T
 The descent is SimpleITK's (regular steps, scales from physical shift, the correlation metric), run either by
 SimpleITK or, five times faster per iteration, in NumPy (``in_numpy``, slimreg.register.regular_step). The pose
 search (the result's and its mirror decoy's, slimreg.register.pose) runs in NumPy and hands the caller's score every
-stage's pose (``refine_both_ways``); the polish stays with SimpleITK, and each piece of a torn section is refined
-both ways (slimreg.register.pieces). The search in NumPy moves poses by fractions of a pixel against SimpleITK's,
+stage's pose (``refine_both_ways``); the polish runs in NumPy on every pixel (SimpleITK's on a random quarter took
+twice as long, docs/accuracy.md, "Fifteenth attempt"), and each piece of a torn section is refined both ways
+(slimreg.register.pieces). The search in NumPy moves poses by fractions of a pixel against SimpleITK's,
 and until the pieces' correction stopped hinging on that (docs/accuracy.md, "A piece's correction that does not
 hinge on a tenth of a pixel") it lost the torn lung proSPC <- H&E pair ("Tenth attempt").
 """
@@ -76,8 +77,9 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     Edges are correlated coarse to fine (``edge_scales`` times ``sigma``): edges smoothed more overlap from further
     away, so a start several percent off in scale still converges (measured: the shared kidney pair turned 90
     degrees, three of its starts reach the optimum this way and none with ``sigma`` alone). A pose that is already
-    close (the polish at the finest size) needs neither the coarse edges, the coarsest level nor every pixel:
-    ``edge_scales`` (1,), ``shrink_factors`` (2, 1) and ``sampling`` 0.25 make it several times faster. With
+    close (the polish at the finest size, a piece's fit) needs neither the coarse edges nor the coarsest level:
+    ``edge_scales`` (1,) and ``shrink_factors`` (2, 1) make it several times faster, as ``sampling`` (a random
+    share of the pixels, SimpleITK only) does. With
     ``outside_at_coarse_levels`` False, the zeros beyond the moving image (``outside``) are added at the finest
     level only (module docstring). ``edges``: the two images' edge maps at each of ``edge_scales`` (``edge_maps``),
     where the caller refines several starts of one pair. ``in_numpy``: the same descent run by

@@ -2,13 +2,13 @@
 
 The algorithm of slimreg's SimpleITK refinements (``ImageRegistrationMethod`` with the correlation metric, a fixed
 mask, linear interpolation, ``RegularStepGradientDescent`` and scales from physical shift), written with NumPy and
-OpenCV; the mirror decoy's search runs it (slimreg.register.refine). Per level the fixed image's sample points (its
-grid shrunk by the level's factor, those on the mask) and their offsets from the centre are found once, so an
-iteration is one interpolation of the moving image and its gradient at the mapped points and one small matrix
-product, where ITK walks every point of the domain through virtual calls: 3.1 ms against 16.4 ms per iteration on
-183 000 points. From the same start it lands where ITK lands, within 0.02 px on a known pose
-(tests/test_regular_step.py); on real pairs, whose optima are flat, the search's winners land a fraction of a pixel
-apart (docs/accuracy.md, "Seventh attempt").
+OpenCV; the pose search, its mirror decoy's and the polish run it (slimreg.register.refine). Per level the fixed
+image's sample points (its grid shrunk by the level's factor, those on the mask) and their offsets from the centre
+are found once, so an iteration is one interpolation of the moving image and its gradient at the mapped points and
+a few small matrix products, where ITK walks every point of the domain through virtual calls: 3.1 ms against
+16.4 ms per iteration on 183 000 points. From the same start it lands where ITK lands, within 0.02 px on a known
+pose (tests/test_regular_step.py); on real pairs, whose optima are flat, the search's winners land a fraction of a
+pixel apart (docs/accuracy.md, "Seventh attempt").
 
 What is kept from ITK, because the search's capture and stopping depend on it:
 - per level, both images smoothed at full resolution (Gaussian, sigma ``log2(shrink)`` px), the fixed image sampled
@@ -32,6 +32,9 @@ import numpy as np
 
 GRADIENT_SIGMA = 1.0  # px: ITK's default for the moving image's gradient (its pixel spacing)
 REMAP_WIDTH = 1024  # sample points per row of the maps handed to OpenCV
+# samples per pass of an iteration: its buffers (about 100 bytes per sample) stay near 13 MB at any image size, and
+# the search's levels (up to about 70 000 samples at 512 px) take one pass
+CHUNK = 128 * REMAP_WIDTH
 SCALE_VARIATION = 0.01  # the parameter change whose shift sets a parameter's scale (ITK's default)
 
 
@@ -130,9 +133,12 @@ def _sample(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
 class _Level:
     """One resolution: the fixed samples on the mask (centred on their mean) and their offsets from the pose's
-    centre, the smoothed moving image and its gradient, and the buffers every iteration reuses: arrays of the
-    samples' size allocated afresh at each of thousands of iterations cost more in page faults than the arithmetic
-    (1.6 ms per iteration against 0.8 ms with these, at 62 000 points). About 100 bytes per sample."""
+    centre, the smoothed moving image and its gradient. An iteration walks the samples ``CHUNK`` at a time and keeps
+    only sums, so its buffers are a few MB at any size: held for every sample at once, they cost 154 bytes per pixel
+    of a polish at 2048 x 1536 px, over what the plan budgets (docs/accuracy.md, "Fifteenth attempt"); now 32 (the
+    offsets and the fixed values). The buffers are reused from one iteration to the next: arrays allocated afresh at
+    each of thousands of iterations cost more in page faults than the arithmetic (1.6 ms per iteration against 0.8 ms
+    with them, at 62 000 points)."""
 
     def __init__(self, fixed: np.ndarray, mask: np.ndarray, moving: np.ndarray, moving_origin: float, shrink: int,
                  centre: np.ndarray) -> None:
@@ -141,68 +147,98 @@ class _Level:
         on_mask = mask[np.ix_(np.clip(np.rint(rows).astype(int), 0, mask.shape[0] - 1),
                               np.clip(np.rint(cols).astype(int), 0, mask.shape[1] - 1))] > 0
         row_index, column_index = np.nonzero(on_mask)
-        xs, ys = cols[column_index], rows[row_index]
-        del on_mask, row_index, column_index
-        count = self.count = xs.size
-        samples = _sample(_smooth(fixed, sigma)[..., None], xs, ys)[:, 0].astype(np.float64)
-        # centred on every sample: where some fall off the moving image, the metric centres on those left, and a
-        # shift of all values changes nothing there
-        self.fixed = samples - samples.mean() if count else samples
-        self.fixed_energy = float(self.fixed @ self.fixed)
+        del on_mask
+        count = self.count = row_index.size
+        smooth_fixed = _smooth(fixed, sigma)[..., None]
+        samples = np.empty(count)
+        for start in range(0, count, CHUNK):
+            chunk = slice(start, min(count, start + CHUNK))
+            samples[chunk] = _sample(smooth_fixed, cols[column_index[chunk]], rows[row_index[chunk]])[:, 0]
         self.offsets = np.empty((3, count))  # rows dx, dy, 1
-        self.offsets[0], self.offsets[1], self.offsets[2] = xs - centre[0], ys - centre[1], 1.0
-        del xs, ys, samples
+        self.offsets[0], self.offsets[1] = cols[column_index] - centre[0], rows[row_index] - centre[1]
+        self.offsets[2] = 1.0
+        del row_index, column_index, smooth_fixed
+        if count:  # centred on every sample: where some fall off the moving image, the sums centre on those left
+            samples -= samples.mean()
+        self.fixed = samples
         smooth_moving = _smooth(moving, sigma)
         self.moving = np.dstack([smooth_moving, *_gradient(smooth_moving)])
+        del smooth_moving
         self.origin = moving_origin
         self.limit = (moving.shape[1] - 0.5, moving.shape[0] - 0.5)
         self.corners = np.stack([cols[[0, 0, -1, -1]], rows[[0, -1, 0, -1]]], axis=1)
-        self.mapped = np.empty((2, count))
-        map_rows = max(1, -(-count // REMAP_WIDTH))  # OpenCV's remap takes maps under 32767 a side
+        size = min(count, CHUNK)
+        self.mapped = np.empty((2, size))
+        map_rows = max(1, -(-size // REMAP_WIDTH))  # OpenCV's remap takes maps under 32767 a side
         self.map_x = np.zeros((map_rows, REMAP_WIDTH), np.float32)
         self.map_y = np.zeros((map_rows, REMAP_WIDTH), np.float32)
-        self.moving_values = np.empty(count)
-        self.gradients = np.empty((2, count))
-        self.weighted_gradients = np.empty((2, count))
+        self.moving_values = np.empty(size)
+        self.gradients = np.empty((2, size))
+        self.products = np.empty((2, size))
 
     def value_and_gradient(self, pose: Pose) -> tuple[float, np.ndarray]:
-        """ITK's correlation metric (lower is better) and its descent direction over (a00, a01, a10, a11, tx, ty)."""
+        """ITK's correlation metric (lower is better) and its descent direction over (a00, a01, a10, a11, tx, ty).
+
+        Over the counted samples K (those whose mapped point lies on the moving image), with f and m centred on K:
+        sum f m, sum f^2, sum m^2 and the sums of gradient x value x offset, each expanded into plain sums (sum f m -
+        |K| mean f mean m, ...) so that one pass over the chunks finds them."""
         affine = np.empty((2, 3))
         affine[:, :2] = pose.matrix
         affine[:, 2] = pose.centre + pose.translation - self.origin
-        mapped = np.matmul(affine, self.offsets, out=self.mapped)  # moving pixels, x and y rows
-        low, high = mapped.min(axis=1), mapped.max(axis=1)
-        if low[0] >= -0.5 and low[1] >= -0.5 and high[0] < self.limit[0] and high[1] < self.limit[1]:
-            weight, count = None, self.count  # every sample counts (the caller's padding makes this the rule)
-            f1, f2 = self.fixed, self.fixed_energy
-        else:
-            inside = ((mapped[0] >= -0.5) & (mapped[0] < self.limit[0]) & (mapped[1] >= -0.5)
-                      & (mapped[1] < self.limit[1]))
-            count = int(np.count_nonzero(inside))
-            if count == 0:
-                raise NoOverlap("all sample points map outside the moving image")
-            weight = inside.astype(np.float64)
-            f1 = self.fixed - np.dot(weight, self.fixed) / count
-            f1 *= weight
-            f2 = float(f1 @ f1)
-        self.map_x.reshape(-1)[:self.count] = mapped[0]
-        self.map_y.reshape(-1)[:self.count] = mapped[1]
-        # OpenCV places the points to 1/32 px (its interpolation table), far finer than a pose needs here
-        values = cv2.remap(self.moving, self.map_x, self.map_y, cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3)[:self.count].T  # value, d/dx, d/dy
-        m1 = self.moving_values
-        np.copyto(m1, values[0])
-        m1 -= m1.mean() if weight is None else np.dot(weight, m1) / count
-        if weight is not None:
-            m1 *= weight
-        fm, m2 = float(f1 @ m1), float(m1 @ m1)
+        counted = 0
+        sum_f = sum_ff = sum_m = sum_mm = sum_fm = 0.0
+        # rows d/dx, d/dy; columns dx, dy, 1: the sums of gradient x offset, times the fixed or the moving value
+        by_fixed, by_moving, by_gradient = np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3))
+        for start in range(0, self.count, CHUNK):
+            size = min(self.count, start + CHUNK) - start
+            offsets = self.offsets[:, start:start + size]
+            mapped = np.matmul(affine, offsets, out=self.mapped[:, :size])  # moving pixels, x and y rows
+            low, high = mapped.min(axis=1), mapped.max(axis=1)
+            inside = None
+            if not (low[0] >= -0.5 and low[1] >= -0.5 and high[0] < self.limit[0] and high[1] < self.limit[1]):
+                inside = ((mapped[0] >= -0.5) & (mapped[0] < self.limit[0]) & (mapped[1] >= -0.5)
+                          & (mapped[1] < self.limit[1]))
+                if not inside.any():
+                    continue
+            rows = -(-size // REMAP_WIDTH)
+            self.map_x.reshape(-1)[:size] = mapped[0]
+            self.map_y.reshape(-1)[:size] = mapped[1]
+            # OpenCV places the points to 1/32 px (its interpolation table), far finer than a pose needs here
+            values = cv2.remap(self.moving, self.map_x[:rows], self.map_y[:rows], cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3)[:size].T  # value, d/dx, d/dy
+            fixed = self.fixed[start:start + size]
+            moving, gradients = self.moving_values[:size], self.gradients[:, :size]
+            np.copyto(moving, values[0])
+            np.copyto(gradients, values[1:3])
+            if inside is None:
+                counted += size
+                sum_f += float(fixed.sum())
+                sum_ff += float(fixed @ fixed)
+            else:  # the samples off the moving image count as zeros in every sum
+                weight = inside.astype(np.float64)
+                moving *= weight
+                gradients *= weight
+                weighted_fixed = fixed * weight
+                counted += int(np.count_nonzero(inside))
+                sum_f += float(weighted_fixed.sum())
+                sum_ff += float(weighted_fixed @ fixed)
+            sum_m += float(moving.sum())
+            sum_mm += float(moving @ moving)
+            sum_fm += float(fixed @ moving)
+            products, offsets_by_sample = self.products[:, :size], offsets.T
+            by_fixed += np.multiply(gradients, fixed, out=products) @ offsets_by_sample
+            by_moving += np.multiply(gradients, moving, out=products) @ offsets_by_sample
+            by_gradient += gradients @ offsets_by_sample
+        if counted == 0:
+            raise NoOverlap("all sample points map outside the moving image")
+        mean_f, mean_m = sum_f / counted, sum_m / counted
+        fm = sum_fm - counted * mean_f * mean_m
+        f2 = sum_ff - counted * mean_f * mean_f
+        m2 = sum_mm - counted * mean_m * mean_m
         if f2 * m2 <= np.finfo(np.float64).eps:
             return 0.0, np.zeros(6)
-        gradients, weighted = self.gradients, self.weighted_gradients
-        np.copyto(gradients, values[1:3])
-        # rows d/dx, d/dy; columns dx, dy, 1: the sums of value * gradient * offset
-        by_fixed = np.multiply(gradients, f1, out=weighted) @ self.offsets.T
-        by_moving = np.multiply(gradients, m1, out=weighted) @ self.offsets.T
+        by_fixed -= mean_f * by_gradient
+        by_moving -= mean_m * by_gradient
         fdm = np.array([*by_fixed[0, :2], *by_fixed[1, :2], by_fixed[0, 2], by_fixed[1, 2]])
         mdm = np.array([*by_moving[0, :2], *by_moving[1, :2], by_moving[0, 2], by_moving[1, 2]])
         return -fm * fm / (f2 * m2), 2.0 * fm / (f2 * m2) * (fdm - fm / m2 * mdm)
