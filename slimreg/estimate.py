@@ -63,6 +63,8 @@ ECC_PER_PX = 120
 # the light engine's diffeomorphic field, both ways, per px at ``diffeomorphic_dim`` (one image): 125 measured by
 # tracemalloc at 2048 x 1536 px (docs/memory-model.md)
 DIFFEOMORPHIC_PER_PX = 125
+# and the field it starts from where it refines DeepFlow's or the pieces' (two float32 bands held throughout)
+DIFFEOMORPHIC_START_PER_PX = 8
 FIELD_CANDIDATES_PER_PX = 48  # held meanwhile, counted: four flows tried before it (8 B each), the placed pair, edges
 WRITE_BASE = 12 * MB
 WRITE_PER_TILE_BYTE = 4
@@ -186,7 +188,8 @@ def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSe
     if settings.non_rigid:
         stages.append(SIFT_PER_PX * pixels(settings.non_rigid_dim) / 2 + decoy)
         # estimated on the reference's grid, while the flows' candidates are held at ``non_rigid_dim``
-        stages.append(DIFFEOMORPHIC_PER_PX * working_pixels(reference, settings.diffeomorphic_dim)
+        stages.append((DIFFEOMORPHIC_PER_PX + DIFFEOMORPHIC_START_PER_PX)
+                      * working_pixels(reference, settings.diffeomorphic_dim)
                       + FIELD_CANDIDATES_PER_PX * pixels(settings.non_rigid_dim) / 2 + decoy)
     return int(PAIR_OVERHEAD + max(stages))
 

@@ -25,7 +25,8 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    (slimreg.register.diffeomorphic: the structure inside the tissue, across stains). A candidate is kept only if
    it raises both the edge score and the mutual information; the highest edge score wins, except that the same
    DeepFlow smoothed only at one edge sigma must beat every smoother field clearly (by two noise sd): it has the
-   more freedom to fit noise.
+   more freedom to fit noise. Where DeepFlow or the per-piece correction wins, the diffeomorphic field then refines
+   it from where it left the tissue, kept only if it raises both measures again.
 5. The result must be significant (it stands out from unrelated placements), keep most of the smaller tissue on
    the other's, beat the best pose the same search finds for the moving image's mirror image (without
    ``allow_mirror``; unless the image is its own mirror image, slimreg.register.symmetry), and beat the
@@ -41,7 +42,7 @@ Matrices: ``pull`` maps reference working px -> moving working px; level 0 by ``
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -52,6 +53,7 @@ from slimreg.io.read import Downsampled, TiffImage
 from slimreg.memory import release_memory
 from slimreg.metrics import mutual_information
 from slimreg.register.fields import (
+    DEEPFLOW,
     DIFFEOMORPHIC,
     PIECES,
     FieldCandidate,
@@ -194,36 +196,57 @@ class FeatureEngine:
         if not any(candidate.admissible for candidate in candidates):
             # no motion measured (no two flows agree, none resolvable, no piece moved): the diffeomorphic field
             # refines the structure inside the tissue. Where motion was measured (a bent or torn section, frames
-            # whose flows agree) the fields built for it decide: the diffeomorphic field climbs local correlation
-            # a px per step and followed a bend or a tear onto the wrong structure (docs/accuracy.md)
+            # whose flows agree) the fields built for it decide: from the affine, the diffeomorphic field climbs
+            # local correlation a px per step and followed a bend or a tear onto the wrong structure
+            # (docs/accuracy.md); it may refine such a field once chosen (below)
             release_memory()  # the flows' freed arrays, likewise
             candidates.insert(-1, diffeomorphic_candidate(reference, moving, reference_channel, moving_channel,
                                                           affine, settings.diffeomorphic_dim, ref, region,
                                                           scorer.sigma))
-        best: FieldCandidate | None = None
-        best_value = before
-        for candidate in candidates:
-            if not candidate.admissible:
-                continue
-            flow = candidate.flow
+
+        def judged(flow: np.ndarray) -> tuple[float, float]:
+            """The edge score and mutual information of the placed image pulled through ``flow``."""
             unwarped = cv2.remap(placed, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR)
             unwarped_mask = cv2.remap(placed_mask.astype(np.uint8), grid_x + flow[..., 0], grid_y + flow[..., 1],
                                       cv2.INTER_NEAREST) > 0
-            value = scorer.score_placed(unwarped, unwarped_mask, ring=False).value
+            return (scorer.score_placed(unwarped, unwarped_mask, ring=False).value,
+                    mutual_information(ref.array, unwarped, ref_mask | unwarped_mask))
+
+        best: FieldCandidate | None = None
+        best_value, best_information = before, information_before
+        for candidate in candidates:
+            if not candidate.admissible:
+                continue
             # an admissible field must still raise both the edge score and, as an independent witness, mutual
             # information
-            information = mutual_information(ref.array, unwarped, ref_mask | unwarped_mask)
+            value, information = judged(candidate.flow)
             gain = (clearly_higher(value, best_value, placed_score.ring_std) if candidate is finer
                     else value > best_value)
             if gain and information > information_before:
-                best, best_value = candidate, value
+                best, best_value, best_information = candidate, value, information
+        refinement: dict[str, float] = {}
+        if best is not None and best.source in (DEEPFLOW, PIECES):
+            # a field from one estimate of measured motion was kept (DeepFlow's, smoothed over 2 % of the image, or
+            # one affine per piece): it follows the bend or the tear and leaves the structure inside the tissue where
+            # the affine put it, so the diffeomorphic field refines that from where the field left it, and is kept
+            # only if it raises both measures over that field. Not after two flows that agree: their motion was
+            # measured twice, and on the calcium frames (activity changes the intensities) a refinement doubled how
+            # far the maps of the two directions miss undoing each other (docs/accuracy.md, "Sixteenth attempt")
+            release_memory()
+            refined = diffeomorphic_candidate(reference, moving, reference_channel, moving_channel, affine,
+                                              settings.diffeomorphic_dim, ref, region, scorer.sigma, start=best.flow)
+            value, information = judged(refined.flow)
+            kept = value > best_value and information > best_information
+            refinement = {"non_rigid_refined_edge_correlation": value, "non_rigid_refined": float(kept)}
+            if kept:
+                best, best_value = replace(best, flow=refined.flow), value
         stats: dict[str, float | str] = {
             "non_rigid_edge_correlation_before": before, "non_rigid_edge_correlation_after": best_value,
             **{f"non_rigid_flow_disagreement_{c.smoothing}": c.disagreement
                for c in candidates if np.isfinite(c.disagreement)},
             "non_rigid_deepflow_motion_sigmas": deformation.motion,
             **{f"non_rigid_{c.source}_motion_sigmas": c.motion
-               for c in candidates if c.source in (PIECES, DIFFEOMORPHIC)}}
+               for c in candidates if c.source in (PIECES, DIFFEOMORPHIC)}, **refinement}
         if best is None:
             return None, {**stats, "non_rigid_used": 0.0}
         stats["non_rigid_field"] = best.source

@@ -132,18 +132,26 @@ def deformation_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: 
 
 def diffeomorphic_candidate(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
                             moving_channel: int | str, affine: np.ndarray, dim: int, grid: Downsampled,
-                            region: np.ndarray, sigma: float) -> FieldCandidate:
+                            region: np.ndarray, sigma: float, start: np.ndarray | None = None) -> FieldCandidate:
     """The diffeomorphic field of local NCC (slimreg.register.diffeomorphic) of the pair placed by ``affine``,
     estimated at ``dim`` both ways and averaged (``_both_ways``), read on ``grid`` (the other fields' working frame,
-    edge sigma ``sigma``), with its median motion over ``region`` in edge sigmas (for reports).
+    edge sigma ``sigma``), with its median motion over ``region`` in edge sigmas (for reports). ``start``: a field
+    on ``grid`` that the moving image is first pulled through; the result is then that field refined, the two
+    composed (the start read where the refinement points, plus the refinement).
 
     Both ways, because one direction's estimate is biased toward its own fixed image: on the four shared section
     directions the landmarks' median went from 3.03 / 2.95 / 5.26 / 5.42 px one way to 2.45 / 2.82 / 5.11 / 5.17
     averaged, and the maps registered in opposite directions then undo each other, as the DIS fields' do."""
     fine, fine_scorer, placed, _ = placed_for_flow(reference, moving, reference_channel, moving_channel, affine, dim)
+    start_flow = None if start is None else resampled_flow(start, grid, fine)
+    if start_flow is not None:
+        placed = _pulled(placed, start_flow)
     forward = greedy_flow(fine_scorer.reference, placed, fine_scorer.sigma)
     fine_flow = _both_ways(forward, greedy_flow(placed, fine_scorer.reference, fine_scorer.sigma))
     del fine_scorer, placed, forward
+    if start_flow is not None:
+        fine_flow += np.stack([_pulled(start_flow[..., band], fine_flow) for band in range(2)], axis=-1)
+        del start_flow
     flow = resampled_flow(fine_flow, fine, grid)
     motion = float(np.median(np.hypot(*flow[region].T)) / sigma) if region.any() else 0.0
     return FieldCandidate(float("nan"), float("nan"), flow, motion, DIFFEOMORPHIC)
@@ -195,11 +203,16 @@ def _both_ways(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     from where they started (VALIS' 0.47), and on VALIS' example IHC slides 1-4 a->b->c missed a->c by 1.17 px where
     the affines alone missed by 0.53. Measured with the affines held fixed (docs/accuracy.md, "Flows estimated both
     ways"): calcium 1.02 -> 0.48 px, IHC slides 1-4 1.17 -> 0.99 px, edge scores within 0.014 of before."""
-    height, width = forward.shape[:2]
-    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
-    reverse = [cv2.remap(backward[..., band], grid_x + forward[..., 0], grid_y + forward[..., 1], cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE) for band in range(2)]
+    reverse = [_pulled(backward[..., band], forward) for band in range(2)]
     return (forward - np.stack(reverse, axis=-1)) / 2
+
+
+def _pulled(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """One band pulled through ``flow`` (read at x + flow(x)), the border repeated beyond the image."""
+    height, width = image.shape[:2]
+    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
+    return cv2.remap(np.ascontiguousarray(image), grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
 
 
 def _disagreement(first: np.ndarray, second: np.ndarray, region: np.ndarray) -> float:
