@@ -59,6 +59,20 @@ def _simpleitk(reference: np.ndarray, mask: np.ndarray, moving: np.ndarray) -> n
     return _refine_at(reference, moving, mask, np.eye(3), centre, "affine", 200, (4, 2, 1), 1.0, 0.0)
 
 
+def _level_inputs(origin: float, shift: tuple[float, float], seed: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Pose]:
+    """A texture, its mask, a moving image (the texture padded by ``-origin`` px, or a crop of it 32 px along), the
+    pose's centre and a pose near the optimum shifted by ``shift``."""
+    wide = cv2.GaussianBlur(np.random.default_rng(seed).random((SHAPE[0], SHAPE[1] + 60)).astype(np.float32), (0, 0),
+                            3.0)
+    fixed = np.ascontiguousarray(wide[:, :SHAPE[1]])
+    moving = np.pad(fixed, 20) if origin else np.ascontiguousarray(wide[:, 32:SHAPE[1] + 32])
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[20:160, 30:230] = 1
+    centre = np.array([120.0, 90.0])
+    return fixed, mask, moving, centre, Pose(np.array([[1.01, 0.01], [-0.01, 0.99]]), np.array(shift), centre)
+
+
 def test_the_descent_finds_a_known_pose_where_simpleitk_finds_it() -> None:
     truth = _pull(3.0, 1.03, (5.0, -4.0), np.array([SHAPE[1] / 2, SHAPE[0] / 2]))
     reference, mask, moving = _pair(truth)
@@ -92,13 +106,7 @@ def test_the_descent_direction_is_the_metrics_downhill_slope(origin: float, shif
     samples) and where some fall off it and stop counting."""
     from slimreg.register.regular_step import _Level
 
-    wide = cv2.GaussianBlur(np.random.default_rng(3).random((SHAPE[0], SHAPE[1] + 60)).astype(np.float32), (0, 0), 3.0)
-    fixed = np.ascontiguousarray(wide[:, :SHAPE[1]])
-    moving = np.pad(fixed, 20) if origin else np.ascontiguousarray(wide[:, 32:SHAPE[1] + 32])
-    mask = np.zeros(SHAPE, np.uint8)
-    mask[20:160, 30:230] = 1
-    centre = np.array([120.0, 90.0])
-    pose = Pose(np.array([[1.01, 0.01], [-0.01, 0.99]]), np.array(shift), centre)
+    fixed, mask, moving, centre, pose = _level_inputs(origin, shift, seed=3)
     level = _Level(fixed, mask, moving, origin, 1, centre)
     mapped_x = level.offsets[0] * 1.01 + level.offsets[1] * 0.01 + centre[0] + shift[0] - origin
     assert bool(((mapped_x < -0.5) | (mapped_x >= moving.shape[1] - 0.5)).any()) == falls_off
@@ -124,13 +132,7 @@ def test_the_metric_summed_a_chunk_at_a_time_is_the_metric_of_one_pass(monkeypat
     it beside chunks that are partly or wholly on it (along y) give the value and direction of one pass."""
     from slimreg.register import regular_step
 
-    wide = cv2.GaussianBlur(np.random.default_rng(5).random((SHAPE[0], SHAPE[1] + 60)).astype(np.float32), (0, 0), 3.0)
-    fixed = np.ascontiguousarray(wide[:, :SHAPE[1]])
-    moving = np.pad(fixed, 20) if origin else np.ascontiguousarray(wide[:, 32:SHAPE[1] + 32])
-    mask = np.zeros(SHAPE, np.uint8)
-    mask[20:160, 30:230] = 1
-    centre = np.array([120.0, 90.0])
-    pose = Pose(np.array([[1.01, 0.01], [-0.01, 0.99]]), np.array(shift), centre)
+    fixed, mask, moving, centre, pose = _level_inputs(origin, shift, seed=5)
     one_pass = regular_step._Level(fixed, mask, moving, origin, 1, centre)
     assert one_pass.count == 28_000 and one_pass.count < regular_step.CHUNK
     value, direction = one_pass.value_and_gradient(pose)
