@@ -86,7 +86,7 @@ def test_a_result_from_elsewhere_is_judged_against_the_decoy_the_light_engine_se
              for name, image in (("reference", reference), ("moving", moving))]
     ref, mov = TiffImage(paths[0]), TiffImage(paths[1])
     settings = RegistrationSettings.from_preset("low")
-    light, decoy = FeatureEngine().register_pair_and_decoy(ref, mov, 0, 0, settings)
+    light, decoy = FeatureEngine().register_pair_and_decoy(ref, mov, 0, 0, settings, for_another_result=True)
     assert decoy is not None
 
     def found_elsewhere() -> Transform:  # the light engine's affine, with none of its quality record
@@ -101,3 +101,31 @@ def test_a_result_from_elsewhere_is_judged_against_the_decoy_the_light_engine_se
     as_good = MirrorDecoy(elsewhere.metadata["quality"]["judged_edge_correlation"], decoy.pull)
     with pytest.raises(RegistrationError, match="mirror image"):
         judge_transform(ref, mov, 0, 0, found_elsewhere(), settings, as_good)
+
+
+def test_a_pose_two_detectors_corroborate_is_not_held_against_a_mirror_decoy(
+        tmp_path: Path, reference: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shifted copy: every detector's fit lands on the result's pose, so the light engine searches no decoy for it
+    and the judgement searches none either; without that record the judgement searches one (slimreg.register.mirror,
+    MIN_CORROBORATING)."""
+    import slimreg.register.judgement as judgement
+    from slimreg.register.feature import FeatureEngine
+    from slimreg.register.mirror import CORROBORATED, MIN_CORROBORATING
+
+    moving = ndimage.shift(reference, (9.0, -14.0), order=1, mode="nearest")
+    paths = [write_array(image.astype(np.uint16)[None], tmp_path / f"{name}.ome.tif", channel_names=["DAPI"])
+             for name, image in (("reference", reference), ("moving", moving))]
+    ref, mov = TiffImage(paths[0]), TiffImage(paths[1])
+    settings = RegistrationSettings.from_preset("low")
+    light, decoy = FeatureEngine().register_pair_and_decoy(ref, mov, 0, 0, settings)
+    quality = light.metadata["quality"]
+    assert decoy is None and "mirror_edge_correlation" not in quality
+    assert len(quality[CORROBORATED].split(", ")) >= MIN_CORROBORATING
+    searched: list[Transform] = []
+    monkeypatch.setattr(judgement, "check_against_mirror",
+                        lambda *args, **kwargs: searched.append(args[5]) or {"mirror_edge_correlation": 0.0})
+    judge_transform(ref, mov, 0, 0, light, settings)
+    assert not searched
+    del light.metadata["quality"][CORROBORATED]
+    judge_transform(ref, mov, 0, 0, light, settings)
+    assert searched == [light]

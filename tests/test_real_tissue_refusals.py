@@ -82,6 +82,37 @@ def test_other_tissue_blank_and_saturated_images_fail_clearly(pairs: dict[str, S
             register(kidney.reference, flat)
 
 
+def test_no_two_detectors_corroborate_a_pose_of_other_tissue(pairs: dict[str, SectionPair], tmp_path: Path) -> None:
+    """The light engine searches no mirror decoy for a pose that two detectors' fits corroborate
+    (slimreg.register.mirror.MIN_CORROBORATING), so that must not happen between images of different tissue: every
+    section onto every section of the other organ, and the IF rounds and calcium frames onto each other, as they are
+    and the moving section on a glass slide. The same tissue is corroborated where it is the same stain (IF rounds)."""
+    from benchmarks.realdata import calcium_frames, convert_if_rounds
+    from slimreg.register.plausibility import expected_scale
+    from slimreg.register.pose import best_pose
+
+    kidney, lung = pairs["kidney_HE <- kidney_PanCK"], pairs["lung-lesion_HE <- lung-lesion_proSPC"]
+    on_slide = variant_pair(SectionPair("other", kidney.reference, lung.moving, lung.moving_landmarks,
+                                        lung.moving_landmarks), "on-slide", tmp_path)
+    rounds, frames = convert_if_rounds(tmp_path), calcium_frames()
+    unrelated = [*((first, second) for first in (kidney.reference, kidney.moving)
+                   for second in (lung.reference, lung.moving, on_slide.moving)),
+                 *((second, first) for first in (kidney.reference, kidney.moving) for second in (lung.reference,
+                                                                                                 lung.moving)),
+                 *((first, second) for first in rounds[:2] for second in frames),
+                 *((second, first) for first in rounds[:2] for second in frames)]
+
+    def corroborating(reference: Path, moving: Path) -> tuple[str, ...]:
+        ref_image, mov_image = TiffImage(reference), TiffImage(moving)
+        ref, ref_mask = tissue_image(ref_image, 0, SETTINGS.search_dim)
+        mov, mov_mask = tissue_image(mov_image, 0, SETTINGS.search_dim)
+        return best_pose(AlignmentScorer(ref.array, ref_mask), ref, mov, mov_mask, SETTINGS,
+                         expected_scale(ref_image, mov_image)).corroborated_by
+
+    assert all(len(corroborating(reference, moving)) < 2 for reference, moving in unrelated)
+    assert len(corroborating(rounds[0], rounds[1])) >= 2
+
+
 def test_qc_fails_a_section_of_other_tissue_placed_where_it_scores_best(pairs: dict[str, SectionPair],
                                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                                          ) -> None:

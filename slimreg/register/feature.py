@@ -29,7 +29,8 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    it from where it left the tissue, kept only if it raises both measures again.
 5. The result must be significant (it stands out from unrelated placements), keep most of the smaller tissue on
    the other's, beat the best pose the same search finds for the moving image's mirror image (without
-   ``allow_mirror``; unless the image is its own mirror image, slimreg.register.symmetry), and beat the
+   ``allow_mirror``; unless the image is its own mirror image, slimreg.register.symmetry, or two detectors' fits
+   corroborate the pose, slimreg.register.mirror.MIN_CORROBORATING), and beat the
    unregistered placement (slimreg.register.similarity); otherwise the image fails with a message, and nothing
    is written for it. The affine is judged as found before the polish; the decoy's search runs beside the polish and
    the non-rigid step (on 2 cores each leaves one idle for long stretches), so a result the decoy refuses costs those
@@ -64,7 +65,7 @@ from slimreg.register.fields import (
     placed_for_flow,
 )
 from slimreg.register.initial import Described, describe, relocated
-from slimreg.register.mirror import MirrorDecoy, mirror_decoy, mirror_null
+from slimreg.register.mirror import CORROBORATED, MirrorDecoy, corroborated, mirror_decoy, mirror_null
 from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
 from slimreg.register.pose import best_pose, corner_distance, to_level0, to_working
 from slimreg.register.refine import refine_affine
@@ -90,10 +91,12 @@ class FeatureEngine:
         return self.register_pair_and_decoy(reference, moving, reference_channel, moving_channel, settings)[0]
 
     def register_pair_and_decoy(self, reference: TiffImage, moving: TiffImage, reference_channel: int | str,
-                                moving_channel: int | str, settings: RegistrationSettings
-                                ) -> tuple[Transform, MirrorDecoy | None]:
-        """The result and the mirror decoy searched to judge it (None with ``allow_mirror``): the decoy depends on
-        the pair alone, so an engine that judges another result for the same pair reuses it (the valis engine)."""
+                                moving_channel: int | str, settings: RegistrationSettings,
+                                for_another_result: bool = False) -> tuple[Transform, MirrorDecoy | None]:
+        """The result and the mirror decoy searched to judge it (None with ``allow_mirror``, or where the result's
+        pose is corroborated by two detectors, slimreg.register.mirror.MIN_CORROBORATING): the decoy depends on the
+        pair alone, so an engine that judges another result for the same pair reuses it (the valis engine, which
+        passes ``for_another_result`` to have it searched regardless)."""
         path = moving.info.path
         search_dim = settings.search_dim
         ref, ref_mask = tissue_image(reference, reference_channel, search_dim)
@@ -111,8 +114,9 @@ class FeatureEngine:
         identity_score = scorer.score(mov.array, unregistered, mov_mask)
         # the reference's keypoints serve the search and its mirror decoy alike, and both images' the per-piece fits
         described, mov_described = describe(ref.array, ref_mask), describe(mov.array, mov_mask)
-        best, winner, _ = best_pose(scorer, ref, mov, mov_mask, settings, expected, identity_score.value, described,
-                                    mov_described)
+        found = best_pose(scorer, ref, mov, mov_mask, settings, expected, identity_score.value, described,
+                          mov_described)
+        best, winner = found.pull, found.winner
         # the ring of shifted copies (significance) is needed for the winner only
         unmoved = np.array_equal(best, unregistered)
         best_score = identity_score if unmoved else scorer.score(mov.array, best, mov_mask)
@@ -121,14 +125,19 @@ class FeatureEngine:
                                          **best_score.to_json("affine_")}
         moved = corner_distance(best, unregistered, ref.array.shape)
         check_result(best_score, identity_score, moved, path)
+        if corroborated(found.corroborated_by):
+            stats[CORROBORATED] = ", ".join(found.corroborated_by)
+        # the decoy guards a pose that is only the best of many tries (slimreg.register.mirror.MIN_CORROBORATING);
+        # another engine's result, judged against the same decoy, is not this pose
+        search_decoy = not settings.allow_mirror and (for_another_result or CORROBORATED not in stats)
         displacement = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimreg-decoy") as beside:
             # the search again, for the mirror image (only without allow_mirror, for a result worth keeping), beside
             # the polish and the non-rigid step: none of them reads what another makes, the decoy judges the affine
             # found before the polish, and on 2 cores each fills the CPU the other leaves idle; memory:
             # slimreg.estimate
-            pending = None if settings.allow_mirror else beside.submit(
-                mirror_decoy, scorer, ref, mov, mov_mask, settings, expected, described)
+            pending = beside.submit(mirror_decoy, scorer, ref, mov, mov_mask, settings, expected,
+                                    described) if search_decoy else None
             try:
                 if settings.micro and max(reference.info.width, reference.info.height) > search_dim:
                     affine = self._polish(reference, moving, reference_channel, moving_channel, affine, settings,

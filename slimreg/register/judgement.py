@@ -6,7 +6,10 @@ frames, must stand out from unrelated placements, keep most of the smaller tissu
 image where it was, and fit better than the best pose the same search finds for the moving image's mirror image.
 That last search is the expensive part: an engine that ran it already (the light engine, whose own search it is)
 records its outcome in the transform's quality (``mirror_edge_correlation``, and ``mirror_null`` where the decoy is
-not this same tissue), and it is not run twice. So a new engine gets the whole judgement by being registered.
+not this same tissue), and it is not run twice. Where two feature detectors' fits corroborate the light engine's
+pose (``pose_corroborated_by``, slimreg.register.mirror.MIN_CORROBORATING), the pose was measured twice rather than
+picked as the best of many tries, which is what the decoy guards against, and no decoy is searched for it. So a new
+engine gets the whole judgement by being registered.
 
 A field can raise the edge score by moving outlines alone: fitted to the tissue's border it drags the inside with
 it (a non-rigid result 11 sd above chance whose landmarks moved from 19.7 to 23.4 px, issue 37). So a field is also
@@ -23,7 +26,7 @@ from scipy import ndimage
 
 from slimreg.io.read import Downsampled, TiffImage
 from slimreg.register.channel import registration_image
-from slimreg.register.mirror import MirrorDecoy, check_against_mirror
+from slimreg.register.mirror import CORROBORATED, MirrorDecoy, check_against_mirror
 from slimreg.register.preprocess import edge_map, edge_sigma, tissue_mask
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import (
@@ -72,7 +75,7 @@ def judge_transform(reference: TiffImage, moving: TiffImage, reference_channel: 
         problem = mirror_problem(result, quality.get(MIRROR_NULL))
         if problem is not None:
             refuse(problem, moving.info.path)
-    else:
+    elif CORROBORATED not in quality:
         quality.update(check_against_mirror(reference, moving, reference_channel, moving_channel, settings,
                                             transform, decoy))
 

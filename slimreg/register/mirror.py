@@ -25,6 +25,17 @@ from slimreg.register.symmetry import self_symmetry
 from slimreg.register.tissue_crop import tissue_image
 from slimreg.transform import Transform
 
+# quality key: the detectors whose fits corroborate the light engine's pose (slimreg.register.pose.corroborating)
+CORROBORATED = "pose_corroborated_by"
+# Two detectors' fits within one edge sigma of the result measure its pose twice, independently of the score that
+# picked it: the mirror decoy guards against a pose that is only the best of many tries, so none is searched for it
+MIN_CORROBORATING = 2
+
+
+def corroborated(detectors: tuple[str, ...]) -> bool:
+    """Whether a pose that these detectors' fits place within one edge sigma needs no mirror decoy."""
+    return len(detectors) >= MIN_CORROBORATING
+
 
 @dataclass(frozen=True)
 class MirrorDecoy:
@@ -44,9 +55,8 @@ def mirror_decoy(scorer: AlignmentScorer, ref: Downsampled, mov: Downsampled, mo
     "The mirror decoy"). Only without ``allow_mirror``, where no mirrored pose can be the answer."""
     flipped = Downsampled(np.ascontiguousarray(mov.array[:, ::-1]), mov.scale, mov.origin)
     flipped_mask = np.ascontiguousarray(mov_mask[:, ::-1])
-    pull, _, value = best_pose(scorer, ref, flipped, flipped_mask, settings, expected,
-                               reference_described=reference_described)
-    return MirrorDecoy(value, pull)
+    found = best_pose(scorer, ref, flipped, flipped_mask, settings, expected, reference_described=reference_described)
+    return MirrorDecoy(found.value, found.pull)
 
 def mirror_null(result: Score, decoy: MirrorDecoy, result_pull: np.ndarray,
                 mov: Downsampled, mov_mask: np.ndarray, stats: dict[str, float | str]) -> float | None:

@@ -26,7 +26,9 @@ must beat the mirror image's best pose by more than the ring's noise (one sd). M
 right poses of the shared pairs beat it by 1.4-10 sd under the robustness variants; the other-tissue poses that
 passed both rules above by -2.4 to 0.4 sd. Bilaterally symmetric tissue is its own mirror image, so there the decoy
 is no stranger and no null; the engines set it aside where the image matches itself through the reflection the two
-poses imply (slimreg.register.symmetry).
+poses imply (slimreg.register.symmetry). Nor is a decoy needed where the pose was not picked as the best of many tries:
+where two feature detectors' own fits land within one edge sigma of it, it was measured twice, independently of the
+score (slimreg.register.mirror.MIN_CORROBORATING).
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ class ValisEngine:
             decoy = None
             try:
                 light, decoy = FeatureEngine().register_pair_and_decoy(reference, image, reference_channel, channel,
-                                                                       settings)
+                                                                       settings, for_another_result=True)
             except RegistrationError as error:
                 light = error
             budget = int(BUDGET_MARGIN * pair_bytes(reference.info, image.info, settings))
