@@ -88,6 +88,9 @@ def test_a_result_from_elsewhere_is_judged_against_the_decoy_the_light_engine_se
     settings = RegistrationSettings.from_preset("low")
     light, decoy = FeatureEngine().register_pair_and_decoy(ref, mov, 0, 0, settings, for_another_result=True)
     assert decoy is not None
+    # searched for VALIS' result only: the light engine's own, corroborated by its detectors, is not held against it
+    assert "pose_corroborated_by" in light.metadata["quality"]
+    assert "mirror_edge_correlation" not in light.metadata["quality"]
 
     def found_elsewhere() -> Transform:  # the light engine's affine, with none of its quality record
         return Transform(light.affine.copy(), None, light.reference_shape, light.moving_shape,

@@ -127,8 +127,9 @@ class FeatureEngine:
         check_result(best_score, identity_score, moved, path)
         if corroborated(found.corroborated_by):
             stats[CORROBORATED] = ", ".join(found.corroborated_by)
-        # the decoy guards a pose that is only the best of many tries (slimreg.register.mirror.MIN_CORROBORATING);
-        # another engine's result, judged against the same decoy, is not this pose
+        # the decoy guards a pose that is only the best of many tries (slimreg.register.mirror.MIN_CORROBORATING), so a
+        # corroborated one is not held against it; another engine's result, judged against the same decoy, is not
+        # this pose, so for it the decoy is searched regardless
         search_decoy = not settings.allow_mirror and (for_another_result or CORROBORATED not in stats)
         displacement = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimreg-decoy") as beside:
@@ -153,7 +154,7 @@ class FeatureEngine:
                     stats.update(flow_stats)
             finally:
                 decoy = None if pending is None else pending.result()
-        if decoy is not None:
+        if decoy is not None and CORROBORATED not in stats:
             check_result(best_score, identity_score, moved, path,
                          mirror_null(best_score, decoy, best, mov, mov_mask, stats))
         return Transform(affine, displacement, (reference.info.height, reference.info.width),

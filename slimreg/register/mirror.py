@@ -28,7 +28,7 @@ from slimreg.transform import Transform
 # quality key: the detectors whose fits corroborate the light engine's pose (slimreg.register.pose.corroborating)
 CORROBORATED = "pose_corroborated_by"
 # Two detectors' fits within one edge sigma of the result measure its pose twice, independently of the score that
-# picked it: the mirror decoy guards against a pose that is only the best of many tries, so none is searched for it
+# picked it: the mirror decoy guards against a pose that is only the best of many tries, so it is not held against one
 MIN_CORROBORATING = 2
 
 

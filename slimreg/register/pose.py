@@ -130,8 +130,8 @@ def corroborating(pull: np.ndarray, fits: list[Candidate], sigma: float, shape: 
     only what its own matches agree on, so two that land within the edges' own blur of the result have measured it
     twice, independently of the score that picked it. On unrelated images no two detectors produced plausible fits
     at all (72 pairings of the shared images, kidney, lung, IF rounds, calcium frames and nuclei, as they are and
-    varied); on the same tissue the fits that agree rest on 13-2700 inliers each (docs/accuracy.md, "Seventeenth
-    attempt")."""
+    varied); on the same tissue the fits that agree rest on tens to thousands of inliers each (docs/accuracy.md,
+    "Seventeenth attempt")."""
     return tuple(candidate.name.split(" (")[0] for candidate in fits
                  if corner_distance(candidate.pull, pull, shape) < sigma)
 
