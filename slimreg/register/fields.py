@@ -109,9 +109,10 @@ def field_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.nda
 def deformation_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.ndarray
                            ) -> tuple[FieldCandidate, FieldCandidate]:
     """DeepFlow on local contrast (slimreg.register.preprocess.local_contrast), smoothed on tissue at the finer
-    fraction, and the same flow smoothed at one edge sigma; both admissible where the motion of the first is
-    resolvable (``RESOLVABLE_MOTION_SIGMAS``). The caller keeps the second only where it scores clearly higher
-    than every smoother field (``slimreg.register.similarity.clearly_higher``): it has the more freedom to fit
+    fraction, and the same flow smoothed at one edge sigma (the engine estimates them only where the flows of
+    ``field_candidates`` do not agree); both admissible where the motion of the first is resolvable
+    (``RESOLVABLE_MOTION_SIGMAS``). The caller keeps the second only where it scores clearly higher than every
+    smoother field (``slimreg.register.similarity.clearly_higher``): it has the more freedom to fit
     noise.
 
     Pieces of a section can move apart by more than a field smoothed over 2 % of the image follows. On VALIS'
