@@ -42,7 +42,7 @@ def greedy_flow(reference: np.ndarray, placed: np.ndarray, sigma: float) -> np.n
     """The flow (working px, (height, width, 2), x then y; the placed image is pulled at x + flow(x)) that raises
     the local NCC of ``placed`` with ``reference`` (two float grey images of one grid), edge-smoothing ``sigma``.
 
-    Memory: about 30 float32 images of the working size at the finest level."""
+    Memory: about 23 float32 images of the working size at the finest level (90 B per px)."""
     height, width = reference.shape
     radius = max(1, round(NCC_RADIUS_SIGMAS * sigma))
     flow = np.zeros((1, 1, 2), np.float32)
@@ -85,16 +85,24 @@ def _climb(fixed: np.ndarray, moving: np.ndarray, flow: np.ndarray, radius: int,
     variance_fixed = local_sum(fixed * fixed) - sum_fixed * sum_fixed / count
     flat = np.float32(FLAT_VARIANCE * max(float(variance_fixed.mean()), 1e-12))
     step, accepted, accepted_value = STEP_PX, flow, -np.inf
+    # every array is freed once its last use is past and the sums are formed in place (the same operations in the same
+    # order, so the same field): the two directions run side by side (slimreg.register.fields), so this peak is held
+    # twice, and the step fell from 129 to 90 B per px (docs/memory-model.md)
     for iteration in range(iterations + 1):  # the last pass only judges the last step
-        map_x, map_y = grid_x + flow[..., 0], grid_y + flow[..., 1]
-        moved = cv2.remap(moving_and_gradients, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        moved = cv2.remap(moving_and_gradients, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
         warped, warped_gradients = np.ascontiguousarray(moved[..., 0]), moved[..., 1:]
         sum_warped = local_sum(warped)
         variance_warped = local_sum(warped * warped) - sum_warped * sum_warped / count
         covariance = local_sum(fixed * warped) - sum_fixed * sum_warped / count
-        valid = (variance_fixed > flat) & (variance_warped > flat)
+        invalid = ~((variance_fixed > flat) & (variance_warped > flat))
         denominator = variance_fixed * variance_warped + flat * flat
-        value = float(np.mean(np.where(valid, covariance * covariance / denominator, 0)))
+        # the mean over windows of the squared correlation cov^2 / (var_f var_w), flat windows counted as 0
+        squared = covariance * covariance
+        squared /= denominator
+        squared[invalid] = 0
+        value = float(np.mean(squared))
+        del squared
         if value < accepted_value:
             # the last step overshot (near the optimum a step of fixed length circles it): back, and shorter
             flow, step = accepted, step / 2
@@ -104,14 +112,34 @@ def _climb(fixed: np.ndarray, moving: np.ndarray, flow: np.ndarray, radius: int,
         accepted, accepted_value = flow, value
         if iteration == iterations:
             break
-        # each window's squared correlation cov^2 / (var_f var_w), differentiated by every warped pixel in it, and
-        # summed over the windows that hold the pixel (a box filter of per-window terms)
-        alpha = np.where(valid, 2 * covariance / denominator, 0).astype(np.float32, copy=False)
-        beta = np.where(valid, alpha * covariance / (variance_warped + flat), 0).astype(np.float32, copy=False)
-        by_pixel = (fixed * local_sum(alpha) - local_sum(alpha * sum_fixed / count)
-                    - warped * local_sum(beta) + local_sum(beta * sum_warped / count))
+        # each window's squared correlation, differentiated by every warped pixel in it, and summed over the windows
+        # that hold the pixel (box filters S of per-window terms):
+        #   fixed * S(alpha) - S(alpha * sum_fixed / count) - warped * S(beta) + S(beta * sum_warped / count)
+        # with alpha = 2 cov / denominator and beta = alpha cov / (var_w + flat), both 0 on flat windows
+        alpha = covariance * 2
+        alpha /= denominator
+        alpha[invalid] = 0
+        beta = alpha * covariance
+        variance_warped += flat
+        beta /= variance_warped
+        beta[invalid] = 0
+        del covariance, denominator, variance_warped, invalid
+        by_pixel = local_sum(alpha)
+        by_pixel *= fixed
+        alpha *= sum_fixed
+        alpha /= count
+        by_pixel -= local_sum(alpha)
+        del alpha
+        term = local_sum(beta)
+        term *= warped
+        by_pixel -= term
+        beta *= sum_warped
+        beta /= count
+        by_pixel += local_sum(beta)
+        del beta, term, sum_warped, warped
         # both bands at once: OpenCV filters and remaps each channel as it would the band alone
         update = blur(by_pixel[..., None] * warped_gradients, UPDATE_SMOOTHING_SIGMAS * sigma)
+        del by_pixel, warped_gradients, moved
         longest = float(np.sqrt((update[..., 0] * update[..., 0] + update[..., 1] * update[..., 1]).max()))
         if longest <= 0:
             break
@@ -120,5 +148,6 @@ def _climb(fixed: np.ndarray, moving: np.ndarray, flow: np.ndarray, radius: int,
         flow = cv2.remap(flow, grid_x + update[..., 0], grid_y + update[..., 1], cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REPLICATE)
         flow += update
+        del update
         flow = blur(flow, FIELD_SMOOTHING_SIGMAS * sigma)
     return flow

@@ -4,6 +4,7 @@ correction. Which one is kept is the engine's choice; these only propose."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import cv2
@@ -147,9 +148,15 @@ def diffeomorphic_candidate(reference: TiffImage, moving: TiffImage, reference_c
     start_flow = None if start is None else resampled_flow(start, grid, fine)
     if start_flow is not None:
         placed = _pulled(placed, start_flow)
-    forward = greedy_flow(fine_scorer.reference, placed, fine_scorer.sigma)
-    fine_flow = _both_ways(forward, greedy_flow(placed, fine_scorer.reference, fine_scorer.sigma))
-    del fine_scorer, placed, forward
+    fixed, fine_sigma = fine_scorer.reference, fine_scorer.sigma
+    del fine_scorer
+    # the two directions side by side: each runs mostly on one core, and on 2 cores this step is the pair's critical
+    # path (memory: slimreg.estimate counts both at once)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimreg-field") as beside:
+        pending = beside.submit(greedy_flow, placed, fixed, fine_sigma)
+        forward = greedy_flow(fixed, placed, fine_sigma)
+        fine_flow = _both_ways(forward, pending.result())
+    del fixed, placed, forward
     if start_flow is not None:
         fine_flow += np.stack([_pulled(start_flow[..., band], fine_flow) for band in range(2)], axis=-1)
         del start_flow

@@ -30,7 +30,8 @@ PRESETS: dict[str, dict[str, int]] = {
     "low": {"processing_dim": 512, "non_rigid_dim": 512, "micro_dim": 1024},
 }
 # The diffeomorphic field's working size over ``non_rigid_dim``: sqrt(255 / 125), the optical flows' bytes per
-# working px over the field's (slimreg.estimate), so both stages fit one memory bound (1434 px at medium).
+# working px over the field's when its two directions ran one after the other (1434 px at medium). Side by side they
+# cost 195 B per px (slimreg.estimate), and at whole-slide size the stage still stays below the polish's.
 DIFFEOMORPHIC_SIZE_RATIO = 1.4
 __all__ = ["DEFAULT_ENGINE", "DEFAULT_PRESET", "ENGINES", "PRESETS", "PRESET_ORDER", "TRANSFORM_MODELS",
            "RegistrationSettings"]
@@ -84,11 +85,10 @@ class RegistrationSettings:
 
     @property
     def diffeomorphic_dim(self) -> int:
-        """The size (px, long side) the light engine's diffeomorphic field is estimated at: the largest at which it
-        costs no more memory than the optical flows at ``non_rigid_dim`` (``DIFFEOMORPHIC_SIZE_RATIO``), so the
-        pair's bound is unchanged. Local correlation needs the tissue's own structure: on the shared kidney pair,
-        estimated at half its full size the field left the landmarks 3.47 / 3.16 px from their partners, at full
-        size 3.03 / 2.95 (one way each; docs/accuracy.md)."""
+        """The size (px, long side) the light engine's diffeomorphic field is estimated at:
+        ``DIFFEOMORPHIC_SIZE_RATIO`` times ``non_rigid_dim``. Local correlation needs the tissue's own structure: on
+        the shared kidney pair, estimated at half its full size the field left the landmarks 3.47 / 3.16 px from
+        their partners, at full size 3.03 / 2.95 (one way each; docs/accuracy.md)."""
         return round(DIFFEOMORPHIC_SIZE_RATIO * self.non_rigid_dim)
 
     @property
