@@ -361,3 +361,45 @@ def test_refinements_side_by_side_find_the_poses_one_at_a_time_finds(monkeypatch
     # each start was refined, not passed through: all reach the known shift (content moved by x -3, y +2.5)
     for pull in (pull for pulls in side_by_side for pull in pulls):
         assert pull[:2, 2] == pytest.approx([-3.0, 2.5], abs=0.15)
+
+
+
+def test_deepflow_is_estimated_unless_two_flows_agree_the_tissue_stayed_still(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two flows that agree the tissue moved less than one edge sigma (a slight bend) measured it twice below what
+    DeepFlow's fields are tried for, so DeepFlow is not estimated; where they agree on a bend of a few sigmas it still
+    is (on VALIS' IHC slide 5, whose pieces moved apart, DeepFlow's field beats the agreeing flows)."""
+    from scipy import ndimage
+
+    from slimreg.io.read import TiffImage
+    from slimreg.register import feature
+    from slimreg.register.feature import FeatureEngine
+    from slimreg.register.fields import FLOW_AGREEMENT, RESOLVABLE_MOTION_SIGMAS
+
+    original, calls = feature.deformation_candidates, []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(feature, "deformation_candidates", counting)
+    rng = np.random.default_rng(5)
+    size = 384
+    smooth = ndimage.gaussian_filter(rng.random((size, size)), 3)
+    texture = ((smooth - smooth.min()) / (smooth.max() - smooth.min()) * 60000).astype(np.uint16)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    reference = TiffImage(write_array(texture, tmp_path / "reference.ome.tif"))
+    settings = RegistrationSettings.from_preset("medium", engine="feature")
+    # bends of 0.5 and 8 px: a third of an edge sigma (384 / 250 px) and a few sigmas over most of the tissue
+    for amplitude, estimated in ((0.5, False), (8.0, True)):
+        calls.clear()
+        bent = ndimage.map_coordinates(texture.astype(np.float64), [yy, xx - amplitude * np.sin(2 * np.pi * yy / size)],
+                                       order=1, mode="reflect")
+        name = f"bent{amplitude}"
+        image = TiffImage(write_array(bent.astype(np.uint16), tmp_path / f"{name}.ome.tif"))
+        _, stats = FeatureEngine()._non_rigid(reference, image, 0, 0, np.eye(3), settings)
+        agree = [stats[f"non_rigid_flow_disagreement_{s}"] < FLOW_AGREEMENT for s in (0.02, 0.08)]
+        motion = [stats[f"non_rigid_flow_motion_sigmas_{s}"] for s in (0.02, 0.08)]
+        assert any(agree), (name, stats)
+        assert all(m < RESOLVABLE_MOTION_SIGMAS for m in motion) is not estimated, (name, motion)
+        assert bool(calls) is estimated, name

@@ -17,17 +17,16 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
 4. Non-rigid: dense optical flow between the affinely placed pair at ``non_rigid_dim``, smoothed on tissue (over 2 %
    and 8 % of the image). Candidates: DIS flow estimated on intensities and on edge maps (each both ways and averaged,
    so that maps estimated in opposite directions undo each other), tried only where the two agree (the shared motion is
-   at least twice their disagreement); where they do not agree, DeepFlow on local contrast, tried only where the motion
-   it finds is resolvable (its median over tissue is at least one edge-smoothing sigma: a bent section stained
-   differently; where two flows agree the motion was measured twice, and on every benchmark case with agreeing flows
-   DeepFlow's field lost or was not admissible); and, where the moving tissue lies in separate pieces, one correction
-   per piece (slimreg.register.pieces: a torn section, lobes, fragments that moved apart). Where none of these is
-   admissible (no motion measured), a diffeomorphic field of local NCC estimated at ``diffeomorphic_dim``
-   (slimreg.register.diffeomorphic: the structure inside the tissue, across stains). A candidate is kept only if it
-   raises both the edge score and the mutual information; the highest edge score wins, except that the same DeepFlow
-   smoothed only at one edge sigma must beat every smoother field clearly (by two noise sd): it has the more freedom to
-   fit noise. Where DeepFlow or the per-piece correction wins, the diffeomorphic field then refines it from where it
-   left the tissue, kept only if it raises both measures again.
+   at least twice their disagreement); DeepFlow on local contrast, tried only where the motion it finds is resolvable
+   (its median over tissue is at least one edge-smoothing sigma: a bent section stained differently, pieces that moved
+   apart), and not estimated where the two DIS flows agree on less motion than that (measured twice); and, where the
+   moving tissue lies in separate pieces, one correction per piece (slimreg.register.pieces: a torn section, lobes,
+   fragments that moved apart). Where none of these is admissible (no motion measured), a diffeomorphic field of local
+   NCC estimated at ``diffeomorphic_dim`` (slimreg.register.diffeomorphic: the structure inside the tissue, across
+   stains). A candidate is kept only if it raises both the edge score and the mutual information; the highest edge score
+   wins, except that the same DeepFlow smoothed only at one edge sigma must beat every smoother field clearly (by two
+   noise sd): it has the more freedom to fit noise. Where DeepFlow or the per-piece correction wins, the diffeomorphic
+   field then refines it from where it left the tissue, kept only if it raises both measures again.
 5. The result must be significant (it stands out from unrelated placements), keep most of the smaller tissue on
    the other's, beat the best pose the same search finds for the moving image's mirror image (without
    ``allow_mirror``; unless the image is its own mirror image, slimreg.register.symmetry, or two detectors' fits
@@ -58,6 +57,7 @@ from slimreg.register.fields import (
     DEEPFLOW,
     DIFFEOMORPHIC,
     PIECES,
+    RESOLVABLE_MOTION_SIGMAS,
     FieldCandidate,
     deformation_candidates,
     diffeomorphic_candidate,
@@ -200,10 +200,13 @@ class FeatureEngine:
         height, width = ref.array.shape
         grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
         agreeing = field_candidates(scorer, placed, region)
-        # DeepFlow is the one estimate of pairs that give no second (differently stained sections): where two
-        # independent flows agree the motion was measured twice, and a single estimate's fields are not tried
-        single: tuple[FieldCandidate, ...] = (() if any(c.admissible for c in agreeing)
-                                              else deformation_candidates(scorer, placed, region))
+        # where two independent flows agree that the tissue moved less than one edge sigma, the motion was measured
+        # twice below what DeepFlow's fields are tried for (RESOLVABLE_MOTION_SIGMAS), so DeepFlow is not estimated.
+        # Where they agree on more, it still is: on VALIS' IHC slide 5, whose pieces moved apart, DeepFlow's finer
+        # field beats the agreeing flows (docs/accuracy.md, "Nineteenth attempt")
+        still = (any(c.admissible for c in agreeing)
+                 and all(c.motion < RESOLVABLE_MOTION_SIGMAS for c in agreeing))
+        single: tuple[FieldCandidate, ...] = () if still else deformation_candidates(scorer, placed, region)
         # the finer field last, so that it is weighed against every smoother one
         candidates = [*agreeing, *single[:1],
                       *piece_candidates(scorer, placed, placed_mask, settings.transform_model,
@@ -260,6 +263,7 @@ class FeatureEngine:
             "non_rigid_edge_correlation_before": before, "non_rigid_edge_correlation_after": best_value,
             **{f"non_rigid_flow_disagreement_{c.smoothing}": c.disagreement
                for c in candidates if np.isfinite(c.disagreement)},
+            **{f"non_rigid_flow_motion_sigmas_{c.smoothing}": c.motion for c in agreeing},
             **{f"non_rigid_{c.source}_motion_sigmas": c.motion
                for c in candidates if c.source in (DEEPFLOW, PIECES, DIFFEOMORPHIC)}, **refinement}
         if best is None:

@@ -49,7 +49,8 @@ DIFFEOMORPHIC = "diffeomorphic"
 class FieldCandidate:
     """A smoothed field (working px, reference grid) and the evidence that it is motion, not noise: how far its
     two estimates disagreed (``AGREEING``), or, for a single estimate (``DEEPFLOW``), its median motion over
-    tissue in edge-smoothing sigmas."""
+    tissue in edge-smoothing sigmas (``motion``; for ``AGREEING``, that of the one-way mean the agreement was judged
+    on)."""
 
     smoothing: float
     disagreement: float
@@ -93,7 +94,9 @@ def field_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.nda
     for smoothing in FLOW_SMOOTHING_FRACTIONS:
         first, second = (_regularise(flow, region, smoothing) for flow in forward)
         # two witnesses of one motion: their mean carries the motion with sqrt(2) less noise than either
-        candidates.append(FieldCandidate(smoothing, _disagreement(first, second, region), (first + second) / 2))
+        mean = (first + second) / 2
+        candidates.append(FieldCandidate(smoothing, _disagreement(first, second, region), mean,
+                                         median_motion(mean, region, scorer.sigma)))
     if not any(candidate.admissible for candidate in candidates):
         return candidates
     # one flow at a time: the step's peak memory stays near that of one-way flows
@@ -110,10 +113,10 @@ def field_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.nda
 def deformation_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: np.ndarray
                            ) -> tuple[FieldCandidate, FieldCandidate]:
     """DeepFlow on local contrast (slimreg.register.preprocess.local_contrast), smoothed on tissue at the finer
-    fraction, and the same flow smoothed at one edge sigma (the engine estimates them only where the flows of
-    ``field_candidates`` do not agree); both admissible where the motion of the first is resolvable
-    (``RESOLVABLE_MOTION_SIGMAS``). The caller keeps the second only where it scores clearly higher than every
-    smoother field (``slimreg.register.similarity.clearly_higher``): it has the more freedom to fit
+    fraction, and the same flow smoothed at one edge sigma; both admissible where the motion of the first is
+    resolvable (``RESOLVABLE_MOTION_SIGMAS``; the engine does not estimate them where the flows of
+    ``field_candidates`` agree on motion below it). The caller keeps the second only where it scores clearly higher
+    than every smoother field (``slimreg.register.similarity.clearly_higher``): it has the more freedom to fit
     noise.
 
     Pieces of a section can move apart by more than a field smoothed over 2 % of the image follows. On VALIS'
@@ -126,7 +129,7 @@ def deformation_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: 
     raw = deep.calc(reference, moved, None)
     smoothing = FLOW_SMOOTHING_FRACTIONS[0]
     flow = _regularise(raw, region, smoothing)
-    motion = float(np.median(np.hypot(*flow[region].T)) / scorer.sigma) if region.any() else 0.0
+    motion = median_motion(flow, region, scorer.sigma)
     finest = scorer.sigma / max(placed.shape[:2])
     return (FieldCandidate(smoothing, float("nan"), flow, motion, DEEPFLOW),
             FieldCandidate(finest, float("nan"), _regularise(raw, region, finest), motion, DEEPFLOW))
@@ -161,8 +164,12 @@ def diffeomorphic_candidate(reference: TiffImage, moving: TiffImage, reference_c
         fine_flow += np.stack([_pulled(start_flow[..., band], fine_flow) for band in range(2)], axis=-1)
         del start_flow
     flow = resampled_flow(fine_flow, fine, grid)
-    motion = float(np.median(np.hypot(*flow[region].T)) / sigma) if region.any() else 0.0
-    return FieldCandidate(float("nan"), float("nan"), flow, motion, DIFFEOMORPHIC)
+    return FieldCandidate(float("nan"), float("nan"), flow, median_motion(flow, region, sigma), DIFFEOMORPHIC)
+
+
+def median_motion(flow: np.ndarray, region: np.ndarray, sigma: float) -> float:
+    """How far ``flow`` moves the tissue: its median length over ``region``, in edge-smoothing sigmas."""
+    return float(np.median(np.hypot(*flow[region].T)) / sigma) if region.any() else 0.0
 
 
 def resampled_flow(flow: np.ndarray, source: Downsampled, target: Downsampled) -> np.ndarray:
