@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,16 @@ def test_every_level_is_the_exact_mean_of_the_level_below(tmp_path: Path, shape:
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32])
 @pytest.mark.parametrize("samples", [1, 3, 5])
 @pytest.mark.parametrize("shape", [(2, 2), (9, 14), (1, 9), (7, 1), (64, 64)])
-def test_halving_a_tile_is_the_exact_mean(dtype: type, samples: int, shape: tuple[int, int]) -> None:
-    """Each pyramid tile's halving, whichever way it is computed (OpenCV's area resize where it gives the same
-    integers, summed views elsewhere), equals the reference mean: half-way values round up, none overflows."""
+@pytest.mark.parametrize("opencv_loaded", [True, False])
+def test_halving_a_tile_is_the_exact_mean(dtype: type, samples: int, shape: tuple[int, int], opencv_loaded: bool,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pyramid tile's halving, whichever way it is computed (OpenCV's area resize where the process has it
+    loaded and it gives the same integers, summed views elsewhere), equals the reference mean: half-way values round
+    up, none overflows."""
+    if opencv_loaded:
+        import cv2  # noqa: F401  (loaded, as in a register task)
+    else:
+        monkeypatch.delitem(sys.modules, "cv2", raising=False)  # as in a task that only writes
     rng = np.random.default_rng(samples * 100 + shape[0])
     info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
     low, high = (info.min, info.max) if info else (-1e3, 1e3)

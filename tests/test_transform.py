@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import pyvips
 from scipy import ndimage
 
@@ -37,8 +38,16 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert loaded.reference_shape == (160, 200) and loaded.metadata["engine"] == "test"
 
 
-def test_lazy_index_equals_point_mapping() -> None:
-    transform = _nonrigid()
+@pytest.mark.parametrize("transform", [
+    _nonrigid(),
+    Transform(similarity_matrix(0.97, -8.0, 12.0, 5.0, (90, 70))),  # no field: the index grid's own nodes
+    # a field that ends well inside the frame (clamped beyond), on a spacing that is no whole number of pixels
+    Transform(similarity_matrix(1.02, 3.0, -6.0, 2.0), Displacement(np.full((3, 5), 1.5), np.linspace(-2, 2, 15)
+                                                                      .reshape(3, 5), spacing=7.5)),
+], ids=["field", "affine", "small-field"])
+def test_lazy_index_equals_point_mapping(transform: Transform) -> None:
+    """The lazy index (the pulled node grid, enlarged bilinearly) is ``Transform.pull`` at every pixel, borders and
+    the clamped field beyond the nodes included."""
     index = pull_index(transform, 200, 160).numpy()
     yy, xx = np.mgrid[0:160, 0:200]
     expected = transform.pull(np.stack([xx.ravel(), yy.ravel()], axis=1)).reshape(160, 200, 2)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -140,9 +141,11 @@ def _halve(array: np.ndarray, out_rows: int, out_columns: int) -> np.ndarray:
     """2 x 2 box mean (integers rounded half up, as libvips' pyramid does) down to the given extent.
 
     An axis one pixel long stays one pixel long (the level above a 1 px line is that line). Every pyramid tile
-    above level 0 passes through here: summing a reshaped view with numpy took 29 of the 85 s a 20000 px RGB
-    registration took (docs/benchmarks.md, "Pyramid levels"); adding the four strided views is 4-6x faster.
-    (OpenCV's area resize is faster still, but importing it would add about 20 MB to tasks that only write.)
+    above level 0 passes through here. Summing a reshaped view with numpy took 29 of the 85 s a 20000 px RGB
+    registration took; adding the four strided views is 4-6x faster, and OpenCV's area resize 40x faster again, with
+    the same integers for 8- and 16-bit four-pixel means (docs/benchmarks.md, "Pyramid levels"). OpenCV is used
+    only where the process has already loaded it (a register task, which warps): importing it would add about
+    17 MB to tasks that only write, which their estimates do not hold.
     """
     def pairs(n_out: int, n_in: int) -> int:
         return 1 if (n_out == 1 and n_in == 1) else 2
@@ -151,6 +154,13 @@ def _halve(array: np.ndarray, out_rows: int, out_columns: int) -> np.ndarray:
         return np.zeros((out_rows, out_columns, array.shape[2]), array.dtype)
     row_step, column_step = pairs(out_rows, array.shape[0]), pairs(out_columns, array.shape[1])
     part = array[: out_rows * row_step, : out_columns * column_step]
+    opencv = sys.modules.get("cv2")
+    # OpenCV's exact integer path takes 8- and 16-bit unsigned images of 1-4 samples; two-pixel means (a 1 px axis)
+    # it rounds half to even
+    if (opencv is not None and row_step == column_step == 2 and array.dtype in (np.uint8, np.uint16)
+            and array.shape[2] <= 4):
+        return opencv.resize(part, (out_columns, out_rows), interpolation=opencv.INTER_AREA).reshape(
+            out_rows, out_columns, array.shape[2])
     # the narrowest accumulator that cannot overflow: four 16-bit values fit in 32 bits
     wide = np.float64 if array.dtype.kind == "f" else (np.int32 if array.dtype.itemsize <= 2 else np.int64)
     summed = np.zeros((out_rows, out_columns, array.shape[2]), wide)
