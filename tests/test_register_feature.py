@@ -403,3 +403,46 @@ def test_deepflow_is_estimated_unless_two_flows_agree_the_tissue_stayed_still(
         assert any(agree), (name, stats)
         assert all(m < RESOLVABLE_MOTION_SIGMAS for m in motion) is not estimated, (name, motion)
         assert bool(calls) is estimated, name
+
+
+def test_deepflow_is_estimated_at_full_size_only_where_half_size_finds_motion(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the two flows give no agreeing estimate (as across stains), DeepFlow is first estimated at half size: a
+    pair that did not move is not given to full-size DeepFlow, a bend of a few sigmas is."""
+    from dataclasses import replace
+
+    from scipy import ndimage
+
+    from slimreg.io.read import TiffImage
+    from slimreg.register import feature
+    from slimreg.register.feature import FeatureEngine
+    from slimreg.register.fields import DEEPFLOW_SCREEN_SHARE, RESOLVABLE_MOTION_SIGMAS
+
+    original_candidates, original_flows, calls = feature.deformation_candidates, feature.field_candidates, []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original_candidates(*args, **kwargs)
+
+    def disagreeing(*args: object, **kwargs: object) -> object:
+        return [replace(c, disagreement=float("inf")) for c in original_flows(*args, **kwargs)]
+
+    monkeypatch.setattr(feature, "deformation_candidates", counting)
+    monkeypatch.setattr(feature, "field_candidates", disagreeing)
+    rng = np.random.default_rng(5)
+    size = 384
+    smooth = ndimage.gaussian_filter(rng.random((size, size)), 3)
+    texture = ((smooth - smooth.min()) / (smooth.max() - smooth.min()) * 60000).astype(np.uint16)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    reference = TiffImage(write_array(texture, tmp_path / "reference.ome.tif"))
+    settings = RegistrationSettings.from_preset("medium", engine="feature")
+    for amplitude, estimated in ((0.0, False), (8.0, True)):
+        calls.clear()
+        bent = ndimage.map_coordinates(texture.astype(np.float64), [yy, xx - amplitude * np.sin(2 * np.pi * yy / size)],
+                                       order=1, mode="reflect")
+        image = TiffImage(write_array(bent.astype(np.uint16), tmp_path / f"bent{amplitude}.ome.tif"))
+        _, stats = FeatureEngine()._non_rigid(reference, image, 0, 0, np.eye(3), settings)
+        screened = stats["non_rigid_deepflow_half_size_motion_sigmas"]
+        assert (screened >= DEEPFLOW_SCREEN_SHARE * RESOLVABLE_MOTION_SIGMAS) is estimated, (amplitude, stats)
+        assert bool(calls) is estimated, amplitude
+        assert ("non_rigid_deepflow_motion_sigmas" in stats) is estimated

@@ -55,10 +55,12 @@ from slimreg.memory import release_memory
 from slimreg.metrics import mutual_information
 from slimreg.register.fields import (
     DEEPFLOW,
+    DEEPFLOW_SCREEN_SHARE,
     DIFFEOMORPHIC,
     PIECES,
     RESOLVABLE_MOTION_SIGMAS,
     FieldCandidate,
+    deepflow_screen,
     deformation_candidates,
     diffeomorphic_candidate,
     field_candidates,
@@ -206,7 +208,12 @@ class FeatureEngine:
         # field beats the agreeing flows (docs/accuracy.md, "Nineteenth attempt")
         still = (any(c.admissible for c in agreeing)
                  and all(c.motion < RESOLVABLE_MOTION_SIGMAS for c in agreeing))
-        single: tuple[FieldCandidate, ...] = () if still else deformation_candidates(scorer, placed, region)
+        # elsewhere DeepFlow is first estimated at half size, and at full size only where it finds enough motion there
+        screened = None if still else deepflow_screen(reference, moving, reference_channel, moving_channel, affine,
+                                                      max(placed.shape[:2]))
+        skip_deepflow = still or (screened is not None
+                                  and screened < DEEPFLOW_SCREEN_SHARE * RESOLVABLE_MOTION_SIGMAS)
+        single: tuple[FieldCandidate, ...] = () if skip_deepflow else deformation_candidates(scorer, placed, region)
         # the finer field last, so that it is weighed against every smoother one
         candidates = [*agreeing, *single[:1],
                       *piece_candidates(scorer, placed, placed_mask, settings.transform_model,
@@ -265,7 +272,8 @@ class FeatureEngine:
                for c in candidates if np.isfinite(c.disagreement)},
             **{f"non_rigid_flow_motion_sigmas_{c.smoothing}": c.motion for c in agreeing},
             **{f"non_rigid_{c.source}_motion_sigmas": c.motion
-               for c in candidates if c.source in (DEEPFLOW, PIECES, DIFFEOMORPHIC)}, **refinement}
+               for c in candidates if c.source in (DEEPFLOW, PIECES, DIFFEOMORPHIC)}, **refinement,
+            **({} if screened is None else {"non_rigid_deepflow_half_size_motion_sigmas": screened})}
         if best is None:
             return None, {**stats, "non_rigid_used": 0.0}
         stats["non_rigid_field"] = best.source

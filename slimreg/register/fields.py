@@ -37,6 +37,12 @@ FLOW_AGREEMENT = float(np.sqrt(2 / 5))
 # motion is 0.20-0.99 sigma; on the bent variant it is 0.90-3.89 sigma, and the three fields above one sigma take
 # those directions from 15.7 / 9.5 / 9.0 px to 5.4 / 5.1 / 7.1 px.
 RESOLVABLE_MOTION_SIGMAS = 1.0
+# DeepFlow is first estimated at half size (``deepflow_screen``), and at full size only where the motion found there
+# is at least this share of the resolvable motion. Over the 43 shared and robustness results whose half size is
+# smaller, the half-size motion was 0.68-1.38 of the full-size one (docs/accuracy.md, "Twenty-first attempt"), so
+# skipping below half of it cannot skip a field that would be tried.
+DEEPFLOW_SCREEN_SHARE = 0.5
+MIN_SCREEN_SIDE = 128  # px: the half-size images' long side must be at least this
 
 
 AGREEING = "agreeing flows"
@@ -124,15 +130,35 @@ def deformation_candidates(scorer: AlignmentScorer, placed: np.ndarray, region: 
     DeepFlow smoothed at one edge sigma to 0.44 (4.5 noise sd more), and DeepFlow as VALIS uses it, unsmoothed, to
     0.48. One edge sigma is the finest scale the measures compare, so no field is left finer than what can judge it
     (docs/accuracy.md, "Deformed sections")."""
-    deep = cv2.optflow.createOptFlow_DeepFlow()
-    reference, moved = (to_uint8(local_contrast(image, scorer.sigma)) for image in (scorer.reference, placed))
-    raw = deep.calc(reference, moved, None)
+    raw = _deepflow(scorer, placed)
     smoothing = FLOW_SMOOTHING_FRACTIONS[0]
     flow = _regularise(raw, region, smoothing)
     motion = median_motion(flow, region, scorer.sigma)
     finest = scorer.sigma / max(placed.shape[:2])
     return (FieldCandidate(smoothing, float("nan"), flow, motion, DEEPFLOW),
             FieldCandidate(finest, float("nan"), _regularise(raw, region, finest), motion, DEEPFLOW))
+
+
+def deepflow_screen(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
+                    moving_channel: int | str, affine: np.ndarray, working_side: int) -> float | None:
+    """DeepFlow's median motion over tissue, in edge sigmas, on the pair placed by ``affine`` at half the working
+    images' long side (``working_side``): a quarter of the pixels, so a quarter of the time. Below
+    ``DEEPFLOW_SCREEN_SHARE`` of the resolvable motion, the engine does not estimate DeepFlow at full size. None where
+    the working images are too small for a half-size estimate to mean anything (``MIN_SCREEN_SIDE``)."""
+    if working_side < 2 * MIN_SCREEN_SIDE:
+        return None
+    _, scorer, placed, placed_mask = placed_for_flow(reference, moving, reference_channel, moving_channel, affine,
+                                                     working_side // 2)
+    region = scorer.mask | placed_mask
+    return median_motion(_regularise(_deepflow(scorer, placed), region, FLOW_SMOOTHING_FRACTIONS[0]), region,
+                         scorer.sigma)
+
+
+def _deepflow(scorer: AlignmentScorer, placed: np.ndarray) -> np.ndarray:
+    """DeepFlow (VALIS' flow) from the reference to the placed image, on their local contrast."""
+    deep = cv2.optflow.createOptFlow_DeepFlow()
+    reference, moved = (to_uint8(local_contrast(image, scorer.sigma)) for image in (scorer.reference, placed))
+    return deep.calc(reference, moved, None)
 
 
 def diffeomorphic_candidate(reference: TiffImage, moving: TiffImage, reference_channel: int | str,
