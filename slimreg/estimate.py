@@ -56,7 +56,8 @@ VALIS_PER_PX = 60
 VALIS_MIN_TISSUE_SHARE = 0.25
 VALIS_COPY_PER_PX = 8  # the copy as read (float32 for a float image) and as written (uint16), one image at a time
 # SimpleITK, four detectors' keypoints and the candidates' scores (measured with benchmarks/accuracy.py: the
-# whole `slimreg register` of a real 1164 x 787 RGB pair peaks at 253 MB, of a 891 x 735 pair at 368 MB)
+# whole `slimreg register` of a real 1164 x 787 RGB pair peaks at 253 MB, of a 891 x 735 pair at 368 MB); SimpleITK
+# (about 90 MB) is imported only for a torn section's pieces, and the bound keeps it for them
 PAIR_OVERHEAD = 150 * MB
 SIFT_PER_PX = 255
 ECC_PER_PX = 120

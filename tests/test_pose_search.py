@@ -57,6 +57,20 @@ def test_each_detector_keeps_its_strongest_keypoints_and_still_finds_a_shift() -
         assert fit[0][:2, 2] == pytest.approx([-11.0, 7.0], abs=0.5), name
 
 
+def test_brisk_describes_its_strongest_keypoints_as_describing_all_of_them_would() -> None:
+    """BRISK describes only the keypoints it keeps (detecting and describing at once described all 14 000-17 000 of
+    a nuclei image's): the kept points and their descriptors are those of describing every keypoint, then keeping."""
+    image = speckled(2)
+    mask = np.ones(image.shape, bool)
+    image8 = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(to_uint8(image))  # as describe prepares it
+    every, descriptors = cv2.BRISK_create(thresh=10).detectAndCompute(image8, mask.astype(np.uint8))
+    assert len(every) > MAX_KEYPOINTS
+    strongest = np.sort(np.argsort(-np.array([k.response for k in every]), kind="stable")[:MAX_KEYPOINTS])
+    described = describe(image, mask)["brisk"]
+    np.testing.assert_array_equal(described.points, np.float32([every[i].pt for i in strongest]))
+    np.testing.assert_array_equal(described.descriptors, descriptors[strongest])
+
+
 @pytest.mark.parametrize("agree", [True, False])
 def test_the_rotation_search_runs_only_where_no_two_detectors_agree(monkeypatch: pytest.MonkeyPatch,
                                                                      agree: bool) -> None:

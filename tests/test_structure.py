@@ -4,6 +4,7 @@ fails here, naming the modules and the arrows that close it."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import grimp
@@ -65,3 +66,13 @@ def test_the_check_finds_a_cycle(tmp_path, monkeypatch) -> None:
     (package / "b.py").write_text("def f():\n    from cyclic import a\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert import_cycles("cyclic") == [["cyclic.a -> cyclic.b", "cyclic.b -> cyclic.a"]]
+
+
+def test_the_command_line_and_the_light_engine_load_without_simpleitk() -> None:
+    """SimpleITK's import alone holds about 90 MB and takes 0.3 s, and only a torn section's pieces use it
+    (slimreg.register.refine): the commands and the light engine import it where they need it, not on start."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, slimreg.cli, slimreg.register.batch, slimreg.register.feature, "
+         "slimreg.register.pieces; print('SimpleITK' in sys.modules)"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "False"

@@ -44,11 +44,14 @@ class Candidate:
 
 
 def _detectors() -> dict[str, Callable[[], tuple[object | None, object]]]:
-    """Detector + descriptor pairs (weights-free, in opencv-contrib), each built on demand."""
+    """Detector + descriptor pairs (weights-free, in opencv-contrib), each built on demand. BRISK detects, then
+    describes only its strongest keypoints: detecting and describing at once described all of them (14 000-17 000
+    on 512 px nuclei images), for the same descriptors of the kept ones. AKAZE and SIFT detect and describe at
+    once: apart, each would build its scale space twice."""
     return {
         "akaze": lambda: (None, cv2.AKAZE_create(threshold=1e-4)),
         "sift": lambda: (None, cv2.SIFT_create(nfeatures=MAX_KEYPOINTS)),
-        "brisk": lambda: (None, cv2.BRISK_create(thresh=10)),
+        "brisk": lambda: (cv2.BRISK_create(thresh=10),) * 2,
         "fast+boost": lambda: (cv2.FastFeatureDetector_create(threshold=10), cv2.xfeatures2d.BoostDesc_create()),
     }
 
