@@ -408,7 +408,8 @@ def test_deepflow_is_estimated_unless_two_flows_agree_the_tissue_stayed_still(
 def test_deepflow_is_estimated_at_full_size_only_where_half_size_finds_motion(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the two flows give no agreeing estimate (as across stains), DeepFlow is first estimated at half size: a
-    pair that did not move is not given to full-size DeepFlow, a bend of a few sigmas is."""
+    pair that did not move is not given to full-size DeepFlow, a bend of a few sigmas is. Images too small for the
+    half size's edge sigma to keep its share of the side are not screened: DeepFlow runs there as it did before."""
     from dataclasses import replace
 
     from scipy import ndimage
@@ -429,20 +430,24 @@ def test_deepflow_is_estimated_at_full_size_only_where_half_size_finds_motion(
 
     monkeypatch.setattr(feature, "deformation_candidates", counting)
     monkeypatch.setattr(feature, "field_candidates", disagreeing)
-    rng = np.random.default_rng(5)
-    size = 384
-    smooth = ndimage.gaussian_filter(rng.random((size, size)), 3)
-    texture = ((smooth - smooth.min()) / (smooth.max() - smooth.min()) * 60000).astype(np.uint16)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    reference = TiffImage(write_array(texture, tmp_path / "reference.ome.tif"))
     settings = RegistrationSettings.from_preset("medium", engine="feature")
-    for amplitude, estimated in ((0.0, False), (8.0, True)):
+    rng = np.random.default_rng(5)
+    # at 488 px the half size's edge sigma would be held at 1 px instead of 0.98 px: motion in sigmas would read low
+    for size, amplitude, screened_out in ((512, 0.0, True), (512, 8.0, False), (488, 0.0, False)):
+        assert size <= settings.non_rigid_dim
         calls.clear()
+        smooth = ndimage.gaussian_filter(rng.random((size, size)), 3)
+        texture = ((smooth - smooth.min()) / (smooth.max() - smooth.min()) * 60000).astype(np.uint16)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+        reference = TiffImage(write_array(texture, tmp_path / f"reference{size}.ome.tif"))
         bent = ndimage.map_coordinates(texture.astype(np.float64), [yy, xx - amplitude * np.sin(2 * np.pi * yy / size)],
                                        order=1, mode="reflect")
-        image = TiffImage(write_array(bent.astype(np.uint16), tmp_path / f"bent{amplitude}.ome.tif"))
+        image = TiffImage(write_array(bent.astype(np.uint16), tmp_path / f"bent{size}_{amplitude}.ome.tif"))
         _, stats = FeatureEngine()._non_rigid(reference, image, 0, 0, np.eye(3), settings)
-        screened = stats["non_rigid_deepflow_half_size_motion_sigmas"]
-        assert (screened >= DEEPFLOW_SCREEN_SHARE * RESOLVABLE_MOTION_SIGMAS) is estimated, (amplitude, stats)
-        assert bool(calls) is estimated, amplitude
-        assert ("non_rigid_deepflow_motion_sigmas" in stats) is estimated
+        screened = stats.get("non_rigid_deepflow_half_size_motion_sigmas")
+        if size < 500:
+            assert screened is None, stats
+        else:
+            assert (screened < DEEPFLOW_SCREEN_SHARE * RESOLVABLE_MOTION_SIGMAS) is screened_out, (size, stats)
+        assert bool(calls) is not screened_out, (size, amplitude)
+        assert ("non_rigid_deepflow_motion_sigmas" in stats) is not screened_out

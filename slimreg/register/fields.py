@@ -4,6 +4,7 @@ correction. Which one is kept is the engine's choice; these only propose."""
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -16,7 +17,14 @@ from slimreg.register.diffeomorphic import greedy_flow
 from slimreg.register.initial import Described
 from slimreg.register.pieces import piece_field
 from slimreg.register.pose import to_working
-from slimreg.register.preprocess import edge_map, local_contrast, tissue_mask, to_uint8, wide_blur
+from slimreg.register.preprocess import (
+    EDGE_SIGMA_FRACTION,
+    edge_map,
+    local_contrast,
+    tissue_mask,
+    to_uint8,
+    wide_blur,
+)
 from slimreg.register.similarity import (
     AlignmentScorer,
 )
@@ -40,9 +48,11 @@ RESOLVABLE_MOTION_SIGMAS = 1.0
 # DeepFlow is first estimated at half size (``deepflow_screen``), and at full size only where the motion found there
 # is at least this share of the resolvable motion. Over the 43 shared and robustness results whose half size is
 # smaller, the half-size motion was 0.68-1.38 of the full-size one (docs/accuracy.md, "Twenty-first attempt"), so
-# skipping below half of it cannot skip a field that would be tried.
+# below half a sigma at half size none of them reached the one sigma at which DeepFlow's field is tried.
 DEEPFLOW_SCREEN_SHARE = 0.5
-MIN_SCREEN_SIDE = 128  # px: the half-size images' long side must be at least this
+# px: the half-size images' long side must be at least this, where the edge sigma is still a fixed share of the side
+# (below it ``edge_sigma`` holds at 1 px), so that motion in sigmas means the same at both sizes
+MIN_SCREEN_SIDE = math.ceil(1 / EDGE_SIGMA_FRACTION)
 
 
 AGREEING = "agreeing flows"
@@ -144,7 +154,8 @@ def deepflow_screen(reference: TiffImage, moving: TiffImage, reference_channel: 
     """DeepFlow's median motion over tissue, in edge sigmas, on the pair placed by ``affine`` at half the working
     images' long side (``working_side``): a quarter of the pixels, so a quarter of the time. Below
     ``DEEPFLOW_SCREEN_SHARE`` of the resolvable motion, the engine does not estimate DeepFlow at full size. None where
-    the working images are too small for a half-size estimate to mean anything (``MIN_SCREEN_SIDE``)."""
+    the half-size images would be too small for their edge sigma to be the same share of the side
+    (``MIN_SCREEN_SIDE``): there, motion in sigmas would read low, and DeepFlow runs at full size as before."""
     if working_side < 2 * MIN_SCREEN_SIDE:
         return None
     _, scorer, placed, placed_mask = placed_for_flow(reference, moving, reference_channel, moving_channel, affine,
