@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 
 MB = 1024**2
 PROCESS_BASE = 68 * MB
+# OpenCV and SciPy beyond PROCESS_BASE, for the tasks that analyse images and count nothing else for them (template,
+# QC, report): with the wheels of 7 December 2026 (opencv-contrib 4.9.0.80, scipy 1.17.1, pyvips 3.2.0) such a
+# process starts at 94-110 MB, and the three measured 17-20 % above their estimates (docs/memory-model.md)
+ANALYSIS_IMPORTS = 42 * MB
 VALIS_IMPORT = 1180 * MB
 VALIS_PAIR_BASE = 1500 * MB
 VALIS_PER_PX = 60

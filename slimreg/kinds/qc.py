@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import slimreg.layout as layout
-from slimreg.estimate import PROCESS_BASE, QC_OVERHEAD, QC_PER_PX, SAFETY, working_pixels
+from slimreg.estimate import ANALYSIS_IMPORTS, PROCESS_BASE, QC_OVERHEAD, QC_PER_PX, SAFETY, working_pixels
 from slimreg.kinds.base import EstimateContext, Params, RunContext
 
 if TYPE_CHECKING:
@@ -36,7 +36,8 @@ class QcKind:
         params = QcParams.from_json(task.params)
         factor = params.reference_scale
         pixels = working_pixels(ctx.info(params.reference), params.max_dim * factor) // (factor * factor)
-        return int(SAFETY * (PROCESS_BASE + QC_OVERHEAD + QC_PER_PX * pixels)), int(pixels * 3 * 2)
+        return (int(SAFETY * (PROCESS_BASE + ANALYSIS_IMPORTS + QC_OVERHEAD + QC_PER_PX * pixels)),
+                int(pixels * 3 * 2))
 
     def run(self, task: Task, ctx: RunContext) -> None:
         from slimreg.qc import run_qc

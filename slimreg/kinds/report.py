@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import slimreg.layout as layout
-from slimreg.estimate import MB, PROCESS_BASE, SAFETY
+from slimreg.estimate import ANALYSIS_IMPORTS, MB, PROCESS_BASE, SAFETY
 from slimreg.kinds.base import EstimateContext, NoParams, RunContext
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ class ReportKind:
     params = NoParams
 
     def estimate(self, task: Task, ctx: EstimateContext) -> tuple[int, int]:
-        return int(SAFETY * (PROCESS_BASE + 64 * MB)), 16 * MB
+        return int(SAFETY * (PROCESS_BASE + ANALYSIS_IMPORTS + 64 * MB)), 16 * MB
 
     def run(self, task: Task, ctx: RunContext) -> None:
         from slimreg.report import build_report

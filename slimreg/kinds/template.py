@@ -9,15 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slimreg.estimate import PROCESS_BASE, SAFETY
+from slimreg.estimate import ANALYSIS_IMPORTS, PROCESS_BASE, SAFETY
 from slimreg.kinds.base import EstimateContext, Params, RunContext
 
 if TYPE_CHECKING:
     from slimreg.plan_model import Task
 
-# the recording path's imports beyond the process baseline, and per frame pixel: the two float64 sums, one frame,
-# its shifted copy and the FFTs of one shift (docs/motion.md, "Memory"; measured 105 / 164 / 401 MB at 512 /
-# 1024 / 2048 px frames, however many frames are sampled: they are read twice, never held)
+# the recording path's own imports beyond the process baseline and ANALYSIS_IMPORTS, and per frame pixel: the two
+# float64 sums, one frame, its shifted copy and the FFTs of one shift (docs/motion.md, "Memory"; measured 105 / 164 /
+# 401 MB at 512 / 1024 / 2048 px frames, however many frames are sampled: they are read twice, never held; 137 MB at
+# 500 px with the wheels of 7 December 2026)
 TEMPLATE_BASE = 16 * 1024**2
 TEMPLATE_PER_PX = 80
 
@@ -35,7 +36,7 @@ class TemplateKind:
     def estimate(self, task: Task, ctx: EstimateContext) -> tuple[int, int]:
         source = ctx.info(task.inputs[0])
         pixels = source.width * source.height
-        peak = PROCESS_BASE + TEMPLATE_BASE + TEMPLATE_PER_PX * pixels
+        peak = PROCESS_BASE + ANALYSIS_IMPORTS + TEMPLATE_BASE + TEMPLATE_PER_PX * pixels
         return int(SAFETY * peak), 4 * pixels
 
     def run(self, task: Task, ctx: RunContext) -> None:
