@@ -90,6 +90,10 @@ SAFETY = 1.1
 # engine's VALIS child): the pre-flight predicts peaks within 1.1-1.5x (docs/memory-model.md)
 BUDGET_MARGIN = 2.0
 PYRAMID_DISK_FACTOR = 1.4
+# rows of one plane a rewrite holds across the source's width: its peak grew by 21-37 MB from 2000 to 8000-16000 px
+# wide (4 x uint16 and 1 x uint16, tiled; 1.2-3.8 KB per px of width), and 1.5 render blocks of 16-bit rows (3 KB
+# per px) covers every measurement (docs/memory-model.md, "Re-run, 7 December 2026")
+REWRITE_BAND_ROWS = 1.5 * RENDER_BLOCK_PIXELS
 COMPRESSION_RATIO = {"none": 1.0, "deflate": 0.8, "lzw": 0.9, "zstd": 0.8, "jpeg": 0.2}
 
 
@@ -162,9 +166,11 @@ def valis_copy_dim(info: ImageInfo, finest_dim: int, tissue_share: float = VALIS
 
 
 def rewrite_bytes(info: ImageInfo, tile_size: int) -> int:
-    """Pyramidal rewrite of a user's file as it is (a PUBLISH of the reference): the write, and the tiled copy a
-    file stored in strips is read from."""
-    return write_bytes(info, tile_size) + tiled_copy_memory_bytes(info)
+    """Pyramidal rewrite of a user's file as it is (a PUBLISH of the reference): the write, the tiled copy a
+    file stored in strips is read from, and what reading the source holds across its width (``REWRITE_BAND_ROWS``)."""
+    sample_bytes = (3 if info.is_rgb else 1) * np.dtype(info.dtype).itemsize
+    return (write_bytes(info, tile_size) + tiled_copy_memory_bytes(info)
+            + int(REWRITE_BAND_ROWS * info.width * sample_bytes))
 
 
 def warp_bytes(info: ImageInfo, tile_size: int, frames: int | None = None) -> int:
