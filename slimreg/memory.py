@@ -101,9 +101,38 @@ def process_high_water_bytes() -> int | None:
     return None
 
 
+# where the kernel lists each thread's children (Linux 3.5+; absent without CONFIG_PROC_CHILDREN), a process tree is
+# walked from its root; psutil instead reads the parent of every process on the machine, which on a node running
+# hundreds of processes made each 20 ms sample cost milliseconds (0.67 ms with 69 processes, 0.04 ms walked)
+_CHILDREN_LISTED = Path(f"/proc/self/task/{os.getpid()}/children").is_file()
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def tree_rss(process: psutil.Process | int) -> int:
     """Resident bytes of ``process`` (or the process of that id) and all its descendants (processes that vanish
     are skipped; 0 once it is gone)."""
+    pid = process.pid if isinstance(process, psutil.Process) else process
+    if not _CHILDREN_LISTED:
+        return _tree_rss_by_psutil(process)
+    total, pending = 0, [pid]
+    while pending:
+        member = pending.pop()
+        try:
+            # statm's second field: resident pages, what psutil's memory_info().rss reads on Linux
+            total += int(Path(f"/proc/{member}/statm").read_text().split()[1]) * _PAGE_BYTES
+            threads = os.listdir(f"/proc/{member}/task")
+        except (OSError, IndexError, ValueError):
+            continue  # it ended between two reads
+        for thread in threads:
+            try:
+                pending += [int(child) for child in Path(f"/proc/{member}/task/{thread}/children").read_text().split()]
+            except OSError:
+                continue
+    return total
+
+
+def _tree_rss_by_psutil(process: psutil.Process | int) -> int:
+    """``tree_rss`` where the kernel does not list children: psutil finds them from every process's parent."""
     try:
         process = process if isinstance(process, psutil.Process) else psutil.Process(process)
         members = [process, *process.children(recursive=True)]

@@ -68,3 +68,41 @@ def test_the_attempt_ends_with_the_process_that_started_it() -> None:
         assert not alive, "the attempt outlived the process that started it"
     finally:
         starter.kill()
+
+
+GRANDCHILD = """
+import subprocess, sys, time
+import numpy as np
+held = np.ones({megabytes} * 2**20, dtype=np.uint8)  # touched, so resident
+if {depth} > 1:
+    subprocess.Popen([sys.executable, "-c", sys.argv[1].format(megabytes={megabytes}, depth={depth} - 1),
+                      sys.argv[1]])
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_process_tree_is_measured_with_its_grandchildren() -> None:
+    """The tree is walked from its root (/proc's children lists where the kernel has them, psutil otherwise): a
+    grandchild's memory counts, and the sum is what psutil reads process by process."""
+    from slimreg.memory import _tree_rss_by_psutil, tree_rss
+
+    child = subprocess.Popen([sys.executable, "-c", GRANDCHILD.format(megabytes=120, depth=2), GRANDCHILD],
+                             stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline().startswith(b"ready")
+        family = psutil.Process(child.pid)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (family.children() and family.children()[0].memory_info().rss
+                                                   > 120 * MB):
+            time.sleep(0.1)
+        walked, listed = tree_rss(child.pid), _tree_rss_by_psutil(child.pid)
+        assert walked > 240 * MB  # both processes' blocks
+        assert abs(walked - listed) < 8 * MB  # read a moment apart
+        assert tree_rss(psutil.Process()) > walked  # from this process down, the test's own memory too
+    finally:
+        for member in psutil.Process(child.pid).children(recursive=True):
+            member.kill()
+        child.kill()
+        child.wait()
+    assert tree_rss(child.pid) == 0  # gone
