@@ -58,3 +58,42 @@ def test_refinements_side_by_side_run_on_one_blas_thread_each(monkeypatch: pytes
     assert any(threads > 1 for threads in before)
     assert all(threads == [1] * len(before) for threads in seen)
     assert after == before
+
+
+def _flow_error(reference: np.ndarray, moving: np.ndarray, truth: np.ndarray, scale: int | None,
+                monkeypatch: pytest.MonkeyPatch) -> float:
+    """Median distance (px, over tissue) between the known flow and DIS's, smoothed as the finest candidate is,
+    estimated down to ``scale`` (None: the scale the rule picks)."""
+    from slimreg.register import fields
+    from slimreg.register.preprocess import tissue_mask
+
+    if scale is not None:
+        monkeypatch.setattr(fields, "finest_flow_scale", lambda side, patch: scale)
+    tissue = tissue_mask(reference)
+    smooth = fields._regularise(fields._flow(reference, moving), tissue, fields.FLOW_SMOOTHING_FRACTIONS[0])
+    monkeypatch.undo()
+    return float(np.median(np.hypot(*(smooth - truth)[tissue].T)))
+
+
+def test_dis_stops_at_the_scale_whose_patches_fit_the_smoothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real nuclear-stain image at 1024 px, bent by a known smooth flow of 2-3 px: estimated down to the scale the
+    rule picks (1: patches of 16 px under the 20 px smoothing), the smoothed field is within 0.05 px of the one
+    estimated at full size; one scale coarser (patches of 32 px) it is not. Below 800 px full size is kept."""
+    from benchmarks.realdata import SHARED_DATA
+    from slimreg.register.fields import finest_flow_scale
+
+    grey = cv2.imread(str(SHARED_DATA / "if-rounds" / "processed_CD20_FOXP3_CD3.png"), cv2.IMREAD_GRAYSCALE)
+    width = 1024
+    height = round(grey.shape[0] * width / grey.shape[1])
+    reference = cv2.resize(grey, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255
+    rows, columns = np.mgrid[0:height, 0:width].astype(np.float32)
+    truth = np.stack([3 * np.sin(2 * np.pi * rows / (0.6 * height)), 2 * np.cos(2 * np.pi * columns / (0.7 * width))],
+                     axis=-1).astype(np.float32)
+    # the moving image shows at x what the reference shows at x - flow(x)
+    moving = cv2.remap(reference, columns - truth[..., 0], rows - truth[..., 1], cv2.INTER_LINEAR)
+    assert finest_flow_scale(width, 8) == 1 and finest_flow_scale(799, 8) == 0
+    full = _flow_error(reference, moving, truth, 0, monkeypatch)
+    picked = _flow_error(reference, moving, truth, None, monkeypatch)
+    coarser = _flow_error(reference, moving, truth, 2, monkeypatch)
+    assert full < 0.25  # the flow is found at all
+    assert picked - full < 0.05 < coarser - full
