@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from slimreg.io.read import Downsampled
 from slimreg.register import pose
-from slimreg.register.initial import MAX_KEYPOINTS, Candidate, describe, fit_similarity
+from slimreg.register.initial import MAX_KEYPOINTS, Candidate, describe, describe_both, fit_similarity
 from slimreg.register.preprocess import to_uint8
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import AlignmentScorer
@@ -69,6 +69,30 @@ def test_brisk_describes_its_strongest_keypoints_as_describing_all_of_them_would
     described = describe(image, mask)["brisk"]
     np.testing.assert_array_equal(described.points, np.float32([every[i].pt for i in strongest]))
     np.testing.assert_array_equal(described.descriptors, descriptors[strongest])
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_both_images_described_side_by_side_as_one_after_the_other(threads: int) -> None:
+    """The two images' descriptions run side by side, OpenCV's threads split between them: every detector's points
+    and descriptors are those of describing one image after the other, and the process's thread count is back."""
+    reference = speckled(3, (192, 240))
+    moving = np.roll(reference, (5, -9), axis=(0, 1))
+    mask = np.ones(reference.shape, bool)
+    mask[:40] = False
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(threads)
+    try:
+        side_by_side = describe_both(reference, mask, moving, mask)
+        assert cv2.getNumThreads() == threads
+        cv2.setNumThreads(1)
+        one_after_the_other = describe(reference, mask), describe(moving, mask)
+    finally:
+        cv2.setNumThreads(before)
+    for found, expected in zip(side_by_side, one_after_the_other, strict=True):
+        assert found.keys() == expected.keys()
+        for name in found:
+            np.testing.assert_array_equal(found[name].points, expected[name].points, err_msg=name)
+            np.testing.assert_array_equal(found[name].descriptors, expected[name].descriptors, err_msg=name)
 
 
 @pytest.mark.parametrize("agree", [True, False])

@@ -67,7 +67,7 @@ from slimreg.register.fields import (
     piece_candidates,
     placed_for_flow,
 )
-from slimreg.register.initial import Described, describe, relocated
+from slimreg.register.initial import Described, describe_both, relocated
 from slimreg.register.mirror import CORROBORATED, MirrorDecoy, corroborated, mirror_decoy, mirror_null
 from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
 from slimreg.register.pose import best_pose, corner_distance, to_level0, to_working
@@ -116,7 +116,7 @@ class FeatureEngine:
         expected = expected_scale(reference, moving)
         identity_score = scorer.score(mov.array, unregistered, mov_mask)
         # the reference's keypoints serve the search and its mirror decoy alike, and both images' the per-piece fits
-        described, mov_described = describe(ref.array, ref_mask), describe(mov.array, mov_mask)
+        described, mov_described = describe_both(ref.array, ref_mask, mov.array, mov_mask)
         found = best_pose(scorer, ref, mov, mov_mask, settings, expected, identity_score.value, described,
                           mov_described)
         best, winner = found.pull, found.winner

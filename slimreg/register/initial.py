@@ -12,6 +12,7 @@ pull maps between working frames: reference working px -> moving working px.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -80,6 +81,29 @@ def describe(image: np.ndarray, mask: np.ndarray, mirror: bool = False) -> dict[
         keypoints, descriptors = _describe(detector, descriptor, image8, mask)
         described[name] = Described(np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors)
     return described
+
+
+def describe_both(reference: np.ndarray, reference_mask: np.ndarray, moving: np.ndarray,
+                  moving_mask: np.ndarray) -> tuple[dict[str, Described], dict[str, Described]]:
+    """``describe`` of both images side by side, OpenCV's threads split between them; the same keypoints and
+    descriptors as one after the other (OpenCV's parallel loops split work, not results).
+
+    Of the four detectors only BoostDesc (and SIFT in part) spreads over OpenCV's threads; BRISK, AKAZE's and the
+    keypoints' conversion to arrays run on one. One after the other, each image's single-threaded part left a core
+    idle: the 512 px `nuclei` pair took 2.2-2.8 s, side by side 2.05-2.10 s; the kidney pair 1.8-1.9 s against
+    1.65-1.76 s (docs/accuracy.md, "Twenty-fourth attempt"). Called where nothing else in the process uses OpenCV
+    (the start of a pair's registration): the thread count is the process's, restored on return."""
+    threads = cv2.getNumThreads()
+    if threads < 2:
+        return describe(reference, reference_mask), describe(moving, moving_mask)
+    cv2.setNumThreads(threads // 2)
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimreg-describe") as beside:
+            pending = beside.submit(describe, reference, reference_mask)
+            moving_described = describe(moving, moving_mask)
+            return pending.result(), moving_described
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def fit_similarity(reference: Described, moving: Described, threshold: float,
