@@ -12,8 +12,9 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
   image; DeepFlow alone measured about 220), and, where the moving tissue lies in pieces, a shift search, the
   detectors and a refinement on one piece at a time at the same size (the search runs on a grid half an edge sigma
   apart: a few MB. Measured within the same bound: a torn real pair peaks at 302-394 MB for the whole `slimreg
-  register`, estimated 362-435 MB; enlarged 20x at the high preset, 1069 MB against 1402 MB). The stages run one after
-  another, so the pair costs the largest of them plus ``PAIR_OVERHEAD``.
+  register`, estimated 362-435 MB; enlarged 20x at the high preset, 1069 MB against 1402 MB). The search's two
+  images are described side by side first (``DESCRIBE_PER_PX`` per pixel of the pair at ``search_dim``). The stages
+  run one after another, so the pair costs the largest of them plus ``PAIR_OVERHEAD``.
 - VALIS engine, per moving image: a two-image VALIS run, dominated by a constant (``VALIS_PAIR_BASE``; measured
   2.2-2.7 GB whatever the image size) plus ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
   (``VALIS_IMPORT``, measured 1.17 GB). Before VALIS starts, the copy of each image it reads is made, one at a
@@ -71,6 +72,10 @@ DIFFEOMORPHIC_PER_PX = 195
 # and the field it starts from where it refines DeepFlow's or the pieces' (two float32 bands held throughout)
 DIFFEOMORPHIC_START_PER_PX = 8
 FIELD_CANDIDATES_PER_PX = 48  # held meanwhile, counted: four flows tried before it (8 B each), the placed pair, edges
+# the search's two images described side by side (slimreg.register.initial.describe_both), per px of the pair at
+# ``search_dim``: the peak above the images themselves measured 465 B/px on the 512 px nuclei pair, 340 and 233 on
+# the lung pair at 445 and 890 px (one after the other 180, 190 and 123; docs/memory-model.md)
+DESCRIBE_PER_PX = 480
 WRITE_BASE = 12 * MB
 WRITE_PER_TILE_BYTE = 4
 WRITE_PER_BLOCK_BYTE = 2
@@ -189,7 +194,7 @@ def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSe
         copy = max(working_pixels(info, valis_copy_dim(info, finest)) for info in (reference, moving))
         return int(VALIS_IMPORT + max(VALIS_PAIR_BASE + VALIS_PER_PX * pixels(settings.processing_dim),
                                       VALIS_COPY_PER_PX * copy))
-    stages = [SIFT_PER_PX * pixels(settings.processing_dim) / 2]
+    stages = [SIFT_PER_PX * pixels(settings.processing_dim) / 2, DESCRIBE_PER_PX * pixels(settings.search_dim)]
     # the mirror decoy's search runs beside the polish and the non-rigid step (slimreg.register.feature): one image
     # described, the rotation search's FFTs, refinements side by side, all at ``search_dim``; measured 146-250 B per
     # px of the pair there (docs/memory-model.md), counted at SIFT's 255

@@ -90,9 +90,10 @@ def describe_both(reference: np.ndarray, reference_mask: np.ndarray, moving: np.
 
     Of the four detectors only BoostDesc (and SIFT in part) spreads over OpenCV's threads; BRISK, AKAZE's and the
     keypoints' conversion to arrays run on one. One after the other, each image's single-threaded part left a core
-    idle: the 512 px `nuclei` pair took 2.2-2.8 s, side by side 2.05-2.10 s; the kidney pair 1.8-1.9 s against
-    1.65-1.76 s (docs/accuracy.md, "Twenty-fourth attempt"). Called where nothing else in the process uses OpenCV
-    (the start of a pair's registration): the thread count is the process's, restored on return."""
+    idle: the 512 px `nuclei` pair's descriptions took 2.25-2.74 s, side by side 1.86-2.16 s; on the kidney pair the
+    change was within the machine's noise (docs/accuracy.md, "Twenty-fourth attempt"). Both images' working memory is
+    held at once (``slimreg.estimate.DESCRIBE_PER_PX``). Called where nothing else in the process uses OpenCV (the
+    start of a pair's registration): the thread count is the process's, restored on return."""
     threads = cv2.getNumThreads()
     if threads < 2:
         return describe(reference, reference_mask), describe(moving, moving_mask)
