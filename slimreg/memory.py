@@ -114,9 +114,12 @@ def tree_rss(process: psutil.Process | int) -> int:
     pid = process.pid if isinstance(process, psutil.Process) else process
     if not _CHILDREN_LISTED:
         return _tree_rss_by_psutil(process)
-    total, pending = 0, [pid]
+    total, pending, seen = 0, [pid], set()
     while pending:
         member = pending.pop()
+        if member in seen:  # the lists are read while children come and go: one may be listed twice
+            continue
+        seen.add(member)
         try:
             # statm's second field: resident pages, what psutil's memory_info().rss reads on Linux
             total += int(Path(f"/proc/{member}/statm").read_text().split()[1]) * _PAGE_BYTES

@@ -70,36 +70,42 @@ def test_the_attempt_ends_with_the_process_that_started_it() -> None:
         starter.kill()
 
 
-GRANDCHILD = """
-import subprocess, sys, time
+DESCENDANT = """
+import subprocess, sys, threading, time
 import numpy as np
 held = np.ones({megabytes} * 2**20, dtype=np.uint8)  # touched, so resident
 if {depth} > 1:
-    subprocess.Popen([sys.executable, "-c", sys.argv[1].format(megabytes={megabytes}, depth={depth} - 1),
-                      sys.argv[1]])
-print("ready", flush=True)
-time.sleep(30)
+    # started from a thread other than the main one, which lives on: the kernel lists a child under its thread
+    started = threading.Event()
+    def start() -> None:
+        subprocess.Popen([sys.executable, "-c", sys.argv[1].format(megabytes={megabytes}, depth={depth} - 1),
+                          sys.argv[1]])
+        started.set()
+        time.sleep(60)
+    threading.Thread(target=start, daemon=True).start()
+    started.wait()
+print("ready", flush=True)  # the descendants write theirs to the same pipe
+time.sleep(60)
 """
 
 
-def test_a_process_tree_is_measured_with_its_grandchildren() -> None:
-    """The tree is walked from its root (/proc's children lists where the kernel has them, psutil otherwise): a
-    grandchild's memory counts, and the sum is what psutil reads process by process."""
+def test_a_process_tree_is_measured_with_every_descendant() -> None:
+    """The tree is walked from its root (/proc's children lists where the kernel has them, psutil otherwise): a child
+    and a grandchild, each started from a thread other than the main one, count, and the sum is psutil's process by
+    process once every block is resident."""
     from slimreg.memory import _tree_rss_by_psutil, tree_rss
 
-    child = subprocess.Popen([sys.executable, "-c", GRANDCHILD.format(megabytes=120, depth=2), GRANDCHILD],
+    child = subprocess.Popen([sys.executable, "-c", DESCENDANT.format(megabytes=100, depth=3), DESCENDANT],
                              stdout=subprocess.PIPE)
     try:
-        assert child.stdout is not None and child.stdout.readline().startswith(b"ready")
-        family = psutil.Process(child.pid)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (family.children() and family.children()[0].memory_info().rss
-                                                   > 120 * MB):
-            time.sleep(0.1)
-        walked, listed = tree_rss(child.pid), _tree_rss_by_psutil(child.pid)
-        assert walked > 240 * MB  # both processes' blocks
-        assert abs(walked - listed) < 8 * MB  # read a moment apart
-        assert tree_rss(psutil.Process()) > walked  # from this process down, the test's own memory too
+        assert child.stdout is not None
+        assert all(child.stdout.readline().startswith(b"ready") for _ in range(3))  # all three hold their blocks
+        family = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
+        assert len(family) == 3
+        walked = tree_rss(child.pid)
+        assert walked > 300 * MB  # three blocks: a walk that stops a level short counts two
+        assert abs(walked - _tree_rss_by_psutil(child.pid)) < 8 * MB
+        assert abs(walked - sum(member.memory_info().rss for member in family)) < 8 * MB
     finally:
         for member in psutil.Process(child.pid).children(recursive=True):
             member.kill()
