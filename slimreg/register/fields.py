@@ -253,9 +253,9 @@ def finest_flow_scale(side: int, patch: int) -> int:
     side ``side`` px: the coarsest whose patches (``patch`` px at that scale) still fit within the finest smoothing
     every candidate gets (``_regularise``: ``FLOW_SMOOTHING_FRACTIONS[0]`` of the side). Finer estimates hold detail
     that smoothing removes: at 1024 px (smoothed at 20 px) scale 1 takes 0.11 s per flow where scale 0 took 0.41,
-    and the shared pairs' disagreements and fields stayed as they were (docs/accuracy.md, "Twenty-third attempt");
-    images under 800 px (smoothed at less than 16 px) keep scale 0."""
-    sigma = max(2.0, FLOW_SMOOTHING_FRACTIONS[0] * side)
+    and every shared and robustness result stayed as it was (docs/accuracy.md, "Twenty-third attempt"); images under
+    800 px (smoothed at less than 16 px) keep scale 0."""
+    sigma = _smoothing_sigma(FLOW_SMOOTHING_FRACTIONS[0], side)
     scale = 0
     while patch * 2 ** (scale + 1) <= sigma:
         scale += 1
@@ -290,9 +290,14 @@ def _disagreement(first: np.ndarray, second: np.ndarray, region: np.ndarray) -> 
     return float(difference / length) if length > 0 else float("nan")
 
 
+def _smoothing_sigma(smoothing: float, side: int) -> float:
+    """The Gaussian sigma (px) a field is smoothed with: ``smoothing`` of the image's long ``side``, at least 2 px."""
+    return max(2.0, smoothing * side)
+
+
 def _regularise(flow: np.ndarray, tissue: np.ndarray, smoothing: float) -> np.ndarray:
     """Normalised convolution: smooth over tissue, fill background from nearby tissue, keep it invertible."""
-    sigma = max(2.0, smoothing * max(flow.shape[:2]))
+    sigma = _smoothing_sigma(smoothing, max(flow.shape[:2]))
     weight = wide_blur(tissue.astype(np.float32), sigma)
     smooth = np.empty_like(flow)
     for band in range(2):
