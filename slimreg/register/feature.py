@@ -6,7 +6,7 @@ Steps, every one scored with the same stain-robust measure (slimreg.register.sim
    nuclear channel for fluorescence) and a tissue mask each (slimreg.register.preprocess), of the tissue's box
    where the slide around it is mostly glass (slimreg.register.tissue_crop).
 2. Candidates: leaving the image as it is, one similarity fit per feature detector (AKAZE, SIFT, BRISK,
-   FAST + BoostDesc, each on its 4000 strongest keypoints), and, where no two detectors' fits agree, a
+   FAST + TEBLID, each on its 4000 strongest keypoints), and, where no two detectors' fits agree, a
    detector-free rotation search (any angle, any offset; mirrored too with ``allow_mirror``) that proposes the best
    edge correlations and the best overlaps of the tissue outlines.
    Every plausible candidate is refined (affine or similarity, the regular-step descent in NumPy, edge maps coarse

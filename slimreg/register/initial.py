@@ -33,6 +33,7 @@ MIN_INLIERS = 6
 # seconds per match and its description seconds per image, while a similarity has four parameters and RANSAC needs
 # a few dozen true matches (docs/accuracy.md, "Eighth attempt").
 MAX_KEYPOINTS = 4000
+TEBLID_WINDOW = 6.25  # BoostDesc's default window for FAST's 7 px keypoints, kept when TEBLID replaced it
 COUNT_ROUNDING_MARGIN = 0.25  # an FFT's overlap count this far from a whole number is not trusted to round right
 
 
@@ -48,12 +49,17 @@ def _detectors() -> dict[str, Callable[[], tuple[object | None, object]]]:
     """Detector + descriptor pairs (weights-free, in opencv-contrib), each built on demand. BRISK detects, then
     describes only its strongest keypoints: detecting and describing at once described all of them (14 000-17 000
     on 512 px nuclei images), for the same descriptors of the kept ones. AKAZE and SIFT detect and describe at
-    once: apart, each would build its scale space twice."""
+    once: apart, each would build its scale space twice. FAST's corners are described by TEBLID (binary
+    descriptors boosted on box averages, BoostDesc's successor) over BoostDesc's window: BoostDesc took 0.5-0.7 s
+    per 512 px image, TEBLID 6 ms, and its fits matched as many inliers or more on four of the five shared pairs
+    and agreed with AKAZE's on the lung pair where BoostDesc's fell 200 px off (docs/accuracy.md, "Twenty-sixth
+    attempt")."""
     return {
         "akaze": lambda: (None, cv2.AKAZE_create(threshold=1e-4)),
         "sift": lambda: (None, cv2.SIFT_create(nfeatures=MAX_KEYPOINTS)),
         "brisk": lambda: (cv2.BRISK_create(thresh=10),) * 2,
-        "fast+boost": lambda: (cv2.FastFeatureDetector_create(threshold=10), cv2.xfeatures2d.BoostDesc_create()),
+        "fast+teblid": lambda: (cv2.FastFeatureDetector_create(threshold=10),
+                                cv2.xfeatures2d.TEBLID_create(TEBLID_WINDOW, cv2.xfeatures2d.TEBLID_SIZE_256_BITS)),
     }
 
 
@@ -88,10 +94,10 @@ def describe_both(reference: np.ndarray, reference_mask: np.ndarray, moving: np.
     """``describe`` of both images side by side, OpenCV's threads split between them; the same keypoints and
     descriptors as one after the other (OpenCV's parallel loops split work, not results).
 
-    Of the four detectors only BoostDesc (and SIFT in part) spreads over OpenCV's threads; BRISK, AKAZE's and the
-    keypoints' conversion to arrays run on one. One after the other, each image's single-threaded part left a core
-    idle: the 512 px `nuclei` pair's descriptions took 2.25-2.74 s, side by side 1.86-2.16 s; on the kidney pair the
-    change was within the machine's noise (docs/accuracy.md, "Twenty-fourth attempt"). Both images' working memory is
+    BRISK, most of AKAZE and the keypoints' conversion to arrays run on one thread, so one after the other each
+    image's single-threaded part left a core idle: the 512 px `nuclei` pair's descriptions took 1.01-1.10 s, side by
+    side 0.61-1.02 s; the kidney pair's 0.54-0.56 s and 0.30-0.34 s (docs/accuracy.md, "Twenty-fourth attempt" and
+    "Twenty-sixth attempt"). Both images' working memory is
     held at once (``slimreg.estimate.DESCRIBE_PER_PX``). Called where nothing else in the process uses OpenCV (the
     start of a pair's registration): the thread count is the process's, restored on return."""
     threads = cv2.getNumThreads()
