@@ -201,6 +201,50 @@ def test_a_piece_moved_far_is_found_by_the_shift_search() -> None:
     assert np.median(found[0][inner, 1]) == pytest.approx(shift_y, abs=0.5)
 
 
+def test_a_dense_flow_proposes_the_affine_it_follows_over_a_piece() -> None:
+    """The start a dense flow proposes for a piece is the affine that flow follows over the reference pixels it pulls
+    from that piece, whatever it does elsewhere; a flow that pulls from the piece nowhere proposes nothing."""
+    from slimreg.register.pieces import flow_fit
+
+    height, width = 300, 400
+    piece = np.zeros((height, width), bool)
+    piece[80:220, 200:360] = True
+    angle = np.radians(3.0)
+    pull = np.array([[np.cos(angle), -np.sin(angle), 14.0], [np.sin(angle), np.cos(angle), -9.0], [0.0, 0.0, 1.0]])
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    flow = np.stack([pull[0, 0] * xs + pull[0, 1] * ys + pull[0, 2] - xs,
+                     pull[1, 0] * xs + pull[1, 1] * ys + pull[1, 2] - ys], axis=-1).astype(np.float32)
+    flow[:, :150] = 0.0  # elsewhere the flow does something else: it pulls from the other piece there
+    assert np.allclose(flow_fit(flow, piece), pull, atol=0.02)
+    assert flow_fit(np.full((height, width, 2), 1000.0, np.float32), piece) is None
+
+
+def test_a_piece_no_search_finds_is_found_from_the_dense_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A piece moved by (9, -7) px where neither the shift search (made to find nothing here) nor any detector (no
+    keypoints) proposes a start: without a dense flow the piece stays where the affine put it; with a flow that
+    follows it, the piece gets its correction."""
+    from scipy import ndimage
+
+    from slimreg.register import pieces
+    from slimreg.register.initial import Described
+    from slimreg.register.similarity import AlignmentScorer
+
+    shift_x, shift_y = 9, -7
+    reference, left, right, _, moved_right, placed = _two_pieces(
+        260, 340, np.s_[40:220, 30:150], np.s_[40:220, 190:310], (shift_x, shift_y), seed=5, smoothing=2.5)
+    scorer = AlignmentScorer(reference, left | right)
+    monkeypatch.setattr(pieces, "shift_start", lambda *args: np.eye(3))
+    empty = {"none": Described(np.zeros((0, 2), np.float32), None)}
+    assert pieces.piece_field(scorer, placed, left | moved_right, 1.0, "affine", (empty, empty)) is None
+    dense = np.zeros((*reference.shape, 2), np.float32)
+    dense[right] = (shift_x, shift_y)  # placed(p + flow(p)) = reference(p) on the moved piece
+    found = pieces.piece_field(scorer, placed, left | moved_right, 1.0, "affine", (empty, empty), dense)
+    assert found is not None
+    inner = ndimage.binary_erosion(right, iterations=8)
+    assert np.median(found[0][inner, 0]) == pytest.approx(shift_x, abs=0.5)
+    assert np.median(found[0][inner, 1]) == pytest.approx(shift_y, abs=0.5)
+
+
 def test_pieces_that_moved_apart_each_get_their_own_correction() -> None:
     """Two pieces of tissue, one moved by (6, 4) px after the affine: the field moves that piece back and leaves the
     other where it is; one piece alone, or pieces that did not move, give no field."""

@@ -66,6 +66,7 @@ from slimreg.register.fields import (
     field_candidates,
     piece_candidates,
     placed_for_flow,
+    takes_the_lead,
 )
 from slimreg.register.initial import Described, describe_both, relocated
 from slimreg.register.mirror import CORROBORATED, MirrorDecoy, corroborated, mirror_decoy, mirror_null
@@ -76,7 +77,6 @@ from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import (
     AlignmentScorer,
     check_result,
-    clearly_higher,
 )
 from slimreg.register.tissue_crop import tissue_image
 from slimreg.transform import Displacement, Transform
@@ -214,10 +214,12 @@ class FeatureEngine:
         skip_deepflow = still or (screened is not None
                                   and screened < DEEPFLOW_SCREEN_SHARE * RESOLVABLE_MOTION_SIGMAS)
         single: tuple[FieldCandidate, ...] = () if skip_deepflow else deformation_candidates(scorer, placed, region)
-        # the finer field last, so that it is weighed against every smoother one
+        # the finer field last, so that it is weighed against every smoother one; DeepFlow's finer field, which
+        # follows a tear most closely, also proposes where each piece went
         candidates = [*agreeing, *single[:1],
                       *piece_candidates(scorer, placed, placed_mask, settings.transform_model,
-                                        None if keypoints is None else keypoints.on(ref, affine)), *single[1:]]
+                                        None if keypoints is None else keypoints.on(ref, affine),
+                                        single[1].flow if single else None), *single[1:]]
         finer = single[1] if single else None
         if not any(candidate.admissible for candidate in candidates):
             # no motion measured (no two flows agree, none resolvable, no piece moved): the diffeomorphic field
@@ -246,8 +248,7 @@ class FeatureEngine:
             # an admissible field must still raise both the edge score and, as an independent witness, mutual
             # information
             value, information = judged(candidate.flow)
-            gain = (clearly_higher(value, best_value, placed_score.ring_std) if candidate is finer
-                    else value > best_value)
+            gain = takes_the_lead(candidate, value, best, best_value, placed_score.ring_std, finer)
             if gain and information > information_before:
                 best, best_value, best_information = candidate, value, information
         refinement: dict[str, float] = {}

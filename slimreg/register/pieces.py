@@ -8,8 +8,13 @@ Each piece of the moving tissue, as the affine places it (a connected component 
 be placed on its own), is refined alone (edge correlation, slimreg.register.refine, the engine's transform model)
 against the reference tissue nearer to it than to any other piece, from where the affine left it, from the shift
 that lays its edges best on the reference's (searched over every shift) and that shift turned a step either way, and
-from one fit per feature detector (the search's keypoints, matched within the piece); each start both by a sampled
-descent and by one on every pixel, so that the correction does not hinge on the affine to a fraction of a pixel. A
+from one fit per feature detector (the search's keypoints, matched within the piece), and, where DeepFlow's field
+was estimated, from the affine that follows that field over the piece (``flow_fit``) and that affine turned a step
+either way; each start both by a sampled
+descent and by one on every pixel, so that the correction does not hinge on the affine to a fraction of a pixel.
+Features alone were a draw on a piece with little distinct structure: on the torn kidney H&E <- PanCK pair one piece
+was found only from FAST's fit of 9 inliers, which another descriptor of the same corners placed elsewhere; the
+field found it (docs/accuracy.md, "Twenty-seventh attempt"). A
 piece that neither the shift search nor any detector finds away from where the affine put it is not refined at all
 (``piece_starts``): the affine already agrees with it, so the cost follows the pieces that moved, not the number of
 pieces. A piece keeps its correction only if the correction is resolvable (its median motion is at least one edge-
@@ -21,6 +26,8 @@ field, the result must then raise both the edge score and mutual information of 
 """
 
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -36,6 +43,7 @@ from slimreg.register.similarity import MIN_RING_FRACTION, AlignmentScorer, Scor
 # share of pixels the stochastic refinement of a piece samples (``_correction``: each start is also refined on every
 # pixel); its noise is what lets a descent off a shallow optimum on a ridge of the edge correlation
 REFINE_SAMPLING = 0.25
+FLOW_FIT_SAMPLES = 40_000  # grid nodes a dense flow is read at to propose a piece's motion (``flow_fit``)
 
 
 def pieces_of(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -53,8 +61,8 @@ def pieces_of(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
 
 def piece_field(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.ndarray,
                 resolvable_sigmas: float, model: str,
-                keypoints: tuple[dict[str, Described], dict[str, Described]] | None = None
-                ) -> tuple[np.ndarray, float] | None:
+                keypoints: tuple[dict[str, Described], dict[str, Described]] | None = None,
+                dense: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
     """Flow (working px, reference grid; the placed image is pulled at x + flow(x)) that moves each piece of the
     placed moving tissue by its own correction, and the median motion of the pieces that moved (in edge sigmas);
     None where there are fewer than two pieces or none moved resolvably.
@@ -66,7 +74,8 @@ def piece_field(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.nda
     components of a nuclei image, fragments that did not move): the keypoints of both images are found once, and a
     piece costs one shift search and the matching of its own keypoints. ``keypoints``: the reference's and the
     placed image's (slimreg.register.initial.describe) on this grid, where the caller has them (the search's, placed
-    by the affine); found here without them."""
+    by the affine); found here without them. ``dense``: a flow on this grid (DeepFlow's) whose motion of each piece
+    is one more start (``flow_fit``), where the caller estimated one."""
     labels, pieces = pieces_of(placed_mask)
     if len(pieces) < 2:
         return None
@@ -82,9 +91,12 @@ def piece_field(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.nda
         fits = [found[0] for name in references
                 if (found := fit_similarity(references[name], placeds[name], threshold, around, piece)) is not None]
         shift = shift_start(scorer, alone, piece)
-        starts = piece_starts(scorer, [shift, *fits], piece, resolvable_sigmas)
-        if any(start is shift for start in starts):
-            starts.extend(turned_starts(shift, piece, scorer.sigma))
+        followed = None if dense is None else flow_fit(dense, piece)
+        proposals = [shift, *fits, *([] if followed is None else [followed])]
+        starts = piece_starts(scorer, proposals, piece, resolvable_sigmas)
+        for searched in (shift, followed):  # neither search measures the piece's turn: each is also turned
+            if any(start is searched for start in starts):
+                starts.extend(turned_starts(searched, piece, scorer.sigma))
         corrections.append(_correction(scorer, alone, piece, around, starts, model, resolvable_sigmas)
                            if starts else np.eye(3))
     if all(np.allclose(c, np.eye(3)) for c in corrections):
@@ -118,6 +130,31 @@ def piece_starts(scorer: AlignmentScorer, proposals: list[np.ndarray], piece: np
                 and all(median_motion(proposal, points, start) >= least for start in starts)):
             starts.append(proposal)
     return [np.eye(3), *starts] if starts else []
+
+
+def flow_fit(flow: np.ndarray, piece: np.ndarray) -> np.ndarray | None:
+    """The affine pull correction (reference working px -> placed px) that best follows a dense ``flow`` (reference
+    grid; the placed image pulled at x + flow(x)) over the reference pixels it pulls from ``piece``, least squares;
+    None where it pulls from the piece nowhere.
+
+    A dense flow is a witness of each piece's motion that needs neither distinct features nor a start near the
+    answer, and DeepFlow, built for large displacements, follows a piece that moved further than refinement reaches
+    (module docstring). The flow is read on a grid of at most ``FLOW_FIT_SAMPLES`` nodes: six parameters need few, and
+    the memory stays a few MB at any working size."""
+    height, width = piece.shape
+    stride = max(1, math.ceil(math.sqrt(height * width / FLOW_FIT_SAMPLES)))
+    ys, xs = (axis.astype(np.float64) for axis in np.mgrid[0:height:stride, 0:width:stride])
+    sampled = flow[::stride, ::stride].astype(np.float64)
+    pulled_x, pulled_y = xs + sampled[..., 0], ys + sampled[..., 1]
+    columns, rows = np.rint(pulled_x).astype(int), np.rint(pulled_y).astype(int)
+    inside = (columns >= 0) & (columns < width) & (rows >= 0) & (rows < height)
+    on = np.zeros(xs.shape, bool)
+    on[inside] = piece[rows[inside], columns[inside]]
+    if on.sum() < 3:
+        return None
+    source = np.stack([xs[on], ys[on], np.ones(int(on.sum()))], axis=1)
+    solution, *_ = np.linalg.lstsq(source, np.stack([pulled_x[on], pulled_y[on]], axis=1), rcond=None)
+    return np.vstack([solution.T, [0.0, 0.0, 1.0]])
 
 
 def median_motion(correction: np.ndarray, points: np.ndarray, other: np.ndarray | None = None) -> float:
@@ -164,17 +201,21 @@ def shift_start(scorer: AlignmentScorer, alone: np.ndarray, piece: np.ndarray) -
 
 
 def turned_starts(shift: np.ndarray, piece: np.ndarray, sigma: float) -> list[np.ndarray]:
-    """The shift search's start turned one step either way about the piece's centre as the shift lands it, the step
-    being the turn that moves the piece's farthest pixel by two edge sigmas: the blur of the refinement's coarse
-    edges, so about the turn a refinement captures from a start.
+    """A searched start (the shift search's, or the one a dense flow proposes, ``flow_fit``) turned one step either
+    way about the piece's centre as that start lands it, the step being the turn that moves the piece's farthest
+    pixel by two edge sigmas: the blur of the refinement's coarse edges, so about the turn a refinement captures
+    from a start.
 
     The shift search finds where a piece lies but not how it turned, and the refinement has to find the turn. Where
     the piece sits on a ridge of the edge correlation, which side of it the descent climbs depends on the start to
     a fraction of a pixel: on the torn lung proSPC <- H&E pair the moved piece's refinement from the shift reached
     0.134 around the piece, or 0.114 with the affine 0.3 px (a tenth of a working pixel) to the left, and the field
     then failed the judgement's interior rule (19.7 px instead of 5.8). From a turn either way it reached 0.133-0.135
-    in both (docs/accuracy.md, "A piece's correction that does not hinge on a tenth of a pixel"). The best of the three
-    refinements is kept, as among all starts."""
+    in both (docs/accuracy.md, "A piece's correction that does not hinge on a tenth of a pixel"). A dense flow
+    smooths across the tear, so the turn of the affine it proposes is no surer: on the torn kidney H&E <- PanCK pair
+    that start refined to 0.166 with the flow read on every pixel and to 0.153 with it read on a grid, and one of its
+    turns to 0.163 (docs/accuracy.md, "Twenty-seventh attempt"). The best of the refinements is kept, as among all
+    starts."""
     ys, xs = np.nonzero(piece)
     centre_placed = np.array([xs.mean(), ys.mean(), 1.0])
     farthest = float(np.hypot(xs - centre_placed[0], ys - centre_placed[1]).max())
@@ -233,9 +274,10 @@ def _correction(scorer: AlignmentScorer, alone: np.ndarray, piece: np.ndarray, a
     identity.
 
     ``starts``: identity, the shift search's translation (``shift_start``) and its two turns (``turned_starts``),
-    and one similarity fit per feature detector matching the piece alone to the reference (a piece can have moved
-    further than refinement alone reaches). Each is refined twice, by SimpleITK on a random quarter of the pixels
-    and by the NumPy descent on every pixel (slimreg.register.refine); among the plausible, resolvable results the
+    one similarity fit per feature detector matching the piece alone to the reference, and the affine that follows
+    a dense flow over the piece (``flow_fit``; a piece can have moved further than refinement alone reaches). Each
+    is refined twice, by SimpleITK on a random quarter of the pixels and by the NumPy descent on every pixel
+    (slimreg.register.refine); among the plausible, resolvable results the
     highest edge correlation with the reference tissue ``around`` the piece wins (as for the whole image), and it
     is kept only if it also stands out further from unrelated placements than the piece as the affine left it
     (``_significance``).
