@@ -48,7 +48,7 @@ def test_each_detector_keeps_its_strongest_keypoints_and_still_finds_a_shift() -
     responses = np.sort([k.response for k in every])[::-1]
     kept = {(round(float(x), 1), round(float(y), 1)) for x, y in described["fast+teblid"].points}
     strongest = {(round(k.pt[0], 1), round(k.pt[1], 1)) for k in every if k.response > responses[MAX_KEYPOINTS]}
-    assert len(strongest - kept) <= 0.01 * MAX_KEYPOINTS  # TEBLID drops the few too near the border
+    assert strongest <= kept  # every corner stronger than the cap's last is described (TEBLID drops none)
     # the capped keypoints still fit a known shift (the pull from the reference to the moved copy)
     moved = describe(np.roll(image, (7, -11), axis=(0, 1)), mask)
     for name, found in described.items():

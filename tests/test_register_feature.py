@@ -201,24 +201,6 @@ def test_a_piece_moved_far_is_found_by_the_shift_search() -> None:
     assert np.median(found[0][inner, 1]) == pytest.approx(shift_y, abs=0.5)
 
 
-def test_a_dense_flow_proposes_the_affine_it_follows_over_a_piece() -> None:
-    """The start a dense flow proposes for a piece is the affine that flow follows over the reference pixels it pulls
-    from that piece, whatever it does elsewhere; a flow that pulls from the piece nowhere proposes nothing."""
-    from slimreg.register.pieces import flow_fit
-
-    height, width = 300, 400
-    piece = np.zeros((height, width), bool)
-    piece[80:220, 200:360] = True
-    angle = np.radians(3.0)
-    pull = np.array([[np.cos(angle), -np.sin(angle), 14.0], [np.sin(angle), np.cos(angle), -9.0], [0.0, 0.0, 1.0]])
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    flow = np.stack([pull[0, 0] * xs + pull[0, 1] * ys + pull[0, 2] - xs,
-                     pull[1, 0] * xs + pull[1, 1] * ys + pull[1, 2] - ys], axis=-1).astype(np.float32)
-    flow[:, :150] = 0.0  # elsewhere the flow does something else: it pulls from the other piece there
-    assert np.allclose(flow_fit(flow, piece), pull, atol=0.02)
-    assert flow_fit(np.full((height, width, 2), 1000.0, np.float32), piece) is None
-
-
 def test_a_piece_no_search_finds_is_found_from_the_dense_flow(monkeypatch: pytest.MonkeyPatch) -> None:
     """A piece moved by (9, -7) px where neither the shift search (made to find nothing here) nor any detector (no
     keypoints) proposes a start: without a dense flow the piece stays where the affine put it; with a flow that

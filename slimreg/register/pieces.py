@@ -44,6 +44,7 @@ from slimreg.register.similarity import MIN_RING_FRACTION, AlignmentScorer, Scor
 # pixel); its noise is what lets a descent off a shallow optimum on a ridge of the edge correlation
 REFINE_SAMPLING = 0.25
 FLOW_FIT_SAMPLES = 40_000  # grid nodes a dense flow is read at to propose a piece's motion (``flow_fit``)
+MIN_FLOW_FIT_SAMPLES = 6  # twice the samples an affine needs: fewer fix it by chance
 
 
 def pieces_of(mask: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -91,7 +92,7 @@ def piece_field(scorer: AlignmentScorer, placed: np.ndarray, placed_mask: np.nda
         fits = [found[0] for name in references
                 if (found := fit_similarity(references[name], placeds[name], threshold, around, piece)) is not None]
         shift = shift_start(scorer, alone, piece)
-        followed = None if dense is None else flow_fit(dense, piece)
+        followed = None if dense is None else flow_fit(dense, piece, scorer.mask)
         proposals = [shift, *fits, *([] if followed is None else [followed])]
         starts = piece_starts(scorer, proposals, piece, resolvable_sigmas)
         for searched in (shift, followed):  # neither search measures the piece's turn: each is also turned
@@ -132,15 +133,16 @@ def piece_starts(scorer: AlignmentScorer, proposals: list[np.ndarray], piece: np
     return [np.eye(3), *starts] if starts else []
 
 
-def flow_fit(flow: np.ndarray, piece: np.ndarray) -> np.ndarray | None:
+def flow_fit(flow: np.ndarray, piece: np.ndarray, reference_mask: np.ndarray) -> np.ndarray | None:
     """The affine pull correction (reference working px -> placed px) that best follows a dense ``flow`` (reference
-    grid; the placed image pulled at x + flow(x)) over the reference pixels it pulls from ``piece``, least squares;
-    None where it pulls from the piece nowhere.
+    grid; the placed image pulled at x + flow(x)) over the reference tissue (``reference_mask``) it pulls from
+    ``piece``, least squares; None where too little of it does to fix an affine.
 
     A dense flow is a witness of each piece's motion that needs neither distinct features nor a start near the
     answer, and DeepFlow, built for large displacements, follows a piece that moved further than refinement reaches
-    (module docstring). The flow is read on a grid of at most ``FLOW_FIT_SAMPLES`` nodes: six parameters need few, and
-    the memory stays a few MB at any working size."""
+    (module docstring). Only tissue counts: off it the field is filled in from the tissue around or smoothed towards
+    none, which would draw the fit towards leaving the piece where it is. The flow is read on a grid of at most
+    ``FLOW_FIT_SAMPLES`` nodes: six parameters need few, and the memory stays a few MB at any working size."""
     height, width = piece.shape
     stride = max(1, math.ceil(math.sqrt(height * width / FLOW_FIT_SAMPLES)))
     ys, xs = (axis.astype(np.float64) for axis in np.mgrid[0:height:stride, 0:width:stride])
@@ -148,12 +150,15 @@ def flow_fit(flow: np.ndarray, piece: np.ndarray) -> np.ndarray | None:
     pulled_x, pulled_y = xs + sampled[..., 0], ys + sampled[..., 1]
     columns, rows = np.rint(pulled_x).astype(int), np.rint(pulled_y).astype(int)
     inside = (columns >= 0) & (columns < width) & (rows >= 0) & (rows < height)
-    on = np.zeros(xs.shape, bool)
-    on[inside] = piece[rows[inside], columns[inside]]
-    if on.sum() < 3:
+    on = reference_mask[::stride, ::stride].copy()
+    on[inside] &= piece[rows[inside], columns[inside]]
+    on[~inside] = False
+    if on.sum() < MIN_FLOW_FIT_SAMPLES:
         return None
     source = np.stack([xs[on], ys[on], np.ones(int(on.sum()))], axis=1)
-    solution, *_ = np.linalg.lstsq(source, np.stack([pulled_x[on], pulled_y[on]], axis=1), rcond=None)
+    solution, _, rank, _ = np.linalg.lstsq(source, np.stack([pulled_x[on], pulled_y[on]], axis=1), rcond=None)
+    if rank < 3:  # the samples lie on a line: no affine is fixed
+        return None
     return np.vstack([solution.T, [0.0, 0.0, 1.0]])
 
 
@@ -275,7 +280,8 @@ def _correction(scorer: AlignmentScorer, alone: np.ndarray, piece: np.ndarray, a
 
     ``starts``: identity, the shift search's translation (``shift_start``) and its two turns (``turned_starts``),
     one similarity fit per feature detector matching the piece alone to the reference, and the affine that follows
-    a dense flow over the piece (``flow_fit``; a piece can have moved further than refinement alone reaches). Each
+    a dense flow over the piece (``flow_fit``) and its two turns (a piece can have moved further than refinement
+    alone reaches). Each
     is refined twice, by SimpleITK on a random quarter of the pixels and by the NumPy descent on every pixel
     (slimreg.register.refine); among the plausible, resolvable results the
     highest edge correlation with the reference tissue ``around`` the piece wins (as for the whole image), and it
