@@ -10,16 +10,15 @@ against the reference tissue nearer to it than to any other piece, from where th
 that lays its edges best on the reference's (searched over every shift) and that shift turned a step either way, and
 from one fit per feature detector (the search's keypoints, matched within the piece), and, where DeepFlow's field
 was estimated, from the affine that follows that field over the piece (``flow_fit``) and that affine turned a step
-either way; each start both by a sampled
-descent and by one on every pixel, so that the correction does not hinge on the affine to a fraction of a pixel.
-Features alone were a draw on a piece with little distinct structure: on the torn kidney H&E <- PanCK pair one piece
-was found only from FAST's fit of 9 inliers, which another descriptor of the same corners placed elsewhere; the
-field found it (docs/accuracy.md, "Twenty-seventh attempt"). A
-piece that neither the shift search nor any detector finds away from where the affine put it is not refined at all
-(``piece_starts``): the affine already agrees with it, so the cost follows the pieces that moved, not the number of
-pieces. A piece keeps its correction only if the correction is resolvable (its median motion is at least one edge-
-smoothing sigma, the rule the DeepFlow field follows), and raises both the edge correlation around the piece and the
-piece's significance over unrelated placements; the others stay where the affine put them. The corrections become
+either way; each start both by a sampled descent and by one on every pixel, so that the correction does not hinge on
+the affine to a fraction of a pixel. Features alone were a draw on a piece with little distinct structure: on the
+torn kidney H&E <- PanCK pair one piece was found only from FAST's fit of 9 inliers, which another descriptor of the
+same corners placed elsewhere; the field found it (docs/accuracy.md, "Twenty-seventh attempt"). A piece that none of
+these proposals finds away from where the affine put it is not refined at all (``piece_starts``): the affine
+already agrees with it, so the cost follows the pieces that moved, not the number of pieces. A piece keeps its
+correction only if the correction is resolvable (its median motion is at least one edge-smoothing sigma, the rule the
+DeepFlow field follows), and raises both the edge correlation around the piece and the piece's significance over
+unrelated placements; the others stay where the affine put them. The corrections become
 one displacement field: exact inside each piece as it lands, filled between pieces from the nearest ones. Like every
 field, the result must then raise both the edge score and mutual information of the whole pair to be kept
 (slimreg.register.feature).
