@@ -142,3 +142,23 @@ def test_the_metric_summed_a_chunk_at_a_time_is_the_metric_of_one_pass(monkeypat
     assert chunked_value == pytest.approx(value, rel=1e-9)
     np.testing.assert_allclose(chunked_direction, direction, rtol=1e-9, atol=1e-12 * np.abs(direction).max())
     assert value < 0 and np.abs(direction).max() > 0
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_chunks_spread_over_threads_give_the_pose_of_one_thread(monkeypatch: pytest.MonkeyPatch,
+                                                                 threads: int) -> None:
+    """The polish spreads a level's chunks over the CPUs: each thread sums its own chunks in its own buffers and the
+    sums are added in the chunks' order, so the pose is the one a single thread finds, to the last bit, including
+    where the pose moves part of the samples off the moving image (chunks wholly and partly off it)."""
+    from slimreg.register import regular_step
+
+    monkeypatch.setattr(regular_step, "CHUNK", 4 * regular_step.REMAP_WIDTH)  # 7 chunks at the finest level
+    truth = _pull(3.0, 1.03, (5.0, -4.0), np.array([SHAPE[1] / 2, SHAPE[0] / 2]))
+    reference, mask, moving = _pair(truth)
+    mask[:] = 1  # every pixel: the edges of the reference map off the moving image
+    centre = np.array([SHAPE[1] / 2, SHAPE[0] / 2])
+    start = Pose(np.eye(2), np.zeros(2), centre)
+    alone = regular_step_descent(reference, mask, moving, 0.0, start, (2, 1), 200)
+    spread = regular_step_descent(reference, mask, moving, 0.0, start, (2, 1), 200, threads=threads)
+    np.testing.assert_array_equal(_as_pull(spread), _as_pull(alone))
+    assert corner_distance(_as_pull(alone), truth, SHAPE) < 0.5

@@ -72,13 +72,14 @@ from slimreg.register.initial import Described, describe_both, relocated
 from slimreg.register.mirror import CORROBORATED, MirrorDecoy, corroborated, mirror_decoy, mirror_null
 from slimreg.register.plausibility import check_plausible, expected_scale, plausibility_problem
 from slimreg.register.pose import best_pose, corner_distance, to_level0, to_working
-from slimreg.register.refine import refine_affine
+from slimreg.register.refine import MAX_SIDE_BY_SIDE, refine_affine
 from slimreg.register.settings import RegistrationSettings
 from slimreg.register.similarity import (
     AlignmentScorer,
     check_result,
 )
 from slimreg.register.tissue_crop import tissue_image
+from slimreg.resources import usable_cpus
 from slimreg.transform import Displacement, Transform
 
 FLOW_GRID_FACTOR = 4  # the kept field is stored on a grid this many working px apart
@@ -174,10 +175,13 @@ class FeatureEngine:
         start = to_working(affine, ref, mov)
         # every pixel, by the NumPy descent: SimpleITK's on a random quarter took twice as long on two CPUs
         # (docs/accuracy.md, "Fifteenth attempt"); BLAS on one thread, as in the search: its products are three
-        # columns wide, and the decoy's search runs beside
+        # columns wide, and the decoy's search runs beside. A level's chunks of samples are spread over the CPUs
+        # (the same pose): one iteration's arithmetic otherwise runs mostly on one, and where no decoy is searched
+        # the other sat idle (docs/accuracy.md, "Twenty-ninth attempt")
         with threadpool_limits(limits=1, user_api="blas"):
             pull = refine_affine(ref.array, mov.array, ref_mask, start, scorer.sigma, settings.transform_model,
-                                 iterations=100, shrink_factors=(2, 1), edge_scales=(1.0,), in_numpy=True)
+                                 iterations=100, shrink_factors=(2, 1), edge_scales=(1.0,), in_numpy=True,
+                                 threads=min(usable_cpus(), MAX_SIDE_BY_SIDE))
         polished = to_level0(pull, ref, mov)
         if plausibility_problem(polished, expected, settings.allow_mirror) is not None:
             return affine

@@ -73,7 +73,7 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
                   shrink_factors: tuple[int, ...] = SHRINK_FACTORS, sampling: float = 1.0,
                   edge_scales: tuple[float, ...] = EDGE_SCALES, outside: float = OUTSIDE_FRACTION,
                   outside_at_coarse_levels: bool = True, edges: EdgeMaps | None = None,
-                  in_numpy: bool = False) -> np.ndarray:
+                  in_numpy: bool = False, threads: int = 1) -> np.ndarray:
     """The pull matrix (reference working px -> moving working px) after refinement from ``pull``.
 
     Edges are correlated coarse to fine (``edge_scales`` times ``sigma``): edges smoothed more overlap from further
@@ -85,10 +85,11 @@ def refine_affine(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     ``outside_at_coarse_levels`` False, the zeros beyond the moving image (``outside``) are added at the finest
     level only (module docstring). ``edges``: the two images' edge maps at each of ``edge_scales`` (``edge_maps``),
     where the caller refines several starts of one pair. ``in_numpy``: the same descent run by
-    ``slimreg.register.regular_step`` (module docstring), on every pixel.
+    ``slimreg.register.regular_step`` (module docstring), on every pixel, its larger levels spread over ``threads``
+    (the same pose for any number).
     """
     return refine_stages(reference, moving, reference_mask, pull, sigma, model, iterations, shrink_factors, sampling,
-                         edge_scales, outside, outside_at_coarse_levels, edges, in_numpy)[-1]
+                         edge_scales, outside, outside_at_coarse_levels, edges, in_numpy, threads)[-1]
 
 
 def refine_stages(reference: np.ndarray, moving: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
@@ -96,7 +97,7 @@ def refine_stages(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
                   shrink_factors: tuple[int, ...] = SHRINK_FACTORS, sampling: float = 1.0,
                   edge_scales: tuple[float, ...] = EDGE_SCALES, outside: float = OUTSIDE_FRACTION,
                   outside_at_coarse_levels: bool = True, edges: EdgeMaps | None = None,
-                  in_numpy: bool = False) -> list[np.ndarray]:
+                  in_numpy: bool = False, threads: int = 1) -> list[np.ndarray]:
     """``refine_affine``'s pose after each of ``edge_scales``, coarse to fine: the last is its result."""
     # rotate and scale about the reference tissue's centre, not the image corner: about the corner, every
     # change of the matrix also moves the tissue far away, and the optimiser trades the two off badly
@@ -109,7 +110,7 @@ def refine_stages(reference: np.ndarray, moving: np.ndarray, reference_mask: np.
     for factor in edge_scales:
         for shrink, border in schedule:
             pull = _refine_at(*maps[factor], reference_mask, pull, centre, model, iterations, shrink, sampling, border,
-                              in_numpy)
+                              in_numpy, threads)
         stages.append(pull)
     return stages
 
@@ -170,9 +171,9 @@ def tissue_at_border(mask: np.ndarray, sigma: float) -> bool:
 
 def _refine_at(reference_edges: np.ndarray, moving_edges: np.ndarray, reference_mask: np.ndarray, pull: np.ndarray,
                centre: np.ndarray, model: str, iterations: int, shrink_factors: tuple[int, ...], sampling: float,
-               outside: float, in_numpy: bool = False) -> np.ndarray:
+               outside: float, in_numpy: bool = False, threads: int = 1) -> np.ndarray:
     """One multi-resolution run on the two images' edge maps (of one smoothing), rotating about ``centre``: by
-    SimpleITK, or with ``in_numpy`` by ``slimreg.register.regular_step`` on every pixel."""
+    SimpleITK, or with ``in_numpy`` by ``slimreg.register.regular_step`` on every pixel (on ``threads``)."""
     border = math.ceil(outside * max(moving_edges.shape))  # zeros around the moving edges (module docstring)
     if border:
         moving_edges = np.pad(moving_edges, border)
@@ -181,14 +182,14 @@ def _refine_at(reference_edges: np.ndarray, moving_edges: np.ndarray, reference_
         model = "affine"
     if in_numpy:
         return _refine_in_numpy(reference_edges, moving_edges, border, reference_mask, pull, centre, model,
-                                iterations, shrink_factors)
+                                iterations, shrink_factors, threads)
     return _refine_with_itk(reference_edges, moving_edges, border, reference_mask, pull, centre, model, iterations,
                             shrink_factors, sampling)
 
 
 def _refine_in_numpy(reference_edges: np.ndarray, moving_edges: np.ndarray, border: int, reference_mask: np.ndarray,
                      pull: np.ndarray, centre: np.ndarray, model: str, iterations: int,
-                     shrink_factors: tuple[int, ...]) -> np.ndarray:
+                     shrink_factors: tuple[int, ...], threads: int = 1) -> np.ndarray:
     """``_refine_at`` by ``slimreg.register.regular_step``; ``moving_edges`` padded by ``border`` px of zeros."""
     linear = pull[:2, :2]
     translation = pull[:2, 2] + linear @ centre - centre
@@ -196,7 +197,8 @@ def _refine_in_numpy(reference_edges: np.ndarray, moving_edges: np.ndarray, bord
     try:
         pose = regular_step_descent(reference_edges, reference_mask, moving_edges, -float(border),
                                     pose.with_parameters(pose.parameters()), tuple(shrink_factors), iterations,
-                                    learning_rate=LEARNING_RATE, min_step=MIN_STEP, relaxation=RELAXATION)
+                                    learning_rate=LEARNING_RATE, min_step=MIN_STEP, relaxation=RELAXATION,
+                                    threads=threads)
     except NoOverlap:  # all samples mapped outside the moving image: keep the start, as below
         return pull
     out = np.eye(3)

@@ -24,8 +24,11 @@ What is kept from ITK, because the search's capture and stopping depend on it:
 
 from __future__ import annotations
 
+import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -131,6 +134,33 @@ def _sample(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return out.reshape(rows * REMAP_WIDTH, -1)[:count]
 
 
+class _ChunkBuffers:
+    """One pass's buffers for up to ``size`` samples: the mapped points (float64, and as OpenCV's maps), the moving
+    values and, in rows, gradients x fixed, gradients x moving and the gradients (d/dx, d/dy each), so that one
+    matrix product forms every sum of gradient x offset."""
+
+    def __init__(self, size: int) -> None:
+        self.mapped = np.empty((2, size))
+        map_rows = max(1, -(-size // REMAP_WIDTH))  # OpenCV's remap takes maps under 32767 a side
+        self.map_x = np.zeros((map_rows, REMAP_WIDTH), np.float32)
+        self.map_y = np.zeros((map_rows, REMAP_WIDTH), np.float32)
+        self.moving_values = np.empty(size)
+        self.products = np.empty((6, size))
+
+
+class _ChunkSums(NamedTuple):
+    """One chunk's share of an iteration's sums (``by_offset``: rows as ``_ChunkBuffers.products``, columns dx, dy,
+    1)."""
+
+    counted: int
+    sum_f: float
+    sum_ff: float
+    sum_m: float
+    sum_mm: float
+    sum_fm: float
+    by_offset: np.ndarray
+
+
 class _Level:
     """One resolution: the fixed samples on the mask (centred on their mean) and their offsets from the pose's
     centre, the smoothed moving image and its gradient. An iteration walks the samples ``CHUNK`` at a time and keeps
@@ -141,7 +171,7 @@ class _Level:
     with them, at 62 000 points)."""
 
     def __init__(self, fixed: np.ndarray, mask: np.ndarray, moving: np.ndarray, moving_origin: float, shrink: int,
-                 centre: np.ndarray) -> None:
+                 centre: np.ndarray, pool: ThreadPoolExecutor | None = None, threads: int = 1) -> None:
         sigma = float(np.log2(shrink)) if shrink > 1 else 0.0
         rows, cols = _shrunk_grid(fixed.shape, shrink)
         on_mask = mask[np.ix_(np.clip(np.rint(rows).astype(int), 0, mask.shape[0] - 1),
@@ -157,6 +187,9 @@ class _Level:
         self.offsets = np.empty((3, count))  # rows dx, dy, 1
         self.offsets[0], self.offsets[1] = cols[column_index] - centre[0], rows[row_index] - centre[1]
         self.offsets[2] = 1.0
+        # each chunk's box of offsets: where the pose maps its four corners inside the moving image, every sample of
+        # the chunk lies inside too (the image is a rectangle, so convex), and the chunk needs no test per sample
+        self.chunk_corners = [_box_corners(self.offsets[:2, start:start + CHUNK]) for start in range(0, count, CHUNK)]
         del row_index, column_index, smooth_fixed
         if count:  # centred on every sample: where some fall off the moving image, the sums centre on those left
             samples -= samples.mean()
@@ -167,14 +200,11 @@ class _Level:
         self.origin = moving_origin
         self.limit = (moving.shape[1] - 0.5, moving.shape[0] - 0.5)
         self.corners = np.stack([cols[[0, 0, -1, -1]], rows[[0, -1, 0, -1]]], axis=1)
-        size = min(count, CHUNK)
-        self.mapped = np.empty((2, size))
-        map_rows = max(1, -(-size // REMAP_WIDTH))  # OpenCV's remap takes maps under 32767 a side
-        self.map_x = np.zeros((map_rows, REMAP_WIDTH), np.float32)
-        self.map_y = np.zeros((map_rows, REMAP_WIDTH), np.float32)
-        self.moving_values = np.empty(size)
-        self.gradients = np.empty((2, size))
-        self.products = np.empty((2, size))
+        self.chunk_starts = range(0, count, CHUNK)
+        # the chunks spread over ``threads`` of ``pool``, each thread with its own buffers, reused from pass to pass
+        workers = min(threads, len(self.chunk_starts)) if pool is not None else 1
+        self.pool = pool if workers > 1 else None
+        self.buffers = [_ChunkBuffers(min(count, CHUNK)) for _ in range(workers)]
 
     def value_and_gradient(self, pose: Pose) -> tuple[float, np.ndarray]:
         """ITK's correlation metric (lower is better) and its descent direction over (a00, a01, a10, a11, tx, ty).
@@ -189,46 +219,19 @@ class _Level:
         sum_f = sum_ff = sum_m = sum_mm = sum_fm = 0.0
         # rows d/dx, d/dy; columns dx, dy, 1: the sums of gradient x offset, times the fixed or the moving value
         by_fixed, by_moving, by_gradient = np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3))
-        for start in range(0, self.count, CHUNK):
-            size = min(self.count, start + CHUNK) - start
-            offsets = self.offsets[:, start:start + size]
-            mapped = np.matmul(affine, offsets, out=self.mapped[:, :size])  # moving pixels, x and y rows
-            low, high = mapped.min(axis=1), mapped.max(axis=1)
-            inside = None
-            if not (low[0] >= -0.5 and low[1] >= -0.5 and high[0] < self.limit[0] and high[1] < self.limit[1]):
-                inside = ((mapped[0] >= -0.5) & (mapped[0] < self.limit[0]) & (mapped[1] >= -0.5)
-                          & (mapped[1] < self.limit[1]))
-                if not inside.any():
-                    continue
-            rows = -(-size // REMAP_WIDTH)
-            self.map_x.reshape(-1)[:size] = mapped[0]
-            self.map_y.reshape(-1)[:size] = mapped[1]
-            # OpenCV places the points to 1/32 px (its interpolation table), far finer than a pose needs here
-            values = cv2.remap(self.moving, self.map_x[:rows], self.map_y[:rows], cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3)[:size].T  # value, d/dx, d/dy
-            fixed = self.fixed[start:start + size]
-            moving, gradients = self.moving_values[:size], self.gradients[:, :size]
-            np.copyto(moving, values[0])
-            np.copyto(gradients, values[1:3])
-            if inside is None:
-                counted += size
-                sum_f += float(fixed.sum())
-                sum_ff += float(fixed @ fixed)
-            else:  # the samples off the moving image count as zeros in every sum
-                weight = inside.astype(np.float64)
-                moving *= weight
-                gradients *= weight
-                weighted_fixed = fixed * weight
-                counted += int(np.count_nonzero(inside))
-                sum_f += float(weighted_fixed.sum())
-                sum_ff += float(weighted_fixed @ fixed)
-            sum_m += float(moving.sum())
-            sum_mm += float(moving @ moving)
-            sum_fm += float(fixed @ moving)
-            products, offsets_by_sample = self.products[:, :size], offsets.T
-            by_fixed += np.multiply(gradients, fixed, out=products) @ offsets_by_sample
-            by_moving += np.multiply(gradients, moving, out=products) @ offsets_by_sample
-            by_gradient += gradients @ offsets_by_sample
+        # added in the chunks' order, wherever each was summed: the same sums as one after the other
+        for chunk in self._chunk_sums(affine):
+            if chunk is None:
+                continue
+            counted += chunk.counted
+            sum_f += chunk.sum_f
+            sum_ff += chunk.sum_ff
+            sum_m += chunk.sum_m
+            sum_mm += chunk.sum_mm
+            sum_fm += chunk.sum_fm
+            by_fixed += chunk.by_offset[0:2]
+            by_moving += chunk.by_offset[2:4]
+            by_gradient += chunk.by_offset[4:6]
         if counted == 0:
             raise NoOverlap("all sample points map outside the moving image")
         mean_f, mean_m = sum_f / counted, sum_m / counted
@@ -242,6 +245,62 @@ class _Level:
         fdm = np.array([*by_fixed[0, :2], *by_fixed[1, :2], by_fixed[0, 2], by_fixed[1, 2]])
         mdm = np.array([*by_moving[0, :2], *by_moving[1, :2], by_moving[0, 2], by_moving[1, 2]])
         return -fm * fm / (f2 * m2), 2.0 * fm / (f2 * m2) * (fdm - fm / m2 * mdm)
+
+    def _chunk_sums(self, affine: np.ndarray) -> list[_ChunkSums | None]:
+        """Every chunk's sums, in order (None: the chunk lies wholly off the moving image); with ``pool``, the
+        chunks dealt out to its threads in turn, each thread with its own buffers."""
+        if self.pool is None:
+            return [self._sums_of(affine, index, self.buffers[0]) for index in range(len(self.chunk_starts))]
+        workers = len(self.buffers)
+
+        def dealt(worker: int) -> list[_ChunkSums | None]:
+            return [self._sums_of(affine, index, self.buffers[worker])
+                    for index in range(worker, len(self.chunk_starts), workers)]
+
+        by_worker = list(self.pool.map(dealt, range(workers)))
+        return [by_worker[index % workers][index // workers] for index in range(len(self.chunk_starts))]
+
+    def _sums_of(self, affine: np.ndarray, index: int, buffers: _ChunkBuffers) -> _ChunkSums | None:
+        """One chunk's sums over its samples on the moving image (None where it has none)."""
+        start = self.chunk_starts[index]
+        size = min(self.count, start + CHUNK) - start
+        offsets = self.offsets[:, start:start + size]
+        mapped = np.matmul(affine, offsets, out=buffers.mapped[:, :size])  # moving pixels, x and y rows
+        corners = affine @ self.chunk_corners[index]
+        inside = None
+        if not (corners[0].min() >= -0.5 and corners[1].min() >= -0.5 and corners[0].max() < self.limit[0]
+                and corners[1].max() < self.limit[1]):
+            inside = ((mapped[0] >= -0.5) & (mapped[0] < self.limit[0]) & (mapped[1] >= -0.5)
+                      & (mapped[1] < self.limit[1]))
+            if not inside.any():
+                return None
+        rows = -(-size // REMAP_WIDTH)
+        buffers.map_x.reshape(-1)[:size] = mapped[0]
+        buffers.map_y.reshape(-1)[:size] = mapped[1]
+        # OpenCV places the points to 1/32 px (its interpolation table), far finer than a pose needs here
+        values = cv2.remap(self.moving, buffers.map_x[:rows], buffers.map_y[:rows], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3)[:size].T  # value, d/dx, d/dy
+        fixed = self.fixed[start:start + size]
+        products = buffers.products[:, :size]
+        moving, gradients = buffers.moving_values[:size], products[4:6]
+        np.copyto(moving, values[0])
+        np.copyto(gradients, values[1:3])
+        if inside is None:
+            counted = size
+            sum_f = float(fixed.sum())
+            sum_ff = float(fixed @ fixed)
+        else:  # the samples off the moving image count as zeros in every sum
+            weight = inside.astype(np.float64)
+            moving *= weight
+            gradients *= weight
+            weighted_fixed = fixed * weight
+            counted = int(np.count_nonzero(inside))
+            sum_f = float(weighted_fixed.sum())
+            sum_ff = float(weighted_fixed @ fixed)
+        np.multiply(gradients, fixed, out=products[0:2])
+        np.multiply(gradients, moving, out=products[2:4])
+        return _ChunkSums(counted, sum_f, sum_ff, float(moving.sum()), float(moving @ moving), float(fixed @ moving),
+                          products @ offsets.T)
 
     def scales(self, pose: Pose) -> np.ndarray:
         """Per parameter, the squared largest shift of the domain's corners per unit change (ITK's physical shift
@@ -262,29 +321,39 @@ class _Level:
 def regular_step_descent(fixed: np.ndarray, mask: np.ndarray, moving: np.ndarray, moving_origin: float,
                          pose: Pose, shrink_factors: tuple[int, ...], iterations: int, learning_rate: float = 1.0,
                          min_step: float = 1e-4, relaxation: float = 0.7,
-                         gradient_tolerance: float = 1e-4) -> Pose:
+                         gradient_tolerance: float = 1e-4, threads: int = 1) -> Pose:
     """``pose`` refined coarse to fine (module docstring), every masked pixel of each level sampled.
     ``moving_origin``: the position, in fixed pixels, of the moving image's first pixel (negative where the caller
-    padded it). Raises ``NoOverlap`` where no sample point lands on the moving image, as ITK raises."""
-    for shrink in shrink_factors:
-        level = _Level(fixed, mask, moving, moving_origin, shrink, pose.centre)
-        if not level.count:
-            raise NoOverlap("the mask has no pixel at this level")
-        scales = level.scales(pose)
-        relax, previous = 1.0, None
-        for _ in range(iterations):
-            direction = level.value_and_gradient(pose)[1]
-            scaled = pose.chain(direction) / scales
-            magnitude = float(np.linalg.norm(scaled))
-            if magnitude < gradient_tolerance:
-                break
-            # ITK keeps the previous step's scaled gradient and scales it once more before comparing directions
-            if previous is not None and float(scaled @ (previous / scales)) < 0:
-                relax *= relaxation
-            step = relax * learning_rate
-            if step < min_step:
-                break
-            pose = pose.with_parameters(pose.parameters() + scaled * (step / magnitude))
-            previous = scaled
-        del level  # before the next level is built: the finest holds most
+    padded it). Raises ``NoOverlap`` where no sample point lands on the moving image, as ITK raises. ``threads``:
+    how many threads a level of more than one chunk (``CHUNK``) spreads its chunks over; the sums, and so the pose,
+    are the same for any number (they are added in the chunks' order)."""
+    spread = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="slimreg-chunks") if threads > 1 else None
+    with spread if spread is not None else contextlib.nullcontext():
+        for shrink in shrink_factors:
+            level = _Level(fixed, mask, moving, moving_origin, shrink, pose.centre, spread, threads)
+            if not level.count:
+                raise NoOverlap("the mask has no pixel at this level")
+            scales = level.scales(pose)
+            relax, previous = 1.0, None
+            for _ in range(iterations):
+                direction = level.value_and_gradient(pose)[1]
+                scaled = pose.chain(direction) / scales
+                magnitude = float(np.linalg.norm(scaled))
+                if magnitude < gradient_tolerance:
+                    break
+                # ITK keeps the previous step's scaled gradient and scales it once more before comparing directions
+                if previous is not None and float(scaled @ (previous / scales)) < 0:
+                    relax *= relaxation
+                step = relax * learning_rate
+                if step < min_step:
+                    break
+                pose = pose.with_parameters(pose.parameters() + scaled * (step / magnitude))
+                previous = scaled
+            del level  # before the next level is built: the finest holds most
     return pose
+
+
+def _box_corners(offsets: np.ndarray) -> np.ndarray:
+    """The four corners (columns; rows x, y, 1) of the box around ``offsets`` (rows x, y)."""
+    (low_x, low_y), (high_x, high_y) = offsets.min(axis=1), offsets.max(axis=1)
+    return np.array([[low_x, high_x, low_x, high_x], [low_y, low_y, high_y, high_y], [1.0] * 4])

@@ -1,0 +1,50 @@
+"""The working images' tissue masks (slimreg.register.preprocess) are computed with OpenCV's morphology, faster; these
+check that they are the ones scipy.ndimage's gave, which the measurements in docs/ were made with."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from slimreg.register import preprocess
+
+
+def _tissue_like(seed: int, shape: tuple[int, int] = (300, 420)) -> np.ndarray:
+    """Smooth blobs with fine texture and holes, touching the border: grey 0..1, tissue bright."""
+    rng = np.random.default_rng(seed)
+    blobs = cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), 18)
+    texture = cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 1.5)
+    grey = np.clip((blobs > 0.01) * (0.5 + 0.5 * texture) + 0.05 * rng.random(shape), 0, 1)
+    return grey.astype(np.float32)
+
+
+def test_the_morphology_is_scipys_pixel_for_pixel() -> None:
+    """Erosion (beyond the image is background), dilation and hole filling by the cross, as scipy.ndimage does them,
+    on random masks of every density and shape, holes against the border included."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        mask = rng.random((int(rng.integers(3, 70)), int(rng.integers(3, 70)))) < rng.random()
+        iterations = int(rng.integers(1, 5))
+        np.testing.assert_array_equal(preprocess._eroded(mask, iterations),
+                                      ndimage.binary_erosion(mask, iterations=iterations))
+        np.testing.assert_array_equal(preprocess._dilated(mask, iterations),
+                                      ndimage.binary_dilation(mask, iterations=iterations))
+        np.testing.assert_array_equal(preprocess._holes_filled(mask), ndimage.binary_fill_holes(mask))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_tissue_mask_is_the_one_scipys_morphology_gives(seed: int) -> None:
+    grey = _tissue_like(seed)
+    sigma = max(1.0, max(grey.shape) / 400)
+    smooth = ndimage.gaussian_filter(grey, sigma)
+    mask = ndimage.binary_opening(smooth > preprocess._background_threshold(smooth), iterations=2)
+    labels, count = ndimage.label(mask)
+    sizes = ndimage.sum(mask, labels, index=np.arange(1, count + 1))
+    mask = np.isin(labels, np.flatnonzero(sizes >= preprocess.MIN_TISSUE_FRACTION * mask.size) + 1)
+    expected = ndimage.binary_dilation(ndimage.binary_fill_holes(mask), iterations=max(1, round(sigma * 2)))
+    found = preprocess.tissue_mask(grey)
+    np.testing.assert_array_equal(found, expected)
+    assert 0.1 < found.mean() < 0.9
+
