@@ -34,24 +34,20 @@ def edge_map(grey: np.ndarray, sigma: float) -> np.ndarray:
     """Smoothed gradient magnitude: where structures begin and end, whatever the stain's contrast.
 
     ``scipy.ndimage.gaussian_gradient_magnitude(grey, sigma)``, its kernels (to four sigma) and mirrored border, in
-    OpenCV's float32 filters: within a few parts in a million of its values (tests/test_preprocess.py) and two to
-    three times faster; every score and every refinement level reads edge maps. Every pass filters rows, the
-    columns' passes on the transposed image: on several threads, OpenCV's column filter gave values that differed in
-    the last bit from one call to the next, and the poses refined on them differed from one run to the next
-    (docs/accuracy.md, "Thirtieth attempt" and "Thirty-first attempt")."""
+    OpenCV's float32 separable filter: within a few parts in ten million of its values (tests/test_preprocess.py) and
+    two to three times faster; every score and every refinement level reads edge maps. The magnitude is NumPy's:
+    on several threads ``cv2.magnitude`` gave values that differed in the last bit from one call to the next (its
+    vector and scalar code round differently, and how the image is split between threads decides which pixel gets
+    which), and the poses refined on them differed from one run to the next (docs/accuracy.md, "Thirty-second
+    attempt")."""
     smooth, derivative = _gaussian_kernels(sigma)
     image = np.ascontiguousarray(grey, dtype=np.float32)
-    along_x = cv2.transpose(_rows_filtered(image, derivative))
-    along_y = cv2.transpose(_rows_filtered(image, smooth))
-    return cv2.transpose(cv2.magnitude(_rows_filtered(along_x, smooth), _rows_filtered(along_y, derivative)))
-
-
-_ONE_TAP = np.ones(1, np.float32)
-
-
-def _rows_filtered(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Each row of a float32 image correlated with ``kernel``, mirrored at its ends (scipy's "reflect")."""
-    return cv2.sepFilter2D(image, cv2.CV_32F, kernel, _ONE_TAP, borderType=cv2.BORDER_REFLECT)
+    along_x = cv2.sepFilter2D(image, cv2.CV_32F, derivative, smooth, borderType=cv2.BORDER_REFLECT)
+    along_y = cv2.sepFilter2D(image, cv2.CV_32F, smooth, derivative, borderType=cv2.BORDER_REFLECT)
+    along_x *= along_x
+    along_y *= along_y
+    along_x += along_y
+    return np.sqrt(along_x, out=along_x)
 
 
 def _gaussian_kernels(sigma: float) -> tuple[np.ndarray, np.ndarray]:
