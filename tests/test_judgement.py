@@ -132,3 +132,17 @@ def test_a_pose_two_detectors_corroborate_is_not_held_against_a_mirror_decoy(
     del light.metadata["quality"][CORROBORATED]
     judge_transform(ref, mov, 0, 0, light, settings)
     assert searched == [light]
+
+
+def test_a_refusal_just_below_the_needed_significance_does_not_read_as_reaching_it() -> None:
+    """The robustness run's partial kidney pair was refused at 3.96 sd with "4.0 sd above shifted copies; 4 needed":
+    the number shown is rounded down, so it is below what is needed whenever the result is."""
+    from slimreg.register.similarity import MIN_SIGNIFICANCE, Score, judge
+
+    just_below = Score(value=0.5 + (MIN_SIGNIFICANCE - 0.004) * 0.1, ring_mean=0.5, ring_std=0.1, overlap=0.9,
+                       shared=0.9)
+    unregistered = Score(value=0.1, ring_mean=0.0, ring_std=0.1, overlap=0.9, shared=0.9)
+    problem = judge(just_below, unregistered, moved_px=20.0)
+    assert problem is not None and f"{MIN_SIGNIFICANCE - 0.01:.2f} sd above shifted copies" in problem
+    reaching = Score(value=0.5 + MIN_SIGNIFICANCE * 0.1 + 1e-9, ring_mean=0.5, ring_std=0.1, overlap=0.9, shared=0.9)
+    assert judge(reaching, unregistered, moved_px=20.0) is None

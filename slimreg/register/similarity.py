@@ -139,8 +139,8 @@ def judge(result: Score, unregistered: Score, moved_px: float, mirror: float | N
     correlation, where that search was run) and, unless it leaves the image where it was, beat leaving it there."""
     if not result.significance >= MIN_SIGNIFICANCE:
         return (f"no alignment found that stands out from unrelated placements (edge correlation {result.value:.3f}, "
-                f"{result.significance:.1f} sd above shifted copies; {MIN_SIGNIFICANCE:.0f} needed): the image "
-                "probably shows other tissue, or its registration channel has no matching structure")
+                f"{rounded_down(result.significance, 2)} sd above shifted copies; {MIN_SIGNIFICANCE:.0f} needed): "
+                "the image probably shows other tissue, or its registration channel has no matching structure")
     if not result.shared > MIN_SHARED_TISSUE:
         return (f"the best alignment found leaves most of the tissue on the other image's glass (only "
                 f"{result.shared:.0%} of the smaller tissue lies on the other's; more than {MIN_SHARED_TISSUE:.0%} "
@@ -152,6 +152,14 @@ def judge(result: Score, unregistered: Score, moved_px: float, mirror: float | N
         return (f"registration did not beat leaving the image as it is (edge correlation {result.value:.3f} vs "
                 f"{unregistered.value:.3f} unregistered)")
     return None
+
+
+def rounded_down(value: float, decimals: int) -> str:
+    """``value`` with ``decimals`` digits, rounded toward minus infinity: a refusal at 3.996 sd must not read as
+    "4.00 sd; 4 needed"."""
+    if not np.isfinite(value):
+        return str(value)
+    return f"{np.floor(value * 10**decimals) / 10**decimals:.{decimals}f}"
 
 
 def mirror_problem(result: Score, mirror: float | None) -> str | None:
