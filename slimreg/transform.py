@@ -29,6 +29,9 @@ from slimreg.errors import InputError
 
 FORMAT = "slimreg-transform"
 VERSION = 1
+# metadata: the glass brightness of a moving image registered as a grey brightfield scan; the warp fills the margins
+# it adds with it (an RGB section's with white, a fluorescence image's with 0)
+MOVING_GLASS = "moving_glass"
 CONVENTION = ("pull map reference->moving P(p) = A @ (p + D(p)); level-0 pixels, pixel centres at integer "
               "coordinates, x right, y down; D on a grid of spacing s with node (i, j) at "
               "((j + 0.5) * s - 0.5, (i + 0.5) * s - 0.5), bilinear, clamped")

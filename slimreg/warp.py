@@ -19,7 +19,7 @@ from slimreg.io.retile import level0_planes
 from slimreg.io.vips import from_numpy
 from slimreg.io.write import OmeMetadata, write_planes
 from slimreg.options import WORK_TILE_SIZE
-from slimreg.transform import Transform
+from slimreg.transform import MOVING_GLASS, Transform
 
 # node spacing (px) of the index grid of a transform without a displacement field: any spacing is exact (bilinear
 # interpolation reproduces an affine map), and a coarse one keeps the grid a few hundred nodes
@@ -99,7 +99,9 @@ def warp_file(moving: TiffImage, transform: Transform, out_path: str | Path, *, 
     height, width = reference_shape
     frames = frames if frames is not None else range(info.frames)
     index = pull_index(transform, width, height)
-    background: float | list[float] = [255.0] * 3 if info.is_rgb else 0.0
+    # white beyond an RGB section, its glass beyond a grey brightfield scan (registration measured it), 0 beyond
+    # fluorescence
+    background: float | list[float] = [255.0] * 3 if info.is_rgb else float(transform.metadata.get(MOVING_GLASS) or 0.0)
 
     channels: list[int | None] = [None] if info.is_rgb else list(range(info.channels))
     size_t = len(frames) if info.size_z == 1 else len(frames) // info.size_z

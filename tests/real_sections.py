@@ -15,6 +15,7 @@ import numpy as np
 from benchmarks.realdata import SectionPair
 from slimreg.io import write_array
 from slimreg.io.read import TiffImage
+from slimreg.register.batch import moving_channel_for
 from slimreg.register.channel import choose_channel
 from slimreg.register.feature import FeatureEngine
 from slimreg.register.judgement import judge_transform
@@ -32,7 +33,8 @@ VALIS_PLAINLY = {"kidney_HE <- kidney_PanCK": 3.78, "lung-lesion_HE <- lung-lesi
 def register(reference: Path, moving: Path, settings: RegistrationSettings = SETTINGS) -> Transform:
     """The light engine's result as a user gets it: through the one judgement the batch step applies."""
     ref, mov = TiffImage(reference), TiffImage(moving)
-    channels = choose_channel(ref.info, None), choose_channel(mov.info, None)
+    reference_channel = choose_channel(ref.info, settings.channel)
+    channels = reference_channel, moving_channel_for(ref, reference_channel, mov, settings)
     transform = FeatureEngine().register_pair(ref, mov, *channels, settings)
     judge_transform(ref, mov, *channels, transform, settings)
     return transform

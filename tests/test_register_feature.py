@@ -477,3 +477,28 @@ def test_deepflow_is_estimated_at_full_size_only_where_half_size_finds_motion(
             assert (screened < DEEPFLOW_SCREEN_SHARE * RESOLVABLE_MOTION_SIGMAS) is screened_out, (size, stats)
         assert bool(calls) is not screened_out, (size, amplitude)
         assert ("non_rigid_deepflow_motion_sigmas" in stats) is not screened_out
+
+
+def test_a_grey_brightfield_section_registers_onto_an_rgb_one_as_its_colour_original_does(
+        demo_dir: Path, feature_results: Path, tmp_path: Path) -> None:
+    """The demo's second H&E section stored as one grey channel (a monochrome camera's scan): registered on its
+    optical density, as close to the known answer as the colour original, and its margins filled with its glass
+    (refused as fluorescence until stop 68)."""
+    import cv2
+
+    from slimreg.io import write_array
+    from slimreg.io.read import TiffImage
+
+    rgb = TiffImage(demo_dir / "he_section1.ome.tif").region(0, 0, 100000, 100000, channel=None)
+    grey = write_array(cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)[None],
+                       tmp_path / "he_grey.ome.tif", channel_names=["grey"])
+    settings = RegistrationSettings.from_preset("medium", engine="feature", non_rigid=True)
+    batch = register_images(demo_dir / "he_section0.ome.tif", [grey], tmp_path / "out", settings)
+    assert not batch.failed, [r.error for r in batch.failed]
+    transform_path = tmp_path / "out" / "he_grey.transform.json"
+    glass = Transform.load(transform_path).metadata["moving_glass"]
+    assert glass > 200  # the demo's white glass
+    grey_errors = landmark_errors(demo_dir, "he_section0", "he_section1", transform_path)
+    colour_errors = landmark_errors(demo_dir, "he_section0", "he_section1",
+                                    feature_results / "he_section1.transform.json")
+    assert np.median(grey_errors) < np.median(colour_errors) + 0.5

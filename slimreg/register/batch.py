@@ -26,12 +26,17 @@ from slimreg.io.vips import pyvips
 from slimreg.memory import MemoryTracker
 from slimreg.motion_records import frame_shifts_record
 from slimreg.options import WORK_TILE_SIZE
-from slimreg.register.channel import OPTICAL_DENSITY, choose_channel
+from slimreg.register.channel import (
+    OPTICAL_DENSITY,
+    choose_channel,
+    grey_brightfield_glass,
+    is_grey_brightfield,
+)
 from slimreg.register.engine import get_engine
 from slimreg.register.judgement import judge_transform
 from slimreg.register.settings import RegistrationSettings
 from slimreg.samplesheet import image_stem
-from slimreg.transform import Transform
+from slimreg.transform import MOVING_GLASS, Transform
 from slimreg.warp import warp_file
 
 
@@ -66,11 +71,20 @@ def moving_channel_for(reference: TiffImage, reference_channel: int | str, movin
                        settings: RegistrationSettings) -> int | str:
     """The moving image's channel that matches the reference's registration channel (by name)."""
     if reference_channel == OPTICAL_DENSITY or moving.info.is_rgb:
-        if not (reference.info.is_rgb and moving.info.is_rgb):
-            raise RegistrationError("is brightfield RGB while the reference is not (or the other way round); "
-                                    "they cannot be registered on one channel.", moving.info.path,
-                                    "register brightfield and fluorescence images in separate samples.")
-        return choose_channel(moving.info, settings.channel)
+        if reference.info.is_rgb and moving.info.is_rgb:
+            return choose_channel(moving.info, settings.channel)
+        if reference_channel == OPTICAL_DENSITY and is_grey_brightfield(moving):
+            return OPTICAL_DENSITY  # its optical density, as the RGB reference's
+        if moving.info.is_rgb:
+            raise RegistrationError("is brightfield RGB while the reference is not; they cannot be registered on "
+                                    "one channel.", moving.info.path,
+                                    "make an RGB section the sample's reference (a brightfield scan stored as one "
+                                    "grey channel is registered onto RGB ones), or register brightfield and "
+                                    "fluorescence images in separate samples.")
+        raise RegistrationError("is fluorescence (its glass is dark) while the reference is brightfield RGB; they "
+                                "cannot be registered on one channel.", moving.info.path,
+                                "register brightfield and fluorescence images in separate samples (a brightfield "
+                                "scan stored as one grey channel, glass bright, is registered onto RGB ones).")
     if settings.channel is not None:
         return choose_channel(moving.info, settings.channel)
     name = reference.info.channel_names[int(reference_channel)]
@@ -200,6 +214,9 @@ def register_units(reference_path: str | Path, units: list[MovingUnit], settings
             if isinstance(transform, Exception):
                 result.error = str(transform)
                 continue
+            if channel == OPTICAL_DENSITY and not image.info.is_rgb:
+                # a grey brightfield scan: the margins the warp adds are its glass, as an RGB section's are white
+                transform.metadata[MOVING_GLASS] = grey_brightfield_glass(image)
             try:
                 _write_outputs(reference, image, unit, transform, result, settings, tracker, reference_scale,
                                output_shape, output_pixel_size)

@@ -2,7 +2,10 @@
 
 Fluorescence: a channel named DAPI/Hoechst (nuclei are in every round) unless one is requested, else the
 first. Brightfield RGB: optical density summed over R, G and B, which makes tissue bright on a dark
-background like a fluorescence image and is insensitive to the stain mix changing between sections.
+background like a fluorescence image and is insensitive to the stain mix changing between sections. A brightfield
+scan stored as one grey channel (a monochrome camera, a converted file) is registered onto RGB ones on its own
+optical density: one channel alone cannot say whether it is brightfield or fluorescence, so its glass decides
+(:func:`is_grey_brightfield`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ OPTICAL_DENSITY = "optical-density"
 # A working copy may be up to a tenth smaller on its side where a coarser pyramid level gives it: a scan's whole
 # factors rarely divide its levels, and the finest fit then decodes the whole scan (2.2 s per read at 20000 px)
 LEVEL_SHARE = 0.9
+# Whether one grey channel is brightfield is read from a copy this size: the glass around the section is what decides
+BRIGHTFIELD_TEST_DIM = 256
+BORDER_SHARE = 0.03  # the frame of the image taken as its glass: 3 % of each side (at least 2 px)
+# Brightfield glass is the brightest thing in the image: the frame's median lies in the top quarter of the range (2nd
+# to 98th percentile); fluorescence glass lies at the bottom, and a field the signal fills (a calcium recording) in
+# the middle
+GLASS_POSITION = 0.75
 
 
 def choose_channel(info: ImageInfo, requested: str | None) -> int | str:
@@ -45,6 +55,12 @@ def registration_image(image: TiffImage, channel: int | str, max_dim: int, frame
                        region: tuple[int, int, int, int] | None = None) -> Downsampled:
     """The registration channel (of ``region``, level-0 x, y, width, height, if given) at most ``max_dim`` px on
     its long side, as float32 scaled to about 0..1."""
+    if channel == OPTICAL_DENSITY and not image.info.is_rgb:  # a grey brightfield scan (is_grey_brightfield)
+        grey = image.downsampled(max_dim, channel=0, frame=frame, region=region, level_share=LEVEL_SHARE)
+        light = _finite(grey.array.astype(np.float32), image)
+        white = float(np.iinfo(grey.array.dtype).max) if grey.array.dtype.kind in "iu" else float(light.max())
+        density = -np.log((np.clip(light, 0.0, None) + 1.0) / (max(white, 0.0) + 1.0))
+        return Downsampled(normalise(density), grey.scale, grey.origin)
     if channel == OPTICAL_DENSITY:
         rgb = image.downsampled(max_dim, channel=None, frame=frame, region=region, level_share=LEVEL_SHARE)
         density = -np.log((_finite(rgb.array[..., :3].astype(np.float32), image) + 1.0) / 256.0).sum(axis=2)
@@ -52,6 +68,30 @@ def registration_image(image: TiffImage, channel: int | str, max_dim: int, frame
     assert isinstance(channel, int)
     small = image.downsampled(max_dim, channel=channel, frame=frame, region=region, level_share=LEVEL_SHARE)
     return Downsampled(normalise(_finite(small.array.astype(np.float32), image)), small.scale, small.origin)
+
+
+def is_grey_brightfield(image: TiffImage) -> bool:
+    """Whether ``image`` is a brightfield scan stored as one grey channel (:func:`grey_brightfield_glass`)."""
+    return grey_brightfield_glass(image) is not None
+
+
+def grey_brightfield_glass(image: TiffImage) -> float | None:
+    """The brightness of the glass of a brightfield scan stored as one grey channel, or None where ``image`` is not
+    one. Its glass (the image's outer frame) lies in the top quarter of its range (``GLASS_POSITION``), where a
+    fluorescence image's glass is dark. Only a single-channel, single-frame image can be one; one whose tissue fills
+    its frame reads as fluorescence (and is then refused beside RGB sections, as before)."""
+    info = image.info
+    if info.is_rgb or info.channels != 1 or info.frames != 1:
+        return None
+    grey = _finite(image.downsampled(BRIGHTFIELD_TEST_DIM, channel=0).array.astype(np.float32), image)
+    height, width = grey.shape
+    if min(height, width) < 8:
+        return None
+    rows, columns = max(2, round(BORDER_SHARE * height)), max(2, round(BORDER_SHARE * width))
+    glass = float(np.median(np.concatenate([grey[:rows].ravel(), grey[-rows:].ravel(), grey[:, :columns].ravel(),
+                                            grey[:, -columns:].ravel()])))
+    low, high = np.percentile(grey, [2, 98])
+    return glass if high > low and glass > low + GLASS_POSITION * (high - low) else None
 
 
 _told_non_finite: set[str] = set()  # files whose NaN/inf pixels were reported (once per file and process)

@@ -322,7 +322,16 @@ def valis_input(image: TiffImage, channel: int | str, max_dim: int,
     from slimreg.io import write_array
     from slimreg.register.channel import normalise
 
-    if channel == OPTICAL_DENSITY:
+    if channel == OPTICAL_DENSITY and not image.info.is_rgb:
+        # a grey brightfield scan (slimreg.register.channel.is_grey_brightfield): as RGB, so that VALIS reads it as
+        # brightfield, with its white kept white
+        small = image.downsampled(max_dim, channel=0)
+        grey = small.array.astype(np.float32)
+        white = float(np.iinfo(small.array.dtype).max) if small.array.dtype.kind in "iu" else float(grey.max())
+        pixels = np.repeat(np.round(np.clip(grey / max(white, 1e-12), 0, 1) * 255).astype(np.uint8)[..., None], 3,
+                           axis=2)
+        write_array(pixels, target, is_rgb=True)
+    elif channel == OPTICAL_DENSITY:
         small = image.downsampled(max_dim, channel=None)
         pixels = small.array[..., :3].astype(np.uint8)
         write_array(pixels, target, is_rgb=True)
