@@ -99,3 +99,18 @@ def test_a_file_named_without_a_tiff_suffix_is_handed_over_under_one(tmp_path: P
     (tmp_path / "src").mkdir()
     path, _, _ = valis_source(TiffImage(plain), OPTICAL_DENSITY, MEDIUM, tmp_path / "src" / "moving")
     assert path.name == "moving.tif" and path.resolve() == image.path.resolve()
+
+
+def test_a_grey_brightfield_scan_is_handed_over_as_rgb_with_its_glass_white(tmp_path: Path) -> None:
+    """A 12-bit camera's grey scan in 16-bit pixels (glass at 3800 of 65535): VALIS reads the copy as brightfield
+    RGB, glass white and tissue dark, not as a near-black 8-bit image."""
+    rng = np.random.default_rng(4)
+    grey = np.full((600, 800), 3800, np.uint16)
+    grey[150:450, 200:600] = rng.integers(900, 2600, size=(300, 400))
+    image = TiffImage(write_array(grey[None], tmp_path / "grey.ome.tif", channel_names=["grey"]))
+    path, _, long_side = valis_input(image, OPTICAL_DENSITY, 800, tmp_path / "copy.ome.tif")
+    copy = TiffImage(path)
+    assert copy.info.is_rgb and copy.info.dtype == "uint8" and long_side == 800
+    pixels = copy.region(0, 0, 800, 600, channel=None)
+    assert pixels[10, 10].tolist() == [255, 255, 255]
+    assert 50 < float(np.median(pixels[150:450, 200:600])) < 200

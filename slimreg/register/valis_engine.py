@@ -323,11 +323,12 @@ def valis_input(image: TiffImage, channel: int | str, max_dim: int,
     from slimreg.register.channel import normalise
 
     if channel == OPTICAL_DENSITY and not image.info.is_rgb:
-        # a grey brightfield scan (slimreg.register.channel.is_grey_brightfield): as RGB, so that VALIS reads it as
-        # brightfield, with its white kept white
+        # a grey brightfield scan (slimreg.register.channel.is_grey_brightfield): as 8-bit RGB, so that VALIS reads
+        # it as brightfield, its glass (the brightest thing on the slide: the 99.9th percentile) made white, as a
+        # 12-bit camera's scan in 16-bit pixels would otherwise be near black
         small = image.downsampled(max_dim, channel=0)
         grey = small.array.astype(np.float32)
-        white = float(np.iinfo(small.array.dtype).max) if small.array.dtype.kind in "iu" else float(grey.max())
+        white = float(np.percentile(grey, 99.9))
         pixels = np.repeat(np.round(np.clip(grey / max(white, 1e-12), 0, 1) * 255).astype(np.uint8)[..., None], 3,
                            axis=2)
         write_array(pixels, target, is_rgb=True)
