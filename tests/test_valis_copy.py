@@ -114,3 +114,15 @@ def test_a_grey_brightfield_scan_is_handed_over_as_rgb_with_its_glass_white(tmp_
     pixels = copy.region(0, 0, 800, 600, channel=None)
     assert pixels[10, 10].tolist() == [255, 255, 255]
     assert 50 < float(np.median(pixels[150:450, 200:600])) < 200
+
+
+def test_an_8_bit_grey_brightfield_scan_is_handed_over_as_it_is(tmp_path: Path) -> None:
+    """8-bit grey is copied into R, G and B unchanged, as VALIS used plainly would read it (its result moves with the
+    pixels it is given: docs/accuracy.md, "Thirty-third attempt")."""
+    rng = np.random.default_rng(6)
+    grey = np.full((300, 400), 236, np.uint8)
+    grey[80:220, 100:300] = rng.integers(40, 200, size=(140, 200))
+    image = TiffImage(write_array(grey[None], tmp_path / "grey8.ome.tif", channel_names=["grey"]))
+    path, _, _ = valis_input(image, OPTICAL_DENSITY, 400, tmp_path / "copy.ome.tif")
+    pixels = TiffImage(path).region(0, 0, 400, 300, channel=None)
+    assert all(np.array_equal(pixels[..., band], grey) for band in range(3))
