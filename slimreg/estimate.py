@@ -15,8 +15,9 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
   register`, estimated 362-435 MB; enlarged 20x at the high preset, 1069 MB against 1402 MB). The search's two
   images are described side by side first (``DESCRIBE_PER_PX`` per pixel of the pair at ``search_dim``). The stages
   run one after another, so the pair costs the largest of them plus ``PAIR_OVERHEAD``.
-- VALIS engine, per moving image: a two-image VALIS run, dominated by a constant (``VALIS_PAIR_BASE``; measured
-  2.2-2.7 GB whatever the image size) plus ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
+- VALIS engine, per batch: one VALIS run of the reference and the batch's moving images, dominated by a constant
+  (``VALIS_PAIR_BASE``; a two-image run measured 2.2-2.7 GB whatever the image size) plus ``VALIS_PER_IMAGE`` for
+  each further moving image and ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
   (``VALIS_IMPORT``, measured 1.17 GB). Before VALIS starts, the copy of each image it reads is made, one at a
   time (``VALIS_COPY_PER_PX`` per pixel of the copy, bounded by ``valis_copy_dim``).
 - Streamed warp and OME-TIFF writing: planes are written one at a time, each rendered in square blocks and encoded
@@ -56,6 +57,9 @@ ANALYSIS_IMPORTS = 42 * MB
 VALIS_IMPORT = 1180 * MB
 VALIS_PAIR_BASE = 1500 * MB
 VALIS_PER_PX = 60
+# each moving image beyond the first in one groupwise run: measured +10-60 MB at 5 % scale (docs/memory-model.md);
+# at VALIS' 2048 px non-rigid size its fields both ways and warped copies take about 100 MB, counted twice over
+VALIS_PER_IMAGE = 250 * MB
 # The copy VALIS reads holds the tissue's box at VALIS' finest size; a box narrower than this share of the image's
 # side is read coarser, which bounds the copy (8192 px a side at the medium preset).
 VALIS_MIN_TISSUE_SHARE = 0.25
@@ -183,17 +187,28 @@ def warp_bytes(info: ImageInfo, tile_size: int, frames: int | None = None) -> in
     return write_bytes(info, tile_size, frames, resampled=True) + tiled_copy_memory_bytes(info)
 
 
-def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSettings) -> int:
-    """Registration of one moving image (not counting the warp)."""
+def valis_run_bytes(reference: ImageInfo, moving: list[ImageInfo], settings: RegistrationSettings) -> int:
+    """One VALIS run of the reference and ``moving`` (the valis engine's child process): a pair's cost, plus one
+    image's share for each further moving image (VALIS keeps every image's processed copies and fields)."""
+    images = [reference, *moving]
+    pixels = sum(working_pixels(info, settings.processing_dim) for info in images)
+    # the copies are written one at a time and freed before VALIS starts
+    finest = settings.valis_finest_dim
+    copy = max(working_pixels(info, valis_copy_dim(info, finest)) for info in images)
+    run = VALIS_PAIR_BASE + VALIS_PER_IMAGE * (len(moving) - 1) + VALIS_PER_PX * pixels
+    return int(VALIS_IMPORT + max(run, VALIS_COPY_PER_PX * copy))
+
+
+def pair_bytes(reference: ImageInfo, moving: ImageInfo | list[ImageInfo], settings: RegistrationSettings) -> int:
+    """Registration of one moving image (not counting the warp); with the valis engine, of a batch of them
+    registered together (``valis_run_bytes``)."""
+    if settings.engine == "valis":
+        return valis_run_bytes(reference, moving if isinstance(moving, list) else [moving], settings)
+    assert not isinstance(moving, list), "the light engine registers one moving image at a time"
+
     def pixels(dim: int) -> int:
         return working_pixels(reference, dim) + working_pixels(moving, dim)
 
-    if settings.engine == "valis":
-        # the copies are written one at a time and freed before VALIS starts
-        finest = settings.valis_finest_dim
-        copy = max(working_pixels(info, valis_copy_dim(info, finest)) for info in (reference, moving))
-        return int(VALIS_IMPORT + max(VALIS_PAIR_BASE + VALIS_PER_PX * pixels(settings.processing_dim),
-                                      VALIS_COPY_PER_PX * copy))
     stages = [SIFT_PER_PX * pixels(settings.processing_dim) / 2, DESCRIBE_PER_PX * pixels(settings.search_dim)]
     # the mirror decoy's search runs beside the polish and the non-rigid step (slimreg.register.feature): one image
     # described, the rotation search's FFTs, refinements side by side, all at ``search_dim``; measured 146-250 B per
@@ -212,8 +227,12 @@ def pair_bytes(reference: ImageInfo, moving: ImageInfo, settings: RegistrationSe
 
 def register_task_bytes(reference: ImageInfo, units: list[tuple[ImageInfo, list[ImageInfo]]],
                         settings: RegistrationSettings) -> int:
-    """Peak of a REGISTER task: images are handled one at a time, so the largest image decides."""
+    """Peak of a REGISTER task: images are handled one at a time, so the largest image decides; the valis engine
+    registers the batch's images in one VALIS run first."""
     peak = 0
+    if settings.engine == "valis" and len(units) > 1:
+        moving = [registration_info for registration_info, _ in units if registration_info.path != reference.path]
+        peak = valis_run_bytes(reference, moving, settings) if moving else 0
     for registration_info, targets in units:
         peak = max(peak, pair_bytes(reference, registration_info, settings))
         for target in targets:

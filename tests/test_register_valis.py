@@ -45,6 +45,18 @@ def valis_results(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return folder
 
 
+def test_a_batch_of_rounds_is_one_groupwise_valis_run(valis_results: Path) -> None:
+    """The three rounds of the batch were registered in one VALIS run with the reference, as VALIS' authors run a
+    sample (benchmarks/valis_groupwise.py); the H&E pair alone is a two-image run."""
+    kept = 0
+    for moving, images in (("mif_round1", 4.0), ("mif_round2", 4.0), ("mif_round3", 4.0), ("he_section1", None)):
+        metadata = Transform.load(valis_results / f"{moving}.transform.json").metadata
+        if metadata["chosen"] == "VALIS":  # a light result put in its place carries the light engine's record
+            assert metadata["quality"].get("valis_group_size") == images, moving
+            kept += images is not None
+    assert kept, "no round kept VALIS' result: nothing here shows the groupwise run"
+
+
 def test_no_network_was_tried(valis_results: Path) -> None:
     import_valis()
     assert network_attempts == []

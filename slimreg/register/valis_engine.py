@@ -12,8 +12,14 @@ Why not VALIS' own outputs:
 VALIS reads the user's file itself where it can read it as it would used plainly (its result hangs on the pixels it
 is given), a bounded copy otherwise (:func:`valis_source`).
 
-Each moving image is registered with the reference on its own (a two-image VALIS run), so an image's
-result never depends on which batch it lands in, and memory is that of two images at the preset's size.
+A batch of several moving images is registered in one VALIS run, as VALIS' authors run a sample: VALIS orders the
+images by similarity and aligns each to its neighbour on the way to the reference (its default,
+``align_to_reference=False``), so a section is chained through the sections most like it. A single moving image is
+a two-image run. If the groupwise run fails as a whole, each image is registered with the reference on its own.
+Memory grows with the batch (``slimreg.estimate.valis_run_bytes``: one image's share per further moving image).
+Measured with VALIS used plainly on samples of three moving sections (benchmarks/valis_groupwise.py,
+docs/accuracy.md): the groupwise run took 55-69 s against 87-110 s for one run per image, at the same peak; it was
+better on 6 of the 12 images and worse on 6, and never failed where one single run did (42 px against 5.7 px).
 
 VALIS' result is one candidate, not the verdict: the light engine registers the same pair first (seconds, no
 torch; the mirror decoy it searches judges VALIS' result too, so it is searched once) and replaces VALIS' result
@@ -58,8 +64,9 @@ MIN_DISPLACEMENT_PX = 0.01  # below this everywhere, a field is dropped as numer
 
 
 class ValisEngine:
-    """Registers each moving image to the reference with VALIS: rigid and non-rigid as VALIS used plainly runs them,
-    micro-registration only where it works at a larger size than the non-rigid step."""
+    """Registers a batch of moving images onto the reference with VALIS: in one groupwise run, rigid and non-rigid
+    as VALIS used plainly runs them, micro-registration only where it works at a larger size than the non-rigid
+    step."""
 
     name = "valis"
 
@@ -71,29 +78,58 @@ class ValisEngine:
                       workdir: Path) -> list[Transform | RegistrationError]:
         matcher_note = self._matcher_description()
         self.log(matcher_note)
-        results: list[Transform | RegistrationError] = []
-        for index, (image, channel) in enumerate(zip(moving, moving_channels, strict=True)):
+        lights: list[Transform | RegistrationError] = []
+        decoys: list[MirrorDecoy | None] = []
+        for image, channel in zip(moving, moving_channels, strict=True):
             # the light engine first: VALIS' result is judged against the same mirror decoy, searched once
-            light: Transform | RegistrationError
             decoy = None
             try:
                 light, decoy = FeatureEngine().register_pair_and_decoy(reference, image, reference_channel, channel,
                                                                        settings, for_another_result=True)
             except RegistrationError as error:
                 light = error
+            lights.append(light)
+            decoys.append(decoy)
+        found = self._valis_results(reference, moving, reference_channel, moving_channels, settings, workdir, decoys)
+        for result in found:
+            if isinstance(result, Transform):
+                result.metadata["matcher"] = matcher_note
+        return [self._better(reference, image, reference_channel, channel, settings, valis_result, light)
+                for image, channel, valis_result, light in zip(moving, moving_channels, found, lights, strict=True)]
+
+    def _valis_results(self, reference: TiffImage, moving: list[TiffImage], reference_channel: int | str,
+                       moving_channels: list[int | str], settings: RegistrationSettings, workdir: Path,
+                       decoys: list[MirrorDecoy | None]) -> list[Transform | RegistrationError]:
+        """VALIS' result for each moving image: one groupwise run for a batch of several, else (or if that run
+        fails as a whole) one two-image run per image, each in a child process under its memory budget."""
+        if len(moving) > 1:
+            budget = int(BUDGET_MARGIN * pair_bytes(reference.info, [image.info for image in moving], settings))
+            try:
+                found, peak = run_within_budget(
+                    register_group_offline, (reference.path, [image.path for image in moving], reference_channel,
+                                             moving_channels, settings, workdir / "group", decoys), budget,
+                    "VALIS registration", str(reference.path))
+            except RegistrationError as error:
+                self.log(f"VALIS' groupwise run of {len(moving)} images failed ({error.message}); registering each "
+                         "with the reference on its own")
+            else:
+                for result in found:
+                    if isinstance(result, Transform):  # the run's peak, shared by its images
+                        result.metadata["quality"]["peak_memory_bytes"] = peak
+                        result.metadata["quality"]["valis_group_size"] = float(len(moving) + 1)
+                return found
+        results: list[Transform | RegistrationError] = []
+        for index, (image, channel, decoy) in enumerate(zip(moving, moving_channels, decoys, strict=True)):
             budget = int(BUDGET_MARGIN * pair_bytes(reference.info, image.info, settings))
-            valis_result: Transform | RegistrationError
             try:
                 transform, peak = run_within_budget(
                     register_pair_offline, (reference.path, image.path, reference_channel, channel, settings,
                                             workdir / f"pair{index}", decoy), budget, "VALIS registration",
                     str(image.path))
-                transform.metadata["matcher"] = matcher_note
                 transform.metadata["quality"]["peak_memory_bytes"] = peak
-                valis_result = transform
+                results.append(transform)
             except RegistrationError as error:
-                valis_result = error
-            results.append(self._better(reference, image, reference_channel, channel, settings, valis_result, light))
+                results.append(error)
         return results
 
     def _better(self, reference: TiffImage, moving: TiffImage, reference_channel: int | str,
@@ -143,14 +179,16 @@ class ValisEngine:
         return (f"DISK/LightGlue weights not found in {weights_dir()}; using weights-free VGG features with "
                 "brute-force matching (set SLIMREG_WEIGHTS_DIR to a torch hub folder that holds them)")
 
-    def _build(self, registration: Any, src: Path, dst: Path, reference: Path, moving: Path,
+    def _build(self, registration: Any, src: Path, dst: Path, reference: Path, moving: list[Path],
                settings: RegistrationSettings) -> Any:
-        """A two-image VALIS run with VALIS' own defaults at the medium preset.
+        """A VALIS run of the reference and ``moving`` with VALIS' own defaults at the medium preset.
 
         VALIS is tuned as: similarity rigid model, images read at 1024 px and processed at 512 px, non-rigid at
         2048 px. Driving it otherwise (affine model, processing at 1024 px) cost accuracy on real sections (kidney
         pair: 31.9 px, worse than not registering; docs/accuracy.md). The presets scale those three sizes together
-        (medium = VALIS' defaults); only the matcher departs, because DISK/LightGlue weights need a download.
+        (medium = VALIS' defaults); only the matcher departs, because DISK/LightGlue weights need a download. Several
+        moving images keep VALIS' serial order (``align_to_reference=False``, its default); for one the two orders
+        are the same run.
         """
         from valis import feature_detectors, feature_matcher
 
@@ -162,60 +200,76 @@ class ValisEngine:
         if not settings.non_rigid:
             options["non_rigid_registrar_cls"] = None
         registrar = registration.Valis(
-            str(src), str(dst), img_list=[str(reference), str(moving)], reference_img_f=str(reference),
-            align_to_reference=True, feature_detector_cls=None, matcher=matcher,
+            str(src), str(dst), img_list=[str(reference), *map(str, moving)], reference_img_f=str(reference),
+            align_to_reference=len(moving) == 1, feature_detector_cls=None, matcher=matcher,
             matcher_for_sorting=feature_matcher.Matcher(feature_detector=feature_detectors.VggFD()),
             max_image_dim_px=settings.processing_dim, max_processed_image_dim_px=settings.processing_dim // 2,
             max_non_rigid_registration_dim_px=settings.valis_non_rigid_dim, **options)
         registrar.non_rigid_reg_kwargs = getattr(registrar, "non_rigid_reg_kwargs", {})  # VALIS bug without NR
         return registrar
 
-    def _register_pair(self, registration: Any, reference: TiffImage, moving: TiffImage,
-                       reference_channel: int | str, moving_channel: int | str, settings: RegistrationSettings,
-                       workdir: Path, decoy: MirrorDecoy | None = None) -> Transform:
+    def _register_group(self, registration: Any, reference: TiffImage, moving: list[TiffImage],
+                        reference_channel: int | str, moving_channels: list[int | str],
+                        settings: RegistrationSettings, workdir: Path,
+                        decoys: list[MirrorDecoy | None]) -> list[Transform | RegistrationError]:
+        """One VALIS run of the reference and every moving image; each image's result, or why it is not kept.
+
+        Raises RegistrationError if VALIS' run fails as a whole."""
         from valis import preprocessing, slide_io
 
         src, dst = workdir / "src", workdir / "valis"
         src.mkdir(parents=True, exist_ok=True)
         ref_link, ref_span, ref_side = valis_source(reference, reference_channel, settings, src / "reference")
-        mov_link, mov_span, mov_side = valis_source(moving, moving_channel, settings, src / "moving")
-        registrar = self._build(registration, src, dst, ref_link, mov_link, settings)
-        processors = {str(ref_link): _processor(preprocessing, reference, reference_channel),
-                      str(mov_link): _processor(preprocessing, moving, moving_channel)}
+        sources = [valis_source(image, channel, settings, src / f"moving{index}")
+                   for index, (image, channel) in enumerate(zip(moving, moving_channels, strict=True))]
+        registrar = self._build(registration, src, dst, ref_link, [link for link, _, _ in sources], settings)
+        processors = {str(ref_link): _processor(preprocessing, reference, reference_channel)}
+        for (link, _, _), image, channel in zip(sources, moving, moving_channels, strict=True):
+            processors[str(link)] = _processor(preprocessing, image, channel)
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
             rigid, _, _ = registrar.register(reader_cls=slide_io.VipsSlideReader, processor_dict=processors)
         if rigid is None:
-            raise RegistrationError(f"VALIS registration failed: {_last_error(captured.getvalue())}", moving.path,
+            raise RegistrationError(f"VALIS registration failed: {_last_error(captured.getvalue())}",
+                                    moving[0].path if len(moving) == 1 else reference.path,
                                     "check the image has tissue in the registration channel, or try --engine "
                                     "feature.")
-        transform = self._to_transform(registrar, ref_link, mov_link, reference, moving, settings, ref_span, mov_span)
+        transforms = [self._to_transform(registrar, ref_link, link, reference, image, settings, ref_span, span)
+                      for (link, span, _), image in zip(sources, moving, strict=True)]
         # VALIS used plainly does not micro-register. A second pass adds detail only where it works at a larger size
         # than the non-rigid step did; VALIS caps both at the smaller image's long side. At the presets micro_dim is
         # the non-rigid size (VALIS' own 2048 px at medium), so it never runs a second pass at the same size.
-        smaller = min(ref_side, mov_side)
+        smaller = min(ref_side, *(side for _, _, side in sources))
         if settings.micro and settings.non_rigid and \
                 min(settings.micro_dim, smaller) > min(settings.valis_non_rigid_dim, smaller):
-            transform = self._micro(registrar, processors, ref_link, mov_link, reference, moving, reference_channel,
-                                    moving_channel, settings, transform, captured, (ref_span, mov_span))
-        check_plausible(transform.affine, moving.info.path, expected_scale(reference, moving))
-        # judged here too, so that _better weighs only a result that may be kept against the light engine's
-        judge_transform(reference, moving, reference_channel, moving_channel, transform, settings, decoy)
-        return transform
+            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+                registrar.register_micro(processor_dict=processors, reference_img_f=str(ref_link),
+                                         align_to_reference=len(moving) == 1,
+                                         max_non_rigid_registration_dim_px=settings.micro_dim)
+            transforms = [self._micro_kept(before, self._to_transform(registrar, ref_link, link, reference, image,
+                                                                      settings, ref_span, span),
+                                           reference, image, reference_channel, channel, settings)
+                          for before, (link, span, _), image, channel
+                          in zip(transforms, sources, moving, moving_channels, strict=True)]
+        results: list[Transform | RegistrationError] = []
+        for transform, image, channel, decoy in zip(transforms, moving, moving_channels, decoys, strict=True):
+            try:
+                check_plausible(transform.affine, image.info.path, expected_scale(reference, image))
+                # judged here too, so that _better weighs only a result that may be kept against the light engine's
+                judge_transform(reference, image, reference_channel, channel, transform, settings, decoy)
+                results.append(transform)
+            except RegistrationError as error:
+                results.append(error)
+        return results
 
-    def _micro(self, registrar: Any, processors: dict[str, Any], ref_link: Path, mov_link: Path,
-               reference: TiffImage, moving: TiffImage, reference_channel: int | str, moving_channel: int | str,
-               settings: RegistrationSettings, before: Transform, captured: io.StringIO,
-               spans: tuple[tuple[float, float], tuple[float, float]]) -> Transform:
-        """VALIS micro-registration, kept only if it improves the alignment measurably.
+    def _micro_kept(self, before: Transform, after: Transform, reference: TiffImage, moving: TiffImage,
+                    reference_channel: int | str, moving_channel: int | str,
+                    settings: RegistrationSettings) -> Transform:
+        """VALIS' micro-registration of one image, kept only if it improves the alignment measurably.
 
         Measured here: on the demo's smoothly deformed round, ``register_micro`` moved VALIS' own point
         mapping from 0.13 px to 14.9 px median error, so its result is checked rather than trusted.
         """
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            registrar.register_micro(processor_dict=processors, reference_img_f=str(ref_link),
-                                     align_to_reference=True, max_non_rigid_registration_dim_px=settings.micro_dim)
-        after = self._to_transform(registrar, ref_link, mov_link, reference, moving, settings, *spans)
         ref = registration_image(reference, reference_channel, settings.non_rigid_dim)
         mov = registration_image(moving, moving_channel, settings.non_rigid_dim)
         score_before, score_after = (score_transform(ref, mov, t)[0].value for t in (before, after))
@@ -273,11 +327,24 @@ def register_pair_offline(reference_path: Path, moving_path: Path, reference_cha
                           moving_channel: int | str, settings: RegistrationSettings, workdir: Path,
                           decoy: MirrorDecoy | None = None) -> Transform:
     """One VALIS pair registration, offline (run in its own process by ``run_within_budget``); ``decoy``: the pair's
-    mirror decoy, searched by the light engine in the parent."""
+    mirror decoy, searched by the light engine in the parent. Raises why the result is not kept."""
+    result = register_group_offline(reference_path, [moving_path], reference_channel, [moving_channel], settings,
+                                    workdir, [decoy])[0]
+    if isinstance(result, RegistrationError):
+        raise result
+    return result
+
+
+def register_group_offline(reference_path: Path, moving_paths: list[Path], reference_channel: int | str,
+                           moving_channels: list[int | str], settings: RegistrationSettings, workdir: Path,
+                           decoys: list[MirrorDecoy | None]) -> list[Transform | RegistrationError]:
+    """One VALIS run of the reference and every moving image, offline (in its own process, as
+    ``register_pair_offline``); each image's result or why it is not kept."""
     registration = import_valis()
     with no_network():
-        return ValisEngine()._register_pair(registration, TiffImage(reference_path), TiffImage(moving_path),
-                                            reference_channel, moving_channel, settings, workdir, decoy)
+        return ValisEngine()._register_group(registration, TiffImage(reference_path),
+                                             [TiffImage(path) for path in moving_paths], reference_channel,
+                                             moving_channels, settings, workdir, decoys)
 
 
 def valis_source(image: TiffImage, channel: int | str, settings: RegistrationSettings,
