@@ -42,13 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._measure import measure_cli, measure_snippet
 from benchmarks.realdata import (
     SectionPair,
-    available,
     calcium_frames,
     convert_if_rounds,
     landmark_affine_fit,
     landmark_errors,
     reference_diagonal,
     section_pairs,
+    shared_data_missing,
 )
 
 VALIS_PLAIN = """
@@ -294,8 +294,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.palom_python:
         PEER_PYTHON["palom"] = args.palom_python
-    if not available():
-        print("the shared real data is not here; set SLIMREG_SHARED_DATA to its folder", file=sys.stderr)
+    if shared_data_missing():
         return 2
     args.workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -7,6 +7,7 @@ The images are converted once into OME-TIFF (what a user brings), next to their 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,14 @@ CALCIUM_FRAMES = ("spinalImaging01_ref", "spinalImaging01_template")
 
 def available() -> bool:
     return (SHARED_DATA / "real-sections" / "kidney_HE.jpg").is_file()
+
+
+def shared_data_missing() -> bool:
+    """True, having said so on stderr, when the shared real data is not here (a benchmark then exits 2)."""
+    if available():
+        return False
+    print("the shared real data is not here; set SLIMREG_SHARED_DATA to its folder", file=sys.stderr)
+    return True
 
 
 @dataclass(frozen=True)

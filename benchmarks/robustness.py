@@ -44,11 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.accuracy import PointMap, _fmt, _status, run_engine
 from benchmarks.realdata import (
     SectionPair,
-    available,
     landmark_affine_fit,
     landmark_errors,
     reference_diagonal,
     section_pairs,
+    shared_data_missing,
 )
 
 Image = np.ndarray
@@ -251,8 +251,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/slimreg-bench-robustness"))
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
-    if not available():
-        print("the shared real data is not here; set SLIMREG_SHARED_DATA to its folder", file=sys.stderr)
+    if shared_data_missing():
         return 2
     (args.workdir / "images").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

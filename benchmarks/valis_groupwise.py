@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._measure import measure_snippet
 from benchmarks.accuracy import PointMap
-from benchmarks.realdata import SectionPair, available, landmark_errors, section_pairs
+from benchmarks.realdata import SectionPair, landmark_errors, section_pairs, shared_data_missing
 from benchmarks.robustness import MOVING_CHANGES, variant_pair
 
 VALIS_RUN = """
@@ -81,16 +81,15 @@ def median_error(mapped: np.ndarray | None, member: SectionPair) -> float:
 
 
 def main() -> int:
+    start = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=["faded", "warped"], choices=list(MOVING_CHANGES))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/slimreg-bench-valis-groupwise"))
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
-    if not available():
-        print("the shared real data is not here; set SLIMREG_SHARED_DATA to its folder", file=sys.stderr)
+    if shared_data_missing():
         return 2
     (args.workdir / "images").mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     rows = ["| sample reference | moving image | median before px | groupwise px | one run per image px |",
             "|---|---|---|---|---|"]
     times = ["| sample reference | groupwise wall s / peak MB | one run per image wall s / peak MB |",
