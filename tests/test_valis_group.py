@@ -91,6 +91,8 @@ def test_a_batch_is_one_valis_run_and_a_failed_run_falls_back_to_one_per_image(
         raise RegistrationError("no tissue found", args[1].path)
 
     monkeypatch.setattr(FeatureEngine, "register_pair_and_decoy", no_light_result)
+    # the matcher's description looks for torch's weights: the default install has no torch
+    monkeypatch.setattr(valis_engine.ValisEngine, "_matcher_description", staticmethod(lambda: "a matcher"))
     logged: list[str] = []
     results = valis_engine.ValisEngine(log=logged.append).register_many(
         reference, moving, OPTICAL_DENSITY, [OPTICAL_DENSITY] * 3, MEDIUM, tmp_path / "work")
