@@ -25,7 +25,8 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
   Writing alone (split, merge, projections) costs ``WRITE_BASE`` plus ``WRITE_PER_TILE_BYTE`` per byte of one output
   tile (tiles queued for the encoders, one per pyramid level) plus ``WRITE_PER_BLOCK_BYTE`` per byte of one render
   block plus ``WRITE_PER_PLANE`` (and ``WRITE_PER_PLANE_TILE`` per tile) per plane; a warp adds the ``RESAMPLE_*``
-  terms (the index pipeline, the displacement field, libvips' ``mapim`` buffers for a block).
+  terms (the index, the displacement field, a block's source region and libvips' ``mapim`` buffers where a block
+  takes that path, the moving image's decoded tiles ``SOURCE_CACHE_BYTES`` and a block's maps).
 - Projection: two float64 accumulators at the projection's size. QC: ~``QC_PER_PX`` per pixel at ``max_dim``.
 
 The constants were measured on this project's machine (2 cores, 24 GB) with ``benchmarks/preflight_accuracy.py``
@@ -43,6 +44,7 @@ import numpy as np
 
 from slimreg.io.probe import ImageInfo
 from slimreg.io.retile import copy_buffer_bytes, needs_tiled_copy, page_bytes
+from slimreg.io.source_tiles import SOURCE_CACHE_BYTES
 from slimreg.io.tiles import RENDER_BLOCK_PIXELS
 
 if TYPE_CHECKING:
@@ -91,6 +93,10 @@ WRITE_PER_PLANE_TILE = 32
 RESAMPLE_BASE = 33 * MB  # with WRITE_*: 45 MB + 12 B per tile byte + 8 B per block byte for a warp
 RESAMPLE_PER_TILE_BYTE = 8
 RESAMPLE_PER_BLOCK_BYTE = 6
+# a warp rendered by remap (slimreg.warp.WarpedPlane) also holds the moving image's decoded tiles
+# (``SOURCE_CACHE_BYTES``) and two float32 maps of a render block: 51-78 MB above the libvips pipeline's peak
+# (docs/memory-model.md, "The warp in blocks")
+REMAP_MAPS_BYTES = 8 * RENDER_BLOCK_PIXELS**2
 PROJECT_PER_PX = 40
 QC_PER_PX = 125
 QC_OVERHEAD = 10 * MB
@@ -148,7 +154,8 @@ def write_bytes(info: ImageInfo, tile_size: int, frames: int | None = None, *, r
     total = (WRITE_BASE + WRITE_PER_TILE_BYTE * tile_bytes + WRITE_PER_BLOCK_BYTE * block_bytes
              + (WRITE_PER_PLANE + WRITE_PER_PLANE_TILE * level_tiles) * planes)
     if resampled:
-        total += RESAMPLE_BASE + RESAMPLE_PER_TILE_BYTE * tile_bytes + RESAMPLE_PER_BLOCK_BYTE * block_bytes
+        total += (RESAMPLE_BASE + RESAMPLE_PER_TILE_BYTE * tile_bytes + RESAMPLE_PER_BLOCK_BYTE * block_bytes
+                  + SOURCE_CACHE_BYTES + REMAP_MAPS_BYTES)
     return int(total)
 
 

@@ -1,8 +1,10 @@
-"""Full-resolution warping that streams: one lazy libvips pipeline from input tiles to output tiles.
+"""Full-resolution warping that streams: the output is rendered block by block, each from the input tiles it needs.
 
-The index image (where each output pixel samples the moving image) is computed lazily from pixel
-coordinates, the affine and the upsampled displacement field, so affine and non-rigid parts cost one
-interpolation and no full-size coordinate array ever exists in RAM.
+Where each output pixel samples the moving image (the index) is bilinear between the nodes of the transform's
+displacement grid, so no full-size coordinate array ever exists in RAM. A block is rendered by OpenCV's ``remap``
+from a region of the moving image assembled from its decoded tiles (``WarpedPlane.render_block``); the same
+transform as one lazy libvips pipeline (``warp_plane``) serves the writer's checks, the blocks ``remap`` cannot
+render, and the demo's generated images.
 """
 
 from __future__ import annotations
@@ -11,19 +13,29 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyvips
+from threadpoolctl import threadpool_limits
 
 from slimreg.io.read import TiffImage
-from slimreg.io.retile import level0_planes
+from slimreg.io.retile import level0_planes, level0_tile
+from slimreg.io.source_tiles import SourceTiles
 from slimreg.io.vips import from_numpy
-from slimreg.io.write import OmeMetadata, write_planes
+from slimreg.io.write import OmeMetadata, PlaneSequence, write_planes
 from slimreg.options import WORK_TILE_SIZE
 from slimreg.transform import MOVING_GLASS, Transform
 
 # node spacing (px) of the index grid of a transform without a displacement field: any spacing is exact (bilinear
 # interpolation reproduces an affine map), and a coarse one keeps the grid a few hundred nodes
 AFFINE_INDEX_SPACING = 1024.0
+# pixel types and interpolations OpenCV's remap renders as libvips' mapim does (within 1 of its integers); others
+# take the libvips pipeline
+REMAP_DTYPES = frozenset({"uint8", "uint16", "int16", "float32"})
+REMAP_INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR}
+# a block whose source region spans more than this many times its own pixels (a moving image at more than twice the
+# reference's resolution) is rendered by the libvips pipeline, which streams its input, rather than held whole
+MAX_SOURCE_SHARE = 4.0
 
 
 def pull_index(transform: Transform, width: int, height: int) -> pyvips.Image:
@@ -84,21 +96,96 @@ def warp_plane(plane: pyvips.Image, transform: Transform, width: int, height: in
     return warped.cast(plane.format) if warped.format != plane.format else warped
 
 
+def node_weights(start: int, count: int, spacing: float, nodes: int) -> tuple[np.ndarray, int]:
+    """Bilinear weights of pixels ``start .. start + count`` over the padded node grid (``index_nodes``: node k at
+    ((k - 0.5) * spacing - 0.5) px), as a (count, n) float32 matrix over nodes ``first .. first + n``, and ``first``."""
+    position = (np.arange(start, start + count) + 0.5) / spacing + 0.5
+    lower = np.clip(np.floor(position).astype(np.int64), 0, nodes - 2)
+    fraction = (position - lower).astype(np.float32)
+    first = int(lower.min())
+    weights = np.zeros((count, int(lower.max()) + 2 - first), np.float32)
+    weights[np.arange(count), lower - first] = 1.0 - fraction
+    weights[np.arange(count), lower - first + 1] = fraction
+    return weights, first
+
+
+class WarpedPlane:
+    """One moving plane pulled into the reference frame: called, the lazy libvips pipeline (``warp_plane``); asked
+    for a block, the block itself, rendered by OpenCV's ``remap`` from the moving image's decoded tiles.
+
+    The block path does what the pipeline does (the same bilinear index, the same background) at about half its
+    CPU: libvips computed the index per output pixel and decoded each input tile once for every block that touched
+    it (docs/benchmarks.md, "The warp in blocks")."""
+
+    def __init__(self, read: Callable[[], pyvips.Image], moving: TiffImage, transform: Transform,
+                 nodes: tuple[np.ndarray, float], width: int, height: int, *, interpolation: str,
+                 background: float | list[float], index: pyvips.Image):
+        info = moving.info
+        self.read, self.transform, self.width, self.height = read, transform, width, height
+        self.interpolation, self.background, self.index = interpolation, background, index
+        self.nodes, self.spacing = nodes
+        self.bands = 3 if info.is_rgb else 1
+        self.source = SourceTiles(read, info.width, info.height, level0_tile(info), self.bands, np.dtype(info.dtype))
+        self.remaps = info.dtype in REMAP_DTYPES and interpolation in REMAP_INTERPOLATIONS
+
+    def __call__(self) -> pyvips.Image:
+        return warp_plane(self.read(), self.transform, self.width, self.height, interpolation=self.interpolation,
+                          background=self.background, index=self.index)
+
+    def render_block(self, left: int, top: int, columns: int, rows: int) -> np.ndarray | None:
+        """Output pixels [top:top + rows, left:left + columns] as (rows, columns, bands), or None where the block
+        is the libvips pipeline's to render (a pixel type or interpolation remap lacks, a source region too large)."""
+        if not self.remaps:
+            return None
+        row_weights, first_row = node_weights(top, rows, self.spacing, self.nodes.shape[0])
+        column_weights, first_column = node_weights(left, columns, self.spacing, self.nodes.shape[1])
+        nodes = self.nodes[first_row:first_row + row_weights.shape[1],
+                           first_column:first_column + column_weights.shape[1]]
+        # positions relative to the nodes' lowest in float32: the node grid's float64 keeps whole-slide coordinates
+        # exact, and a block's positions span a few thousand px at most
+        origin_x, origin_y = (math.floor(value) for value in nodes.reshape(-1, 2).min(axis=0))
+        local = (nodes - np.array([origin_x, origin_y], np.float64)).astype(np.float32)
+        map_x = row_weights @ local[..., 0] @ column_weights.T
+        map_y = row_weights @ local[..., 1] @ column_weights.T
+        # the region the block samples, and the one pixel beyond that bilinear interpolation reads
+        x0, y0 = origin_x + math.floor(map_x.min()) - 1, origin_y + math.floor(map_y.min()) - 1
+        x1, y1 = origin_x + math.ceil(map_x.max()) + 2, origin_y + math.ceil(map_y.max()) + 2
+        if (x1 - x0) * (y1 - y0) > MAX_SOURCE_SHARE * rows * columns:
+            return None
+        background = self.background if isinstance(self.background, list) else [self.background] * self.bands
+        left_in, top_in = max(0, x0), max(0, y0)
+        right_in, bottom_in = min(self.source.width, x1), min(self.source.height, y1)
+        if right_in <= left_in or bottom_in <= top_in:  # the block maps wholly beyond the moving image
+            return np.broadcast_to(np.asarray(background, self.source.dtype), (rows, columns, self.bands)).copy()
+        map_x -= left_in - origin_x
+        map_y -= top_in - origin_y
+        region = self.source.region(left_in, top_in, right_in, bottom_in)
+        warped = cv2.remap(region, map_x, map_y, REMAP_INTERPOLATIONS[self.interpolation],
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=tuple(background))
+        return warped.reshape(rows, columns, self.bands)
+
+    def release(self) -> None:
+        """Drop the decoded tiles once the plane is written."""
+        self.source.clear()
+
+
 def warp_file(moving: TiffImage, transform: Transform, out_path: str | Path, *, reference_shape: tuple[int, int],
               pixel_size_um: tuple[float, float] | None, compression: str = "deflate", tile_size: int = WORK_TILE_SIZE,
               interpolation: str = "bilinear", frames: range | None = None) -> Path:
     """Warp every channel (and frame) of ``moving`` into the reference frame and write an OME-TIFF.
 
-    Each plane is handed to the writer as a recipe, not an image: the writer rebuilds the pipeline (a fresh
-    ``tiffload``) for every block it renders, because one long-lived random-access ``tiffload`` read through
-    ``mapim`` grew by ~70 MB per pass over a 10000 px RGB image here, which would break the flat-memory
-    promise on large slides. The index pipeline holds no file and is shared. A moving image stored in strips is
-    read from a tiled copy of each page (``slimreg.io.retile``).
+    Each plane is handed to the writer as a ``WarpedPlane``, not an image: it renders each block from input tiles
+    decoded one ``tiffload`` at a time (a fresh one each, because one long-lived random-access ``tiffload`` read
+    through ``mapim`` grew by ~70 MB per pass over a 10000 px RGB image here, which would break the flat-memory
+    promise on large slides) and kept in a cache of fixed size. The node grid is shared by every plane. A moving
+    image stored in strips is read from a tiled copy of each page (``slimreg.io.retile``).
     """
     info = moving.info
     height, width = reference_shape
     frames = frames if frames is not None else range(info.frames)
     index = pull_index(transform, width, height)
+    nodes, spacing = index_nodes(transform, width, height)
+    grid = (nodes.astype(np.float64), spacing)
     # white beyond an RGB section, its glass beyond a grey brightfield scan (registration measured it), 0 beyond
     # fluorescence
     background: float | list[float] = [255.0] * 3 if info.is_rgb else float(transform.metadata.get(MOVING_GLASS) or 0.0)
@@ -111,9 +198,13 @@ def warp_file(moving: TiffImage, transform: Transform, out_path: str | Path, *, 
                        name=Path(out_path).name.removesuffix(".ome.tif"))
     with level0_planes(moving, Path(out_path).parent) as read:
 
-        def recipe(channel: int | None, frame: int) -> Callable[[], pyvips.Image]:
-            return lambda: warp_plane(read(channel, frame), transform, width, height,
-                                      interpolation=interpolation, background=background, index=index)
+        def recipe(channel: int | None, frame: int) -> WarpedPlane:
+            return WarpedPlane(lambda: read(channel, frame), moving, transform, grid, width, height,
+                               interpolation=interpolation, background=background, index=index)
 
-        planes = [recipe(channel, frame) for frame in frames for channel in channels]
-        return write_planes(planes, out_path, meta, compression=compression, tile_size=tile_size)
+        # made as the writer reaches them (channels fastest): each holds a cache while it is written
+        planes = PlaneSequence(len(frames) * len(channels),
+                               lambda plane: recipe(channels[plane % len(channels)], frames[plane // len(channels)]))
+        # the index's products are a few nodes deep: BLAS' threads would only spin beside the tile encoders
+        with threadpool_limits(limits=1, user_api="blas"):
+            return write_planes(planes, out_path, meta, compression=compression, tile_size=tile_size)

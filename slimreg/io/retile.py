@@ -111,3 +111,11 @@ def level0_planes(image: TiffImage, folder: Path) -> Iterator[Callable[[int | No
         return
     with TiledPages(image, folder) as tiled:
         yield tiled.plane
+
+
+def level0_tile(info: ImageInfo) -> tuple[int, int]:
+    """(height, width) of the unit ``level0_planes``' planes are best decoded in: the file's own tiles, the copy's
+    for a file copied into tiles, and the whole plane for a small one stored in strips (decoded whole anyway)."""
+    if needs_tiled_copy(info):
+        return COPY_TILE, COPY_TILE
+    return info.tile if info.tile is not None else (info.height, info.width)

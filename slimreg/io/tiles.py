@@ -255,6 +255,11 @@ class PyramidRenderer:
         span = self.tile << depth
         top, left = row * span, column * span
         columns, rows = min(span, width - left), min(span, height - top)
+        # a plane that renders its own blocks (a warp, slimreg.warp.WarpedPlane) may, else its pipeline is cropped
+        render_block = getattr(self.plane, "render_block", None)
+        block = None if render_block is None else render_block(left, top, columns, rows)
+        if block is not None:
+            return block
         # reshape: pyvips drops axes of length 1 (a 1 x 1 one-band crop comes back 0-d)
         return self.plane().crop(left, top, columns, rows).numpy().reshape(rows, columns, self.samples)
 
@@ -335,6 +340,9 @@ class PyramidRenderer:
                         blocks.get(timeout=0.1)
                 renderer.join()
                 self._pending.clear()
+                release = getattr(self.plane, "release", None)  # what the plane keeps to render its blocks
+                if release is not None:
+                    release()
 
 
 def render_plane_tiles(plane: Callable[[], pyvips.Image], shapes: list[tuple[int, int]], tile: int, codec: TileCodec,

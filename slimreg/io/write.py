@@ -186,18 +186,39 @@ def checked_planes(planes: Sequence[PlaneSource], meta: OmeMetadata,
     return sources, min(tile_size, max(16, -(-max(meta.width, meta.height) // 16) * 16))
 
 
-def plane_recipe(plane: PlaneSource, target_format: str, meta: OmeMetadata,
-                 index: int) -> Callable[[], pyvips.Image]:
-    """A function returning the plane's pipeline, checked against ``meta`` and cast to the file's band format."""
-    bands = 3 if meta.is_rgb else 1
+def plane_recipe(plane: PlaneSource, target_format: str, meta: OmeMetadata, index: int) -> CheckedPlane:
+    """The plane's pipeline builder, checked against ``meta`` and cast to the file's band format."""
+    return CheckedPlane(plane, target_format, meta, index)
 
-    def build() -> pyvips.Image:
+
+class CheckedPlane:
+    """Called, a plane's pipeline, checked against the file's metadata and cast to its band format; asked for a
+    block, the plane's own rendering of it where it has one (``slimreg.warp.WarpedPlane``) in the file's pixel type,
+    else None (the renderer then crops the pipeline)."""
+
+    def __init__(self, plane: PlaneSource, target_format: str, meta: OmeMetadata, index: int):
+        self.plane, self.target_format, self.meta, self.index = plane, target_format, meta, index
+        self.bands = 3 if meta.is_rgb else 1
+
+    def __call__(self) -> pyvips.Image:
+        plane, meta = self.plane, self.meta
         image = plane if isinstance(plane, pyvips.Image) else plane()
-        if (image.width, image.height) != (meta.width, meta.height) or image.bands != bands:
-            raise ParameterError(f"plane {index} is {image.width}x{image.height}x{image.bands}, expected "
-                                 f"{meta.width}x{meta.height}x{bands}.")
-        return image.cast(target_format) if image.format != target_format else image
-    return build
+        if (image.width, image.height) != (meta.width, meta.height) or image.bands != self.bands:
+            raise ParameterError(f"plane {self.index} is {image.width}x{image.height}x{image.bands}, expected "
+                                 f"{meta.width}x{meta.height}x{self.bands}.")
+        return image.cast(self.target_format) if image.format != self.target_format else image
+
+    def render_block(self, left: int, top: int, columns: int, rows: int) -> np.ndarray | None:
+        render = getattr(self.plane, "render_block", None)
+        block = None if render is None else render(left, top, columns, rows)
+        if block is None or block.dtype != np.dtype(self.meta.dtype) or block.shape != (rows, columns, self.bands):
+            return None
+        return block
+
+    def release(self) -> None:
+        release = getattr(self.plane, "release", None)
+        if release is not None:
+            release()
 
 
 def _append_pyramid(writer: tifffile.TiffWriter, store: TileStore, shapes: list[tuple[int, int]], tile: int,
