@@ -142,3 +142,17 @@ def test_warp_file_writes_the_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyP
     difference = np.abs(written - expected).max(axis=2)
     edge = _blending_the_edge(transform)
     assert difference[~edge].max() <= 1 and difference[edge].max() <= 255 / 32
+
+
+def test_an_rgba_scan_is_warped_as_its_rgb(tmp_path: Path) -> None:
+    """An alpha band (a scan converted from PNG) is dropped on reading: the registered copy is the RGB's. Before,
+    libvips refused the warp's three-value background for four bands after the registration had run."""
+    rgb = _textured((280, 360, 3), "uint8")
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, tile=(64, 64), photometric="rgb")
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, tile=(64, 64), photometric="rgb", extrasamples=["unassalpha"])
+    assert TiffImage(tmp_path / "rgba.tif").plane(0, None, 0).bands == 3
+    written = [tifffile.imread(warp_file(TiffImage(tmp_path / f"{name}.tif"), _bent_and_turned(),
+                                         tmp_path / f"{name}.ome.tif", reference_shape=REFERENCE_SHAPE,
+                                         pixel_size_um=None, tile_size=64)) for name in ("rgb", "rgba")]
+    assert written[1].shape == (*REFERENCE_SHAPE, 3) and np.array_equal(written[0], written[1])

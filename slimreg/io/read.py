@@ -145,11 +145,14 @@ class TiffImage:
         return self.channel_of(image, channel)
 
     def channel_of(self, page: pyvips.Image, channel: int | None) -> pyvips.Image:
-        """The band of one of this file's pages that holds ``channel`` (``None``: every band, for RGB)."""
+        """The band of one of this file's pages that holds ``channel`` (``None``: the three colour bands, for RGB;
+        an alpha band is dropped: a scan is opaque, and the registered copy is RGB, as its OME metadata says)."""
         if self.info.channels_in_samples and channel is not None:
             return page[channel]
         if page.bands > 1 and channel is not None:
             return page[0]
+        if self.info.is_rgb and page.bands > 3:
+            return page.extract_band(0, n=3)
         return page
 
     def plane_array(self, channel: int | None = 0, frame: int = 0) -> np.ndarray:
