@@ -3,7 +3,8 @@
 The model follows what the code allocates (numbers in bytes; "px" = pixels of a working image):
 
 - Every task starts from a process baseline (Python, numpy, libvips, OpenCV imported), ``PROCESS_BASE``.
-  The valis engine adds torch, kornia and VALIS (``VALIS_IMPORT``).
+  The valis engine's VALIS child adds torch, kornia and VALIS (``VALIS_IMPORT``); the task's own process never
+  imports them.
 - Feature engine, per moving image (one at a time): candidates from four detectors and a rotation search at half
   ``processing_dim`` (``SIFT_PER_PX`` per pixel of ``processing_dim``, both images, a bound for the smaller images
   actually used), then the polish at ``micro_dim`` (``ECC_PER_PX``: the arrays of the ECC step it replaced,
@@ -17,9 +18,9 @@ The model follows what the code allocates (numbers in bytes; "px" = pixels of a 
   run one after another, so the pair costs the largest of them plus ``PAIR_OVERHEAD``.
 - VALIS engine, per batch: one VALIS run of the reference and the batch's moving images, dominated by a constant
   (``VALIS_PAIR_BASE``; a two-image run measured 2.2-2.7 GB whatever the image size) plus ``VALIS_PER_IMAGE`` for
-  each further moving image and ``VALIS_PER_PX`` at ``processing_dim``; torch stays loaded afterwards
-  (``VALIS_IMPORT``, measured 1.17 GB). Before VALIS starts, the copy of each image it reads is made, one at a
-  time (``VALIS_COPY_PER_PX`` per pixel of the copy, bounded by ``valis_copy_dim``).
+  each further moving image and ``VALIS_PER_PX`` at ``processing_dim``, in a child process that imports torch
+  (``VALIS_IMPORT``, measured 1.17 GB) and ends with the run. Before VALIS starts, the copy of each image it reads
+  is made, one at a time (``VALIS_COPY_PER_PX`` per pixel of the copy, bounded by ``valis_copy_dim``).
 - Streamed warp and OME-TIFF writing: planes are written one at a time, each rendered in square blocks and encoded
   tile by tile (slimreg.io.tiles), so the cost does not grow with the image's width, height or number of channels.
   Writing alone (split, merge, projections) costs ``WRITE_BASE`` plus ``WRITE_PER_TILE_BYTE`` per byte of one output
@@ -243,6 +244,5 @@ def register_task_bytes(reference: ImageInfo, units: list[tuple[ImageInfo, list[
     for registration_info, targets in units:
         peak = max(peak, pair_bytes(reference, registration_info, settings))
         for target in targets:
-            peak = max(peak, warp_bytes(target, settings.tile_size)
-                       + (VALIS_IMPORT if settings.engine == "valis" else 0))
+            peak = max(peak, warp_bytes(target, settings.tile_size))
     return int(SAFETY * (PROCESS_BASE + peak))
