@@ -36,6 +36,9 @@ REMAP_INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR}
 # a block whose source region spans more than this many times its own pixels (a moving image at more than twice the
 # reference's resolution) is rendered by the libvips pipeline, which streams its input, rather than held whole
 MAX_SOURCE_SHARE = 4.0
+# nodes a block spans a side up to which its positions are interpolated by matrix products (``block_positions``):
+# for a 1024 px block on one thread 3.9 / 8.8 / 35 ms at 12 / 48 / 130 nodes, gathering 6-16 ms whatever the count
+MAX_PRODUCT_NODES = 64
 
 
 def pull_index(transform: Transform, width: int, height: int) -> pyvips.Image:
@@ -47,7 +50,11 @@ def pull_index(transform: Transform, width: int, height: int) -> pyvips.Image:
     pixel instead of seven (coordinates, the field's own resample and the affine's arithmetic). On a 23280 x 15740 px
     frame the index alone went from 5.5 to 2.1 s (docs/benchmarks.md, "The warp's index").
     """
-    nodes, spacing = index_nodes(transform, width, height)
+    return index_image(*index_nodes(transform, width, height), width, height)
+
+
+def index_image(nodes: np.ndarray, spacing: float, width: int, height: int) -> pyvips.Image:
+    """``pull_index`` from the node grid ``index_nodes`` made."""
     # padded node k lies at ((k - 0.5) * spacing - 0.5) px (``index_nodes``): libvips' affine places output pixel X at
     # input position u with X = spacing * (u + idx) + odx
     return from_numpy(nodes).affine([spacing, 0.0, 0.0, spacing], interpolate=pyvips.Interpolate.new("bilinear"),
@@ -96,17 +103,56 @@ def warp_plane(plane: pyvips.Image, transform: Transform, width: int, height: in
     return warped.cast(plane.format) if warped.format != plane.format else warped
 
 
-def node_weights(start: int, count: int, spacing: float, nodes: int) -> tuple[np.ndarray, int]:
-    """Bilinear weights of pixels ``start .. start + count`` over the padded node grid (``index_nodes``: node k at
-    ((k - 0.5) * spacing - 0.5) px), as a (count, n) float32 matrix over nodes ``first .. first + n``, and ``first``."""
+def _node_axis(start: int, count: int, spacing: float, nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """For pixels ``start .. start + count`` along one axis of the padded node grid (``index_nodes``: node k at
+    ((k - 0.5) * spacing - 0.5) px): the node below each and the bilinear weight of the node above."""
     position = (np.arange(start, start + count) + 0.5) / spacing + 0.5
     lower = np.clip(np.floor(position).astype(np.int64), 0, nodes - 2)
-    fraction = (position - lower).astype(np.float32)
-    first = int(lower.min())
-    weights = np.zeros((count, int(lower.max()) + 2 - first), np.float32)
-    weights[np.arange(count), lower - first] = 1.0 - fraction
-    weights[np.arange(count), lower - first + 1] = fraction
-    return weights, first
+    return lower, (position - lower).astype(np.float32)
+
+
+def _weights(lower: np.ndarray, fraction: np.ndarray, nodes: int) -> np.ndarray:
+    """The (pixels, nodes) matrix of ``_node_axis``' bilinear weights."""
+    weights = np.zeros((len(lower), nodes), np.float32)
+    weights[np.arange(len(lower)), lower] = 1.0 - fraction
+    weights[np.arange(len(lower)), lower + 1] = fraction
+    return weights
+
+
+def block_positions(nodes: np.ndarray, spacing: float, left: int, top: int, columns: int,
+                    rows: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The moving-image position each pixel of a block samples: x and y as float32 (rows, columns) maps relative to
+    the returned integer origin, a node's of the block (the float64 node grid keeps whole-slide coordinates exact; a
+    block's positions lie within a few thousand px of it, which float32 holds to a thousandth of a pixel).
+
+    Bilinear between nodes, separable: by two matrix products where the block spans a few nodes a side (a cost per
+    pixel and node), by blending two gathered neighbours along each axis where it spans many (a cost per pixel): the
+    valis engine's fields have a node at every pixel VALIS processed, which made the products cost seconds a block."""
+    row_lower, row_fraction = _node_axis(top, rows, spacing, nodes.shape[0])
+    column_lower, column_fraction = _node_axis(left, columns, spacing, nodes.shape[1])
+    first_row, first_column = int(row_lower.min()), int(column_lower.min())
+    grid = nodes[first_row:int(row_lower.max()) + 2, first_column:int(column_lower.max()) + 2]
+    origin_x, origin_y = (math.floor(value) for value in grid[0, 0])  # any nearby integer keeps float32 exact
+    local = (grid - np.array([origin_x, origin_y], np.float64)).astype(np.float32)
+    row_lower, column_lower = row_lower - first_row, column_lower - first_column
+    if max(local.shape[:2]) <= MAX_PRODUCT_NODES:
+        row_weights, column_weights = (_weights(row_lower, row_fraction, local.shape[0]),
+                                       _weights(column_lower, column_fraction, local.shape[1]))
+        map_x, map_y = (row_weights @ local[..., band] @ column_weights.T for band in (0, 1))
+    else:
+        map_x, map_y = (_gathered_bilinear(np.ascontiguousarray(local[..., band]), row_lower, row_fraction,
+                                           column_lower, column_fraction) for band in (0, 1))
+    return map_x, map_y, origin_x, origin_y
+
+
+def _gathered_bilinear(grid: np.ndarray, row_lower: np.ndarray, row_fraction: np.ndarray, column_lower: np.ndarray,
+                       column_fraction: np.ndarray) -> np.ndarray:
+    """One band of ``grid`` interpolated along its rows, then its columns, each a blend of two gathered nodes."""
+    along = grid[row_lower] * (1.0 - row_fraction)[:, None]
+    along += grid[row_lower + 1] * row_fraction[:, None]
+    result = along[:, column_lower] * (1.0 - column_fraction)
+    result += along[:, column_lower + 1] * column_fraction
+    return result
 
 
 class WarpedPlane:
@@ -137,16 +183,7 @@ class WarpedPlane:
         is the libvips pipeline's to render (a pixel type or interpolation remap lacks, a source region too large)."""
         if not self.remaps:
             return None
-        row_weights, first_row = node_weights(top, rows, self.spacing, self.nodes.shape[0])
-        column_weights, first_column = node_weights(left, columns, self.spacing, self.nodes.shape[1])
-        nodes = self.nodes[first_row:first_row + row_weights.shape[1],
-                           first_column:first_column + column_weights.shape[1]]
-        # positions relative to the nodes' lowest in float32: the node grid's float64 keeps whole-slide coordinates
-        # exact, and a block's positions span a few thousand px at most
-        origin_x, origin_y = (math.floor(value) for value in nodes.reshape(-1, 2).min(axis=0))
-        local = (nodes - np.array([origin_x, origin_y], np.float64)).astype(np.float32)
-        map_x = row_weights @ local[..., 0] @ column_weights.T
-        map_y = row_weights @ local[..., 1] @ column_weights.T
+        map_x, map_y, origin_x, origin_y = block_positions(self.nodes, self.spacing, left, top, columns, rows)
         # the region the block samples, and the one pixel beyond that bilinear interpolation reads
         x0, y0 = origin_x + math.floor(map_x.min()) - 1, origin_y + math.floor(map_y.min()) - 1
         x1, y1 = origin_x + math.ceil(map_x.max()) + 2, origin_y + math.ceil(map_y.max()) + 2
@@ -183,8 +220,8 @@ def warp_file(moving: TiffImage, transform: Transform, out_path: str | Path, *, 
     info = moving.info
     height, width = reference_shape
     frames = frames if frames is not None else range(info.frames)
-    index = pull_index(transform, width, height)
     nodes, spacing = index_nodes(transform, width, height)
+    index = index_image(nodes, spacing, width, height)
     grid = (nodes.astype(np.float64), spacing)
     # white beyond an RGB section, its glass beyond a grey brightfield scan (registration measured it), 0 beyond
     # fluorescence

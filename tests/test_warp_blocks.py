@@ -13,7 +13,7 @@ from slimreg.io.read import TiffImage
 from slimreg.io.source_tiles import SourceTiles
 from slimreg.io.vips import from_numpy
 from slimreg.transform import Displacement, Transform, similarity_matrix
-from slimreg.warp import WarpedPlane, index_nodes, pull_index, warp_file, warp_plane
+from slimreg.warp import WarpedPlane, block_positions, index_nodes, pull_index, warp_file, warp_plane
 
 REFERENCE_SHAPE = (300, 340)  # rows, columns of the output frame
 
@@ -85,6 +85,25 @@ def test_every_block_is_the_pipelines_crop(tmp_path: Path, dtype: str, rgb: bool
     beyond = _plane(_moving_file(tmp_path, dtype, rgb), _bent_and_turned(shift=(900.0, 0.0)), background)
     block = beyond.render_block(0, 0, 64, 64)
     assert block is not None and np.all(block == np.asarray(background, block.dtype))
+
+
+@pytest.mark.parametrize("spacing", [33.0, 1.0], ids=["few-nodes", "a-node-every-px"])
+def test_block_positions_are_the_transforms_pull(spacing: float) -> None:
+    """Every pixel's position is ``Transform.pull``'s, by matrix products over a few nodes a block and by gathered
+    neighbours over many (the valis engine's fields have a node at every pixel VALIS processed)."""
+    rng = np.random.default_rng(5)
+    shape = (int(300 / spacing) + 1, int(340 / spacing) + 1)
+    field = Displacement(rng.normal(size=shape) * 2.0, rng.normal(size=shape) * 2.0, spacing=spacing)
+    transform = Transform(similarity_matrix(1.03, 4.0, -7.0, 5.0, (170, 150)), field, REFERENCE_SHAPE, (280, 360))
+    nodes, grid_spacing = index_nodes(transform, REFERENCE_SHAPE[1], REFERENCE_SHAPE[0])
+    left, top, columns, rows = 96, 64, 128, 100  # 130 x 102 nodes at 1 px: gathered
+    map_x, map_y, origin_x, origin_y = block_positions(nodes.astype(np.float64), grid_spacing, left, top, columns,
+                                                       rows)
+    assert map_x.dtype == np.float32 and map_x.shape == (rows, columns)
+    yy, xx = np.mgrid[top:top + rows, left:left + columns]
+    expected = transform.pull(np.stack([xx.ravel(), yy.ravel()], axis=1)).reshape(rows, columns, 2)
+    assert np.abs(map_x + origin_x - expected[..., 0]).max() < 2e-3
+    assert np.abs(map_y + origin_y - expected[..., 1]).max() < 2e-3
 
 
 def test_blocks_the_pipeline_must_render(tmp_path: Path) -> None:
