@@ -29,13 +29,14 @@ from slimreg.transform import MOVING_GLASS, Transform
 # node spacing (px) of the index grid of a transform without a displacement field: any spacing is exact (bilinear
 # interpolation reproduces an affine map), and a coarse one keeps the grid a few hundred nodes
 AFFINE_INDEX_SPACING = 1024.0
-# pixel types and interpolations OpenCV's remap renders as libvips' mapim does (within 1 of its integers); others
-# take the libvips pipeline
+# pixel types and interpolations OpenCV's remap renders as libvips' mapim does, but for remap placing each point to
+# 1/32 px (docs/benchmarks.md, "The warp in blocks"); others take the libvips pipeline
 REMAP_DTYPES = frozenset({"uint8", "uint16", "int16", "float32"})
 REMAP_INTERPOLATIONS = {"bilinear": cv2.INTER_LINEAR}
-# a block whose source region spans more than this many times its own pixels (a moving image at more than twice the
-# reference's resolution) is rendered by the libvips pipeline, which streams its input, rather than held whole
-MAX_SOURCE_SHARE = 4.0
+# a block whose source region is more than this many times its own side (a moving image at more than twice the
+# reference's resolution), beyond the few pixels of margin bilinear reads, is rendered by the libvips pipeline, which
+# streams its input, rather than held whole; so is a plane whose decoded unit is more than a quarter of the cache
+MAX_SOURCE_SCALE = 2
 # nodes a block spans a side up to which its positions are interpolated by matrix products (``block_positions``):
 # for a 1024 px block on one thread 3.9 / 8.8 / 35 ms at 12 / 48 / 130 nodes, gathering 6-16 ms whatever the count
 MAX_PRODUCT_NODES = 64
@@ -54,17 +55,17 @@ def pull_index(transform: Transform, width: int, height: int) -> pyvips.Image:
 
 
 def index_image(nodes: np.ndarray, spacing: float, width: int, height: int) -> pyvips.Image:
-    """``pull_index`` from the node grid ``index_nodes`` made."""
+    """``pull_index`` from the node grid ``index_nodes`` made (in float32, libvips' float)."""
     # padded node k lies at ((k - 0.5) * spacing - 0.5) px (``index_nodes``): libvips' affine places output pixel X at
     # input position u with X = spacing * (u + idx) + odx
-    return from_numpy(nodes).affine([spacing, 0.0, 0.0, spacing], interpolate=pyvips.Interpolate.new("bilinear"),
-                                    idx=-0.5, idy=-0.5, odx=-0.5, ody=-0.5, oarea=[0, 0, width, height],
-                                    extend="copy")
+    return from_numpy(nodes.astype(np.float32)).affine(
+        [spacing, 0.0, 0.0, spacing], interpolate=pyvips.Interpolate.new("bilinear"), idx=-0.5, idy=-0.5, odx=-0.5,
+        ody=-0.5, oarea=[0, 0, width, height], extend="copy")
 
 
 def index_nodes(transform: Transform, width: int, height: int) -> tuple[np.ndarray, float]:
     """The pulled position of every displacement node (``Transform`` convention: node (i, j) at
-    ((j + 0.5) * s - 0.5, (i + 0.5) * s - 0.5) px), as a float32 (rows, columns, 2) grid, and its spacing s.
+    ((j + 0.5) * s - 0.5, (i + 0.5) * s - 0.5) px), as a float64 (rows, columns, 2) grid, and its spacing s.
 
     The grid is padded by one node before the first and as many after the last as a ``width`` x ``height`` frame
     needs: a padded node carries its nearest node's displacement (the field is clamped beyond its nodes) at its own
@@ -84,8 +85,7 @@ def index_nodes(transform: Transform, width: int, height: int) -> tuple[np.ndarr
     y = (np.arange(-1, rows + after_rows) + 0.5) * spacing - 0.5
     x, y = x[None, :] + dx, y[:, None] + dy
     a = transform.affine
-    return np.dstack([a[0, 0] * x + a[0, 1] * y + a[0, 2], a[1, 0] * x + a[1, 1] * y + a[1, 2]]).astype(np.float32), \
-        spacing
+    return np.dstack([a[0, 0] * x + a[0, 1] * y + a[0, 2], a[1, 0] * x + a[1, 1] * y + a[1, 2]]), spacing
 
 
 def warp_plane(plane: pyvips.Image, transform: Transform, width: int, height: int, *,
@@ -172,7 +172,8 @@ class WarpedPlane:
         self.nodes, self.spacing = nodes
         self.bands = 3 if info.is_rgb else 1
         self.source = SourceTiles(read, info.width, info.height, level0_tile(info), self.bands, np.dtype(info.dtype))
-        self.remaps = info.dtype in REMAP_DTYPES and interpolation in REMAP_INTERPOLATIONS
+        self.remaps = (info.dtype in REMAP_DTYPES and interpolation in REMAP_INTERPOLATIONS
+                       and 4 * self.source.unit_bytes <= self.source.budget)
 
     def __call__(self) -> pyvips.Image:
         return warp_plane(self.read(), self.transform, self.width, self.height, interpolation=self.interpolation,
@@ -180,14 +181,15 @@ class WarpedPlane:
 
     def render_block(self, left: int, top: int, columns: int, rows: int) -> np.ndarray | None:
         """Output pixels [top:top + rows, left:left + columns] as (rows, columns, bands), or None where the block
-        is the libvips pipeline's to render (a pixel type or interpolation remap lacks, a source region too large)."""
+        is the libvips pipeline's to render (a pixel type or interpolation remap lacks, a source region or tile
+        too large)."""
         if not self.remaps:
             return None
         map_x, map_y, origin_x, origin_y = block_positions(self.nodes, self.spacing, left, top, columns, rows)
         # the region the block samples, and the one pixel beyond that bilinear interpolation reads
         x0, y0 = origin_x + math.floor(map_x.min()) - 1, origin_y + math.floor(map_y.min()) - 1
         x1, y1 = origin_x + math.ceil(map_x.max()) + 2, origin_y + math.ceil(map_y.max()) + 2
-        if (x1 - x0) * (y1 - y0) > MAX_SOURCE_SHARE * rows * columns:
+        if (x1 - x0) * (y1 - y0) > (MAX_SOURCE_SCALE * rows + 4) * (MAX_SOURCE_SCALE * columns + 4):
             return None
         background = self.background if isinstance(self.background, list) else [self.background] * self.bands
         left_in, top_in = max(0, x0), max(0, y0)
@@ -220,12 +222,14 @@ def warp_file(moving: TiffImage, transform: Transform, out_path: str | Path, *, 
     info = moving.info
     height, width = reference_shape
     frames = frames if frames is not None else range(info.frames)
-    nodes, spacing = index_nodes(transform, width, height)
-    index = index_image(nodes, spacing, width, height)
-    grid = (nodes.astype(np.float64), spacing)
+    grid = index_nodes(transform, width, height)
+    index = index_image(*grid, width, height)
     # white beyond an RGB section, its glass beyond a grey brightfield scan (registration measured it), 0 beyond
     # fluorescence
-    background: float | list[float] = [255.0] * 3 if info.is_rgb else float(transform.metadata.get(MOVING_GLASS) or 0.0)
+    white = float(np.iinfo(info.dtype).max) if np.dtype(info.dtype).kind in "ui" else 255.0
+    background: float | list[float] = [white] * 3 if info.is_rgb else float(transform.metadata.get(MOVING_GLASS) or 0.0)
+    if np.dtype(info.dtype).kind in "ui" and not isinstance(background, list):
+        background = float(round(background))  # one value on every path: remap and libvips round differently
 
     channels: list[int | None] = [None] if info.is_rgb else list(range(info.channels))
     size_t = len(frames) if info.size_z == 1 else len(frames) // info.size_z

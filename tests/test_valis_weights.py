@@ -25,10 +25,11 @@ def _ask(env: dict[str, str]) -> tuple[str, bool]:
 
 @pytest.mark.parametrize(("env", "expected"), [
     ({"SLIMREG_WEIGHTS_DIR": "/data/hub"}, "/data/hub/checkpoints"),
+    ({"SLIMREG_WEIGHTS_DIR": "~/weights", "HOME": "/home/analyst"}, "/home/analyst/weights/checkpoints"),
     ({"TORCH_HOME": "/opt/torch"}, "/opt/torch/hub/checkpoints"),
     ({"XDG_CACHE_HOME": "/scratch/cache"}, "/scratch/cache/torch/hub/checkpoints"),
     ({"HOME": "/home/analyst"}, "/home/analyst/.cache/torch/hub/checkpoints"),
-], ids=["slimreg", "torch-home", "xdg", "home"])
+], ids=["slimreg", "slimreg-home", "torch-home", "xdg", "home"])
 def test_the_weights_folder_is_torchs_without_torch(env: dict[str, str], expected: str) -> None:
     """Asking costs no torch import (it kept about 0.55 GB resident in the task's process for the whole task)."""
     folder, imported = _ask(env)

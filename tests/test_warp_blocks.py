@@ -115,6 +115,17 @@ def test_blocks_the_pipeline_must_render(tmp_path: Path) -> None:
 
     enlarged = Transform(similarity_matrix(3.0, 0.0, 0.0, 0.0), None, REFERENCE_SHAPE, (280, 360))
     assert _plane(_moving_file(tmp_path, "uint8", True), enlarged, [255.0] * 3).render_block(0, 0, 64, 64) is None
+    twice = Transform(similarity_matrix(2.0, 0.0, 0.0, 0.0), None, REFERENCE_SHAPE, (280, 360))
+    assert _plane(_moving_file(tmp_path, "uint8", True), twice, [255.0] * 3).render_block(0, 0, 64, 64) is not None
+
+
+def test_a_plane_of_tiles_larger_than_the_cache_allows_is_the_pipelines(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit (whole tiles of the file) above a quarter of the cache would be decoded again for most blocks."""
+    path = _moving_file(tmp_path, "uint8", True)  # one unit: 280 x 360 x 3 bytes, about 0.3 MB
+    assert _plane(path, _bent_and_turned(), [255.0] * 3).render_block(0, 0, 64, 64) is not None
+    monkeypatch.setattr("slimreg.io.source_tiles.SOURCE_CACHE_BYTES", 280 * 360 * 3 * 2)
+    assert _plane(path, _bent_and_turned(), [255.0] * 3).render_block(0, 0, 64, 64) is None
 
 
 def test_source_tiles_decode_each_unit_once_within_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:

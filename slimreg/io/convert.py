@@ -46,7 +46,7 @@ def rewrite_image(source: str | Path, out_path: str | Path, *, image_format: str
     with level0_planes(image, out_path.parent) as read:
 
         def recipe(channel: int | None, frame: int) -> Callable[[], pyvips.Image]:
-            return lambda: read(channel, frame)  # a fresh tiffload per block, as warp_file does
+            return lambda: read(channel, frame)  # a fresh tiffload per block (warp_file: per tile unit)
 
         planes = [recipe(channel, frame) for frame in range(info.frames) for channel in channels]
         if image_format == "ome-zarr":

@@ -146,7 +146,8 @@ class TiffImage:
 
     def channel_of(self, page: pyvips.Image, channel: int | None) -> pyvips.Image:
         """The band of one of this file's pages that holds ``channel`` (``None``: the three colour bands, for RGB;
-        an alpha band is dropped: a scan is opaque, and the registered copy is RGB, as its OME metadata says)."""
+        a fourth sample, alpha or unspecified, is dropped, as viewers do: a scan is opaque, and the registered copy
+        is RGB, as its OME metadata says)."""
         if self.info.channels_in_samples and channel is not None:
             return page[channel]
         if page.bands > 1 and channel is not None:
@@ -209,6 +210,8 @@ class TiffImage:
             array = np.moveaxis(array, axes.index("S"), -1)
             if channel is not None:
                 array = array[..., channel if self.info.channels_in_samples else 0]
+            elif self.info.is_rgb:
+                array = array[..., :3]  # as channel_of: the colour bands of an RGB page
         array = np.ascontiguousarray(array)
         array.flags.writeable = False  # shared by the cache and the pyvips images made from it
         self._last_plane = ((page_index, channel), array)

@@ -29,18 +29,26 @@ SOURCE_UNIT_PIXELS = 1024
 
 class SourceTiles:
     """Regions of the plane ``plane()`` builds (called afresh for each unit it decodes, as the writer did for each
-    block, so that no long-lived ``tiffload`` accumulates buffers), read through a cache of decoded units."""
+    block, so that no long-lived ``tiffload`` accumulates buffers), read through a cache of decoded units. For one
+    thread (the writer's render thread)."""
 
     def __init__(self, plane: Callable[[], pyvips.Image], width: int, height: int, tile: tuple[int, int],
-                 bands: int, dtype: np.dtype, budget: int = SOURCE_CACHE_BYTES):
+                 bands: int, dtype: np.dtype, budget: int | None = None):
         """``tile``: (height, width) of the file's level-0 tiles; units of whole tiles are decoded and cached."""
         self.plane, self.width, self.height = plane, width, height
         self.unit_height, self.unit_width = (side * max(1, SOURCE_UNIT_PIXELS // side) for side in
                                              (max(1, tile[0]), max(1, tile[1])))
-        self.bands, self.dtype, self.budget = bands, np.dtype(dtype), budget
+        self.bands, self.dtype = bands, np.dtype(dtype)
+        self.budget = SOURCE_CACHE_BYTES if budget is None else budget
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._held = 0
         self.decoded = 0  # units decoded so far (a unit evicted and needed again counts twice)
+
+    @property
+    def unit_bytes(self) -> int:
+        """Decoded bytes of the largest unit."""
+        return (min(self.unit_height, self.height) * min(self.unit_width, self.width) * self.bands
+                * self.dtype.itemsize)
 
     def region(self, left: int, top: int, right: int, bottom: int) -> np.ndarray:
         """Pixels [top:bottom, left:right] as a (rows, columns, bands) array; the bounds must lie in the plane."""

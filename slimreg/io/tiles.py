@@ -347,8 +347,8 @@ class PyramidRenderer:
 
 def render_plane_tiles(plane: Callable[[], pyvips.Image], shapes: list[tuple[int, int]], tile: int, codec: TileCodec,
                        scratch: BinaryIO) -> TileStore:
-    """Render the plane ``plane()`` builds (called once per block) into a TileStore over ``scratch``, each level in
-    its ``level_tile_sizes`` tiles.
+    """Render the plane ``plane()`` builds (called once per block, unless the plane renders its own blocks) into a
+    TileStore over ``scratch``, each level in its ``level_tile_sizes`` tiles.
 
     Raises if any tile of any level went missing (a walk that does not cover the grid is a bug, not data).
     """

@@ -116,7 +116,8 @@ def write_planes(planes: Sequence[PlaneSource], path: str | Path, meta: OmeMetad
 
     Each plane must be ``meta.width`` x ``meta.height`` with one band (three for RGB) of ``meta.dtype``. A plane
     may be given as a function that builds its pipeline: the writer then calls it afresh for every block it
-    renders, which keeps file-reading pipelines from accumulating buffers over a large image.
+    renders, which keeps file-reading pipelines from accumulating buffers over a large image; one that also
+    renders its own blocks (``render_block``, as ``slimreg.warp.WarpedPlane`` does) is asked for them instead.
     """
     path = Path(path)
     require_writable_compression(compression)

@@ -32,7 +32,7 @@ def weights_dir() -> Path:
     child that imports it anyway."""
     configured = os.environ.get("SLIMREG_WEIGHTS_DIR")
     if configured:
-        hub = Path(configured)
+        hub = Path(configured).expanduser()  # as torch.hub.set_dir expands it
     elif "torch" in sys.modules:  # already loaded: a set_dir of its own counts
         hub = Path(sys.modules["torch"].hub.get_dir())
     else:
