@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from slimreg.atomic import write_json_atomic
 from slimreg.errors import RegistrationError, SlimregError, os_error_message
@@ -169,60 +170,66 @@ def register_units(reference_path: str | Path, units: list[MovingUnit], settings
 
     workdir = Path(tempfile.mkdtemp(prefix=".slimreg-work-", dir=log_dir))
     try:
-        to_register = [c for c in candidates if c[1] is not reference]
-        transforms: dict[int, Transform | Exception] = {}
-        for unit, image, _, _ in candidates:
-            if image is reference:
-                transforms[id(unit)] = Transform(np.eye(3), None, (reference.info.height, reference.info.width),
-                                                 (reference.info.height, reference.info.width),
-                                                 {"engine": "identity"})
-        if to_register:
-            engine = get_engine(settings.engine)
-            with tracker.step(f"register:{reference.path.name}"):
-                # the whole batch in one call, as the engine is meant to run (VALIS registers a sample's images
-                # together); only if that call raises, one image at a time, so that the error is that image's
-                # failure, not its batch-mates'
-                start = time.perf_counter()
-                try:
-                    found = engine.register_many(reference, [c[1] for c in to_register], reference_channel,
-                                                 [c[2] for c in to_register], settings, workdir)
-                except MemoryError:  # the task's, not an image's: the runner retries it one preset lower
-                    raise
-                except Exception:
-                    found = None
-                if found is not None:
-                    share = (time.perf_counter() - start) / len(to_register)
-                    for (unit, _, _, result), transform in zip(to_register, found, strict=True):
-                        transforms[id(unit)] = transform
-                        result.seconds = share
-                for number, (unit, image, channel, result) in enumerate(to_register if found is None else []):
+        # BLAS on one thread for the whole step: the engines run their own work side by side on the task's CPUs
+        # (a field's two directions, the decoy beside the non-rigid step), and a BLAS that splits each small
+        # product over threads of its own beside them oversubscribes the CPUs (docs/accuracy.md, "Thirty-fourth
+        # attempt")
+        with threadpool_limits(limits=1, user_api="blas"):
+            to_register = [c for c in candidates if c[1] is not reference]
+            transforms: dict[int, Transform | Exception] = {}
+            for unit, image, _, _ in candidates:
+                if image is reference:
+                    transforms[id(unit)] = Transform(np.eye(3), None, (reference.info.height, reference.info.width),
+                                                     (reference.info.height, reference.info.width),
+                                                     {"engine": "identity"})
+            if to_register:
+                engine = get_engine(settings.engine)
+                with tracker.step(f"register:{reference.path.name}"):
+                    # the whole batch in one call, as the engine is meant to run (VALIS registers a sample's images
+                    # together); only if that call raises, one image at a time, so that the error is that image's
+                    # failure, not its batch-mates'
                     start = time.perf_counter()
                     try:
-                        transforms[id(unit)] = engine.register_many(reference, [image], reference_channel, [channel],
-                                                                    settings, workdir / f"unit{number}")[0]
-                    except Exception as error:
-                        transforms[id(unit)] = image_error(error, image.path, "registering it")
-                    result.seconds = time.perf_counter() - start
-        for unit, image, channel, result in candidates:
-            transform = transforms[id(unit)]
-            if not isinstance(transform, Exception) and image is not reference:
-                # whichever engine found it: the one rule that decides whether a result is kept
+                        found = engine.register_many(reference, [c[1] for c in to_register], reference_channel,
+                                                     [c[2] for c in to_register], settings, workdir)
+                    except MemoryError:  # the task's, not an image's: the runner retries it one preset lower
+                        raise
+                    except Exception:
+                        found = None
+                    if found is not None:
+                        share = (time.perf_counter() - start) / len(to_register)
+                        for (unit, _, _, result), transform in zip(to_register, found, strict=True):
+                            transforms[id(unit)] = transform
+                            result.seconds = share
+                    for number, (unit, image, channel, result) in enumerate(to_register if found is None else []):
+                        start = time.perf_counter()
+                        try:
+                            transforms[id(unit)] = engine.register_many(
+                                reference, [image], reference_channel, [channel], settings,
+                                workdir / f"unit{number}")[0]
+                        except Exception as error:
+                            transforms[id(unit)] = image_error(error, image.path, "registering it")
+                        result.seconds = time.perf_counter() - start
+            for unit, image, channel, result in candidates:
+                transform = transforms[id(unit)]
+                if not isinstance(transform, Exception) and image is not reference:
+                    # whichever engine found it: the one rule that decides whether a result is kept
+                    try:
+                        judge_transform(reference, image, reference_channel, channel, transform, settings)
+                    except RegistrationError as error:
+                        transform = error
+                if isinstance(transform, Exception):
+                    result.error = str(transform)
+                    continue
+                if channel == OPTICAL_DENSITY and not image.info.is_rgb:
+                    # a grey brightfield scan: the margins the warp adds are its glass, as an RGB section's are white
+                    transform.metadata[MOVING_GLASS] = grey_brightfield_glass(image)
                 try:
-                    judge_transform(reference, image, reference_channel, channel, transform, settings)
-                except RegistrationError as error:
-                    transform = error
-            if isinstance(transform, Exception):
-                result.error = str(transform)
-                continue
-            if channel == OPTICAL_DENSITY and not image.info.is_rgb:
-                # a grey brightfield scan: the margins the warp adds are its glass, as an RGB section's are white
-                transform.metadata[MOVING_GLASS] = grey_brightfield_glass(image)
-            try:
-                _write_outputs(reference, image, unit, transform, result, settings, tracker, reference_scale,
-                               output_shape, output_pixel_size)
-            except Exception as error:  # _write_outputs removed what it had written
-                result.error = str(image_error(error, image.path, "writing its registered copy",
-                                               [Path(p) for p in unit.apply_to]))
+                    _write_outputs(reference, image, unit, transform, result, settings, tracker, reference_scale,
+                                   output_shape, output_pixel_size)
+                except Exception as error:  # _write_outputs removed what it had written
+                    result.error = str(image_error(error, image.path, "writing its registered copy",
+                                                   [Path(p) for p in unit.apply_to]))
     finally:
         if not keep_work:
             shutil.rmtree(workdir, ignore_errors=True)
