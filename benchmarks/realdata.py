@@ -87,6 +87,65 @@ def convert_sections(workdir: Path, upscale: int = 1, layout: str = "tiles") -> 
     return out
 
 
+# A series slimreg was not built on: ANHIR's lung-lesion_3, one lesion cut five times and stained five ways, at 5 %
+# scale, with landmarks by two annotators (github.com/Borda/dataset-histology-landmarks, BSD-3). It is not in
+# ../shared: ``--histology-landmarks`` names a copy of that repository. Measure on it; tune nothing to it.
+LESION3 = Path("lung-lesion_3")
+LESION3_REFERENCE = "He"
+LESION3_STAINS = ("CD31-3", "Cc10-5", "Ki67-7", "proSPC-4")
+LESION3_ANNOTATORS = ("user-PS", "user-JB")  # PS marked all five stains, JB two of them
+# the annotations are at 50 % scale, the images at 5 %: ANHIR scales coordinates by the ratio of the scales
+LESION3_ANNOTATION_SCALE = 0.1
+
+
+def _lesion3_name(stain: str) -> str:
+    return f"29-041-Izd2-w35-{stain}-les3"
+
+
+def lesion3_landmarks(root: Path, stain: str, annotator: str = LESION3_ANNOTATORS[0]) -> np.ndarray | None:
+    """One annotator's landmarks of one stain, in the 5 % image's px (None where that annotator marked none)."""
+    path = root / "annotations" / LESION3 / f"{annotator}_scale-50pc" / f"{_lesion3_name(stain)}.csv"
+    if not path.is_file():
+        return None
+    return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, 1:3] * LESION3_ANNOTATION_SCALE
+
+
+def lesion3_pairs(root: Path, workdir: Path) -> list[SectionPair]:
+    """Each stain of lung-lesion_3 onto its H&E (the reference), as RGB OME-TIFFs made once in ``workdir``, with the
+    first annotator's landmarks. Raises FileNotFoundError, naming the folder, where ``root`` is not that repository."""
+    import cv2
+
+    from slimreg.io import write_array
+
+    folder = root / "dataset" / LESION3 / "scale-5pc"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not found; --histology-landmarks must name a copy of "
+                                "github.com/Borda/dataset-histology-landmarks")
+    workdir.mkdir(parents=True, exist_ok=True)
+    images = {}
+    for stain in (LESION3_REFERENCE, *LESION3_STAINS):
+        target = images[stain] = workdir / f"les3_{stain.split('-')[0]}.ome.tif"
+        if not target.is_file():
+            rgb = cv2.cvtColor(cv2.imread(str(folder / f"{_lesion3_name(stain)}.jpg")), cv2.COLOR_BGR2RGB)
+            write_array(rgb, target, is_rgb=True)
+    reference_points = lesion3_landmarks(root, LESION3_REFERENCE)
+    return [SectionPair(f"{images[LESION3_REFERENCE].name.split('.')[0]} <- {images[stain].name.split('.')[0]}",
+                        images[LESION3_REFERENCE], images[stain], reference_points, lesion3_landmarks(root, stain))
+            for stain in LESION3_STAINS]
+
+
+def annotator_disagreement(root: Path) -> dict[str, float]:
+    """Per stain both annotators marked: the median distance (5 % px) between their landmarks of the same
+    structures, the floor below which a registration's landmark error says nothing."""
+    found = {}
+    for stain in (LESION3_REFERENCE, *LESION3_STAINS):
+        first, second = (lesion3_landmarks(root, stain, annotator) for annotator in LESION3_ANNOTATORS)
+        if first is not None and second is not None:
+            count = min(len(first), len(second))
+            found[stain.split("-")[0]] = float(np.median(np.hypot(*(first[:count] - second[:count]).T)))
+    return found
+
+
 def section_pairs(workdir: Path, both_directions: bool = True, upscale: int = 1,
                   layout: str = "tiles") -> list[SectionPair]:
     """Every real section pair (H&E as reference, and the other way round with ``both_directions``); landmarks

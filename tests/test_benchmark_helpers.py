@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from benchmarks.realdata import SectionPair, landmark_affine_fit
 from benchmarks.robustness import TORN_CUT, _bend, symmetric_pair, torn, warped
@@ -91,3 +92,34 @@ def test_the_symmetric_variant_carries_every_landmark_mirrored_ones_included(tmp
         seen = mov_out[round(qy), round(qx)].astype(int)
         expected = ref_out[round(y), round(x)].astype(int)
         assert np.abs(seen - expected).max() <= 4, (x, y)
+
+
+def test_the_summary_counts_a_failure_as_unregistered_and_compares_with_valis_used_plainly() -> None:
+    from benchmarks.accuracy import _summary
+
+    rows = _summary({"feature": {"a": 0.004, "b": 0.010}, "valis": {"a": 0.005, "b": 0.010},
+                     "valis-plain": {"a": 0.005, "b": 0.008}})
+    table = {row.split(" | ")[0].strip("| "): row.strip("| ").split(" | ") for row in rows[3:]}
+    assert table["feature"] == ["feature", "0.0070", "1 of 2", "1.08", "1.25"]
+    assert table["valis"] == ["valis", "0.0075", "2 of 2", "1.15", "1.25"]  # a tie makes both the worst
+    assert table["valis-plain"] == ["valis-plain", "0.0065", "1 of 2", "-", "-"]
+
+
+def test_lesion3_landmarks_are_scaled_from_the_annotation_scale_to_the_images(tmp_path: Path) -> None:
+    from benchmarks.realdata import LESION3_STAINS, annotator_disagreement, lesion3_landmarks, lesion3_pairs
+
+    annotations = tmp_path / "annotations" / "lung-lesion_3"
+    images = tmp_path / "dataset" / "lung-lesion_3" / "scale-5pc"
+    images.mkdir(parents=True)
+    for annotator, shift in (("user-PS", 0.0), ("user-JB", 30.0)):
+        (annotations / f"{annotator}_scale-50pc").mkdir(parents=True)
+        for stain in ("He", *LESION3_STAINS):
+            if annotator == "user-JB" and stain != "He":
+                continue  # the second annotator marked only some stains
+            (annotations / f"{annotator}_scale-50pc" / f"29-041-Izd2-w35-{stain}-les3.csv").write_text(
+                f" ,X,Y\n1,{100 + shift},200\n2,{400 + shift},600\n")
+    assert np.allclose(lesion3_landmarks(tmp_path, "He"), [[10, 20], [40, 60]])
+    assert lesion3_landmarks(tmp_path, "Ki67-7", "user-JB") is None
+    assert annotator_disagreement(tmp_path) == {"He": 3.0}
+    with pytest.raises(FileNotFoundError, match="Borda/dataset-histology-landmarks"):
+        lesion3_pairs(tmp_path / "elsewhere", tmp_path / "work")
