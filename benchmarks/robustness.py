@@ -17,6 +17,11 @@ the ways slides differ from one another can be applied to those pairs, with the 
 - ``warped``: the moving section bent smoothly (up to 1 % of its long side; locally sheared by up to about 9 %),
   as a section stretches or creases when it is laid on the slide: what no affine can follow, and a non-rigid step
   should;
+- ``wrinkled``: the moving section deformed locally, a random smooth field with a correlation length of 4 % of the
+  long side and a median displacement of 0.5 % of it (4.5-5.8 px here), the same field every run: neighbouring
+  structures move differently by a few px, as they do between serial sections (on ANHIR's lung-lesion_3 the light
+  engine's residual landmark errors are predicted by their neighbours' over 25-50 px, docs/accuracy.md); what a
+  non-rigid step that follows the tissue's own structures, not only its outline, must undo;
 - ``symmetric``: both sections made bilaterally symmetric (the moving one first placed on the reference by its
   landmarks' affine, then the left half of each mirrored onto its right, landmarks mirrored too) and the moving one
   turned by 30 degrees, like coronal brain or transverse spinal-cord sections: the moving image's mirror image is
@@ -136,6 +141,46 @@ def warped(image: Image, points: Points) -> tuple[Image, Points]:
     return moved, new
 
 
+# ``wrinkled``: a random smooth field, the same for every run (its seed), over the tissue's own structures
+WRINKLE_LENGTH = 0.04  # of the long side: the Gaussian correlation length of the local deformation
+WRINKLE_AMPLITUDE = 0.005  # of the long side: its median displacement
+WRINKLE_SEED = 37
+
+
+def wrinkle_field(shape: tuple[int, int]) -> np.ndarray:
+    """The ``wrinkled`` variant's displacement (height, width, 2; x then y, px): white noise smoothed over
+    ``WRINKLE_LENGTH`` of the long side, scaled to a median length of ``WRINKLE_AMPLITUDE`` of it."""
+    import cv2
+
+    height, width = shape
+    noise = np.random.default_rng(WRINKLE_SEED).standard_normal((height, width, 2)).astype(np.float32)
+    length = WRINKLE_LENGTH * max(height, width)
+    field = np.stack([cv2.GaussianBlur(noise[..., band], (0, 0), length) for band in range(2)], axis=-1)
+    return field * np.float32(WRINKLE_AMPLITUDE * max(height, width) / np.median(np.hypot(*field.reshape(-1, 2).T)))
+
+
+def wrinkled(image: Image, points: Points) -> tuple[Image, Points]:
+    """New pixel q shows old pixel q + d(q), d the ``wrinkle_field``; a landmark p moves to the q that solves
+    q + d(q) = p, d read bilinearly (fixed point, as ``warped``: the field changes slowly)."""
+    import cv2
+
+    shape = image.shape[:2]
+    field = wrinkle_field(shape)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    moved = cv2.remap(image, xx + field[..., 0], yy + field[..., 1], cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
+
+    def at(where: Points) -> Points:
+        map_x, map_y = (np.ascontiguousarray(where[:, axis : axis + 1], np.float32) for axis in (0, 1))
+        return np.hstack([cv2.remap(field[..., band], map_x, map_y, cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REPLICATE) for band in range(2)]).astype(float)
+
+    new = points.astype(float).copy()
+    for _ in range(100):
+        new = points - at(new)
+    return moved, new
+
+
 TORN_CUT = 0.55  # of the width: where the section is cut
 TORN_SHIFT = 0.05  # of the long side: how far the right piece moves (right and a third of that down)
 TORN_TURN_DEG = 3.0  # how far it turns, about the middle of the cut
@@ -170,7 +215,8 @@ def torn(image: Image, points: Points) -> tuple[Image, Points]:
 
 
 MOVING_CHANGES: dict[str, Change] = {"on-slide": on_slide, "partial": partial, "faded": faded, "uneven": uneven,
-                                     "grey": grey, "rotated": rotated, "pen": pen, "warped": warped, "torn": torn}
+                                     "grey": grey, "rotated": rotated, "pen": pen, "warped": warped,
+                                     "wrinkled": wrinkled, "torn": torn}
 VARIANTS = ("half", *MOVING_CHANGES, "symmetric")
 
 

@@ -123,3 +123,29 @@ def test_lesion3_landmarks_are_scaled_from_the_annotation_scale_to_the_images(tm
     assert annotator_disagreement(tmp_path) == {"He": 3.0}
     with pytest.raises(FileNotFoundError, match="Borda/dataset-histology-landmarks"):
         lesion3_pairs(tmp_path / "elsewhere", tmp_path / "work")
+
+
+def test_the_wrinkled_variant_carries_each_landmark_to_where_its_pixel_went() -> None:
+    from benchmarks.robustness import WRINKLE_AMPLITUDE, wrinkle_field, wrinkled
+
+    height, width = 150, 200
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.dstack([(xx * 1.2) % 256, (yy * 1.6) % 256, np.full_like(xx, 90)]).astype(np.uint8)
+    points = np.array([[30.0, 40.0], [100.0, 75.5], [170.0, 120.0]])
+    moved, carried = wrinkled(image, points)
+    field = wrinkle_field((height, width))
+    assert abs(np.median(np.hypot(*field.reshape(-1, 2).T)) - WRINKLE_AMPLITUDE * width) < 1e-3
+    for (qx, qy), (px, py) in zip(carried, points, strict=True):
+        # the field at the carried point, read bilinearly, takes it back to the original landmark
+        x0, y0 = int(np.floor(qx)), int(np.floor(qy))
+        fx, fy = qx - x0, qy - y0
+        patch = field[y0 : y0 + 2, x0 : x0 + 2]
+        d = (patch[0, 0] * (1 - fx) * (1 - fy) + patch[0, 1] * fx * (1 - fy) + patch[1, 0] * (1 - fx) * fy
+             + patch[1, 1] * fx * fy)
+        assert np.hypot(qx + d[0] - px, qy + d[1] - py) < 0.05
+    assert np.hypot(*(carried - points).T).max() > 0.5  # the wrinkle moved them
+    # and the image agrees: an inner pixel of the wrinkled image shows the original at q + d(q)
+    qx, qy = 120, 60
+    sx, sy = qx + field[qy, qx, 0], qy + field[qy, qx, 1]
+    expected = np.array([(sx * 1.2) % 256, (sy * 1.6) % 256, 90])
+    assert np.abs(moved[qy, qx].astype(float) - expected).max() <= 1.5
