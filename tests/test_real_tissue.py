@@ -117,12 +117,13 @@ def test_qc_verdict_agrees_with_landmarks(pairs: dict[str, SectionPair], results
 def test_the_valis_engine_keeps_valis_result_unless_the_light_one_is_clearly_better(
         pairs: dict[str, SectionPair], results: dict[str, Transform]) -> None:
     """The valis engine's choice between VALIS' result and the light engine's, on a real pair, without VALIS:
-    a VALIS result as good as the light one is kept (the user asked for VALIS); one shifted 40 px is replaced,
+    a VALIS result that places the tissue where the light one does gives their mean; one shifted 40 px is replaced,
     and the replacement lands where the landmarks say; a VALIS failure falls back to the light result.
 
     The light engine's result is this module's own registration of the pair (``results``), handed to each
     choice rather than computed three more times: what is under test is the choice."""
-    from slimreg.register.valis_engine import ValisEngine
+    from slimreg.register.channel import registration_image
+    from slimreg.register.valis_engine import MIDWAY, ValisEngine, disagreement_sigmas
 
     name = "kidney_HE <- kidney_PanCK"
     pair, good = pairs[name], results[name]
@@ -139,8 +140,19 @@ def test_the_valis_engine_keeps_valis_result_unless_the_light_one_is_clearly_bet
         return Transform(transform.affine.copy(), transform.displacement, transform.reference_shape,
                          transform.moving_shape, metadata={"engine": "valis", "quality": {"peak_memory_bytes": 1}})
 
-    kept = engine._better(ref, mov, *channels, SETTINGS, as_valis(good), light())
-    assert kept.metadata["chosen"] == "VALIS"
+    # a VALIS result that places the tissue where the light one does is kept (the user asked for VALIS)
+    same = engine._better(ref, mov, *channels, SETTINGS, as_valis(good), light())
+    assert same.metadata["chosen"] == "VALIS"
+    assert same.metadata["quality"]["light_valis_disagreement_sigmas"] == 0.0
+    # one 3.5 px away (0.75 edge sigma, 1.5 px of the judging copy) is a draw between two placements that agree:
+    # the map halfway between them is kept
+    near = as_valis(good)
+    near.affine[:2, 2] += 2.5
+    mean = engine._better(ref, mov, *channels, SETTINGS, near, light())
+    assert mean.metadata["chosen"] == MIDWAY and mean.metadata["engine"] == "valis"
+    assert mean.metadata["quality"]["peak_memory_bytes"] == 1  # VALIS' run is still what it cost
+    halfway = (near.pull(pair.reference_landmarks) + good.pull(pair.reference_landmarks)) / 2
+    assert np.abs(mean.pull(pair.reference_landmarks) - halfway).max() < 0.05
     shifted = as_valis(good)
     shifted.affine[:2, 2] += 40.0
     replaced = engine._better(ref, mov, *channels, SETTINGS, shifted, light())
@@ -149,6 +161,13 @@ def test_the_valis_engine_keeps_valis_result_unless_the_light_one_is_clearly_bet
     fallback = engine._better(ref, mov, *channels, SETTINGS, RegistrationError("VALIS found nothing", pair.moving),
                               light())
     assert fallback.metadata["chosen"] == "light engine (VALIS failed)"
+    # how far apart two results are: in edge sigmas of the judging copy, at level 0 (the kidney H&E's long side 1164 px
+    # and sigma a 250th of it: 4.66 px)
+    search_copy = registration_image(ref, channels[0], SETTINGS.search_dim)
+    moved = as_valis(good)
+    moved.affine[:2, 2] += (3.0, 4.0)  # 5 moving px; the map barely scales (moving and reference px alike)
+    apart = disagreement_sigmas(search_copy, good, moved)
+    assert apart == pytest.approx(5.0 / (1164 / 250) / np.sqrt(abs(np.linalg.det(good.affine[:2, :2]))), rel=0.02)
 
 
 def test_whole_slide_sized_sections_register_as_well_as_small_ones(tmp_path_factory: pytest.TempPathFactory,

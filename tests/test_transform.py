@@ -10,7 +10,7 @@ import pyvips
 from scipy import ndimage
 
 from slimreg.io.vips import from_numpy
-from slimreg.transform import Displacement, Transform, similarity_matrix
+from slimreg.transform import Displacement, Transform, midway, similarity_matrix
 from slimreg.warp import pull_index, warp_plane
 
 
@@ -36,6 +36,44 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     points = np.array([[0.0, 0.0], [33.3, 120.5], [199.0, 159.0]])
     assert np.allclose(loaded.pull(points), transform.pull(points))
     assert loaded.reference_shape == (160, 200) and loaded.metadata["engine"] == "test"
+
+
+
+def test_midway_of_two_affines_is_their_mean_affine() -> None:
+    first = Transform(similarity_matrix(1.04, 6.0, 4.0, -3.0, (90, 70)), None, (160, 200), (170, 210))
+    second = Transform(similarity_matrix(0.98, 4.0, 9.0, 1.0, (90, 70)), None, (160, 200), (170, 210))
+    mean = midway(first, second, {"engine": "both"})
+    assert mean.displacement is None and mean.metadata == {"engine": "both"}
+    points = np.random.default_rng(5).uniform(0, 150, size=(50, 2))
+    assert np.allclose(mean.pull(points), (first.pull(points) + second.pull(points)) / 2)
+
+
+def test_midway_with_fields_pulls_halfway_between_the_two_maps() -> None:
+    """On the finer grid's nodes the mean map is exact; between them its field is bilinear, as the fields are."""
+    first = _nonrigid(0)
+    rows, columns = np.mgrid[0:4, 0:5] * 40.0 + 19.5  # a smooth field (fields are smoothed) on a coarser grid
+    second = Transform(similarity_matrix(0.98, 4.0, 9.0, 1.0, (90, 70)),
+                       Displacement(3 * np.sin(columns / 60), 2 * np.cos(rows / 50), 40.0), (160, 200), (170, 210))
+    mean = midway(first, second, {})
+    assert mean.displacement is not None and mean.displacement.spacing == 20.0
+    nodes = np.stack(np.meshgrid(np.arange(10) * 20 + 9.5, np.arange(8) * 20 + 9.5), axis=-1).reshape(-1, 2)
+    assert np.abs(mean.pull(nodes) - (first.pull(nodes) + second.pull(nodes)) / 2).max() < 1e-4
+    points = np.random.default_rng(6).uniform(0, 150, size=(200, 2))
+    halfway = (first.pull(points) + second.pull(points)) / 2
+    assert np.abs(mean.pull(points) - halfway).max() < 0.5  # the bilinear fields' products are not bilinear
+    assert np.abs(mean.pull(points) - first.pull(points)).max() > 2  # and it is not the first map
+    with pytest.raises(ValueError, match="one pair"):
+        midway(first, Transform(np.eye(3), None, (10, 10), (10, 10)), {})
+
+
+
+def test_midway_in_bands_is_midway_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = _nonrigid(0), _nonrigid(1)
+    whole = midway(first, second, {})
+    monkeypatch.setattr("slimreg.transform.MIDWAY_BAND_NODES", 7)  # a band of one row of 10 nodes at a time
+    banded = midway(first, second, {})
+    assert np.array_equal(whole.displacement.dx, banded.displacement.dx)
+    assert np.array_equal(whole.displacement.dy, banded.displacement.dy)
 
 
 @pytest.mark.parametrize("transform", [
