@@ -74,8 +74,9 @@ PAIR_OVERHEAD = 150 * MB
 SIFT_PER_PX = 255
 ECC_PER_PX = 120
 # the light engine's diffeomorphic field, both directions side by side, per px at ``diffeomorphic_dim`` (one image):
-# 184-193 measured by tracemalloc on the 20x kidney pair at 1434 and 2048 px (docs/memory-model.md)
-DIFFEOMORPHIC_PER_PX = 195
+# 184-193 measured by tracemalloc on the 20x kidney pair at 1434 and 2048 px, plus 8 for a brightfield pair's second
+# grey (the darkness of both images, held through the step; docs/memory-model.md)
+DIFFEOMORPHIC_PER_PX = 203
 # and the field it starts from where it refines DeepFlow's or the pieces' (two float32 bands held throughout)
 DIFFEOMORPHIC_START_PER_PX = 8
 FIELD_CANDIDATES_PER_PX = 48  # held meanwhile, counted: four flows tried before it (8 B each), the placed pair, edges

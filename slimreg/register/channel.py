@@ -6,6 +6,11 @@ background like a fluorescence image and is insensitive to the stain mix changin
 scan stored as one grey channel (a monochrome camera, a converted file) is registered onto RGB ones on its own
 optical density: one channel alone cannot say whether it is brightfield or fluorescence, so its glass decides
 (:func:`is_grey_brightfield`).
+
+A brightfield RGB pair has a second grey, its darkness (the complement of the mean brightness). Optical density
+weighs dense stain most; darkness, linear in the light, weighs the faint structures (alveolar walls, pale cytoplasm)
+as much. The light engine's diffeomorphic field estimates one of its two directions on each
+(slimreg.register.fields.diffeomorphic_candidate), so that the two estimates it averages err less alike.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from slimreg.io.read import Downsampled, TiffImage
 
 NUCLEAR_NAMES = ("dapi", "hoechst", "nuclei", "nuclear", "dna", "h33342")
 OPTICAL_DENSITY = "optical-density"
+DARKNESS = "darkness"  # of a brightfield RGB scan: 255 minus the mean of R, G and B (glass dark, as in optical density)
 # A working copy may be up to a tenth smaller on its side where a coarser pyramid level gives it: a scan's whole
 # factors rarely divide its levels, and the finest fit then decodes the whole scan (2.2 s per read at 20000 px)
 LEVEL_SHARE = 0.9
@@ -65,6 +71,12 @@ def registration_image(image: TiffImage, channel: int | str, max_dim: int, frame
         rgb = image.downsampled(max_dim, channel=None, frame=frame, region=region, level_share=LEVEL_SHARE)
         density = -np.log((_finite(rgb.array[..., :3].astype(np.float32), image) + 1.0) / 256.0).sum(axis=2)
         return Downsampled(normalise(density), rgb.scale, rgb.origin)
+    if channel == DARKNESS:
+        if not image.info.is_rgb:
+            raise ValueError(f"{image.info.path}: darkness is a grey of brightfield RGB scans only")
+        rgb = image.downsampled(max_dim, channel=None, frame=frame, region=region, level_share=LEVEL_SHARE)
+        darkness = 255.0 - _finite(rgb.array[..., :3].astype(np.float32), image).mean(axis=2)
+        return Downsampled(normalise(darkness), rgb.scale, rgb.origin)
     assert isinstance(channel, int)
     small = image.downsampled(max_dim, channel=channel, frame=frame, region=region, level_share=LEVEL_SHARE)
     return Downsampled(normalise(_finite(small.array.astype(np.float32), image)), small.scale, small.origin)

@@ -31,7 +31,7 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 # The diffeomorphic field's working size over ``non_rigid_dim``: sqrt(255 / 125), the optical flows' bytes per
 # working px over the field's when its two directions ran one after the other (1434 px at medium). Side by side they
-# cost 195 B per px (slimreg.estimate); at whole-slide size the stage still stays below the polish's (with ``micro``).
+# cost 203 B per px (slimreg.estimate); at whole-slide size the stage still stays below the polish's (with ``micro``).
 DIFFEOMORPHIC_SIZE_RATIO = 1.4
 __all__ = ["DEFAULT_ENGINE", "DEFAULT_PRESET", "ENGINES", "PRESETS", "PRESET_ORDER", "TRANSFORM_MODELS",
            "RegistrationSettings"]
