@@ -207,7 +207,7 @@ def diffeomorphic_candidate(reference: TiffImage, moving: TiffImage, reference_c
     On a brightfield RGB pair the way back is estimated on the pair's darkness (slimreg.register.channel), the way
     there on its optical density: two greys that weigh dense and faint structure differently err less alike, so
     their mean errs less, at the cost of one direction each. Measured (docs/accuracy.md, "Two greys, one per
-    direction"): the shared section pairs and their wrinkled copies 4.47 -> 4.31 px (mean of the eight medians)."""
+    direction"): the shared section pairs and their wrinkled copies 4.47 -> 4.38 px (mean of the eight medians)."""
     fine, fine_scorer, placed, _ = placed_for_flow(reference, moving, reference_channel, moving_channel, affine, dim)
     fixed, fine_sigma = fine_scorer.reference, fine_scorer.sigma
     del fine_scorer
